@@ -1,0 +1,1 @@
+"""Checks that catch the bugs that wreck reproductions (overfit-one-batch, loss at init, ...)."""

@@ -1,0 +1,101 @@
+"""The ``reproscope`` command line. Subcommands are small functions; configuration comes from
+the recipe dataclasses (``--set section.key=value``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, all_keys, apply_overrides
+from .recipes import DEFAULT_RECIPE, get_recipe, list_recipes
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"registered recipe (default: {DEFAULT_RECIPE})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set optim.lr=1e-3 (repeatable)")
+
+
+def resolved_recipe(args):
+    return apply_overrides(get_recipe(args.recipe), args.overrides)
+
+
+def cmd_train(args) -> int:
+    from .train.run import train
+    recipe = resolved_recipe(args)
+    if args.no_progress:
+        recipe = apply_overrides(recipe, {"run.progress": False})
+    trainer, metrics = train(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
+                             overrides=args.overrides if args.resume else None)
+    rd = trainer.run_dir
+    if metrics:
+        print(f"final val top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
+    print(f"run directory: {rd}")
+    print(f"view it with:  tensorboard --logdir {rd.parent}")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    if args.action == "show":
+        if not args.name:
+            raise ConfigError("usage: reproscope recipes show NAME [--set KEY=VALUE ...]")
+        r = apply_overrides(get_recipe(args.name), args.overrides)
+        print(r.to_json())
+        return 0
+    rows = [(r.name, r.description) for r in list_recipes()]
+    w = max(len(n) for n, _ in rows)
+    for n, d in rows:
+        print(f"{n:<{w}}  {d}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .diagnostics.models_table import print_models_table
+    print_models_table(flops=not args.no_flops)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reproscope", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a recipe")
+    _add_recipe_args(t)
+    t.add_argument("--run-dir", default=None, help="run directory (default: runs/<recipe>-<timestamp>)")
+    t.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="continue from a checkpoint file, a run directory, or 'auto' (newest valid one)")
+    t.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+
+    r = sub.add_parser("recipes", help="list recipes, or `recipes show NAME`")
+    r.add_argument("action", nargs="?", default="list", choices=("list", "show"))
+    r.add_argument("name", nargs="?")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    r.set_defaults(fn=cmd_recipes)
+
+    m = sub.add_parser("models", help="registered models with parameter counts and the papers' numbers")
+    m.add_argument("--no-flops", action="store_true", help="skip the FLOP count (faster)")
+    m.set_defaults(fn=cmd_models)
+
+    k = sub.add_parser("keys", help="every configurable key with its accepted values")
+    k.set_defaults(fn=lambda a: print("\n".join(all_keys())) or 0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .train.checkpoint import CheckpointError
+    from .train.rundir import RunDirError
+    try:
+        return args.fn(args)
+    except (ConfigError, RunDirError, CheckpointError) as e:
+        print(f"reproscope: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reproscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

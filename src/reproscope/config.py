@@ -1,0 +1,284 @@
+"""Recipe configuration: a tree of frozen dataclasses, one per concern.
+
+A :class:`Recipe` holds one section per concern (model, data, optim, sched, aug, reg,
+precision, run). Every field carries its accepted values in ``metadata`` so that the CLI
+(``--set section.key=value``) is derived from the dataclasses and every bad key or value is
+an error that names the key, the accepted values and, for typos, the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A bad recipe key or value. The message names the key and what is accepted."""
+
+
+def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+       choices: tuple | None = None, gt: float | None = None) -> Any:
+    """A dataclass field with a help string and accepted values in its metadata."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "gt": gt}
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------- sections
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _f("vit_quick", "registered model name (see `reproscope models`)")
+    norm: str = _f("dyt", "normalization layer for models that take one",
+                   choices=("ln", "dyt"))
+    dyt_alpha0: float = _f(0.5, "initial alpha of every DyT layer (paper: 0.5)", gt=0)
+    patch_size: int = _f(0, "patch size / stem stride; 0 = model default", min=0)
+    drop_path: float = _f(0.0, "stochastic depth rate", min=0, max=1)
+    global_pool: str = _f("token", "ViT pooling: class token or average",
+                          choices=("token", "avg"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _f("shapes10", "dataset name (built-in `shapes10` needs no files)")
+    root: str = _f("", "dataset root folder (unused by built-in datasets)")
+    img_size: int = _f(32, "training resolution in pixels", min=8)
+    num_classes: int = _f(0, "0 = taken from the dataset", min=0)
+    train_size: int = _f(12000, "built-in datasets: number of training images", min=1)
+    val_size: int = _f(2000, "built-in datasets: number of validation images", min=1)
+    batch_size: int = _f(128, "batch size per optimizer step (before accumulation)", min=1)
+    eval_batch_size: int = _f(500, "batch size for evaluation", min=1)
+    data_seed: int = _f(0, "seed of the generated dataset (separate from the run seed)", min=0)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = _f("adamw", "optimizer", choices=("adamw", "sgd"))
+    lr: float = _f(2e-3, "peak learning rate (absolute, after warmup)", gt=0)
+    weight_decay: float = _f(0.05, "decoupled weight decay (not on 1-D params, pos_embed, cls_token)", min=0)
+    beta1: float = _f(0.9, "AdamW beta1 / SGD momentum", min=0, max=1)
+    beta2: float = _f(0.999, "AdamW beta2", min=0, max=1)
+    eps: float = _f(1e-8, "AdamW epsilon", gt=0)
+    grad_clip: float = _f(0.0, "clip the global grad norm to this value; 0 = off", min=0)
+    accum_steps: int = _f(1, "micro-batches accumulated per optimizer step", min=1)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    epochs: int = _f(12, "training epochs", min=1)
+    warmup_epochs: float = _f(1.0, "linear warmup from 0, per iteration", min=0)
+    min_lr: float = _f(1e-5, "final lr of the per-iteration cosine decay", min=0)
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    hflip: float = _f(0.5, "horizontal flip probability", min=0, max=1)
+    crop_pad: int = _f(2, "random-crop padding in pixels (reflect); 0 = off", min=0)
+
+
+@dataclass(frozen=True)
+class RegConfig:
+    label_smoothing: float = _f(0.0, "label smoothing", min=0, max=1)
+    ema_decay: float = _f(0.0, "EMA of weights; 0 = off", min=0, max=1)
+    eval_ema: bool = _f(False, "evaluate the EMA weights instead of the raw ones")
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    device: str = _f("auto", "device", choices=("auto", "cpu", "cuda"))
+    amp: str = _f("auto", "autocast dtype; auto = bf16 on CUDA, fp32 on CPU",
+                  choices=("auto", "bf16", "fp16", "fp32"))
+    compile: bool = _f(False, "wrap the model in torch.compile")
+    channels_last: str = _f("auto", "channels_last memory format; auto = conv models on CUDA",
+                            choices=("auto", "on", "off"))
+    tf32: bool = _f(True, "allow TF32 matmuls on CUDA")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = _f(0, "run seed (init, data order, augmentation)", min=0)
+    out_dir: str = _f("runs", "parent folder of run directories")
+    log_every: int = _f(20, "log scalars every N optimizer steps", min=1)
+    eval_every: int = _f(1, "evaluate every N epochs", min=1)
+    threads: int = _f(0, "torch CPU threads; 0 = leave torch's default", min=0)
+    deterministic: bool = _f(False, "torch deterministic algorithms (slower)")
+    progress: bool = _f(True, "show progress bars")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "sched": ScheduleConfig,
+    "aug": AugConfig, "reg": RegConfig, "precision": PrecisionConfig, "run": RunConfig,
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    sched: ScheduleConfig = ScheduleConfig()
+    aug: AugConfig = AugConfig()
+    reg: RegConfig = RegConfig()
+    precision: PrecisionConfig = PrecisionConfig()
+    run: RunConfig = RunConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# ----------------------------------------------------------------------------- validation
+
+def nearest(name: str, options: typing.Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest option, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _field_type(cls: type, name: str) -> type:
+    return typing.get_type_hints(cls)[name]
+
+
+def _describe(f: dataclasses.Field, typ: type) -> str:
+    m = f.metadata
+    if m.get("choices"):
+        return "one of " + ", ".join(map(str, m["choices"]))
+    parts = [typ.__name__]
+    if m.get("gt") is not None:
+        parts.append(f"> {m['gt']}")
+    if m.get("min") is not None:
+        parts.append(f">= {m['min']}")
+    if m.get("max") is not None:
+        parts.append(f"<= {m['max']}")
+    return " ".join(parts)
+
+
+def _check_value(key: str, f: dataclasses.Field, typ: type, value: Any) -> Any:
+    m = f.metadata
+    accepted = _describe(f, typ)
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected a boolean (true/false)")
+    elif typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r}: expected an integer ({accepted})")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r}: expected a number ({accepted})")
+        value = float(value)
+        if value != value:
+            raise ConfigError(f"{key}=nan: expected a finite number ({accepted})")
+    elif typ is str and not isinstance(value, str):
+        raise ConfigError(f"{key}={value!r}: expected a string ({accepted})")
+    if m.get("choices") and value not in m["choices"]:
+        raise ConfigError(f"{key}={value!r}: accepted values are {accepted}"
+                          f"{nearest(str(value), map(str, m['choices']))}")
+    if m.get("min") is not None and value < m["min"]:
+        raise ConfigError(f"{key}={value!r}: out of range, accepted: {accepted}")
+    if m.get("max") is not None and value > m["max"]:
+        raise ConfigError(f"{key}={value!r}: out of range, accepted: {accepted}")
+    if m.get("gt") is not None and not value > m["gt"]:
+        raise ConfigError(f"{key}={value!r}: out of range, accepted: {accepted}")
+    return value
+
+
+def validate(recipe: Recipe) -> Recipe:
+    """Check every field of every section; return the recipe unchanged."""
+    for section, cls in SECTIONS.items():
+        obj = getattr(recipe, section)
+        for f in dataclasses.fields(cls):
+            _check_value(f"{section}.{f.name}", f, _field_type(cls, f.name), getattr(obj, f.name))
+    return recipe
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def parse_scalar(text: str, typ: type, key: str) -> Any:
+    """Parse a command-line string into the field's type."""
+    t = text.strip()
+    if typ is bool:
+        low = t.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}={text!r}: expected a boolean (true/false)")
+    if typ is int:
+        try:
+            return int(t)
+        except ValueError:
+            try:
+                v = float(t)
+            except ValueError:
+                raise ConfigError(f"{key}={text!r}: expected an integer") from None
+            if v.is_integer():
+                return int(v)
+            raise ConfigError(f"{key}={text!r}: expected an integer") from None
+    if typ is float:
+        try:
+            return float(t)
+        except ValueError:
+            raise ConfigError(f"{key}={text!r}: expected a number") from None
+    return t
+
+
+def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any] | typing.Iterable[str]) -> Recipe:
+    """Apply ``section.key=value`` overrides (strings from the CLI, or a mapping of typed values).
+
+    Unknown sections/keys raise :class:`ConfigError` naming the nearest valid key.
+    """
+    if isinstance(overrides, Mapping):
+        items = [(k, v, False) for k, v in overrides.items()]
+    else:
+        items = []
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
+            k, v = item.split("=", 1)
+            items.append((k.strip(), v, True))
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value, from_text in items:
+        if key.count(".") != 1:
+            raise ConfigError(f"unknown key {key!r}: keys look like section.name"
+                              f"{nearest(key, all_keys())}")
+        section, name = key.split(".")
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown key {key!r}: no section {section!r}"
+                              f"{nearest(key, all_keys())}")
+        cls = SECTIONS[section]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if name not in fields:
+            raise ConfigError(f"unknown key {key!r}{nearest(key, all_keys())}")
+        typ = _field_type(cls, name)
+        if from_text:
+            value = parse_scalar(value, typ, key)
+        value = _check_value(key, fields[name], typ, value)
+        changes.setdefault(section, {})[name] = value
+    for section, kv in changes.items():
+        recipe = dataclasses.replace(recipe, **{section: dataclasses.replace(getattr(recipe, section), **kv)})
+    return recipe
+
+
+def recipe_from_dict(d: Mapping[str, Any]) -> Recipe:
+    """Rebuild a recipe from its saved ``config.json`` (unknown keys are errors)."""
+    base = Recipe(name=d["name"], description=d.get("description", ""))
+    flat = {}
+    for section in SECTIONS:
+        for k, v in (d.get(section) or {}).items():
+            flat[f"{section}.{k}"] = v
+    unknown = set(d) - set(SECTIONS) - {"name", "description"}
+    if unknown:
+        k = sorted(unknown)[0]
+        raise ConfigError(f"unknown top-level key {k!r} in config{nearest(k, list(SECTIONS))}")
+    return validate(apply_overrides(base, flat))

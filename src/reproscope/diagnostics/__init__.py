@@ -1,0 +1,1 @@
+"""Diagnostics: read what training and instruments recorded, and report it."""

@@ -1,0 +1,55 @@
+"""`reproscope models`: one row per registered model, our numbers beside the paper's."""
+
+from __future__ import annotations
+
+import torch
+
+from ..model import list_models, model_info
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: torch.nn.Module, img_size: int) -> float:
+    """Forward FLOPs of one image, from torch's own FLOP counter (a multiply-add counts 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.zeros(1, 3, img_size, img_size)
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    return float(fc.get_total_flops())
+
+
+def model_rows(flops: bool = True) -> list[dict]:
+    rows = []
+    for name in list_models():
+        info = model_info(name)
+        with torch.device("meta") if not flops else _nullctx():
+            model = info.fn()
+        row = {"name": name, "paper": info.paper, "params_m": count_params(model) / 1e6,
+               "paper_params_m": info.paper_params_m, "paper_top1": info.paper_top1,
+               "img_size": info.default_img_size}
+        row["gflops"] = count_flops(model, info.default_img_size) / 1e9 if flops else None
+        rows.append(row)
+    return rows
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def print_models_table(flops: bool = True) -> None:
+    rows = model_rows(flops)
+    print(f"{'model':<18} {'params (paper)':<18} {'GFLOPs':>8} {'px':>4} {'IN-1k top-1':>11}  paper")
+    for r in rows:
+        pp = f"({r['paper_params_m']:.1f}M)" if r["paper_params_m"] else "(-)"
+        gf = f"{r['gflops']:.2f}" if r["gflops"] is not None else "-"
+        t1 = f"{r['paper_top1']:.1f}" if r["paper_top1"] else "-"
+        print(f"{r['name']:<18} {r['params_m']:>6.2f}M {pp:<10} {gf:>8} {r['img_size']:>4} {t1:>11}  {r['paper']}")
+    print("GFLOPs: forward pass of one image at the default resolution, torch.utils.flop_counter "
+          "(one multiply-add = 2 FLOPs).")

@@ -1,0 +1,4 @@
+"""Instrumentation: hooks that *collect* per-layer statistics (attached through trainer events).
+
+Only collection lives here; reading and reporting is ``reproscope.diagnostics``.
+"""

@@ -1,0 +1,143 @@
+"""Layers shared by the paper models.
+
+DyT is written from "Transformers without Normalization" (Zhu, Chen, He, LeCun, Liu,
+CVPR 2025, arXiv 2503.10622), Sec. 3: DyT(x) = gamma * tanh(alpha * x) + beta, with alpha a
+learnable scalar (init alpha0 = 0.5 for ViT/ConvNeXt) and gamma, beta per-channel vectors
+initialised to ones and zeros. No statistics are computed. The squashing function is
+selectable for the paper's Table 7 ablation (tanh, hardtanh, sigmoid, identity), and alpha
+can be frozen at alpha0 for the "without alpha" row of Table 8 (our choice of how to express
+"no alpha": a fixed, non-learned scale, which with alpha0 = 1 is plain tanh).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+SQUASH = {
+    "tanh": torch.tanh,
+    "hardtanh": F.hardtanh,
+    "sigmoid": torch.sigmoid,
+    "identity": lambda x: x,
+}
+
+
+class DyT(nn.Module):
+    """Dynamic Tanh over the channel dimension.
+
+    ``channels_last=True`` (default) normalises the last dim ([B, N, C] or [B, H, W, C]);
+    ``channels_last=False`` handles [B, C, H, W] feature maps.
+    """
+
+    def __init__(self, num_features: int, alpha0: float = 0.5, *, squash: str = "tanh",
+                 learn_alpha: bool = True, channels_last: bool = True):
+        super().__init__()
+        if squash not in SQUASH:
+            raise ValueError(f"DyT squash={squash!r}: choose one of {sorted(SQUASH)}")
+        self.num_features, self.squash, self.channels_last = num_features, squash, channels_last
+        self.alpha = nn.Parameter(torch.full((1,), float(alpha0)), requires_grad=learn_alpha)
+        self.weight = nn.Parameter(torch.ones(num_features))  # gamma
+        self.bias = nn.Parameter(torch.zeros(num_features))  # beta
+        self._fn = SQUASH[squash]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._fn(self.alpha * x)
+        if self.channels_last:
+            return y * self.weight + self.bias
+        return y * self.weight[:, None, None] + self.bias[:, None, None]
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, alpha0={self.alpha.item():.3g}, squash={self.squash}, "
+                f"learn_alpha={self.alpha.requires_grad}, channels_last={self.channels_last}")
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over channels of a [B, C, H, W] map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # [B, C, H, W] -> [B, H, W, C]
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)  # [B, H, W, C] -> [B, C, H, W]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (Huang et al. 2016): drop the residual branch with prob p."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def drop_path_or_identity(p: float) -> nn.Module:
+    return DropPath(p) if p > 0 else nn.Identity()
+
+
+class LayerScale(nn.Module):
+    """Per-channel learnable scale of a residual branch (CaiT; ConvNeXt init 1e-6)."""
+
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act_layer=nn.GELU, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop) if drop > 0 else nn.Identity()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with fused qkv, through scaled_dot_product_attention."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # [B, N, 3C] -> 3 x [B, heads, N, C/heads]
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = rearrange(x, "b h n d -> b n (h d)")  # [B, heads, N, C/heads] -> [B, N, C]
+        return self.proj_drop(self.proj(x))
+
+
+def norm_factory(norm: str = "ln", *, alpha0: float = 0.5, eps: float = 1e-6, squash: str = "tanh",
+                 learn_alpha: bool = True, channels_last: bool = True):
+    """A ``norm_layer(dim) -> nn.Module`` for blocks: LayerNorm or DyT, picked at construction."""
+    if norm == "ln":
+        if channels_last:
+            return lambda dim: nn.LayerNorm(dim, eps=eps)
+        return lambda dim: LayerNorm2d(dim, eps=eps)
+    if norm == "dyt":
+        return lambda dim: DyT(dim, alpha0, squash=squash, learn_alpha=learn_alpha,
+                               channels_last=channels_last)
+    raise ValueError(f"norm={norm!r}: choose 'ln' or 'dyt'")

@@ -1,0 +1,31 @@
+"""Exponential moving average of weights: ema = decay * ema + (1 - decay) * w, every step."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+
+class ModelEma:
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema_p = [p for p in self.module.state_dict().values() if p.dtype.is_floating_point]
+        cur_p = [p for p in model.state_dict().values() if p.dtype.is_floating_point]
+        torch._foreach_lerp_(ema_p, cur_p, 1.0 - self.decay)
+        for e, c in zip(self.module.buffers(), model.buffers()):
+            if not e.dtype.is_floating_point:
+                e.copy_(c)
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, d: dict) -> None:
+        self.module.load_state_dict(d)

@@ -1,0 +1,325 @@
+"""The Trainer: one optimizer-step path, a handful of named events, exact resume.
+
+Step order (never duplicated per precision): autocast forward -> backward (accumulated over
+``optim.accum_steps`` micro-batches) -> unscale -> grad norm / clip -> step -> zero_grad ->
+EMA update. bf16/fp32 need no loss scaling; the GradScaler is enabled only for fp16, and the
+same calls run either way.
+
+Events, fired as ``callback.on_<event>(trainer, **info)`` on every registered callback object:
+
+    train_start, epoch_start, after_backward (grads unscaled, before clipping),
+    step_end (scalars of the step), eval_end (metrics), epoch_end, checkpoint (path), train_end
+
+Instrumentation attaches through these without editing the loop. ``orig_model`` is the
+uncompiled module: checkpoints and instruments always go through it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ConfigError, Recipe
+from ..model import create_model, model_info
+from .checkpoint import atomic_save
+from .data import BatchLoader, build_datasets, channel_stats
+from .ema import ModelEma
+from .optim import WarmupCosine, build_optimizer
+from .rundir import MetricsLog, environment, write_json
+
+EVENTS = ("train_start", "epoch_start", "after_backward", "step_end", "eval_end", "epoch_end",
+          "checkpoint", "train_end")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("precision.device='cuda' but this machine has no usable CUDA device "
+                          f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
+                          "use --set precision.device=cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def is_conv_model(model: nn.Module) -> bool:
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader, amp_dtype: torch.dtype | None) -> dict[str, float]:
+    """Top-1, top-5 and mean cross-entropy over the whole loader (no label smoothing)."""
+    was_training = model.training
+    model.eval()
+    dev = loader.device
+    n = torch.zeros((), device=dev)
+    loss_sum, c1, c5 = n.clone(), n.clone(), n.clone()
+    for x, y in loader.epoch(0):
+        with autocast(dev, amp_dtype):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        c1 += (top[:, 0] == y).sum()
+        c5 += (top == y[:, None]).any(dim=1).sum()
+        n += y.numel()
+    model.train(was_training)
+    n, loss_sum, c1, c5 = (t.item() for t in (n, loss_sum, c1, c5))  # one sync
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss_sum / n}
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+class Trainer:
+    """Build everything a recipe names, then ``fit()``."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, *, callbacks=(), tensorboard: bool = True,
+                 model: nn.Module | None = None):
+        self.recipe, self.run_dir = recipe, Path(run_dir)
+        self.callbacks: list[Any] = list(callbacks)
+        r = recipe
+        if r.run.threads:
+            torch.set_num_threads(r.run.threads)
+        if r.run.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.device = resolve_device(r.precision.device)
+        self.amp_dtype = resolve_amp(r.precision.amp, self.device)
+        if self.device.type == "cuda" and r.precision.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        seed_everything(r.run.seed)
+
+        self.train_set, self.val_set = build_datasets(r.data)
+        self.num_classes = r.data.num_classes or self.train_set.num_classes
+        self.orig_model = (model if model is not None else self._build_model()).to(self.device)
+        cl = r.precision.channels_last
+        self.channels_last = cl == "on" or (cl == "auto" and self.device.type == "cuda"
+                                            and is_conv_model(self.orig_model))
+        if self.channels_last:
+            self.orig_model = self.orig_model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(self.orig_model) if r.precision.compile else self.orig_model
+        self.ema = ModelEma(self.orig_model, r.reg.ema_decay) if r.reg.ema_decay > 0 else None
+
+        mean, std = channel_stats(self.train_set)
+        self.train_loader = BatchLoader(self.train_set, r.data.batch_size, self.device, mean, std, train=True,
+                                        seed=r.run.seed, crop_pad=r.aug.crop_pad, hflip=r.aug.hflip,
+                                        channels_last=self.channels_last)
+        self.val_loader = BatchLoader(self.val_set, r.data.eval_batch_size, self.device, mean, std, train=False,
+                                      channels_last=self.channels_last)
+        self.accum = r.optim.accum_steps
+        self.steps_per_epoch = len(self.train_loader) // self.accum
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"optim.accum_steps={self.accum} x data.batch_size={r.data.batch_size} is larger "
+                              f"than one epoch of {len(self.train_set)} images; lower one of them")
+        self.total_steps = r.sched.epochs * self.steps_per_epoch
+        self.optimizer = build_optimizer(self.orig_model, r.optim)
+        self.schedule = WarmupCosine.from_config(r.optim, r.sched, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=r.reg.label_smoothing)
+        self.params = [p for p in self.orig_model.parameters() if p.requires_grad]
+
+        self.step = 0  # optimizer steps taken
+        self.best_top1 = -1.0
+        self.last_eval: dict[str, float] = {}
+        self.stop_requested = False
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = MetricsLog(self.run_dir, tensorboard=tensorboard)
+
+    # ------------------------------------------------------------------ setup helpers
+    def _build_model(self) -> nn.Module:
+        m = self.recipe.model
+        info = model_info(m.name)
+        kw: dict[str, Any] = {"num_classes": self.num_classes, "img_size": self.recipe.data.img_size,
+                              "drop_path_rate": m.drop_path}
+        if m.patch_size:
+            kw["patch_size"] = m.patch_size
+        import inspect
+        params = inspect.signature(info.fn).parameters
+        # model-specific options are passed only to constructors that take them (or **kw)
+        takes_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        if takes_kw:
+            kw.update(norm=m.norm, dyt_alpha0=m.dyt_alpha0, global_pool=m.global_pool)
+        try:
+            return info.fn(**kw)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.name={m.name!r} could not be built with {kw}: {e}") from e
+
+    def add_callback(self, cb: Any) -> None:
+        self.callbacks.append(cb)
+
+    def fire(self, event: str, **info: Any) -> None:
+        assert event in EVENTS, event
+        for cb in self.callbacks:
+            fn = getattr(cb, f"on_{event}", None)
+            if fn is not None:
+                fn(self, **info)
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    # ------------------------------------------------------------------ the step
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``accum_steps`` micro-batches. Returns on-device scalars."""
+        lr = self.schedule.apply(self.optimizer, self.step)
+        loss_sum = torch.zeros((), device=self.device)
+        for x, y in micro_batches:
+            with autocast(self.device, self.amp_dtype):
+                loss = self.criterion(self.model(x), y)
+            self.scaler.scale(loss / len(micro_batches)).backward()
+            loss_sum += loss.detach().float()
+        self.scaler.unscale_(self.optimizer)
+        self.fire("after_backward")
+        clip = self.recipe.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.orig_model)
+        self.step += 1
+        return {"loss": loss_sum / len(micro_batches), "grad_norm": grad_norm.detach(), "lr": torch.tensor(lr)}
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, float]:
+        r = self.recipe
+        write_json(self.run_dir / "config.json", r.to_dict())
+        write_json(self.run_dir / "environment.json", environment())
+        self.fire("train_start")
+        bar = _progress(r.run.progress, total=self.total_steps, initial=self.step)
+        try:
+            while self.step < self.total_steps and not self.stop_requested:
+                self._train_epoch(bar)
+        finally:
+            bar.close()
+            self.log.flush()
+        self.fire("train_end")
+        self.log.close()
+        return self.last_eval
+
+    def _train_epoch(self, bar) -> None:
+        r = self.recipe
+        epoch, start = self.epoch, self.step % self.steps_per_epoch
+        self.fire("epoch_start", epoch=epoch)
+        self.model.train()
+        t_epoch = t_log = time.perf_counter()
+        logged_at, window_loss = self.step, torch.zeros((), device=self.device)
+        batches = self.train_loader.epoch(epoch, start_batch=start * self.accum, first_step=self.step * self.accum)
+        for i in range(start, self.steps_per_epoch):
+            micro = [next(batches) for _ in range(self.accum)]
+            out = self.train_step(micro)
+            window_loss += out["loss"]
+            bar.update(1)
+            if self.step % r.run.log_every == 0 or i == self.steps_per_epoch - 1:
+                n = self.step - logged_at
+                vals = {"loss": (window_loss / n).item(), "grad_norm": out["grad_norm"].item(),
+                        "lr": out["lr"].item()}  # one sync per logged step
+                now = time.perf_counter()
+                vals["img_per_s"] = n * self.accum * r.data.batch_size / max(now - t_log, 1e-9)
+                self.log.log("train", self.step, epoch=epoch, **vals)
+                bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{vals['lr']:.2e}", refresh=False)
+                self.fire("step_end", **vals)
+                if not math.isfinite(vals["loss"]):
+                    self.stop_requested = True
+                    bar.write(f"step {self.step}: loss is {vals['loss']}; stopping")
+                logged_at, window_loss, t_log = self.step, window_loss.zero_(), now
+            if self.stop_requested:
+                break
+        else:
+            self._end_epoch(epoch, time.perf_counter() - t_epoch, bar)
+
+    def _end_epoch(self, epoch: int, seconds: float, bar) -> None:
+        r = self.recipe
+        self.log.log("train", self.step, epoch_time_s=seconds)
+        if (epoch + 1) % r.run.eval_every == 0 or self.step >= self.total_steps:
+            eval_model = self.ema.module if (self.ema is not None and r.reg.eval_ema) else self.model
+            self.last_eval = evaluate(eval_model, self.val_loader, self.amp_dtype)
+            self.log.log("val", self.step, epoch=epoch, **self.last_eval)
+            self.fire("eval_end", **self.last_eval)
+            bar.write(f"epoch {epoch + 1}/{r.sched.epochs}  val top-1 {self.last_eval['top1']:.2f}  "
+                      f"top-5 {self.last_eval['top5']:.2f}  loss {self.last_eval['loss']:.4f}  ({seconds:.1f}s)")
+        self.fire("epoch_end", epoch=epoch)
+        self.save_checkpoint()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "model": self.orig_model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "best_top1": self.best_top1,
+            "last_eval": self.last_eval,
+            "rng": rng_state(),
+            "recipe": self.recipe.to_dict(),
+        }
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.orig_model.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt.get("schedule", {}))
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        self.best_top1 = float(ckpt.get("best_top1", -1.0))
+        self.last_eval = dict(ckpt.get("last_eval") or {})
+        set_rng_state(ckpt["rng"])
+
+    def save_checkpoint(self) -> Path:
+        state = self.state_dict()
+        path = self.run_dir / "last.pt"
+        atomic_save(state, path)
+        top1 = self.last_eval.get("top1", -1.0)
+        if top1 > self.best_top1 and self.step % self.steps_per_epoch == 0:
+            self.best_top1 = top1
+            state["best_top1"] = top1
+            atomic_save(state, self.run_dir / "best.pt")
+        self.fire("checkpoint", path=path)
+        return path
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                desc="train", smoothing=0.05)

@@ -1,0 +1,82 @@
+import dataclasses
+import json
+
+import pytest
+
+from reproscope.cli import main
+from reproscope.config import ConfigError, Recipe, apply_overrides, recipe_from_dict
+from reproscope.recipes import get_recipe, list_recipes
+
+
+def test_overrides_parse_types():
+    r = apply_overrides(get_recipe("quickstart"), ["optim.lr=1e-3", "data.batch_size=64",
+                                                   "precision.compile=true", "model.norm=ln"])
+    assert r.optim.lr == 1e-3 and r.data.batch_size == 64 and r.precision.compile is True
+    assert r.model.norm == "ln"
+    assert get_recipe("quickstart").optim.lr != 1e-3  # recipes are frozen, overrides copy
+
+
+def test_recipe_is_frozen():
+    r = get_recipe("quickstart")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.optim.lr = 1.0
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("optim.lrr=1", "did you mean 'optim.lr'"),
+    ("optm.lr=1", "did you mean 'optim.lr'"),
+    ("data.batchsize=3", "did you mean 'data.batch_size'"),
+    ("lr=1", "section.name"),
+])
+def test_unknown_key_suggests_nearest(item, needle):
+    with pytest.raises(ConfigError, match=needle):
+        apply_overrides(get_recipe("quickstart"), [item])
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("optim.lr=-1", "optim.lr=-1.0: out of range, accepted: float > 0"),
+    ("optim.lr=abc", "optim.lr='abc': expected a number"),
+    ("data.batch_size=0", "data.batch_size=0: out of range, accepted: int >= 1"),
+    ("data.batch_size=1.5", "expected an integer"),
+    ("model.norm=rms", "accepted values are one of ln, dyt"),
+    ("precision.compile=maybe", "expected a boolean"),
+    ("reg.label_smoothing=2", "<= 1"),
+    ("optim.lr", "expected KEY=VALUE"),
+])
+def test_bad_values_name_key_and_accepted(item, needle):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(get_recipe("quickstart"), [item])
+    assert needle in str(e.value)
+
+
+def test_unknown_recipe_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'quickstart'"):
+        get_recipe("quickstrat")
+
+
+def test_recipe_round_trip_through_json():
+    r = apply_overrides(get_recipe("quickstart"), {"optim.lr": 5e-4, "sched.epochs": 3})
+    back = recipe_from_dict(json.loads(r.to_json()))
+    assert back == r
+
+
+def test_saved_config_with_unknown_key_is_an_error():
+    d = json.loads(get_recipe("quickstart").to_json())
+    d["optim"]["lrate"] = 1
+    with pytest.raises(ConfigError, match="did you mean 'optim.lr'"):
+        recipe_from_dict(d)
+
+
+def test_every_registered_recipe_validates():
+    assert {r.name for r in list_recipes()} >= {"quickstart", "quickstart-dyt"}
+    for r in list_recipes():
+        assert isinstance(r, Recipe) and r.description
+
+
+def test_cli_recipes_and_errors(capsys):
+    assert main(["recipes"]) == 0
+    assert "quickstart" in capsys.readouterr().out
+    assert main(["recipes", "show", "quickstart", "--set", "optim.lr=0.01"]) == 0
+    assert json.loads(capsys.readouterr().out)["optim"]["lr"] == 0.01
+    assert main(["train", "--set", "optim.lrr=1"]) == 2
+    assert "did you mean 'optim.lr'" in capsys.readouterr().err

@@ -37,7 +37,7 @@ QUICKSTART = register_recipe(Recipe(
     model=ModelConfig(name="vit_quick", norm="ln"),
     data=DataConfig(dataset="shapes10", img_size=32, train_size=12000, val_size=2000, batch_size=128),
     optim=OptimConfig(lr=2e-3, weight_decay=0.05),
-    sched=ScheduleConfig(epochs=16, warmup_epochs=1.0, min_lr=1e-5),
+    sched=ScheduleConfig(epochs=20, warmup_epochs=1.0, min_lr=1e-5),
     aug=AugConfig(hflip=0.5, crop_pad=2),
     reg=RegConfig(label_smoothing=0.0),
 ))

@@ -8,7 +8,8 @@ same calls run either way.
 Events, fired as ``callback.on_<event>(trainer, **info)`` on every registered callback object:
 
     train_start, epoch_start, after_backward (grads unscaled, before clipping),
-    step_end (scalars of the step), eval_end (metrics), epoch_end, checkpoint (path), train_end
+    step_end (every step; on-device tensors, no sync), log (logged steps; python floats),
+    eval_end (metrics), epoch_end, checkpoint (path), train_end
 
 Instrumentation attaches through these without editing the loop. ``orig_model`` is the
 uncompiled module: checkpoints and instruments always go through it.
@@ -36,7 +37,7 @@ from .ema import ModelEma
 from .optim import WarmupCosine, build_optimizer
 from .rundir import MetricsLog, environment, write_json
 
-EVENTS = ("train_start", "epoch_start", "after_backward", "step_end", "eval_end", "epoch_end",
+EVENTS = ("train_start", "epoch_start", "after_backward", "step_end", "log", "eval_end", "epoch_end",
           "checkpoint", "train_end")
 
 
@@ -159,6 +160,7 @@ class Trainer:
         self.best_top1 = -1.0
         self.last_eval: dict[str, float] = {}
         self.stop_requested = False
+        self.stop_reason = ""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(self.run_dir, tensorboard=tensorboard)
 
@@ -190,6 +192,10 @@ class Trainer:
             fn = getattr(cb, f"on_{event}", None)
             if fn is not None:
                 fn(self, **info)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop at the next step boundary, after saving a checkpoint."""
+        self.stop_requested, self.stop_reason = True, reason
 
     @property
     def epoch(self) -> int:
@@ -227,6 +233,10 @@ class Trainer:
         try:
             while self.step < self.total_steps and not self.stop_requested:
                 self._train_epoch(bar)
+            if self.stop_requested:
+                path = self.save_checkpoint()
+                bar.write(f"stopped at step {self.step} ({self.stop_reason}); checkpoint {path}\n"
+                          f"resume with: reproscope train --resume {self.run_dir}")
         finally:
             bar.close()
             self.log.flush()
@@ -247,6 +257,7 @@ class Trainer:
             out = self.train_step(micro)
             window_loss += out["loss"]
             bar.update(1)
+            self.fire("step_end", **out)
             if self.step % r.run.log_every == 0 or i == self.steps_per_epoch - 1:
                 n = self.step - logged_at
                 vals = {"loss": (window_loss / n).item(), "grad_norm": out["grad_norm"].item(),
@@ -255,10 +266,9 @@ class Trainer:
                 vals["img_per_s"] = n * self.accum * r.data.batch_size / max(now - t_log, 1e-9)
                 self.log.log("train", self.step, epoch=epoch, **vals)
                 bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{vals['lr']:.2e}", refresh=False)
-                self.fire("step_end", **vals)
+                self.fire("log", **vals)
                 if not math.isfinite(vals["loss"]):
-                    self.stop_requested = True
-                    bar.write(f"step {self.step}: loss is {vals['loss']}; stopping")
+                    self.request_stop(f"loss is {vals['loss']}")
                 logged_at, window_loss, t_log = self.step, window_loss.zero_(), now
             if self.stop_requested:
                 break

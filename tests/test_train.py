@@ -80,3 +80,14 @@ def test_grad_accumulation_matches_big_batch(tiny_recipe, tmp_path):
     assert a.step == b.step
     for p, q in zip(a.orig_model.parameters(), b.orig_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_training_checkpoints_the_uncompiled_module(tiny_recipe, tmp_path):
+    r = apply_overrides(tiny_recipe, {"sched.epochs": 1, "precision.compile": True})
+    trainer, metrics = train(r, run_dir=tmp_path / "run")
+    assert trainer.model is not trainer.orig_model
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
+    assert set(ckpt["model"]) == set(trainer.orig_model.state_dict())
+    assert 0 <= metrics["top1"] <= 100

@@ -1,7 +1,7 @@
 """Paper models, written from the papers. Importing this package registers them all."""
 
-from . import vit  # noqa: F401  (registers models)
-from .layers import DyT, norm_factory
+from . import convnext, mambaout, vit  # noqa: F401  (registers models)
+from .layers import DyT, convert_norm_to_dyt, norm_factory
 from .registry import ModelInfo, create_model, list_models, model_info, register_model
 
-__all__ = ["DyT", "norm_factory", "create_model", "list_models", "model_info", "register_model", "ModelInfo"]
+__all__ = ["DyT", "convert_norm_to_dyt", "norm_factory", "create_model", "list_models", "model_info", "register_model", "ModelInfo"]

@@ -141,3 +141,30 @@ def norm_factory(norm: str = "ln", *, alpha0: float = 0.5, eps: float = 1e-6, sq
         return lambda dim: DyT(dim, alpha0, squash=squash, learn_alpha=learn_alpha,
                                channels_last=channels_last)
     raise ValueError(f"norm={norm!r}: choose 'ln' or 'dyt'")
+
+
+def convert_norm_to_dyt(model: nn.Module, alpha0: float = 0.5, *, squash: str = "tanh",
+                        learn_alpha: bool = True) -> list[tuple[str, str]]:
+    """Swap every LayerNorm in ``model`` (in place) for a fresh DyT; returns [(name, old type)].
+
+    Channels-first LayerNorms (class names ending in "2d", e.g. ours and timm's LayerNorm2d) get
+    a channels-first DyT. BatchNorm, GroupNorm and other norms are left alone: the DyT paper
+    reports that replacing BatchNorm fails (ResNet-50 76.2 -> 68.9).
+    """
+    swapped: list[tuple[str, str]] = []
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, nn.LayerNorm):
+                continue
+            if len(child.normalized_shape) != 1:
+                raise ValueError(f"convert_norm_to_dyt: {parent_name}.{child_name} normalises over "
+                                 f"{tuple(child.normalized_shape)}; only 1-D LayerNorm is supported")
+            channels_last = not type(child).__name__.lower().endswith("2d")
+            dyt = DyT(child.normalized_shape[0], alpha0, squash=squash, learn_alpha=learn_alpha,
+                      channels_last=channels_last)
+            if child.weight is not None:
+                dyt = dyt.to(device=child.weight.device, dtype=child.weight.dtype)
+            setattr(parent, child_name, dyt)
+            full = f"{parent_name}.{child_name}" if parent_name else child_name
+            swapped.append((full, type(child).__name__))
+    return swapped

@@ -38,7 +38,7 @@ def test_unknown_key_suggests_nearest(item, needle):
     ("optim.lr=abc", "optim.lr='abc': expected a number"),
     ("data.batch_size=0", "data.batch_size=0: out of range, accepted: int >= 1"),
     ("data.batch_size=1.5", "expected an integer"),
-    ("model.norm=rms", "accepted values are one of ln, dyt"),
+    ("model.norm=rms", "accepted values are one of default, ln, dyt"),
     ("precision.compile=maybe", "expected a boolean"),
     ("reg.label_smoothing=2", "<= 1"),
     ("optim.lr", "expected KEY=VALUE"),

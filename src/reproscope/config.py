@@ -34,13 +34,13 @@ def _f(default: Any, help: str, *, min: float | None = None, max: float | None =
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = _f("vit_quick", "registered model name (see `reproscope models`)")
-    norm: str = _f("dyt", "normalization layer for models that take one",
-                   choices=("ln", "dyt"))
+    norm: str = _f("default", "normalization layer: the model's own, LayerNorm or DyT",
+                   choices=("default", "ln", "dyt"))
     dyt_alpha0: float = _f(0.5, "initial alpha of every DyT layer (paper: 0.5)", gt=0)
     patch_size: int = _f(0, "patch size / stem stride; 0 = model default", min=0)
     drop_path: float = _f(0.0, "stochastic depth rate", min=0, max=1)
-    global_pool: str = _f("token", "ViT pooling: class token or average",
-                          choices=("token", "avg"))
+    global_pool: str = _f("default", "ViT pooling: the model's own, class token or average",
+                          choices=("default", "token", "avg"))
 
 
 @dataclass(frozen=True)

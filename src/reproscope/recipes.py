@@ -47,3 +47,29 @@ register_recipe(dataclasses.replace(
     description="the quickstart with DyT in place of every LayerNorm (DyT paper's method)",
     model=dataclasses.replace(QUICKSTART.model, norm="dyt"),
 ))
+
+
+# ----------------------------------------------------------------------------- one recipe per paper
+# Each trains the paper's smallest model, or its controlled baseline, on built-in shapes10 at 32 px,
+# so it runs offline on a CPU. These are smoke-scale recipes, not the papers' recipes.
+
+def _paper_smoke(name: str, description: str, model: ModelConfig, epochs: int = 10) -> Recipe:
+    return register_recipe(dataclasses.replace(
+        QUICKSTART, name=name, description=description, model=model,
+        sched=dataclasses.replace(QUICKSTART.sched, epochs=epochs)))
+
+
+_paper_smoke("dyt-vit_tiny", "DyT paper: ViT-Ti with DyT (alpha0 0.5), patch 8, on shapes10 32 px",
+             ModelConfig(name="vit_tiny", norm="dyt", patch_size=8))
+_paper_smoke("dyt-vit_tiny_ln", "DyT paper baseline: ViT-Ti with LayerNorm, patch 8, on shapes10 32 px",
+             ModelConfig(name="vit_tiny", norm="ln", patch_size=8))
+_paper_smoke("dyt-convnext_tiny", "DyT paper: ConvNeXt-T with DyT, stem stride 2, on shapes10 32 px",
+             ModelConfig(name="convnext_tiny", norm="dyt", patch_size=2))
+_paper_smoke("kat-kat_tiny", "KAT paper: KAT-T (GR-KAN MLPs), patch 8, on shapes10 32 px",
+             ModelConfig(name="kat_tiny", patch_size=8))
+_paper_smoke("kat-vit_tiny", "KAT paper baseline: ViT-Ti with a GELU MLP, patch 8, on shapes10 32 px",
+             ModelConfig(name="vit_tiny", patch_size=8))
+_paper_smoke("mambaout-mambaout_femto", "MambaOut paper: MambaOut-Femto, stem stride 2, on shapes10 32 px",
+             ModelConfig(name="mambaout_femto", patch_size=2))
+_paper_smoke("mambaout-vit_tiny", "MambaOut paper baseline: DeiT-T (ViT-Ti, LayerNorm), patch 8, on shapes10 32 px",
+             ModelConfig(name="vit_tiny", norm="ln", patch_size=8))

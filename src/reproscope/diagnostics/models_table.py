@@ -22,8 +22,9 @@ def count_flops(model: torch.nn.Module, img_size: int) -> float:
 
 
 def model_rows(flops: bool = True) -> list[dict]:
+    from tqdm.auto import tqdm
     rows = []
-    for name in list_models():
+    for name in tqdm(list_models(), desc="counting", leave=False, disable=not flops):
         info = model_info(name)
         with torch.device("meta") if not flops else _nullctx():
             model = info.fn()
@@ -45,11 +46,13 @@ class _nullctx:
 
 def print_models_table(flops: bool = True) -> None:
     rows = model_rows(flops)
-    print(f"{'model':<18} {'params (paper)':<18} {'GFLOPs':>8} {'px':>4} {'IN-1k top-1':>11}  paper")
+    print(f"{'model':<19} {'params (paper)':<19} {'GFLOPs':>7} {'GMACs':>7} {'px':>4} {'IN-1k top-1':>11}  paper")
     for r in rows:
         pp = f"({r['paper_params_m']:.1f}M)" if r["paper_params_m"] else "(-)"
         gf = f"{r['gflops']:.2f}" if r["gflops"] is not None else "-"
+        gm = f"{r['gflops'] / 2:.2f}" if r["gflops"] is not None else "-"
         t1 = f"{r['paper_top1']:.1f}" if r["paper_top1"] else "-"
-        print(f"{r['name']:<18} {r['params_m']:>6.2f}M {pp:<10} {gf:>8} {r['img_size']:>4} {t1:>11}  {r['paper']}")
+        print(f"{r['name']:<19} {r['params_m']:>7.2f}M {pp:<10} {gf:>7} {gm:>7} {r['img_size']:>4} {t1:>11}  {r['paper']}")
     print("GFLOPs: forward pass of one image at the default resolution, torch.utils.flop_counter "
-          "(one multiply-add = 2 FLOPs).")
+          "(one multiply-add = 2 FLOPs; papers' 'FLOPs' columns are usually MACs). The counter "
+          "sees matmuls and convolutions only, so KAT's rational functions are not counted.")

@@ -172,12 +172,10 @@ class Trainer:
                               "drop_path_rate": m.drop_path}
         if m.patch_size:
             kw["patch_size"] = m.patch_size
-        import inspect
-        params = inspect.signature(info.fn).parameters
-        # model-specific options are passed only to constructors that take them (or **kw)
-        takes_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
-        if takes_kw:
-            kw.update(norm=m.norm, dyt_alpha0=m.dyt_alpha0, global_pool=m.global_pool)
+        if m.norm != "default":
+            kw.update(norm=m.norm, dyt_alpha0=m.dyt_alpha0)
+        if m.global_pool != "default":
+            kw["global_pool"] = m.global_pool
         try:
             return info.fn(**kw)
         except (TypeError, ValueError) as e:

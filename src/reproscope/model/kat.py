@@ -1,0 +1,241 @@
+"""KAT: a ViT whose MLP is a GR-KAN (group-wise rational Kolmogorov-Arnold layers).
+
+Paper: "Kolmogorov-Arnold Transformer" (Yang and Wang, ICLR 2025, arXiv 2409.10594).
+Reference repositories: Adamdad/kat, Adamdad/rational_kat_cu (read, not copied; no CUDA here).
+
+From the paper:
+- block: x + Attn(LN(x)); x + fc2(F2(fc1(F1(LN(x))))): the MLP's GELU is replaced by learnable
+  rational functions applied before each linear layer.
+- F(x) = (a0 + a1 x + ... + a5 x^5) / (1 + |b1 x + b2 x^2 + b3 x^3 + b4 x^4|): numerator degree
+  m = 5, denominator degree n = 4, evaluated with Horner's rule.
+- group-wise: the channels are split into g = 8 groups and each group has its own rational
+  function (coefficients shared by the channels of a group).
+- init: F1 fitted to the identity and F2 to Swish; linear weights drawn from N(0, gain / d_in)
+  with gain = Var[x] / E[F(x)^2] for x ~ N(0, 1), so the output variance matches the input
+  variance. This gain reproduces the paper's Table 3 (Swish 2.8178, GELU 2.3568;
+  ``tests/test_kat.py`` checks it).
+
+Selectable alternatives (where the public code differs from the paper; default = the paper):
+- ``denominator="paper"``: 1 + |sum_i b_i x^i|;
+  ``"abs_terms"``: 1 + sum_i |b_i| |x|^i (the CUDA/Triton kernels);
+  ``"signed_terms"``: 1 + sum_i |b_i| x^i (the pure-PyTorch fallback; can approach 0 for x < 0).
+- ``share_numerator=True``: one numerator for all groups and per-group denominators (the kernels).
+- ``linear_init="trunc_normal"``: trunc_normal(0.02) for the MLP linears, what the released init
+  function ends up applying after its variance-preserving step is overwritten.
+
+Chosen where the paper is silent, or deviations:
+- The attention keeps the ViT's trunc_normal(0.02) init (the paper mentions a mimetic attention
+  init that we have not implemented; a documented deviation).
+- The Swish fit is a float64 least-squares fit (L-BFGS) on 2001 points in [-3, 3], computed once
+  per process; the identity fit is exact (a1 = 1, all else 0).
+- Pure PyTorch, elementwise ops only, so torch.compile fuses the rational into one kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from .registry import register_model
+from .vit import Block, VisionTransformer, ViTConfig
+
+NUM_DEG, DEN_DEG = 5, 4
+TARGETS = {"identity": lambda t: t, "swish": lambda t: t * torch.sigmoid(t), "gelu": F.gelu}
+DENOMINATORS = ("paper", "abs_terms", "signed_terms")
+
+
+# ----------------------------------------------------------------------------- rational function
+
+def rational(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, denominator: str = "paper") -> torch.Tensor:
+    """Group-wise rational function over the last dim of ``x``.
+
+    x: [..., C]; a: [g, 6] (or [1, 6] for a shared numerator); b: [g, 4]; C divisible by g.
+    """
+    g = b.shape[0]
+    xg = rearrange(x, "... (g c) -> ... g c", g=g)  # [..., C] -> [..., g, C/g]
+    ak = a.unsqueeze(-1).unbind(-2)  # 6 x [g, 1]
+    num = ak[NUM_DEG]
+    for k in range(NUM_DEG - 1, -1, -1):  # Horner: ((a5 x + a4) x + ...) x + a0
+        num = num * xg + ak[k]
+    bk = b.unsqueeze(-1).unbind(-2)  # 4 x [g, 1], bk[i] = b_{i+1}
+    if denominator == "paper":
+        q = bk[DEN_DEG - 1]
+        for k in range(DEN_DEG - 2, -1, -1):
+            q = q * xg + bk[k]
+        den = 1 + (q * xg).abs()  # 1 + |b1 x + b2 x^2 + b3 x^3 + b4 x^4|
+    elif denominator in ("abs_terms", "signed_terms"):
+        base = xg.abs() if denominator == "abs_terms" else xg
+        q = bk[DEN_DEG - 1].abs()
+        for k in range(DEN_DEG - 2, -1, -1):
+            q = q * base + bk[k].abs()
+        den = 1 + q * base  # 1 + sum |b_i| base^i
+    else:
+        raise ValueError(f"denominator={denominator!r}: choose one of {DENOMINATORS}")
+    return rearrange(num / den, "... g c -> ... (g c)")  # [..., g, C/g] -> [..., C]
+
+
+def rational_reference(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Direct (non-Horner) evaluation of the paper's formula, for tests. Same shapes as ``rational``."""
+    g = b.shape[0]
+    xg = x.reshape(*x.shape[:-1], g, x.shape[-1] // g)
+    num = sum(a[:, k:k + 1] * xg ** k for k in range(NUM_DEG + 1))
+    den = 1 + torch.abs(sum(b[:, k - 1:k] * xg ** k for k in range(1, DEN_DEG + 1)))
+    return (num / den).reshape(x.shape)
+
+
+@functools.lru_cache(maxsize=None)
+def fit_coefficients(target: str, denominator: str = "paper") -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(a, b) such that the rational function approximates ``target`` on [-3, 3]."""
+    if target == "identity":
+        return (0.0, 1.0, 0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0)
+    fns = TARGETS
+    if target not in fns:
+        raise ValueError(f"rational fit target {target!r}: choose one of {', '.join(fns)}")
+    x = torch.linspace(-3, 3, 2001, dtype=torch.float64)
+    y = fns[target](x)
+    # start from a least-squares polynomial (b = 0), then refine numerator and denominator jointly
+    V = torch.stack([x ** k for k in range(NUM_DEG + 1)], dim=1)
+    a0 = torch.linalg.lstsq(V, y[:, None]).solution[:, 0]
+    a = a0.clone().requires_grad_(True)
+    b = torch.full((DEN_DEG,), 1e-3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([a, b], lr=0.5, max_iter=500, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-12, tolerance_change=1e-15)
+
+    def closure():
+        opt.zero_grad()
+        loss = (rational(x[:, None], a[None], b[None], denominator)[:, 0] - y).pow(2).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return tuple(a.detach().tolist()), tuple(b.detach().tolist())
+
+
+@functools.lru_cache(maxsize=None)
+def variance_gain(target: str, n: int = 200_001) -> float:
+    """Var[x] / E[f(x)^2] for x ~ N(0, 1), by quadrature of the target function f (as Table 3;
+    the fitted rational differs outside [-3, 3], which moves the Swish gain to about 2.85)."""
+    x = torch.linspace(-10, 10, n, dtype=torch.float64)
+    pdf = torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    fx = TARGETS[target](x)
+    return 1.0 / torch.trapezoid(fx * fx * pdf, x).item()
+
+
+# ----------------------------------------------------------------------------- layers
+
+class GroupRational(nn.Module):
+    def __init__(self, dim: int, groups: int = 8, init: str = "identity", denominator: str = "paper",
+                 share_numerator: bool = False):
+        super().__init__()
+        if dim % groups:
+            raise ValueError(f"GroupRational: dim {dim} is not divisible by groups {groups}")
+        if denominator not in DENOMINATORS:
+            raise ValueError(f"denominator={denominator!r}: choose one of {DENOMINATORS}")
+        a, b = fit_coefficients(init, denominator)
+        self.groups, self.init, self.denominator = groups, init, denominator
+        self.a = nn.Parameter(torch.tensor([a] * (1 if share_numerator else groups)))  # [g, 6]
+        self.b = nn.Parameter(torch.tensor([b] * groups))  # [g, 4]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a.expand(self.groups, -1)
+        return rational(x, a.to(x.dtype), self.b.to(x.dtype), self.denominator)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, init={self.init}, denominator={self.denominator}, shared_a={self.a.shape[0] == 1}"
+
+
+class KANLinear(nn.Module):
+    """One GR-KAN layer: a group-wise rational function, then a linear map."""
+
+    def __init__(self, d_in: int, d_out: int, init: str, groups: int, denominator: str, share_numerator: bool,
+                 linear_init: str):
+        super().__init__()
+        self.rational = GroupRational(d_in, groups, init, denominator, share_numerator)
+        self.fc = nn.Linear(d_in, d_out)
+        self._init_kind = (init, linear_init)
+
+    def reset_linear(self) -> None:
+        init, linear_init = self._init_kind
+        if linear_init == "variance":
+            nn.init.normal_(self.fc.weight, std=math.sqrt(variance_gain(init) / self.fc.in_features))
+        else:
+            nn.init.trunc_normal_(self.fc.weight, std=0.02)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rational(x))
+
+
+class GRKAN(nn.Module):
+    """fc2(F2(fc1(F1(x)))): F1 identity-initialised, F2 Swish-initialised."""
+
+    def __init__(self, dim: int, hidden: int, groups: int = 8, denominator: str = "paper",
+                 share_numerator: bool = False, linear_init: str = "variance"):
+        super().__init__()
+        self.layer1 = KANLinear(dim, hidden, "identity", groups, denominator, share_numerator, linear_init)
+        self.layer2 = KANLinear(hidden, dim, "swish", groups, denominator, share_numerator, linear_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer2(self.layer1(x))
+
+
+# ----------------------------------------------------------------------------- blocks
+
+class KATBlock(Block):
+    """A ViT block whose MLP is a GR-KAN."""
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, drop_path=0.0, norm_layer=nn.LayerNorm,
+                 kan_kwargs: dict | None = None, **kw):
+        super().__init__(dim, num_heads, mlp_ratio, drop_path, norm_layer=norm_layer, **kw)
+        self.mlp = GRKAN(dim, int(dim * mlp_ratio), **(kan_kwargs or {}))
+
+
+# ----------------------------------------------------------------------------- model
+
+class KAT(VisionTransformer):
+    def __init__(self, cfg: ViTConfig, groups: int = 8, denominator: str = "paper", share_numerator: bool = False,
+                 linear_init: str = "variance"):
+        if linear_init not in ("variance", "trunc_normal"):
+            raise ValueError(f"linear_init={linear_init!r}: choose 'variance' or 'trunc_normal'")
+        kan_kwargs = dict(groups=groups, denominator=denominator, share_numerator=share_numerator,
+                          linear_init=linear_init)
+        super().__init__(cfg, block_layer=functools.partial(KATBlock, kan_kwargs=kan_kwargs))
+
+    def reset_parameters(self):
+        super().reset_parameters()  # ViT init (trunc_normal 0.02 linears, pos_embed, cls_token) ...
+        for m in self.modules():  # ... then the GR-KAN linears get the paper's init, last
+            if isinstance(m, KANLinear):
+                m.reset_linear()
+
+
+# ----------------------------------------------------------------------------- constructors
+
+def _kat(dim, depth, heads, *, img_size=224, patch_size=16, num_classes=1000, drop_path_rate=0.0, norm="ln",
+         global_pool="token", dyt_alpha0=0.5, **kan) -> KAT:
+    cfg = ViTConfig(img_size=img_size, patch_size=patch_size, num_classes=num_classes, dim=dim, depth=depth,
+                    num_heads=heads, drop_path_rate=drop_path_rate, norm=norm, global_pool=global_pool,
+                    dyt_alpha0=dyt_alpha0)
+    return KAT(cfg, **kan)
+
+
+@register_model(paper="KAT (Table 5)", paper_params_m=5.7, paper_top1=74.6)
+def kat_tiny(**kw):
+    """KAT-T: ViT-Ti/16 with GR-KAN MLPs (8 groups, rational degrees 5/4)."""
+    return _kat(192, 12, 3, **kw)
+
+
+@register_model(paper="KAT (Table 5; size not checked against the paper)")
+def kat_small(**kw):
+    """KAT-S: ViT-S/16 with GR-KAN MLPs."""
+    return _kat(384, 12, 6, **kw)
+
+
+@register_model(paper="KAT (Table 5; size not checked against the paper)")
+def kat_base(**kw):
+    """KAT-B: ViT-B/16 with GR-KAN MLPs."""
+    return _kat(768, 12, 12, **kw)

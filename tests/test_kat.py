@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+
+from reproscope.model import create_model
+from reproscope.model.kat import (GRKAN, GroupRational, KANLinear, fit_coefficients, rational,
+                                  rational_reference, variance_gain)
+
+
+def _coeffs(g=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(g, 6, generator=gen, dtype=torch.float64) * 0.5,
+            torch.randn(g, 4, generator=gen, dtype=torch.float64) * 0.5)
+
+
+def test_rational_matches_direct_float64_formula():
+    a, b = _coeffs()
+    x = torch.randn(3, 7, 64, dtype=torch.float64) * 2
+    torch.testing.assert_close(rational(x, a, b), rational_reference(x, a, b), rtol=1e-12, atol=1e-12)
+
+
+def test_groups_use_their_own_coefficients():
+    a, b = _coeffs()
+    x = torch.randn(5, 64, dtype=torch.float64)
+    y = rational(x, a, b)
+    # channel block k (8 channels each) must equal the scalar formula with group k's coefficients
+    for k in range(8):
+        sl = slice(8 * k, 8 * k + 8)
+        torch.testing.assert_close(y[:, sl], rational_reference(x[:, sl], a[k:k + 1], b[k:k + 1]))
+
+
+@pytest.mark.parametrize("denominator", ["paper", "abs_terms", "signed_terms"])
+def test_gradcheck_float64(denominator):
+    a, b = _coeffs(g=2)
+    x = torch.randn(3, 4, dtype=torch.float64) + 0.3  # away from the |.| kink at q = 0
+    args = (x.requires_grad_(), a.requires_grad_(), b.requires_grad_())
+    assert torch.autograd.gradcheck(lambda x, a, b: rational(x, a, b, denominator), args)
+
+
+def test_denominator_variants_differ_as_documented():
+    a = torch.tensor([[0.0, 1.0, 0, 0, 0, 0]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64)
+    x = torch.tensor([[-0.5]], dtype=torch.float64)
+    assert rational(x, a, b, "paper").item() == pytest.approx(-0.5 / 1.5)
+    assert rational(x, a, b, "abs_terms").item() == pytest.approx(-0.5 / 1.5)
+    assert rational(x, a, b, "signed_terms").item() == pytest.approx(-0.5 / 0.5)  # 1 + |b1| x shrinks
+
+
+def test_identity_init_is_identity_on_minus3_3():
+    m = GroupRational(16, init="identity").double()
+    x = torch.linspace(-3, 3, 16 * 50, dtype=torch.float64).reshape(50, 16)
+    torch.testing.assert_close(m(x), x, rtol=0, atol=1e-12)
+
+
+def test_swish_fit_error_is_small():
+    m = GroupRational(8, init="swish").double()
+    x = torch.linspace(-3, 3, 8 * 250, dtype=torch.float64).reshape(250, 8)
+    err = (m(x) - x * torch.sigmoid(x)).abs().max().item()
+    assert err < 2e-2, err
+
+
+def test_variance_gain_reproduces_paper_table3():
+    assert variance_gain("swish") == pytest.approx(2.8178, abs=0.02)
+    assert variance_gain("gelu") == pytest.approx(2.3568, abs=0.02)
+    assert variance_gain("identity") == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("init", ["identity", "swish"])
+def test_grkan_layer_preserves_variance_at_init(init):
+    torch.manual_seed(0)
+    layer = KANLinear(384, 384, init, groups=8, denominator="paper", share_numerator=False, linear_init="variance")
+    layer.reset_linear()
+    x = torch.randn(4096, 384)
+    ratio = layer(x).var().item() / x.var().item()
+    assert 0.85 < ratio < 1.15, ratio
+
+
+def test_trunc_normal_alternative_does_not_preserve_variance():
+    torch.manual_seed(0)
+    layer = KANLinear(384, 384, "swish", 8, "paper", False, linear_init="trunc_normal")
+    layer.reset_linear()
+    x = torch.randn(4096, 384)
+    assert layer(x).var().item() / x.var().item() < 0.5
+
+
+def test_kat_model_uses_paper_init_and_shared_numerator_option():
+    m = create_model("kat_tiny", num_classes=10, img_size=32, patch_size=8)
+    w = m.blocks[0].mlp.layer2.fc.weight
+    assert w.std().item() == pytest.approx(math.sqrt(variance_gain("swish") / 768), rel=0.05)
+    shared = create_model("kat_tiny", num_classes=10, img_size=32, patch_size=8, share_numerator=True)
+    assert shared.blocks[0].mlp.layer1.rational.a.shape == (1, 6)
+    assert m.blocks[0].mlp.layer1.rational.a.shape == (8, 6)
+    assert isinstance(m.blocks[0].mlp, GRKAN)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_fit_is_cached_and_deterministic():
+    assert fit_coefficients("swish") == fit_coefficients("swish")

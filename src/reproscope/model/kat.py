@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .registry import register_model
-from .vit import Block, VisionTransformer, ViTConfig
+from .vit import VisionTransformer, ViTConfig
 
 NUM_DEG, DEN_DEG = 5, 4
 TARGETS = {"identity": lambda t: t, "swish": lambda t: t * torch.sigmoid(t), "gelu": F.gelu}
@@ -184,17 +184,6 @@ class GRKAN(nn.Module):
         return self.layer2(self.layer1(x))
 
 
-# ----------------------------------------------------------------------------- blocks
-
-class KATBlock(Block):
-    """A ViT block whose MLP is a GR-KAN."""
-
-    def __init__(self, dim, num_heads, mlp_ratio=4.0, drop_path=0.0, norm_layer=nn.LayerNorm,
-                 kan_kwargs: dict | None = None, **kw):
-        super().__init__(dim, num_heads, mlp_ratio, drop_path, norm_layer=norm_layer, **kw)
-        self.mlp = GRKAN(dim, int(dim * mlp_ratio), **(kan_kwargs or {}))
-
-
 # ----------------------------------------------------------------------------- model
 
 class KAT(VisionTransformer):
@@ -202,9 +191,9 @@ class KAT(VisionTransformer):
                  linear_init: str = "variance"):
         if linear_init not in ("variance", "trunc_normal"):
             raise ValueError(f"linear_init={linear_init!r}: choose 'variance' or 'trunc_normal'")
-        kan_kwargs = dict(groups=groups, denominator=denominator, share_numerator=share_numerator,
-                          linear_init=linear_init)
-        super().__init__(cfg, block_layer=functools.partial(KATBlock, kan_kwargs=kan_kwargs))
+        # the ViT's blocks, with a GR-KAN in place of the GELU MLP
+        super().__init__(cfg, mlp_layer=functools.partial(GRKAN, groups=groups, denominator=denominator,
+                                                          share_numerator=share_numerator, linear_init=linear_init))
 
     def reset_parameters(self):
         super().reset_parameters()  # ViT init (trunc_normal 0.02 linears, pos_embed, cls_token) ...

@@ -80,6 +80,15 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+def trunc_normal_init_(model: nn.Module, types=(nn.Linear,), std: float = 0.02) -> None:
+    """trunc_normal(std) weights and zero biases for every module of the given types."""
+    for m in model.modules():
+        if isinstance(m, types):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def drop_path_or_identity(p: float) -> nn.Module:
     return DropPath(p) if p > 0 else nn.Identity()
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .layers import Attention, Mlp, drop_path_or_identity, norm_factory
+from .layers import trunc_normal_init_, Attention, Mlp, drop_path_or_identity, norm_factory
 from .registry import register_model
 
 
@@ -58,13 +58,13 @@ class Block(nn.Module):
     """Pre-norm transformer block: x + DropPath(Attn(Norm(x))); x + DropPath(MLP(Norm(x)))."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 norm_layer=nn.LayerNorm, act_layer=nn.GELU, qkv_bias: bool = True):
+                 norm_layer=nn.LayerNorm, mlp_layer=Mlp, qkv_bias: bool = True):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
         self.drop_path1 = drop_path_or_identity(drop_path)
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
+        self.mlp = mlp_layer(dim, int(dim * mlp_ratio))
         self.drop_path2 = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +96,7 @@ class ViTConfig:
 # ----------------------------------------------------------------------------- model
 
 class VisionTransformer(nn.Module):
-    def __init__(self, cfg: ViTConfig, block_layer=Block, mlp_layer=None):
+    def __init__(self, cfg: ViTConfig, mlp_layer=Mlp):
         super().__init__()
         if cfg.global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool={cfg.global_pool!r}: choose 'token' or 'avg'")
@@ -107,9 +107,8 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, cfg.dim))
         dpr = [cfg.drop_path_rate * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]  # linear depth rule
-        extra = {} if mlp_layer is None else {"mlp_layer": mlp_layer}
         self.blocks = nn.Sequential(*[
-            block_layer(cfg.dim, cfg.num_heads, cfg.mlp_ratio, dpr[i], norm_layer=norm_layer, **extra)
+            Block(cfg.dim, cfg.num_heads, cfg.mlp_ratio, dpr[i], norm_layer=norm_layer, mlp_layer=mlp_layer)
             for i in range(cfg.depth)])
         # token pooling: final norm before pooling; avg pooling: norm after pooling (fc_norm)
         self.norm = norm_layer(cfg.dim) if cfg.global_pool == "token" else nn.Identity()
@@ -120,11 +119,7 @@ class VisionTransformer(nn.Module):
     def reset_parameters(self):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        trunc_normal_init_(self, (nn.Linear,))
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}

@@ -40,7 +40,10 @@ def test_batch_order_resumes_mid_epoch():
 
 def test_augmentation_is_a_function_of_step():
     tr, _ = build_datasets(DataConfig(train_size=64, val_size=10))
-    L = BatchLoader(tr, 16, torch.device("cpu"), (0.5,) * 3, (0.25,) * 3, train=True, seed=0, crop_pad=2, hflip=0.5)
+    from reproscope.config import AugConfig
+    from reproscope.train.augment import BatchTransform
+    tf = BatchTransform(AugConfig(crop_pad=2, hflip=0.5), 32, (0.5,) * 3, (0.25,) * 3, 10, 0.0, train=True)
+    L = BatchLoader(tr, 16, torch.device("cpu"), tf, train=True, seed=0)
     idx = torch.arange(16)
     a, _ = L.make_batch(idx, step=5)
     b, _ = L.make_batch(idx, step=5)

@@ -25,8 +25,10 @@ def cmd_train(args) -> int:
     recipe = resolved_recipe(args)
     if args.no_progress:
         recipe = apply_overrides(recipe, {"run.progress": False})
+    if args.skip_corrupt:
+        recipe = apply_overrides(recipe, {"data.skip_corrupt": True})
     trainer, metrics = train(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
-                             overrides=args.overrides if args.resume else None)
+                             overrides=args.overrides if args.resume else None, download=args.download)
     rd = trainer.run_dir
     if metrics:
         print(f"final val top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from a checkpoint file, a run directory, or 'auto' (newest valid one)")
     t.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--download", action="store_true",
+                   help="download the dataset into data.root from its official address (checksums verified)")
+    t.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping")
     t.set_defaults(fn=cmd_train)
 
     r = sub.add_parser("recipes", help="list recipes, or `recipes show NAME`")

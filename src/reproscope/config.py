@@ -51,9 +51,16 @@ class DataConfig:
     num_classes: int = _f(0, "0 = taken from the dataset", min=0)
     train_size: int = _f(12000, "built-in datasets: number of training images", min=1)
     val_size: int = _f(2000, "built-in datasets: number of validation images", min=1)
-    batch_size: int = _f(128, "batch size per optimizer step (before accumulation)", min=1)
+    batch_size: int = _f(128, "micro-batch size; an optimizer step sees batch_size x optim.accum_steps", min=1)
     eval_batch_size: int = _f(500, "batch size for evaluation", min=1)
     data_seed: int = _f(0, "seed of the generated dataset (separate from the run seed)", min=0)
+    cache_res: int = _f(0, "side of the cached uint8 images; 0 = img_size / eval_crop_pct", min=0)
+    cache_dir: str = _f("", "where decoded caches live; empty = $REPROSCOPE_CACHE or ~/.cache/reproscope")
+    eval_crop_pct: float = _f(0.875, "eval centre crop fraction (224 of 256)", gt=0, max=1)
+    skip_corrupt: bool = _f(False, "skip unreadable images (and log the count) instead of stopping")
+    device_cache: str = _f("auto", "keep the uint8 dataset on the training device; auto = if it fits",
+                           choices=("auto", "on", "off"))
+    workers: int = _f(0, "decode threads for building the cache; 0 = min(8, cores)", min=0)
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,19 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class AugConfig:
     hflip: float = _f(0.5, "horizontal flip probability", min=0, max=1)
-    crop_pad: int = _f(2, "random-crop padding in pixels (reflect); 0 = off", min=0)
+    crop_pad: int = _f(2, "random-crop padding in pixels (reflect), used when rrc_scale_min = 0", min=0)
+    rrc_scale_min: float = _f(0.0, "RandomResizedCrop min area fraction (0.08 in DeiT); 0 = pad-crop instead",
+                              min=0, max=1)
+    interpolation: str = _f("bilinear", "resampling of the crop", choices=("bilinear", "bicubic"))
+    randaug_n: int = _f(0, "RandAugment ops per image; 0 = off", min=0)
+    randaug_m: float = _f(9.0, "RandAugment magnitude (0-10)", min=0, max=10)
+    randaug_mstd: float = _f(0.5, "std of the per-image RandAugment magnitude", min=0)
+    color_jitter: float = _f(0.0, "brightness/contrast/saturation jitter (only when RandAugment is off)", min=0)
+    random_erasing: float = _f(0.0, "random erasing probability", min=0, max=1)
+    mixup_alpha: float = _f(0.0, "mixup Beta(alpha, alpha); 0 = off", min=0)
+    cutmix_alpha: float = _f(0.0, "cutmix Beta(alpha, alpha); 0 = off", min=0)
+    mix_prob: float = _f(1.0, "probability of mixing a batch (when mixup or cutmix is on)", min=0, max=1)
+    mix_switch_prob: float = _f(0.5, "probability of cutmix rather than mixup when both are on", min=0, max=1)
 
 
 @dataclass(frozen=True)

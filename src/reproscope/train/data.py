@@ -12,6 +12,7 @@ exactly the batches and augmentations the uninterrupted run would have seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -46,24 +47,69 @@ class ArrayDataset:
 # ----------------------------------------------------------------------------- registry
 
 BUILTIN_DATASETS = {"shapes10": "procedural 10-class shapes x textures, generated from a seed (no files)"}
-DATASETS = dict(BUILTIN_DATASETS)
+DISK_DATASETS = {
+    "imagenette": "ImageNet 10-class subset (imagenette2 / -160 / -320 archives, or train/val folders)",
+    "tiny-imagenet": "Tiny-ImageNet-200 official layout (val labelled by val/val_annotations.txt)",
+    "cifar10": "CIFAR-10: torchvision's official binary or train|test/<class>/*.jpg folders",
+    "cifar100": "CIFAR-100: torchvision's official binary or train|test/<class>/*.jpg folders",
+    "imagefolder": "any ROOT/train/<class>/* and ROOT/val/<class>/*",
+    "imagenet": "ImageNet-1K in ImageFolder layout",
+    "imagenet-100": "ImageNet-100 (CMC's 100-class subset) of an ImageFolder ImageNet",
+}
+DATASETS = {**BUILTIN_DATASETS, **DISK_DATASETS}
 
 
-def build_datasets(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
-    """(train, val) for the configured dataset."""
+def build_datasets(cfg: DataConfig, *, download: bool = False, progress: bool = True
+                   ) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, val) uint8 datasets for the configured dataset (decoded once into a cache)."""
     if cfg.dataset == "shapes10":
         # train and val come from disjoint seeds so they never share an image
         xtr, ytr = shapes.generate_shapes(cfg.train_size, cfg.img_size, seed=2 * cfg.data_seed)
         xva, yva = shapes.generate_shapes(cfg.val_size, cfg.img_size, seed=2 * cfg.data_seed + 1)
         return (ArrayDataset(xtr, ytr, shapes.CLASSES, "shapes10/train"),
                 ArrayDataset(xva, yva, shapes.CLASSES, "shapes10/val"))
-    raise ConfigError(f"data.dataset={cfg.dataset!r}: unknown dataset; known: "
-                      f"{', '.join(sorted(DATASETS))}{nearest(cfg.dataset, DATASETS)}")
+    if cfg.dataset not in DISK_DATASETS:
+        raise ConfigError(f"data.dataset={cfg.dataset!r}: unknown dataset; known: "
+                          f"{', '.join(sorted(DATASETS))}{nearest(cfg.dataset, DATASETS)}")
+    from . import download as dl
+    from . import folders
+    if not cfg.root:
+        raise folders.DataError(f"data.dataset={cfg.dataset!r} needs data.root: --set data.root=PATH "
+                                f"(e.g. ../shared/datasets/imagenette), or --download to fetch it")
+    root = Path(cfg.root).expanduser()
+    if download:
+        dl.download(cfg.dataset, root)
+    if not root.is_dir():
+        raise folders.DataError(f"data root {root} does not exist. {dl.where_to_put(cfg.dataset, root)}")
+    if cfg.dataset in ("cifar10", "cifar100"):
+        got = folders.cifar_binary(root, 10 if cfg.dataset == "cifar10" else 100)
+        if got is not None:
+            (xtr, ytr), (xva, yva), classes = got
+            return (ArrayDataset(xtr, ytr, classes, f"{cfg.dataset}/train"),
+                    ArrayDataset(xva, yva, classes, f"{cfg.dataset}/val"))
+    skip = cfg.skip_corrupt
+    if cfg.dataset == "imagenette":
+        files = folders.imagenette(root, skip)
+    elif cfg.dataset == "tiny-imagenet":
+        files = folders.tiny_imagenet(root, skip)
+    elif cfg.dataset == "imagenet-100":
+        files = folders.imagefolder(root, "imagenet-100", folders.imagenet100_classes(), skip)
+    else:
+        files = folders.imagefolder(root, cfg.dataset, skip_bad=skip)
+    res = cfg.cache_res or round(cfg.img_size / cfg.eval_crop_pct)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else folders.default_cache_dir()
+    out = []
+    for fl in files:
+        x, y, _ = folders.load_or_build_cache(fl, res, cache_dir, skip_corrupt=skip, workers=cfg.workers,
+                                              progress=progress)
+        out.append(ArrayDataset(x, y, fl.classes, fl.name))
+    return out[0], out[1]
 
 
 def channel_stats(ds: ArrayDataset, max_images: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std in [0, 1] units, from (a deterministic prefix of) the data."""
-    x = ds.images[:max_images].float().div_(255)
+    step = max(1, len(ds) // max_images)  # a strided subset: folder datasets are sorted by class
+    x = ds.images[::step][:max_images].float().div_(255)
     return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
 
 
@@ -112,23 +158,25 @@ def random_crop_flip(x: torch.Tensor, pad: int, hflip: float, g: torch.Generator
 
 
 class BatchLoader:
-    """Yields normalised float batches on ``device`` from an :class:`ArrayDataset`.
+    """Yields transformed batches on ``device`` from an :class:`ArrayDataset`.
 
-    ``train=True`` shuffles by (seed, epoch) and augments each step from (seed, step).
+    ``train=True`` shuffles by (seed, epoch); ``transform`` maps the uint8 batch (on the device)
+    to model inputs and targets. ``device_cache`` keeps the whole uint8 dataset on the device.
     """
 
-    def __init__(self, ds: ArrayDataset, batch_size: int, device: torch.device, mean, std,
-                 *, train: bool, seed: int = 0, crop_pad: int = 0, hflip: float = 0.0,
-                 channels_last: bool = False):
+    def __init__(self, ds: ArrayDataset, batch_size: int, device: torch.device, transform, *, train: bool,
+                 seed: int = 0, channels_last: bool = False, device_cache: str = "auto"):
         self.ds, self.batch_size, self.device, self.train = ds, batch_size, device, train
-        self.seed, self.crop_pad, self.hflip = seed, crop_pad, hflip
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+        self.seed, self.transform = seed, transform
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.drop_last = train
         if train and len(ds) < batch_size:
             raise ConfigError(f"data.batch_size={batch_size} is larger than the training set "
                               f"({len(ds)} images in {ds.name}); lower data.batch_size")
+        self.images = ds.images
+        if device.type != "cpu" and _fits_on_device(ds.images, device, device_cache):
+            self.images = ds.images.to(device)
+        self.labels = ds.labels.to(device) if self.images.device == device else ds.labels
 
     def __len__(self) -> int:
         return batches_per_epoch(len(self.ds), self.batch_size, self.drop_last)
@@ -144,10 +192,26 @@ class BatchLoader:
                                               start_batch, self.drop_last, shuffle=self.train)):
             yield self.make_batch(idx, first_step + i)
 
+    def raw_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images and labels of ``idx``, on the device, before any transform."""
+        if self.images.device != self.device:
+            x = self.images[idx].to(self.device, non_blocking=True)
+            y = self.labels[idx].to(self.device, non_blocking=True)
+        else:
+            idx = idx.to(self.device)
+            x, y = self.images[idx], self.labels[idx]
+        return x, y
+
     def make_batch(self, idx: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.ds.images[idx].to(self.device, non_blocking=True).float()
-        y = self.ds.labels[idx].to(self.device, non_blocking=True)
-        x = (x - self.mean) / self.std
-        if self.train and (self.crop_pad or self.hflip):
-            x = random_crop_flip(x, self.crop_pad, self.hflip, self._gen(step))
+        x, y = self.raw_batch(idx)
+        x, y = self.transform(x, y, self._gen(step) if self.train else None)
         return x.contiguous(memory_format=self.memory_format), y
+
+
+def _fits_on_device(images: torch.Tensor, device: torch.device, mode: str) -> bool:
+    if mode == "off":
+        return False
+    if mode == "on":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.numel() < 0.4 * free

@@ -34,7 +34,8 @@ def find_resume_checkpoint(recipe: Recipe, run_dir: Path | None) -> Path | None:
 
 
 def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | None = None,
-          overwrite: bool = False, overrides: list[str] | None = None, callbacks=()) -> tuple[Trainer, dict]:
+          overwrite: bool = False, overrides: list[str] | None = None, callbacks=(),
+          download: bool = False) -> tuple[Trainer, dict]:
     """Train ``recipe`` (or resume it). Returns the trainer and the last eval metrics."""
     ckpt_path: Path | None = None
     rd = Path(run_dir) if run_dir else None
@@ -58,7 +59,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     if rd is None:
         rd = new_run_dir(recipe.run.out_dir, recipe.name)
     prepare_run_dir(rd, resume=resume is not None, overwrite=overwrite)
-    trainer = Trainer(recipe, rd, callbacks=callbacks)
+    trainer = Trainer(recipe, rd, callbacks=callbacks, download=download)
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
     return trainer, trainer.fit()

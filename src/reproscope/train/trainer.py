@@ -17,6 +17,7 @@ uncompiled module: checkpoints and instruments always go through it.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, Recipe
 from ..model import create_model, model_info
+from .augment import BatchTransform, soft_cross_entropy
 from .checkpoint import atomic_save
 from .data import BatchLoader, build_datasets, channel_stats
 from .ema import ModelEma
@@ -112,7 +114,7 @@ class Trainer:
     """Build everything a recipe names, then ``fit()``."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, callbacks=(), tensorboard: bool = True,
-                 model: nn.Module | None = None):
+                 model: nn.Module | None = None, download: bool = False):
         self.recipe, self.run_dir = recipe, Path(run_dir)
         self.callbacks: list[Any] = list(callbacks)
         r = recipe
@@ -127,7 +129,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         seed_everything(r.run.seed)
 
-        self.train_set, self.val_set = build_datasets(r.data)
+        self.train_set, self.val_set = build_datasets(r.data, download=download, progress=r.run.progress)
         self.num_classes = r.data.num_classes or self.train_set.num_classes
         self.orig_model = (model if model is not None else self._build_model()).to(self.device)
         cl = r.precision.channels_last
@@ -139,11 +141,15 @@ class Trainer:
         self.ema = ModelEma(self.orig_model, r.reg.ema_decay) if r.reg.ema_decay > 0 else None
 
         mean, std = channel_stats(self.train_set)
-        self.train_loader = BatchLoader(self.train_set, r.data.batch_size, self.device, mean, std, train=True,
-                                        seed=r.run.seed, crop_pad=r.aug.crop_pad, hflip=r.aug.hflip,
-                                        channels_last=self.channels_last)
-        self.val_loader = BatchLoader(self.val_set, r.data.eval_batch_size, self.device, mean, std, train=False,
-                                      channels_last=self.channels_last)
+        ls = r.reg.label_smoothing
+        self.train_loader = BatchLoader(
+            self.train_set, r.data.batch_size, self.device,
+            BatchTransform(r.aug, r.data.img_size, mean, std, self.num_classes, ls, train=True),
+            train=True, seed=r.run.seed, channels_last=self.channels_last, device_cache=r.data.device_cache)
+        self.val_loader = BatchLoader(
+            self.val_set, r.data.eval_batch_size, self.device,
+            BatchTransform(r.aug, r.data.img_size, mean, std, self.num_classes, 0.0, train=False),
+            train=False, channels_last=self.channels_last, device_cache=r.data.device_cache)
         self.accum = r.optim.accum_steps
         self.steps_per_epoch = len(self.train_loader) // self.accum
         if self.steps_per_epoch < 1:
@@ -153,7 +159,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.orig_model, r.optim)
         self.schedule = WarmupCosine.from_config(r.optim, r.sched, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=r.reg.label_smoothing)
+        self.criterion = functools.partial(soft_cross_entropy, label_smoothing=r.reg.label_smoothing)
         self.params = [p for p in self.orig_model.parameters() if p.requires_grad]
 
         self.step = 0  # optimizer steps taken

@@ -1,0 +1,287 @@
+"""Image datasets on disk: layouts, validation with errors that name the file, and the uint8 cache.
+
+Layouts (``data.dataset``):
+- ``imagefolder``: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*`` (``test/`` accepted for val).
+- ``imagenette``: the official imagenette2, imagenette2-160 and imagenette2-320 archives (ROOT may be
+  the extracted folder or its parent), or a plain train/val folder layout.
+- ``tiny-imagenet``: the official layout, ``train/<wnid>/images/*.JPEG`` and ``val/images`` labelled by
+  ``val/val_annotations.txt``.
+- ``cifar10`` / ``cifar100``: torchvision's official binary (``cifar-10-batches-py``,
+  ``cifar-100-python``) or a ``train|test/<class>/*.jpg`` folder layout.
+- ``imagenet``: ImageFolder layout; ``imagenet-100``: the same, restricted to the 100 classes of
+  ``imagenet100.txt`` (CMC's subset).
+
+The cache: every image is decoded once, resized (shorter side) and centre-cropped to a square of
+``data.cache_res`` pixels, and stored as a memory-mapped uint8 array with its labels and a manifest
+holding a hash of the source listing (paths, sizes, mtimes). An unchanged source reuses the cache; a
+changed one rebuilds it and says so. Training then never decodes a JPEG again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ConfigError
+
+IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
+CACHE_VERSION = 1
+
+
+class DataError(ConfigError):
+    """Bad or missing data; the message names the file or folder and what to do."""
+
+
+@dataclass
+class FileList:
+    paths: list[str]
+    labels: list[int]
+    classes: tuple[str, ...]
+    name: str
+
+
+# ----------------------------------------------------------------------------- scanning
+
+def _need_dir(path: Path, what: str, hint: str = "") -> Path:
+    if not path.is_dir():
+        raise DataError(f"{what} {path} does not exist{hint}")
+    return path
+
+
+def _scan_class_dirs(split: Path, name: str, classes: list[str] | None = None, sub: str = "",
+                     skip_bad: bool = False) -> FileList:
+    dirs = sorted(d.name for d in split.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is not None:
+        missing = [c for c in classes if c not in dirs]
+        if missing:
+            raise DataError(f"{split}: {len(missing)} expected class folders are missing, e.g. {missing[:5]}")
+        dirs = list(classes)
+    if not dirs:
+        raise DataError(f"{split} has no class folders; expected {split}/<class>/<image files>")
+    paths, labels, strays = [], [], []
+    for label, c in enumerate(dirs):
+        folder = split / c / sub if sub else split / c
+        n = 0
+        for f in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if f.is_dir() or f.name.startswith("."):
+                continue
+            if f.suffix.lower() not in IMG_EXT:
+                strays.append(str(f))
+                continue
+            paths.append(str(f))
+            labels.append(label)
+            n += 1
+        if n == 0:
+            raise DataError(f"class folder {folder} is empty (no image files); remove it or add images")
+    if strays and not skip_bad:
+        raise DataError(f"{len(strays)} non-image files in {split}: {', '.join(strays[:10])}"
+                        f"{' ...' if len(strays) > 10 else ''}; remove them or pass --skip-corrupt")
+    if strays:
+        print(f"{name}: skipping {len(strays)} non-image files")
+    return FileList(paths, labels, tuple(dirs), name)
+
+
+def _check_same_classes(train: FileList, val: FileList) -> None:
+    if train.classes != val.classes:
+        only_t = sorted(set(train.classes) - set(val.classes))
+        only_v = sorted(set(val.classes) - set(train.classes))
+        raise DataError(f"train and val classes differ ({train.name} vs {val.name}): only in train: {only_t[:10]}, "
+                        f"only in val: {only_v[:10]}; both splits need the same class folders")
+
+
+def _split_dir(root: Path, names: tuple[str, ...]) -> Path:
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    raise DataError(f"{root} has no {' or '.join(names)} folder; expected {root}/{names[0]}/<class>/<images>")
+
+
+def imagefolder(root: Path, name: str, classes: list[str] | None = None, skip_bad: bool = False):
+    train = _scan_class_dirs(_split_dir(root, ("train",)), f"{name}/train", classes, skip_bad=skip_bad)
+    val = _scan_class_dirs(_split_dir(root, ("val", "test")), f"{name}/val", classes, skip_bad=skip_bad)
+    _check_same_classes(train, val)
+    return train, val
+
+
+def imagenette(root: Path, skip_bad: bool = False):
+    for sub in ("imagenette2", "imagenette2-320", "imagenette2-160"):
+        if (root / sub / "train").is_dir():
+            root = root / sub
+            break
+    return imagefolder(root, "imagenette", skip_bad=skip_bad)
+
+
+def tiny_imagenet(root: Path, skip_bad: bool = False):
+    if (root / "tiny-imagenet-200").is_dir():
+        root = root / "tiny-imagenet-200"
+    train = _scan_class_dirs(_split_dir(root, ("train",)), "tiny-imagenet/train", sub="images", skip_bad=skip_bad)
+    ann = root / "val" / "val_annotations.txt"
+    if not ann.is_file():
+        raise DataError(f"{ann} is missing: the official Tiny-ImageNet val split is labelled by it")
+    index = {c: i for i, c in enumerate(train.classes)}
+    paths, labels = [], []
+    for n, line in enumerate(ann.read_text().splitlines(), 1):
+        parts = line.split("\t")
+        if len(parts) < 2:
+            continue
+        if parts[1] not in index:
+            raise DataError(f"{ann}:{n}: class {parts[1]!r} is not among the {len(index)} train classes")
+        paths.append(str(root / "val" / "images" / parts[0]))
+        labels.append(index[parts[1]])
+    if not paths:
+        raise DataError(f"{ann} lists no images")
+    return train, FileList(paths, labels, train.classes, "tiny-imagenet/val")
+
+
+def imagenet100_classes() -> list[str]:
+    text = (Path(__file__).with_name("imagenet100.txt")).read_text()
+    return [w for line in text.splitlines() if not line.startswith("#") for w in line.split()]
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def decode_image(path: str, size: int) -> np.ndarray:
+    """Decode to RGB (grayscale, CMYK, palette and RGBA converted), resize the shorter side to
+    ``size`` (bicubic) and centre-crop a square. Returns uint8 [3, size, size]."""
+    from PIL import Image
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft("RGB", (size, size))  # decode at reduced scale when much larger than needed
+        im = im.convert("RGB")
+        w, h = im.size
+        s = size / min(w, h)
+        nw, nh = max(size, round(w * s)), max(size, round(h * s))
+        im = im.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _try_decode(path: str, size: int):
+    try:
+        return decode_image(path, size), None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for damaged files
+        return None, f"{path}: {type(e).__name__}: {e}"
+
+
+def listing_hash(files: FileList, size: int) -> str:
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{files.classes}".encode())
+    for p, y in zip(files.paths, files.labels):
+        try:
+            st = os.stat(p)
+            h.update(f"{p}|{y}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|{y}|missing\n".encode())
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("REPROSCOPE_CACHE", Path.home() / ".cache" / "reproscope"))
+
+
+def load_or_build_cache(files: FileList, size: int, cache_dir: Path, *, skip_corrupt: bool = False,
+                        workers: int = 0, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(uint8 images [N, 3, size, size] memory-mapped, int64 labels [N], manifest)."""
+    digest = listing_hash(files, size)
+    d = cache_dir / f"{files.name.replace('/', '-')}-{size}px"
+    manifest_path = d / "manifest.json"
+    if manifest_path.is_file():
+        man = json.loads(manifest_path.read_text())
+        if man.get("hash") == digest and man.get("complete"):
+            return _open_cache(d, man)
+        print(f"{files.name}: source changed since the cache in {d} was built; rebuilding it")
+    d.mkdir(parents=True, exist_ok=True)
+    n = len(files.paths)
+    t0 = time.perf_counter()
+    tmp_images = d / "images.npy.tmp"
+    arr = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
+    ok = np.zeros(n, dtype=bool)
+    bad: list[str] = []
+    from tqdm.auto import tqdm
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        results = pool.map(lambda p: _try_decode(p, size), files.paths, chunksize=1)
+        for i, (img, err) in enumerate(tqdm(results, total=n, desc=f"caching {files.name} at {size}px",
+                                            disable=not progress, unit="img")):
+            if err is None:
+                arr[i] = img
+                ok[i] = True
+            else:
+                bad.append(err)
+    if bad and not skip_corrupt:
+        arr.flush()
+        del arr
+        tmp_images.unlink(missing_ok=True)
+        raise DataError(f"{len(bad)} unreadable image files in {files.name} (corrupt, truncated or not images):\n  "
+                        + "\n  ".join(bad) + "\nfix or remove them, or pass --skip-corrupt to skip them")
+    labels = np.asarray(files.labels, dtype=np.int64)
+    if bad:
+        print(f"{files.name}: skipped {len(bad)} unreadable files (--skip-corrupt)")
+        keep = np.flatnonzero(ok)
+        kept = np.lib.format.open_memmap(d / "images.npy.tmp2", mode="w+", dtype=np.uint8,
+                                         shape=(len(keep), 3, size, size))
+        for j in range(0, len(keep), 1024):
+            kept[j:j + 1024] = arr[keep[j:j + 1024]]
+        kept.flush()
+        del arr, kept
+        tmp_images.unlink()
+        tmp_images = d / "images.npy.tmp2"
+        labels = labels[keep]
+    else:
+        arr.flush()
+        del arr
+    os.replace(tmp_images, d / "images.npy")
+    np.save(d / "labels.npy", labels)
+    man = {"hash": digest, "complete": True, "n": int(len(labels)), "size": size, "classes": list(files.classes),
+           "skipped": len(bad), "skipped_files": bad[:1000], "source_files": n, "name": files.name,
+           "build_seconds": round(time.perf_counter() - t0, 2), "version": CACHE_VERSION}
+    manifest_path.write_text(json.dumps(man, indent=1))
+    return _open_cache(d, man)
+
+
+def _open_cache(d: Path, man: dict):
+    images = np.load(d / "images.npy", mmap_mode="c")  # copy-on-write: writable view, file untouched
+    labels = np.load(d / "labels.npy")
+    return torch.from_numpy(images), torch.from_numpy(labels), man
+
+
+# ----------------------------------------------------------------------------- CIFAR binaries
+
+def cifar_binary(root: Path, num_classes: int):
+    """(train, val) uint8 arrays from torchvision's official pickled batches, or None if absent."""
+    sub = "cifar-10-batches-py" if num_classes == 10 else "cifar-100-python"
+    base = root / sub if (root / sub).is_dir() else root
+    if num_classes == 10:
+        files = [base / f"data_batch_{i}" for i in range(1, 6)], [base / "test_batch"]
+        meta, key, names_key = base / "batches.meta", b"labels", b"label_names"
+    else:
+        files = [base / "train"], [base / "test"]
+        meta, key, names_key = base / "meta", b"fine_labels", b"fine_label_names"
+    if not all(p.is_file() for p in files[0] + files[1] + [meta]):
+        return None
+
+    def load(paths):
+        xs, ys = [], []
+        for p in paths:
+            try:
+                with open(p, "rb") as f:
+                    d = pickle.load(f, encoding="bytes")
+            except Exception as e:
+                raise DataError(f"{p} is not a readable CIFAR batch ({type(e).__name__}: {e}); "
+                                f"delete it and download again") from e
+            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[key], dtype=np.int64))
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    with open(meta, "rb") as f:
+        classes = tuple(n.decode() for n in pickle.load(f, encoding="bytes")[names_key])
+    return load(files[0]), load(files[1]), classes

@@ -1,0 +1,167 @@
+"""Disk datasets: every layout from small generated files, the cache, and errors that name the file."""
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reproscope.cli import main
+from reproscope.config import DataConfig
+from reproscope.train.data import build_datasets
+from reproscope.train.folders import DataError, imagenet100_classes
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def _img(path: Path, mode="RGB", size=(12, 10), seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    if mode == "L":
+        arr = rng.integers(0, 255, (size[1], size[0]), dtype=np.uint8)
+    else:
+        arr = rng.integers(0, 255, (size[1], size[0], len(mode)), dtype=np.uint8)
+    Image.fromarray(arr, mode).save(path, "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else None)
+
+
+def _folder(root: Path, classes=("a", "b"), n=3, splits=("train", "val"), ext=".jpg"):
+    for s in splits:
+        for ci, c in enumerate(classes):
+            for i in range(n):
+                _img(root / s / c / f"{i}{ext}", seed=ci * 10 + i)
+    return root
+
+
+def _cfg(tmp_path, dataset, root, **kw):
+    return DataConfig(dataset=dataset, root=str(root), img_size=8, cache_dir=str(tmp_path / "cache"), **kw)
+
+
+def test_imagefolder_and_cache_reuse(tmp_path, capsys):
+    root = _folder(tmp_path / "data")
+    tr, va = build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False)
+    assert tr.images.shape == (6, 3, 9, 9) and tr.images.dtype == torch.uint8  # cache_res = 8 / 0.875
+    assert tr.classes == ("a", "b") and sorted(tr.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    man = json.loads(next((tmp_path / "cache").glob("imagefolder-train-*/manifest.json")).read_text())
+    assert man["complete"] and man["n"] == 6
+    tr2, _ = build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False)
+    assert torch.equal(tr.images, tr2.images)
+    assert "rebuilding" not in capsys.readouterr().out  # reused
+    _img(root / "train" / "a" / "new.jpg", seed=99)
+    tr3, _ = build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False)
+    assert len(tr3) == 7 and "source changed" in capsys.readouterr().out
+
+
+def test_imagenette_official_archive_layout(tmp_path):
+    _folder(tmp_path / "data" / "imagenette2-160", classes=("n01440764", "n02102040"))
+    tr, va = build_datasets(_cfg(tmp_path, "imagenette", tmp_path / "data"), progress=False)
+    assert len(tr) == 6 and len(va) == 6 and tr.classes[0] == "n01440764"
+
+
+def test_tiny_imagenet_official_layout(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    for ci, c in enumerate(("n01", "n02")):
+        for i in range(2):
+            _img(root / "train" / c / "images" / f"{c}_{i}.JPEG", seed=ci + i)
+    lines = []
+    for i, c in enumerate(("n02", "n01", "n02")):
+        _img(root / "val" / "images" / f"val_{i}.JPEG", seed=10 + i)
+        lines.append(f"val_{i}.JPEG\t{c}\t0\t0\t10\t10")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    tr, va = build_datasets(_cfg(tmp_path, "tiny-imagenet", tmp_path), progress=False)
+    assert len(tr) == 4 and va.labels.tolist() == [1, 0, 1]
+
+
+def test_cifar_binary_and_folder_layouts(tmp_path):
+    base = tmp_path / "bin" / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(base / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    tr, va = build_datasets(_cfg(tmp_path, "cifar10", tmp_path / "bin"), progress=False)
+    assert tr.images.shape == (20, 3, 32, 32) and len(va) == 4 and len(tr.classes) == 10
+    _folder(tmp_path / "folders", classes=("cat", "dog"), splits=("train", "test"))
+    tr, va = build_datasets(_cfg(tmp_path, "cifar100", tmp_path / "folders"), progress=False)
+    assert len(tr) == 6 and len(va) == 6
+
+
+def test_imagenet100_subset(tmp_path):
+    classes = imagenet100_classes()
+    assert len(classes) == 100 == len(set(classes))
+    root = tmp_path / "in"
+    for s in ("train", "val"):
+        for c in classes + ["n99999999"]:  # an extra class that the subset must ignore
+            _img(root / s / c / "x.JPEG", size=(8, 8))
+    tr, va = build_datasets(_cfg(tmp_path, "imagenet-100", root, workers=2), progress=False)
+    assert len(tr.classes) == 100 and "n99999999" not in tr.classes and len(va) == 100
+
+
+def test_grayscale_cmyk_rgba_are_converted(tmp_path):
+    root = _folder(tmp_path / "d")
+    _img(root / "train" / "a" / "gray.jpg", mode="L")
+    _img(root / "train" / "a" / "cmyk.jpg", mode="CMYK")
+    _img(root / "train" / "b" / "rgba.png", mode="RGBA")
+    tr, _ = build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False)
+    assert len(tr) == 9 and tr.images.shape[1] == 3
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("missing_root", "does not exist"),
+    ("empty_class", "is empty"),
+    ("mismatch", "train and val classes differ"),
+    ("corrupt", "corrupt.jpg"),
+    ("truncated", "truncated.jpg"),
+    ("non_image", "notes.txt"),
+])
+def test_bad_data_errors_name_the_file(tmp_path, case, needle):
+    root = _folder(tmp_path / "d")
+    if case == "missing_root":
+        root = tmp_path / "nowhere"
+    elif case == "empty_class":
+        (root / "train" / "c").mkdir()
+        (root / "val" / "c").mkdir()
+    elif case == "mismatch":
+        _img(root / "val" / "z" / "0.jpg")
+    elif case == "corrupt":
+        (root / "train" / "a" / "corrupt.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    elif case == "truncated":
+        good = (root / "train" / "a" / "0.jpg").read_bytes()
+        _img(root / "train" / "a" / "big.jpg", size=(64, 64))
+        big = (root / "train" / "a" / "big.jpg").read_bytes()
+        (root / "train" / "a" / "truncated.jpg").write_bytes(big[: len(big) // 2])
+        assert good
+    elif case == "non_image":
+        (root / "train" / "a" / "notes.txt").write_text("hello")
+    with pytest.raises(DataError) as e:
+        build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False)
+    assert needle in str(e.value)
+
+
+def test_all_bad_files_listed_and_skip_corrupt(tmp_path, capsys):
+    root = _folder(tmp_path / "d")
+    (root / "train" / "a" / "bad1.jpg").write_bytes(b"nope")
+    (root / "train" / "b" / "bad2.jpg").write_bytes(b"nope")
+    with pytest.raises(DataError) as e:
+        build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False)
+    assert "2 unreadable" in str(e.value) and "bad1.jpg" in str(e.value) and "bad2.jpg" in str(e.value)
+    tr, _ = build_datasets(_cfg(tmp_path, "imagefolder", root, skip_corrupt=True), progress=False)
+    assert len(tr) == 6 and "skipped 2 unreadable" in capsys.readouterr().out
+
+
+def test_cli_bad_root_is_a_message_not_a_traceback(tmp_path, capsys):
+    rc = main(["train", "--set", "data.dataset=imagefolder", "--set", f"data.root={tmp_path}/missing",
+               "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not exist" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "imagenette").is_dir(), reason="shared Imagenette copy not present")
+def test_shared_imagenette_copy(tmp_path):
+    tr, va = build_datasets(_cfg(tmp_path, "imagenette", SHARED / "imagenette"), progress=False)
+    assert (len(tr), len(va)) == (9469, 3925) and len(tr.classes) == 10

@@ -6,7 +6,8 @@ from reproscope.train.run import train
 
 from conftest import TINY
 
-PAPER_RECIPES = [r.name for r in list_recipes() if r.name.split("-")[0] in ("dyt", "kat", "mambaout")]
+PAPER_RECIPES = [r.name for r in list_recipes()
+                 if r.name.split("-")[0] in ("dyt", "kat", "mambaout") and r.data.dataset == "shapes10"]
 
 
 def test_each_paper_has_model_and_baseline_recipes():
@@ -25,3 +26,55 @@ def test_paper_recipe_trains_offline(name, tmp_path):
     from reproscope.model import DyT
     has_dyt = any(isinstance(m, DyT) for m in trainer.orig_model.modules())
     assert has_dyt == (base.model.norm == "dyt"), "the recipe's norm choice must reach the model"
+
+
+def test_unexplained_deviation_fails_registration():
+    import dataclasses
+    from reproscope.recipes import RecipeError, get_recipe, register_recipe
+    parent = get_recipe("dyt-vit_base-paper")
+    child = dataclasses.replace(apply_overrides(parent, {"optim.lr": 1e-3, "sched.epochs": 10}),
+                                name="test-child", parent=parent.name, sources={},
+                                deviations={"optim.lr": "smaller batch"})
+    with pytest.raises(RecipeError, match="sched.epochs differ from parent .* without a stated reason"):
+        register_recipe(child)
+    stale = dataclasses.replace(child, deviations={"optim.lr": "x", "sched.epochs": "y", "aug.hflip": "z"})
+    with pytest.raises(RecipeError, match="aug.hflip, which do not differ"):
+        register_recipe(stale)
+
+
+def test_paper_recipes_cite_a_source_for_every_value():
+    from reproscope.recipes import PAPER_KEYS
+    papers = [r for r in list_recipes() if r.name.endswith("-paper")]
+    assert len(papers) >= 3
+    for r in papers:
+        assert all(r.sources.get(k) for k in PAPER_KEYS), r.name
+    vit = next(r for r in papers if r.name == "dyt-vit_base-paper")
+    assert (vit.sched.epochs, vit.data.batch_size, vit.optim.lr, vit.sched.warmup_epochs) == (300, 4096, 4e-3, 20)
+    assert (vit.aug.mixup_alpha, vit.aug.cutmix_alpha, vit.reg.label_smoothing, vit.reg.ema_decay) == (0.8, 1.0, 0.1, 0.9999)
+
+
+def test_every_reduced_recipe_has_a_parent_and_reasons():
+    from reproscope.recipes import deviation_log
+    reduced = [r for r in list_recipes() if r.parent]
+    subsets = {"imagenette", "tinyimagenet", "cifar10", "cifar100"}
+    for paper in ("dyt", "kat", "mambaout"):
+        assert {r.name.rsplit("-", 1)[1] for r in reduced if r.name.startswith(paper)} == subsets
+    for r in reduced:
+        rows = deviation_log(r)
+        assert rows and all(x["reason"] for x in rows), r.name
+
+
+def test_recipes_diff_cli_and_run_dir_deviation_log(tmp_path, capsys):
+    import json
+    from reproscope.cli import main
+    assert main(["recipes", "diff", "dyt-vit_tiny-cifar10"]) == 0
+    out = capsys.readouterr().out
+    assert "vs its parent dyt-vit_base-paper" in out and "model.name" in out and "linear scaling rule" in out
+    # overrides show up as deviations too, in the CLI and in the run directory
+    assert main(["recipes", "diff", "dyt-vit_tiny-cifar10", "--set", "sched.epochs=50"]) == 0
+    assert "command-line override" in capsys.readouterr().out
+    from reproscope.recipes import get_recipe
+    r = apply_overrides(get_recipe("quickstart"), {**TINY, "sched.epochs": 1})
+    train(r, run_dir=tmp_path / "run")
+    log = json.loads((tmp_path / "run" / "deviations.json").read_text())
+    assert {x["key"] for x in log["deviations"]} >= {"sched.epochs", "data.train_size"}

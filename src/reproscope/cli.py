@@ -38,6 +38,20 @@ def cmd_train(args) -> int:
 
 
 def cmd_recipes(args) -> int:
+    if args.action == "diff":
+        from .recipes import deviation_log
+        if not args.name:
+            raise ConfigError("usage: reproscope recipes diff NAME")
+        r = apply_overrides(get_recipe(args.name), args.overrides)
+        rows = deviation_log(r)
+        if not r.parent and not rows:
+            print(f"{r.name} declares no parent paper recipe; nothing to compare")
+            return 0
+        print(f"{r.name} vs its parent {r.parent}: {len(rows)} fields differ")
+        w = max([len(x["key"]) for x in rows] + [3])
+        for x in rows:
+            print(f"  {x['key']:<{w}}  {x['parent']!r} -> {x['value']!r}\n  {'':<{w}}  reason: {x['reason'] or 'NONE GIVEN'}")
+        return 0
     if args.action == "show":
         if not args.name:
             raise ConfigError("usage: reproscope recipes show NAME [--set KEY=VALUE ...]")
@@ -73,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping")
     t.set_defaults(fn=cmd_train)
 
-    r = sub.add_parser("recipes", help="list recipes, or `recipes show NAME`")
-    r.add_argument("action", nargs="?", default="list", choices=("list", "show"))
+    r = sub.add_parser("recipes", help="list recipes; `recipes show NAME`; `recipes diff NAME` (vs the paper recipe)")
+    r.add_argument("action", nargs="?", default="list", choices=("list", "show", "diff"))
     r.add_argument("name", nargs="?")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     r.set_defaults(fn=cmd_recipes)

@@ -139,6 +139,9 @@ SECTIONS: dict[str, type] = {
 class Recipe:
     name: str
     description: str
+    parent: str = ""  # the paper recipe a reduced recipe derives from
+    sources: Mapping[str, str] = field(default_factory=dict)  # key -> paper section/table it comes from
+    deviations: Mapping[str, str] = field(default_factory=dict)  # key -> why it differs from the parent
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
@@ -289,14 +292,30 @@ def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any] | typing.Iterab
     return recipe
 
 
+def flat_items(recipe: Recipe) -> dict[str, Any]:
+    """{section.key: value} over every configurable field."""
+    return {f"{s}.{f.name}": getattr(getattr(recipe, s), f.name)
+            for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def recipe_diff(a: Recipe, b: Recipe) -> dict[str, tuple[Any, Any]]:
+    """{key: (value in a, value in b)} for every field that differs."""
+    fa, fb = flat_items(a), flat_items(b)
+    return {k: (fa[k], fb[k]) for k in fa if fa[k] != fb[k]}
+
+
+META_KEYS = {"name", "description", "parent", "sources", "deviations"}
+
+
 def recipe_from_dict(d: Mapping[str, Any]) -> Recipe:
     """Rebuild a recipe from its saved ``config.json`` (unknown keys are errors)."""
-    base = Recipe(name=d["name"], description=d.get("description", ""))
+    base = Recipe(name=d["name"], description=d.get("description", ""), parent=d.get("parent", ""),
+                  sources=dict(d.get("sources") or {}), deviations=dict(d.get("deviations") or {}))
     flat = {}
     for section in SECTIONS:
         for k, v in (d.get(section) or {}).items():
             flat[f"{section}.{k}"] = v
-    unknown = set(d) - set(SECTIONS) - {"name", "description"}
+    unknown = set(d) - set(SECTIONS) - META_KEYS
     if unknown:
         k = sorted(unknown)[0]
         raise ConfigError(f"unknown top-level key {k!r} in config{nearest(k, list(SECTIONS))}")

@@ -4,17 +4,63 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import (AugConfig, ConfigError, DataConfig, ModelConfig, OptimConfig, Recipe, RegConfig,
-                     ScheduleConfig, nearest, validate)
+from .config import (AugConfig, ConfigError, DataConfig, ModelConfig, OptimConfig, PrecisionConfig, Recipe,
+                     RegConfig, ScheduleConfig, apply_overrides, flat_items, nearest, recipe_diff, validate)
 
 _RECIPES: dict[str, Recipe] = {}
 
 
+class RecipeError(ValueError):
+    """A recipe that cannot be registered (raised at import time, so a bad recipe never ships)."""
+
+
+def check_deviations(recipe: Recipe) -> None:
+    """A recipe with a parent must give a reason for every field that differs, and only for those."""
+    if not recipe.parent:
+        if recipe.deviations:
+            raise RecipeError(f"recipe {recipe.name!r} lists deviations but declares no parent")
+        return
+    if recipe.parent not in _RECIPES:
+        raise RecipeError(f"recipe {recipe.name!r}: parent {recipe.parent!r} is not registered"
+                          f"{nearest(recipe.parent, _RECIPES)}")
+    diff = recipe_diff(_RECIPES[recipe.parent], recipe)
+    unexplained = sorted(set(diff) - set(recipe.deviations))
+    if unexplained:
+        k = unexplained[0]
+        raise RecipeError(f"recipe {recipe.name!r}: {', '.join(unexplained)} differ from parent {recipe.parent!r} "
+                          f"without a stated reason (e.g. {k}: {diff[k][0]!r} -> {diff[k][1]!r}); "
+                          f"add it to deviations")
+    stale = sorted(set(recipe.deviations) - set(diff))
+    if stale:
+        raise RecipeError(f"recipe {recipe.name!r}: deviations give reasons for {', '.join(stale)}, "
+                          f"which do not differ from parent {recipe.parent!r}")
+
+
 def register_recipe(recipe: Recipe) -> Recipe:
     if recipe.name in _RECIPES:
-        raise ValueError(f"recipe {recipe.name!r} is registered twice")
-    _RECIPES[recipe.name] = validate(recipe)
+        raise RecipeError(f"recipe {recipe.name!r} is registered twice")
+    validate(recipe)
+    check_deviations(recipe)
+    _RECIPES[recipe.name] = recipe
     return recipe
+
+
+def deviation_log(recipe: Recipe) -> list[dict]:
+    """Every field in which ``recipe`` (as resolved, overrides included) differs from its parent paper
+    recipe, with the reason: the recipe's stated one, or 'command-line override' for --set changes."""
+    rows = []
+    registered = _RECIPES.get(recipe.name)
+    parent = _RECIPES.get(recipe.parent) if recipe.parent else None
+    overridden = recipe_diff(registered, recipe) if registered is not None else {}
+    base = parent or registered
+    if base is None:
+        return rows
+    for key, (was, now) in recipe_diff(base, recipe).items():
+        reason = recipe.deviations.get(key, "")
+        if key in overridden:
+            reason = f"command-line override (recipe had {overridden[key][0]!r})" + (f"; {reason}" if reason else "")
+        rows.append({"key": key, "parent": was, "value": now, "reason": reason})
+    return rows
 
 
 def get_recipe(name: str) -> Recipe:
@@ -73,3 +119,160 @@ _paper_smoke("mambaout-mambaout_femto", "MambaOut paper: MambaOut-Femto, stem st
              ModelConfig(name="mambaout_femto", patch_size=2))
 _paper_smoke("mambaout-vit_tiny", "MambaOut paper baseline: DeiT-T (ViT-Ti, LayerNorm), patch 8, on shapes10 32 px",
              ModelConfig(name="vit_tiny", norm="ln", patch_size=8))
+
+
+# ----------------------------------------------------------------------------- paper recipes
+# Exactly as published; every value names its source. "batch" is the paper's global batch.
+
+def _paper(name: str, description: str, sources: dict[str, str], **sections) -> Recipe:
+    r = Recipe(name=name, description=description, **sections)
+    missing = sorted(k for k in PAPER_KEYS if k not in sources)
+    if missing:
+        raise RecipeError(f"paper recipe {name!r}: no source given for {', '.join(missing)}")
+    return register_recipe(dataclasses.replace(r, sources=dict(sources)))
+
+
+PAPER_KEYS = tuple(k for k in flat_items(QUICKSTART) if k.split(".")[0] in ("optim", "sched", "aug", "reg")) + (
+    "model.name", "model.norm", "model.drop_path", "data.img_size", "data.batch_size", "data.eval_crop_pct",
+    "precision.amp")
+
+_DEIT_AUG = AugConfig(hflip=0.5, crop_pad=0, rrc_scale_min=0.08, interpolation="bicubic", randaug_n=2, randaug_m=9,
+                      randaug_mstd=0.5, color_jitter=0.4, random_erasing=0.25, mixup_alpha=0.8, cutmix_alpha=1.0,
+                      mix_prob=1.0, mix_switch_prob=0.5)
+_IN1K = DataConfig(dataset="imagenet", root="", img_size=224, batch_size=4096, eval_crop_pct=0.875)
+
+
+def _sources(**groups: str) -> dict[str, str]:
+    """Expand {prefix_or_key: source} to every key it covers ('aug' -> every aug.* key)."""
+    out = {}
+    for k in PAPER_KEYS:
+        for prefix, src in groups.items():
+            prefix = prefix.replace("__", ".")
+            if k == prefix or k.startswith(prefix + "."):
+                out[k] = src
+    return out
+
+
+_DYT_SRC = _sources(optim="DyT App. A (ConvNeXt/DeiT recipe: AdamW 0.9/0.999, eps 1e-8, lr 4e-3, wd 0.05, no clip)",
+                    sched="DyT App. A (300 epochs, 20 warmup, cosine to 1e-6)",
+                    aug="DyT App. A (RandAugment m9-mstd0.5, jitter 0.4, bicubic, RE 0.25, mixup 0.8, cutmix 1.0, "
+                        "switch 0.5, hflip, RRC 0.08); colour jitter is inert under RandAugment in timm",
+                    reg="DyT App. A (label smoothing 0.1, EMA 0.9999 evaluated)",
+                    model__name="DyT Table 1 (ViT-B)", model__norm="DyT Sec. 3", model__drop_path="DyT App. A (ViT-B 0.1)",
+                    data__img_size="DyT App. A (224 px)", data__batch_size="DyT App. A (batch 4096)",
+                    data__eval_crop_pct="DyT App. A (resize 256, crop 224)",
+                    precision__amp="DyT App. A / reference (fp32 with TF32, no AMP)")
+DYT_VIT_B = _paper(
+    "dyt-vit_base-paper", "DyT paper recipe for ViT-B/16 with DyT on ImageNet-1K (as published)", _DYT_SRC,
+    model=ModelConfig(name="vit_base", norm="dyt", dyt_alpha0=0.5, drop_path=0.1, global_pool="avg"),
+    data=_IN1K,
+    optim=OptimConfig(lr=4e-3, weight_decay=0.05, beta1=0.9, beta2=0.999, eps=1e-8, grad_clip=0.0),
+    sched=ScheduleConfig(epochs=300, warmup_epochs=20, min_lr=1e-6),
+    aug=_DEIT_AUG, reg=RegConfig(label_smoothing=0.1, ema_decay=0.9999, eval_ema=True),
+    precision=PrecisionConfig(amp="fp32", tf32=True))
+DYT_VIT_B_LN = _paper(
+    "dyt-vit_base_ln-paper", "DyT paper's LayerNorm baseline: ViT-B/16 with LN, same recipe",
+    {**_DYT_SRC, "model.norm": "DyT Table 1 (LN baseline)"},
+    **{k: getattr(DYT_VIT_B, k) for k in ("data", "optim", "sched", "aug", "reg", "precision")},
+    model=dataclasses.replace(DYT_VIT_B.model, norm="ln"))
+
+_KAT_SRC = _sources(optim="KAT Sec. 5.2 / reference script (DeiT recipe: AdamW, lr 1e-3 at batch 1024, wd 0.05)",
+                    sched="KAT Sec. 5.2 (300 epochs) / DeiT (5 warmup epochs, cosine to 1e-5)",
+                    aug="KAT reference script (DeiT: RandAugment m9-mstd0.5, RE 0.25, mixup 0.8, cutmix 1.0)",
+                    reg="KAT reference script (label smoothing 0.1, EMA 0.9999)",
+                    model__name="KAT Table 5 (KAT-T)", model__norm="KAT Sec. 4 (ViT with LN)",
+                    model__drop_path="KAT reference script (0.1)", data__img_size="KAT Sec. 5.2 (224 px)",
+                    data__batch_size="KAT Sec. 5.2 (batch 1024)", data__eval_crop_pct="KAT reference script (0.875)",
+                    precision__amp="KAT reference script (AMP)")
+KAT_T = _paper(
+    "kat-kat_tiny-paper", "KAT paper recipe for KAT-T on ImageNet-1K (DeiT recipe, as published)", _KAT_SRC,
+    model=ModelConfig(name="kat_tiny", drop_path=0.1),
+    data=dataclasses.replace(_IN1K, batch_size=1024),
+    optim=OptimConfig(lr=1e-3, weight_decay=0.05),
+    sched=ScheduleConfig(epochs=300, warmup_epochs=5, min_lr=1e-5),
+    aug=_DEIT_AUG, reg=RegConfig(label_smoothing=0.1, ema_decay=0.9999, eval_ema=True),
+    precision=PrecisionConfig(amp="bf16"))
+
+_MO_SRC = _sources(optim="MambaOut Sec. 4.2 / Table 5 (AdamW 0.9/0.999, eps 1e-8, lr 4e-3, wd 0.05, no clip)",
+                   sched="MambaOut Table 5 (300 epochs, 20 warmup, cosine)",
+                   aug="MambaOut Table 5 (DeiT: RandAugment 9/0.5, mixup 0.8, cutmix 1.0, switch 0.5, RE 0.25)",
+                   reg="MambaOut Table 5 (label smoothing 0.1, no EMA)",
+                   model__name="MambaOut Table 1 (Femto)", model__norm="MambaOut Sec. 3 (LayerNorm)",
+                   model__drop_path="MambaOut Table 5 (Femto 0.025)", data__img_size="MambaOut Sec. 4.2 (224 px)",
+                   data__batch_size="MambaOut Table 5 (batch 4096)", data__eval_crop_pct="DeiT recipe (0.875)",
+                   precision__amp="not stated; reference trains with AMP")
+MAMBAOUT_F = _paper(
+    "mambaout-mambaout_femto-paper", "MambaOut paper recipe for MambaOut-Femto on ImageNet-1K (as published)", _MO_SRC,
+    model=ModelConfig(name="mambaout_femto", drop_path=0.025),
+    data=_IN1K,
+    optim=OptimConfig(lr=4e-3, weight_decay=0.05),
+    sched=ScheduleConfig(epochs=300, warmup_epochs=20, min_lr=1e-6),
+    aug=_DEIT_AUG, reg=RegConfig(label_smoothing=0.1, ema_decay=0.0),
+    precision=PrecisionConfig(amp="bf16"))
+
+
+# ----------------------------------------------------------------------------- reduced recipes
+# Derived from the paper recipes for the public subsets, sized for one L4 GPU-day. Every changed
+# field carries its reason; registration fails for a change without one.
+
+_SUBSETS = {
+    "imagenette": dict(
+        data={"dataset": "imagenette", "root": "../shared/datasets/imagenette", "img_size": 160},
+        reasons={"data.dataset": "public 10-class ImageNet subset", "data.root": "the shared development copy",
+                 "data.img_size": "160 px (the imagenette2-160 scale) keeps 300 epochs inside an L4 day"},
+        patch=16, stem=4),
+    "tinyimagenet": dict(
+        data={"dataset": "tiny-imagenet", "root": "data/tiny-imagenet-200", "img_size": 64},
+        reasons={"data.dataset": "public 200-class ImageNet subset at 64 px", "data.root": "default download place",
+                 "data.img_size": "Tiny-ImageNet images are 64 px"},
+        patch=8, stem=2),
+    "cifar10": dict(
+        data={"dataset": "cifar10", "root": "data/cifar", "img_size": 32, "eval_crop_pct": 1.0},
+        reasons={"data.dataset": "CIFAR-10", "data.root": "default download place",
+                 "data.img_size": "CIFAR images are 32 px", "data.eval_crop_pct": "no eval crop at 32 px"},
+        patch=4, stem=2),
+    "cifar100": dict(
+        data={"dataset": "cifar100", "root": "data/cifar", "img_size": 32, "eval_crop_pct": 1.0},
+        reasons={"data.dataset": "CIFAR-100", "data.root": "default download place",
+                 "data.img_size": "CIFAR images are 32 px", "data.eval_crop_pct": "no eval crop at 32 px"},
+        patch=4, stem=2),
+}
+_SINGLE_GPU_BATCH = 256
+
+
+def _reduced(parent: Recipe, subset: str, model_name: str, model_reason: str = "") -> Recipe:
+    spec = _SUBSETS[subset]
+    changes: dict[str, object] = {f"data.{k}": v for k, v in spec["data"].items()}
+    reasons = dict(spec["reasons"])
+    changes["data.batch_size"] = _SINGLE_GPU_BATCH
+    reasons["data.batch_size"] = (f"one L4: batch {_SINGLE_GPU_BATCH} instead of {parent.data.batch_size} "
+                                  f"(also gives enough optimizer steps on a small dataset)")
+    changes["optim.lr"] = parent.optim.lr * _SINGLE_GPU_BATCH / parent.data.batch_size
+    reasons["optim.lr"] = f"linear scaling rule: {parent.optim.lr:g} x {_SINGLE_GPU_BATCH}/{parent.data.batch_size}"
+    if model_name != parent.model.name:
+        changes["model.name"] = model_name
+        reasons["model.name"] = model_reason
+    is_vit = model_name.startswith(("vit", "kat"))
+    patch = spec["patch"] if is_vit else spec["stem"]
+    if patch != (16 if is_vit else 4):
+        changes["model.patch_size"] = patch
+        reasons["model.patch_size"] = (f"patch {patch} keeps a {spec['data']['img_size'] // patch}-token-wide grid"
+                                       if is_vit else f"stem stride {patch} keeps the last feature map >= 2x2")
+    if parent.precision.amp != "bf16":
+        changes["precision.amp"] = "bf16"
+        reasons["precision.amp"] = "bf16 autocast roughly doubles L4 throughput; DyT notes fp32 vs bf16 as a gotcha"
+    if parent.reg.ema_decay > 0.999:
+        changes["reg.ema_decay"] = 0.999
+        reasons["reg.ema_decay"] = "0.9999 averages over ~10k steps, too long for a small dataset's run"
+    base = apply_overrides(parent, changes)
+    name = f"{parent.name.removesuffix('-paper').split('-')[0]}-{model_name}{'_ln' if parent.model.norm == 'ln' and is_vit else ''}-{subset}"
+    return register_recipe(dataclasses.replace(
+        base, name=name, parent=parent.name, sources={}, deviations=reasons,
+        description=f"{parent.name} reduced to {subset} on one L4 GPU-day ({model_name})"))
+
+
+for _subset in _SUBSETS:
+    _reduced(DYT_VIT_B, _subset, "vit_tiny", "ViT-Ti: the smallest DeiT size fits the L4-day budget (paper: ViT-B/L)")
+    _reduced(DYT_VIT_B_LN, _subset, "vit_tiny", "ViT-Ti: the smallest DeiT size fits the L4-day budget (paper: ViT-B/L)")
+    _reduced(KAT_T, _subset, "kat_tiny")
+    _reduced(MAMBAOUT_F, _subset, "mambaout_femto")

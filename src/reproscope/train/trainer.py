@@ -232,6 +232,9 @@ class Trainer:
         r = self.recipe
         write_json(self.run_dir / "config.json", r.to_dict())
         write_json(self.run_dir / "environment.json", environment())
+        from ..recipes import deviation_log
+        write_json(self.run_dir / "deviations.json", {"recipe": r.name, "parent": r.parent,
+                                                      "deviations": deviation_log(r)})
         self.fire("train_start")
         bar = _progress(r.run.progress, total=self.total_steps, initial=self.step)
         try:

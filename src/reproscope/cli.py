@@ -71,6 +71,13 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from .diagnostics.plan import plan, print_plan
+    recipe = resolved_recipe(args)
+    print_plan(recipe, plan(recipe, args.hours, args.steps))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reproscope", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="registered models with parameter counts and the papers' numbers")
     m.add_argument("--no-flops", action="store_true", help="skip the FLOP count (faster)")
     m.set_defaults(fn=cmd_models)
+
+    pl = sub.add_parser("plan", help="time real training steps here and budget a run (with an L4 estimate)")
+    _add_recipe_args(pl)
+    pl.add_argument("--hours", type=float, default=24.0, help="budget in hours (default 24)")
+    pl.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    pl.set_defaults(fn=cmd_plan)
 
     k = sub.add_parser("keys", help="every configurable key with its accepted values")
     k.set_defaults(fn=lambda a: print("\n".join(all_keys())) or 0)

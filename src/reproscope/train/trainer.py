@@ -34,7 +34,7 @@ from ..config import ConfigError, Recipe
 from ..model import create_model, model_info
 from .augment import BatchTransform, soft_cross_entropy
 from .checkpoint import atomic_save
-from .data import BatchLoader, build_datasets, channel_stats
+from .data import ArrayDataset, BatchLoader, build_datasets, channel_stats
 from .ema import ModelEma
 from .optim import WarmupCosine, build_optimizer
 from .rundir import MetricsLog, environment, write_json
@@ -114,7 +114,8 @@ class Trainer:
     """Build everything a recipe names, then ``fit()``."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, callbacks=(), tensorboard: bool = True,
-                 model: nn.Module | None = None, download: bool = False):
+                 model: nn.Module | None = None, download: bool = False,
+                 datasets: tuple[ArrayDataset, ArrayDataset] | None = None):
         self.recipe, self.run_dir = recipe, Path(run_dir)
         self.callbacks: list[Any] = list(callbacks)
         r = recipe
@@ -129,7 +130,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         seed_everything(r.run.seed)
 
-        self.train_set, self.val_set = build_datasets(r.data, download=download, progress=r.run.progress)
+        self.train_set, self.val_set = datasets or build_datasets(r.data, download=download, progress=r.run.progress)
         self.num_classes = r.data.num_classes or self.train_set.num_classes
         self.orig_model = (model if model is not None else self._build_model()).to(self.device)
         cl = r.precision.channels_last

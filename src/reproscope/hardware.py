@@ -1,0 +1,40 @@
+"""Known accelerators: dense peak throughput per precision (vendor datasheets, no sparsity).
+
+Used for MFU (model FLOPs utilisation) and for the budget planner's L4 estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    bf16: float  # dense FLOP/s
+    tf32: float
+    fp32: float
+    memory_gib: float
+
+
+KNOWN_GPUS = {
+    "L4": GPU("NVIDIA L4", 121e12, 60e12, 30.3e12, 24),
+    "A100": GPU("NVIDIA A100 SXM4", 312e12, 156e12, 19.5e12, 80),
+    "H100": GPU("NVIDIA H100 SXM5", 989e12, 494e12, 67e12, 80),
+    "H200": GPU("NVIDIA H200 SXM", 989e12, 494e12, 67e12, 141),
+}
+
+
+def lookup(device_name: str) -> GPU | None:
+    """The table entry whose key appears in a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3')."""
+    up = device_name.upper()
+    for key in ("H200", "H100", "A100", "L4"):
+        if key in up.replace("-", " ").split() or f" {key}" in f" {up}":
+            return KNOWN_GPUS[key]
+    return None
+
+
+def peak_flops(gpu: GPU, amp: str, tf32: bool = True) -> float:
+    if amp in ("bf16", "fp16"):
+        return gpu.bf16
+    return gpu.tf32 if tf32 else gpu.fp32

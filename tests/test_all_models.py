@@ -85,3 +85,15 @@ def test_convert_handles_timm_layernorm2d():
     assert any(t == "LayerNorm2d" for _, t in swapped)
     assert sum(isinstance(x, DyT) for x in m.modules()) == len(swapped)
     assert torch.isfinite(m(torch.randn(1, 3, 64, 64))).all()
+
+
+BIG = [n for n in list_models() if n not in SMALL]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BIG)
+def test_big_model_output_shape(name):
+    m = create_model(name, num_classes=3, img_size=32).eval()
+    with torch.no_grad():
+        out = m(torch.randn(1, 3, 32, 32))
+    assert out.shape == (1, 3) and torch.isfinite(out).all()

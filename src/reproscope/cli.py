@@ -30,6 +30,9 @@ def cmd_train(args) -> int:
     trainer, metrics = train(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
                              overrides=args.overrides if args.resume else None, download=args.download)
     rd = trainer.run_dir
+    if trainer.tripped is not None:
+        print(f"run stopped: {trainer.stop_reason}; see the report above and {rd / 'metrics.jsonl'}")
+        return 3
     if metrics:
         print(f"final val top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
     print(f"run directory: {rd}")
@@ -78,6 +81,15 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    if args.check == "replay":
+        from .diagnostics.replay import replay
+        if not args.path:
+            raise ConfigError("usage: reproscope diagnose replay PATH (a nonfinite-stepN.pt reproducer)")
+        return replay(args.path)
+    raise ConfigError(f"unknown diagnose command {args.check!r}; available: replay")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reproscope", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -109,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--hours", type=float, default=24.0, help="budget in hours (default 24)")
     pl.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     pl.set_defaults(fn=cmd_plan)
+
+    dg = sub.add_parser("diagnose", help="diagnose a run: `diagnose replay PATH` reruns a NaN reproducer")
+    dg.add_argument("check", help="replay")
+    dg.add_argument("path", nargs="?", help="reproducer file for replay")
+    dg.set_defaults(fn=cmd_diagnose)
 
     k = sub.add_parser("keys", help="every configurable key with its accepted values")
     k.set_defaults(fn=lambda a: print("\n".join(all_keys())) or 0)

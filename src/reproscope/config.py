@@ -129,9 +129,24 @@ class RunConfig:
     progress: bool = _f(True, "show progress bars")
 
 
+@dataclass(frozen=True)
+class InstrumentConfig:
+    enabled: bool = _f(True, "per-layer probes (activation/gradient/parameter stats)")
+    probe_every: int = _f(200, "probe every N optimizer steps", min=1)
+    probe_early: bool = _f(True, "also probe at log-spaced early steps (1, 2, 4, 8, ...)")
+    histograms: bool = _f(False, "TensorBoard histograms of weights, grads and activations on probe steps")
+    nan_policy: str = _f("stop", "on a non-finite loss or grad norm: stop, skip the step, or roll back and halve lr",
+                         choices=("stop", "skip", "rollback"))
+    spike_window: int = _f(100, "loss-spike detector window (steps)", min=5)
+    spike_threshold: float = _f(8.0, "a spike is loss > median + threshold x MAD of the window", gt=0)
+    spike_skip: bool = _f(False, "skip the optimizer step on a loss spike")
+    probes: bool = _f(True, "paper-figure probes (DyT curves and alpha, KAT ranges, MambaOut gates) at the end")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "sched": ScheduleConfig,
     "aug": AugConfig, "reg": RegConfig, "precision": PrecisionConfig, "run": RunConfig,
+    "instrument": InstrumentConfig,
 }
 
 
@@ -150,6 +165,7 @@ class Recipe:
     reg: RegConfig = RegConfig()
     precision: PrecisionConfig = PrecisionConfig()
     run: RunConfig = RunConfig()
+    instrument: InstrumentConfig = InstrumentConfig()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

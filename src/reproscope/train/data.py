@@ -173,6 +173,7 @@ class BatchLoader:
         if train and len(ds) < batch_size:
             raise ConfigError(f"data.batch_size={batch_size} is larger than the training set "
                               f"({len(ds)} images in {ds.name}); lower data.batch_size")
+        self.last_indices: torch.Tensor | None = None
         self.images = ds.images
         if device.type != "cpu" and _fits_on_device(ds.images, device, device_cache):
             self.images = ds.images.to(device)
@@ -203,6 +204,7 @@ class BatchLoader:
         return x, y
 
     def make_batch(self, idx: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        self.last_indices = idx
         x, y = self.raw_batch(idx)
         x, y = self.transform(x, y, self._gen(step) if self.train else None)
         return x.contiguous(memory_format=self.memory_format), y

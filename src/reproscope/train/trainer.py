@@ -7,7 +7,8 @@ same calls run either way.
 
 Events, fired as ``callback.on_<event>(trainer, **info)`` on every registered callback object:
 
-    train_start, epoch_start, after_backward (grads unscaled, before clipping),
+    train_start (hooks go on here, before torch.compile wraps the model), epoch_start,
+    step_start (step number about to be taken), after_backward (grads unscaled, before clipping),
     step_end (every step; on-device tensors, no sync), log (logged steps; python floats),
     eval_end (metrics), epoch_end, checkpoint (path), train_end
 
@@ -39,8 +40,9 @@ from .ema import ModelEma
 from .optim import WarmupCosine, build_optimizer
 from .rundir import MetricsLog, environment, write_json
 
-EVENTS = ("train_start", "epoch_start", "after_backward", "step_end", "log", "eval_end", "epoch_end",
-          "checkpoint", "train_end")
+EVENTS = ("train_start", "epoch_start", "step_start", "after_backward", "step_end", "log", "eval_end",
+          "epoch_end", "checkpoint", "nonfinite", "spike", "train_end")
+MAX_CONSECUTIVE_ROLLBACKS = 3
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,6 +108,24 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp_dtype: torch.dtype | Non
     return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss_sum / n}
 
 
+def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
+    """The recipe's model, with only the options the recipe sets passed to its constructor."""
+    m = recipe.model
+    info = model_info(m.name)
+    kw: dict[str, Any] = {"num_classes": num_classes, "img_size": recipe.data.img_size,
+                          "drop_path_rate": m.drop_path}
+    if m.patch_size:
+        kw["patch_size"] = m.patch_size
+    if m.norm != "default":
+        kw.update(norm=m.norm, dyt_alpha0=m.dyt_alpha0)
+    if m.global_pool != "default":
+        kw["global_pool"] = m.global_pool
+    try:
+        return info.fn(**kw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.name={m.name!r} could not be built with {kw}: {e}") from e
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
@@ -132,13 +152,14 @@ class Trainer:
 
         self.train_set, self.val_set = datasets or build_datasets(r.data, download=download, progress=r.run.progress)
         self.num_classes = r.data.num_classes or self.train_set.num_classes
-        self.orig_model = (model if model is not None else self._build_model()).to(self.device)
+        self.orig_model = (model if model is not None else build_model(r, self.num_classes)).to(self.device)
         cl = r.precision.channels_last
         self.channels_last = cl == "on" or (cl == "auto" and self.device.type == "cuda"
                                             and is_conv_model(self.orig_model))
         if self.channels_last:
             self.orig_model = self.orig_model.to(memory_format=torch.channels_last)
-        self.model = torch.compile(self.orig_model) if r.precision.compile else self.orig_model
+        self.model = self.orig_model  # compiled in fit(), after train_start has attached hooks
+        self.eager_step = False  # an instrument asks for the uncompiled module on probe steps
         self.ema = ModelEma(self.orig_model, r.reg.ema_decay) if r.reg.ema_decay > 0 else None
 
         mean, std = channel_stats(self.train_set)
@@ -168,26 +189,22 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.stop_requested = False
         self.stop_reason = ""
+        self.tripped = None  # the NonFiniteReport that stopped the run, if any
+        self.skipped_steps = 0
+        self.rollbacks = 0
+        self._consecutive_rollbacks = 0
+        self._rolled_back = False
+        self.batch_indices: torch.Tensor | None = None
+        from ..instrument.probe import SpikeDetector
+        ic = r.instrument
+        self.spikes = SpikeDetector(ic.spike_window, ic.spike_threshold)
+        if ic.enabled:
+            from ..instrument.probe import Instrument
+            self.callbacks.insert(0, Instrument(ic))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(self.run_dir, tensorboard=tensorboard)
 
     # ------------------------------------------------------------------ setup helpers
-    def _build_model(self) -> nn.Module:
-        m = self.recipe.model
-        info = model_info(m.name)
-        kw: dict[str, Any] = {"num_classes": self.num_classes, "img_size": self.recipe.data.img_size,
-                              "drop_path_rate": m.drop_path}
-        if m.patch_size:
-            kw["patch_size"] = m.patch_size
-        if m.norm != "default":
-            kw.update(norm=m.norm, dyt_alpha0=m.dyt_alpha0)
-        if m.global_pool != "default":
-            kw["global_pool"] = m.global_pool
-        try:
-            return info.fn(**kw)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model.name={m.name!r} could not be built with {kw}: {e}") from e
-
     def add_callback(self, cb: Any) -> None:
         self.callbacks.append(cb)
 
@@ -208,25 +225,99 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
     def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """One optimizer step over ``accum_steps`` micro-batches. Returns on-device scalars."""
+        """One optimizer step over ``accum_steps`` micro-batches. Returns on-device scalars.
+
+        A guard between clipping and the optimizer step reads the loss and grad norm (one small
+        device-to-host copy per step) and applies the NaN policy and the spike policy.
+        """
+        self.fire("step_start", step=self.step + 1)
+        rng_before = rng_state()
         lr = self.schedule.apply(self.optimizer, self.step)
+        model = self.orig_model if self.eager_step else self.model
         loss_sum = torch.zeros((), device=self.device)
         for x, y in micro_batches:
             with autocast(self.device, self.amp_dtype):
-                loss = self.criterion(self.model(x), y)
+                loss = self.criterion(model(x), y)
             self.scaler.scale(loss / len(micro_batches)).backward()
             loss_sum += loss.detach().float()
         self.scaler.unscale_(self.optimizer)
         self.fire("after_backward")
         clip = self.recipe.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        loss_mean = loss_sum / len(micro_batches)
+        loss_v, gn_v = torch.stack([loss_mean, grad_norm.detach().float()]).tolist()  # one sync per step
+        verdict = self._guard(loss_v, gn_v, micro_batches, rng_before)
+        if verdict == "step":
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
+        if verdict == "rollback":
+            self._rollback()
+            return {"loss": loss_mean, "grad_norm": grad_norm.detach(), "lr": torch.tensor(lr)}
+        if verdict == "step" and self.ema is not None:
             self.ema.update(self.orig_model)
-        self.step += 1
-        return {"loss": loss_sum / len(micro_batches), "grad_norm": grad_norm.detach(), "lr": torch.tensor(lr)}
+        if verdict != "stop":
+            self.step += 1
+        return {"loss": loss_mean, "grad_norm": grad_norm.detach(), "lr": torch.tensor(lr)}
+
+    def _guard(self, loss: float, grad_norm: float, micro_batches, rng_before) -> str:
+        """'step', 'skip', 'stop' or 'rollback' for this step."""
+        ic = self.recipe.instrument
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self._consecutive_rollbacks = 0
+            spike = self.spikes.check(loss)
+            if spike is not None:
+                idx = self.batch_indices.tolist() if self.batch_indices is not None else None
+                self.log.log("event", self.step + 1, type="loss_spike", skipped=ic.spike_skip,
+                             batch_indices=idx, **spike)
+                self.fire("spike", step=self.step + 1, **spike)
+                if ic.spike_skip:
+                    self.skipped_steps += 1
+                    return "skip"
+            return "step"
+        from ..instrument.tripwire import format_report, locate_nonfinite
+        report = locate_nonfinite(self.orig_model, micro_batches, self.criterion, step=self.step + 1,
+                                  autocast=lambda: autocast(self.device, self.amp_dtype), rng_state=rng_before)
+        path = self.write_reproducer(micro_batches, rng_before, report)
+        policy = ic.nan_policy
+        if policy == "rollback" and self._consecutive_rollbacks >= MAX_CONSECUTIVE_ROLLBACKS:
+            policy = "stop"
+        print(format_report(report) + f"\n  reproducer: {path}  (reproscope diagnose replay {path})\n"
+              f"  policy: {policy}", flush=True)
+        self.log.log("event", self.step + 1, type="nonfinite", policy=policy, loss=loss, grad_norm=grad_norm,
+                     reproducer=str(path),
+                     **{("replay_loss" if k == "loss" else k): v for k, v in report.to_dict().items() if k != "step"})
+        self.fire("nonfinite", report=report, policy=policy)
+        if policy == "skip":
+            self.skipped_steps += 1
+            return "skip"
+        if policy == "rollback":
+            return "rollback"
+        self.tripped = report
+        self.request_stop(f"non-finite loss/grad at step {self.step + 1} in {report.module or '?'} ({report.phase})")
+        return "stop"
+
+    def _rollback(self) -> None:
+        from .checkpoint import load_checkpoint
+        ckpt = load_checkpoint(self.run_dir / "last.pt", map_location=self.device)
+        scale = self.schedule.scale * 0.5
+        bad_step = self.step + 1
+        self.load_state_dict(ckpt)
+        self.schedule.scale = scale
+        self.rollbacks += 1
+        self._consecutive_rollbacks += 1
+        self._rolled_back = True
+        print(f"rollback: restored step {self.step} from {self.run_dir / 'last.pt'}; lr scale now {scale:g}",
+              flush=True)
+        self.log.log("event", bad_step, type="rollback", restored_step=self.step, lr_scale=scale)
+
+    def write_reproducer(self, micro_batches, rng_before, report) -> Path:
+        path = self.run_dir / f"nonfinite-step{self.step + 1}.pt"
+        atomic_save({"recipe": self.recipe.to_dict(), "num_classes": self.num_classes,
+                     "model": self.orig_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "batches": [(x.detach().cpu(), y.detach().cpu()) for x, y in micro_batches],
+                     "rng": rng_before, "step": self.step + 1, "report": report.to_dict()}, path)
+        return path
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, float]:
@@ -237,6 +328,10 @@ class Trainer:
         write_json(self.run_dir / "deviations.json", {"recipe": r.name, "parent": r.parent,
                                                       "deviations": deviation_log(r)})
         self.fire("train_start")
+        if r.precision.compile and self.model is self.orig_model:
+            self.model = torch.compile(self.orig_model)
+        if r.instrument.nan_policy == "rollback" and not (self.run_dir / "last.pt").exists():
+            self.save_checkpoint()  # something to roll back to before the first epoch ends
         bar = _progress(r.run.progress, total=self.total_steps, initial=self.step)
         try:
             while self.step < self.total_steps and not self.stop_requested:
@@ -262,21 +357,27 @@ class Trainer:
         batches = self.train_loader.epoch(epoch, start_batch=start * self.accum, first_step=self.step * self.accum)
         for i in range(start, self.steps_per_epoch):
             micro = [next(batches) for _ in range(self.accum)]
+            self.batch_indices = self.train_loader.last_indices
             out = self.train_step(micro)
+            if self._rolled_back:  # restart the loop at the restored step
+                self._rolled_back = False
+                bar.n = self.step
+                bar.refresh()
+                return
+            if self.stop_requested and self.tripped is not None:
+                break
             window_loss += out["loss"]
             bar.update(1)
             self.fire("step_end", **out)
             if self.step % r.run.log_every == 0 or i == self.steps_per_epoch - 1:
-                n = self.step - logged_at
+                n = max(1, self.step - logged_at)
                 vals = {"loss": (window_loss / n).item(), "grad_norm": out["grad_norm"].item(),
-                        "lr": out["lr"].item()}  # one sync per logged step
+                        "lr": out["lr"].item(), "skipped_steps": self.skipped_steps}
                 now = time.perf_counter()
                 vals["img_per_s"] = n * self.accum * r.data.batch_size / max(now - t_log, 1e-9)
                 self.log.log("train", self.step, epoch=epoch, **vals)
                 bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{vals['lr']:.2e}", refresh=False)
                 self.fire("log", **vals)
-                if not math.isfinite(vals["loss"]):
-                    self.request_stop(f"loss is {vals['loss']}")
                 logged_at, window_loss, t_log = self.step, window_loss.zero_(), now
             if self.stop_requested:
                 break
@@ -307,6 +408,8 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "best_top1": self.best_top1,
+            "skipped_steps": self.skipped_steps,
+            "rollbacks": self.rollbacks,
             "last_eval": self.last_eval,
             "rng": rng_state(),
             "recipe": self.recipe.to_dict(),
@@ -321,6 +424,8 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
         self.best_top1 = float(ckpt.get("best_top1", -1.0))
+        self.skipped_steps = int(ckpt.get("skipped_steps", 0))
+        self.rollbacks = max(self.rollbacks, int(ckpt.get("rollbacks", 0)))
         self.last_eval = dict(ckpt.get("last_eval") or {})
         set_rng_state(ckpt["rng"])
 

@@ -1,0 +1,41 @@
+"""`reproscope diagnose replay PATH`: rerun a NaN reproducer and print the same report.
+
+A reproducer (``nonfinite-stepN.pt`` in the run directory) holds the recipe, the model and
+optimizer state from before the failing step, the batch and the RNG state. Faults injected by
+hooks are not saved with it; faults in weights, data or arithmetic reproduce.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from ..config import recipe_from_dict
+from ..instrument.tripwire import format_report, locate_nonfinite
+from ..train.augment import soft_cross_entropy
+from ..train.checkpoint import CheckpointError
+
+
+def replay(path: str | Path, device: str = "cpu") -> int:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"reproducer {path} does not exist")
+    try:
+        rep = torch.load(path, map_location=device, weights_only=False)
+        recipe = recipe_from_dict(rep["recipe"])
+    except (KeyError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"{path} is not a readable reproscope reproducer ({type(e).__name__}: {e})") from e
+    from ..train.trainer import build_model
+    model = build_model(recipe, rep["num_classes"]).to(device)
+    model.load_state_dict(rep["model"])
+    criterion = functools.partial(soft_cross_entropy, label_smoothing=recipe.reg.label_smoothing)
+    batches = [(x.to(device), y.to(device)) for x, y in rep["batches"]]
+    report = locate_nonfinite(model, batches, criterion, step=rep["step"], rng_state=rep["rng"])
+    print(format_report(report))
+    original = rep.get("report", {})
+    if original and (original.get("module"), original.get("phase")) != (report.module, report.phase):
+        print(f"note: the run reported {original.get('module')!r} ({original.get('phase')}); the fault may have "
+              f"come from a hook or a non-deterministic kernel that the reproducer cannot carry")
+    return 1 if report.phase != "none" else 0

@@ -1,0 +1,137 @@
+"""The trainer-facing instrument: probe steps on a schedule, loss-spike detection.
+
+Attaches through trainer events only. On a probe step it asks the trainer to run the uncompiled
+module (``trainer.eager_step``), turns the activation hooks on, records parameter norms after
+backward and the update-to-weight ratio after the optimizer step, then moves everything to the host
+in one transfer and writes TensorBoard scalars (grouped per layer), optional histograms and one
+line of ``stats.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import deque
+
+import torch
+
+from ..config import InstrumentConfig
+from .hooks import ActivationStats, parameter_norms
+
+
+def probe_schedule(step: int, every: int, early: bool) -> bool:
+    """Probe at multiples of ``every`` and, if ``early``, at powers of two below it."""
+    if step % every == 0:
+        return True
+    return early and step < every and step > 0 and (step & (step - 1)) == 0
+
+
+class SpikeDetector:
+    """Robust rolling detector: a loss above median + k * MAD of the last ``window`` losses."""
+
+    def __init__(self, window: int = 100, threshold: float = 8.0, min_history: int = 20):
+        self.window, self.threshold, self.min_history = window, threshold, min_history
+        self.history: deque[float] = deque(maxlen=window)
+
+    def check(self, loss: float) -> dict | None:
+        event = None
+        if len(self.history) >= self.min_history and math.isfinite(loss):
+            med = statistics.median(self.history)
+            mad = statistics.median(abs(v - med) for v in self.history) or 1e-12
+            score = (loss - med) / (1.4826 * mad)
+            if score > self.threshold:
+                event = {"loss": loss, "median": med, "mad": mad, "score": score}
+        if math.isfinite(loss) and event is None:
+            self.history.append(loss)
+        return event
+
+
+class Instrument:
+    """Per-layer probes for any model the trainer runs (attach with ``trainer.add_callback``)."""
+
+    def __init__(self, cfg: InstrumentConfig):
+        self.cfg = cfg
+        self.acts: ActivationStats | None = None
+        self.probing = False
+        self._snapshot: list[torch.Tensor] | None = None
+        self._norms = None
+        self.stats_file = None
+        self.n_probes = 0
+
+    # ---------------------------------------------------------------- events
+    def on_train_start(self, trainer) -> None:
+        if self.acts is None:  # registered once, before torch.compile wraps the model
+            self.acts = ActivationStats(trainer.orig_model, keep_outputs=self.cfg.histograms)
+        self.params = [(n, p) for n, p in trainer.orig_model.named_parameters() if p.requires_grad]
+        self.stats_file = open(trainer.run_dir / "stats.jsonl", "a", buffering=1)
+
+    def on_step_start(self, trainer, step: int) -> None:
+        self.probing = probe_schedule(step, self.cfg.probe_every, self.cfg.probe_early)
+        if self.probing:
+            trainer.eager_step = True
+            self.acts.clear()
+            self.acts.enabled = True
+
+    def on_after_backward(self, trainer) -> None:
+        if not self.probing:
+            return
+        self.acts.enabled = False
+        self._norms = parameter_norms(self.params)
+        self._snapshot = [p.detach().clone() for _, p in self.params]
+        if self.cfg.histograms and trainer.log.tb is not None:  # grads are gone after the step
+            for n, p in self.params:
+                if p.grad is not None:
+                    self._hist(trainer.log.tb, f"grads/{n}", p.grad, trainer.step + 1)
+
+    def on_step_end(self, trainer, **_) -> None:
+        if not self.probing:
+            return
+        self.probing = False
+        trainer.eager_step = False
+        w, g = self._norms
+        with torch.no_grad():
+            upd = torch.stack(torch._foreach_norm(torch._foreach_sub([p.detach() for _, p in self.params],
+                                                                     self._snapshot)))
+        self._snapshot = None
+        layers = self.acts.collect(extra={"weight_norm": w, "grad_norm": g, "update_ratio": upd / w.clamp(min=1e-12)})
+        extra = layers.pop("__extra__")
+        params = {n: {k: extra[k][i] for k in extra} for i, (n, _) in enumerate(self.params)}
+        self._write(trainer, layers, params)
+
+    def on_train_end(self, trainer) -> None:
+        if self.stats_file is not None:
+            self.stats_file.close()
+            self.stats_file = None
+
+    # ---------------------------------------------------------------- output
+    def _write(self, trainer, layers: dict, params: dict) -> None:
+        step = trainer.step
+        self.n_probes += 1
+        self.stats_file.write(json.dumps({"step": step, "layers": layers, "params": params}) + "\n")
+        tb = trainer.log.tb
+        if tb is None:
+            return
+        for name, st in layers.items():
+            for k, v in st.items():
+                tb.add_scalar(f"layers/{name}/{k}", v, step)
+        for name, st in params.items():
+            for k, v in st.items():
+                if math.isfinite(v):
+                    tb.add_scalar(f"params/{name}/{k}", v, step)
+        if self.cfg.histograms:
+            self._histograms(tb, step)
+
+    @staticmethod
+    def _hist(tb, tag: str, t: torch.Tensor, step: int) -> None:
+        t = t.detach().float().flatten()
+        finite = torch.isfinite(t)
+        tb.add_scalar(f"nonfinite/{tag}", float((~finite).sum()), step)  # counted, never hidden
+        if finite.any():
+            tb.add_histogram(tag, t[finite].cpu(), step)
+
+    def _histograms(self, tb, step: int) -> None:
+        for n, p in self.params:
+            self._hist(tb, f"weights/{n}", p, step)
+        for n, out in self.acts.outputs.items():
+            self._hist(tb, f"activations/{n}", out, step)

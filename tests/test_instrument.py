@@ -1,0 +1,191 @@
+"""Instrumentation: probes, the NaN tripwire (names the producing module), policies, spikes."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from reproscope.config import apply_overrides
+from reproscope.instrument.hooks import ActivationStats, HookHandles
+from reproscope.instrument.probe import SpikeDetector, probe_schedule
+from reproscope.model import create_model
+from reproscope.train.run import train
+from reproscope.train.rundir import read_metrics
+
+from conftest import TINY
+
+SMALL = {**TINY, "data.train_size": 64, "data.val_size": 20, "data.batch_size": 16, "data.eval_batch_size": 20,
+         "sched.epochs": 2, "instrument.probe_every": 4}
+
+
+def _recipe(tiny_recipe, **kw):
+    return apply_overrides(tiny_recipe, {**SMALL, **kw})
+
+
+def test_probe_schedule():
+    steps = [s for s in range(1, 50) if probe_schedule(s, 20, True)]
+    assert steps == [1, 2, 4, 8, 16, 20, 40]
+    assert [s for s in range(1, 50) if probe_schedule(s, 20, False)] == [20, 40]
+
+
+def test_probes_write_stats_and_tensorboard(tiny_recipe, tmp_path):
+    trainer, _ = train(_recipe(tiny_recipe, **{"instrument.histograms": True, "model.norm": "dyt"}),
+                       run_dir=tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 4, 8]
+    layers, params = lines[-1]["layers"], lines[-1]["params"]
+    assert {"mean", "std", "rms", "absmax", "nonfinite", "near_zero", "grad_rms", "grad_nonfinite"} <= set(
+        layers["blocks.0.mlp.fc1"])
+    assert 0 <= layers["blocks.0.norm1"]["saturated"] <= 1  # DyT saturation fraction
+    assert {"weight_norm", "grad_norm", "update_ratio"} == set(params["head.weight"])
+    assert 0 < params["head.weight"]["update_ratio"] < 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"histograms": 0, "scalars": 0})
+    acc.Reload()
+    assert "layers/blocks.0.mlp.fc1/std" in acc.Tags()["scalars"]
+    assert "nonfinite/weights/head.weight" in acc.Tags()["scalars"]
+    assert any(t.startswith("grads/") for t in acc.Tags()["histograms"])
+
+
+def test_hooks_toggle_and_handles_are_idempotent():
+    m = create_model("vit_quick", num_classes=3)
+    acts = ActivationStats(m)
+    m(torch.randn(2, 3, 32, 32))
+    assert acts.forward == {}  # disabled: nothing recorded
+    acts.enabled = True
+    m(torch.randn(2, 3, 32, 32)).sum().backward()
+    got = acts.collect()
+    assert "blocks.1.attn.qkv" in got and "grad_rms" in got["blocks.1.attn.qkv"]
+    acts.remove()
+    acts.remove()
+    with HookHandles([m.register_forward_hook(lambda *a: None)]) as h:
+        pass
+    h.remove()
+    assert not m._forward_hooks
+
+
+def test_compiled_model_keeps_working_with_hooks(tiny_recipe, tmp_path):
+    pytest.importorskip("torch._dynamo")
+    trainer, metrics = train(_recipe(tiny_recipe, **{"precision.compile": True, "sched.epochs": 1}),
+                             run_dir=tmp_path / "run")
+    assert trainer.model is not trainer.orig_model and math.isfinite(metrics["loss"])
+    assert (tmp_path / "run" / "stats.jsonl").read_text().count("\n") == 3  # probes at 1, 2, 4
+
+
+STEP = {"now": 0, "done": False}  # module-global: a deep-copied model's hooks still read it
+
+
+class Inject:
+    """Put NaN (or Inf) into the forward output or the backward gradient of one module at one
+    trainer step; the fault recurs when that step is replayed (unless ``one_shot`` and reported)."""
+
+    def __init__(self, model, name, phase, at_step, value=float("nan"), one_shot=False):
+        self.at, self.value, self.one_shot = at_step, value, one_shot
+        STEP.update(now=0, done=False)
+        module = dict(model.named_modules())[name]
+        if phase == "forward":
+            module.register_forward_hook(self.forward)
+        else:
+            module.register_full_backward_hook(self.backward)
+
+    def active(self):
+        return STEP["now"] == self.at and not STEP["done"]
+
+    def forward(self, module, inputs, output):
+        return output * self.value if self.active() else None
+
+    def backward(self, module, grad_input, grad_output):
+        if self.active():
+            return tuple(None if g is None else g * self.value for g in grad_input)
+        return None
+
+    # trainer events
+    def on_step_start(self, trainer, step):
+        STEP["now"] = step
+
+    def on_nonfinite(self, trainer, **_):
+        STEP["done"] = self.one_shot
+
+
+CASES = [  # (model, module, phase)
+    ("vit_quick", "patch_embed", "forward"),
+    ("vit_quick", "blocks.0.attn", "forward"),
+    ("vit_quick", "blocks.1.mlp.fc1", "forward"),
+    ("vit_quick", "blocks.2.norm2", "forward"),
+    ("vit_quick", "head", "forward"),
+    ("vit_quick", "blocks.3.mlp.act", "backward"),
+    ("vit_quick", "blocks.1.attn.proj", "backward"),
+    ("convnext_tiny", "stem", "forward"),
+    ("convnext_tiny", "stages.2.blocks.4.mlp", "forward"),
+    ("convnext_tiny", "stages.3.downsample", "backward"),
+    ("convnext_tiny", "head.norm", "forward"),
+    ("mambaout_femto", "stages.1.1.conv", "forward"),
+    ("mambaout_femto", "stages.3.2.fc2", "backward"),
+    ("kat_tiny", "blocks.5.mlp.layer2.rational", "forward"),
+]
+
+
+@pytest.mark.parametrize("model_name, module, phase", CASES)
+def test_tripwire_names_the_injected_module(tiny_recipe, tmp_path, model_name, module, phase):
+    torch.manual_seed(0)
+    kw = {"patch_size": 2} if model_name.startswith(("convnext", "mambaout")) else {"patch_size": 8}
+    if model_name == "vit_quick":
+        kw["norm"] = "dyt"
+    model = create_model(model_name, num_classes=10, img_size=32, **kw)
+    inject = Inject(model, module, phase, at_step=3, value=float("inf") if module == "head" else float("nan"))
+    from reproscope.train.trainer import Trainer
+    r = _recipe(tiny_recipe, **{"instrument.enabled": False})
+    trainer = Trainer(r, tmp_path / "run", model=model, tensorboard=False, callbacks=[inject])
+    trainer.fit()
+    rep = trainer.tripped
+    assert rep is not None, "tripwire did not trip"
+    assert (rep.module, rep.phase) == (module, phase), rep
+    assert rep.step == 3 and trainer.step == 2
+    ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "nonfinite"][0]
+    assert ev["module"] == module and ev["policy"] == "stop"
+
+
+def test_policies_skip_and_rollback(tiny_recipe, tmp_path):
+    from reproscope.train.trainer import Trainer
+    for policy in ("skip", "rollback"):
+        model = create_model("vit_quick", num_classes=10)
+        inject = Inject(model, "blocks.1.mlp.fc2", "forward", at_step=6, one_shot=True)
+        r = _recipe(tiny_recipe, **{"instrument.nan_policy": policy, "instrument.enabled": False})
+        trainer = Trainer(r, tmp_path / policy, model=model, tensorboard=False, callbacks=[inject])
+        metrics = trainer.fit()
+        assert trainer.step == trainer.total_steps and math.isfinite(metrics["loss"])
+        assert all(torch.isfinite(p).all() for p in trainer.orig_model.parameters())
+        events = [e for e in read_metrics(tmp_path / policy) if e["kind"] == "event"]
+        if policy == "skip":
+            assert trainer.skipped_steps == 1 and events[0]["policy"] == "skip"
+        else:
+            rb = [e for e in events if e["type"] == "rollback"][0]
+            assert trainer.rollbacks == 1 and rb["restored_step"] == 4 and rb["lr_scale"] == 0.5
+            assert trainer.schedule.scale == 0.5
+
+
+def test_replay_cli_prints_the_same_report(tiny_recipe, tmp_path, capsys):
+    from reproscope.cli import main
+    from reproscope.train.trainer import Trainer
+    model = create_model("vit_quick", num_classes=10)
+    with torch.no_grad():
+        model.blocks[2].mlp.fc1.weight[0, 0] = float("inf")  # a real, persistent fault
+    trainer = Trainer(_recipe(tiny_recipe, **{"instrument.enabled": False}), tmp_path / "run", model=model,
+                      tensorboard=False)
+    trainer.fit()
+    assert trainer.tripped.module == "blocks.2.mlp.fc1" and trainer.tripped.phase == "forward"
+    assert "blocks.2.mlp.fc1.weight" in trainer.tripped.nonfinite_params
+    path = next((tmp_path / "run").glob("nonfinite-step*.pt"))
+    capsys.readouterr()
+    assert main(["diagnose", "replay", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "phase forward, module 'blocks.2.mlp.fc1'" in out
+
+
+def test_spike_detector_flags_outliers_only():
+    det = SpikeDetector(window=50, threshold=8.0)
+    torch.manual_seed(0)
+    flagged = [i for i, v in enumerate((2.0 + 0.05 * torch.randn(200)).tolist()) if det.check(v)]
+    assert flagged == []
+    assert det.check(5.0) is not None and det.check(2.01) is None

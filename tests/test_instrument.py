@@ -189,3 +189,40 @@ def test_spike_detector_flags_outliers_only():
     flagged = [i for i, v in enumerate((2.0 + 0.05 * torch.randn(200)).tolist()) if det.check(v)]
     assert flagged == []
     assert det.check(5.0) is not None and det.check(2.01) is None
+
+
+@pytest.mark.parametrize("recipe_name, png", [("kat-kat_tiny", "kat_ranges.png"),
+                                              ("mambaout-mambaout_femto", "mambaout_gates.png"),
+                                              ("quickstart", "dyt_fig2_norm_curves.png")])
+def test_paper_figure_probes_write_pngs(tmp_path, recipe_name, png):
+    from reproscope.recipes import get_recipe
+    small = {k: v for k, v in SMALL.items() if k != "model.patch_size"}  # keep each recipe's own
+    r = apply_overrides(get_recipe(recipe_name), {**small, "sched.epochs": 1, "run.out_dir": str(tmp_path)})
+    if recipe_name == "quickstart":
+        r = apply_overrides(r, {"model.patch_size": 8})
+    train(r, run_dir=tmp_path / "run")
+    fig = tmp_path / "run" / "figures" / png
+    assert fig.is_file() and fig.stat().st_size > 5000
+    probes = torch.load(tmp_path / "run" / "figures" / "probes.pt", weights_only=False)
+    if recipe_name.startswith("kat"):
+        rec = probes["kat"]["blocks.0.mlp.layer1"]
+        assert rec["fit_range"] == (-3.0, 3.0) and rec["in_min"] < rec["in_max"] and rec["var_ratio"] > 0
+    if recipe_name.startswith("mambaout"):
+        assert set(probes["mambaout_gates"]) == {"stages.0", "stages.1", "stages.2", "stages.3"}
+    if recipe_name == "quickstart":
+        assert len(probes["norm_curves"]) == 3
+
+
+def test_profile_writes_traces_and_summary(tmp_path, capsys):
+    from reproscope.cli import main
+    rd = tmp_path / "prof"
+    assert main(["profile", "--steps", "2", "--run-dir", str(rd), "--set", "data.train_size=128",
+                 "--set", "data.val_size=20", "--set", "data.batch_size=32"]) == 0
+    out = capsys.readouterr().out
+    assert "step split (ms/step): data" in out and "top ops by self CPU time" in out
+    summ = json.loads((rd / "profile" / "summary.json").read_text())
+    assert set(summ["split_ms_per_step"]) == {"data", "forward", "backward", "optimizer"}
+    assert summ["img_per_s"] > 0 and summ["model_flops_per_step"] > 0
+    trace = json.loads((rd / "profile" / "trace.json").read_text())
+    assert trace["traceEvents"]
+    assert list((rd / "profile").glob("*.pt.trace.json"))  # the TensorBoard plugin's format

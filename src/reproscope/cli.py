@@ -33,6 +33,10 @@ def cmd_train(args) -> int:
     if trainer.tripped is not None:
         print(f"run stopped: {trainer.stop_reason}; see the report above and {rd / 'metrics.jsonl'}")
         return 3
+    import signal
+    if getattr(trainer, "signal", None) is not None:
+        print(f"run directory: {rd}\nresume with:  reproscope train --resume {rd}")
+        return 130 if trainer.signal == signal.SIGINT else 0
     if metrics:
         print(f"final val top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
     print(f"run directory: {rd}")
@@ -81,6 +85,20 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from pathlib import Path
+
+    from .diagnostics.profile import print_summary, run_profile
+    from .train.rundir import new_run_dir, prepare_run_dir
+    recipe = apply_overrides(resolved_recipe(args), {"run.progress": False})
+    if not args.with_instrument:  # profile the training step itself, not the probe steps
+        recipe = apply_overrides(recipe, {"instrument.enabled": False})
+    rd = Path(args.run_dir) if args.run_dir else new_run_dir(recipe.run.out_dir, f"profile-{recipe.name}")
+    prepare_run_dir(rd, resume=False, overwrite=args.overwrite)
+    print_summary(run_profile(recipe, rd, steps=args.steps), rd / "profile")
+    return 0
+
+
 def cmd_diagnose(args) -> int:
     if args.check == "replay":
         from .diagnostics.replay import replay
@@ -121,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--hours", type=float, default=24.0, help="budget in hours (default 24)")
     pl.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     pl.set_defaults(fn=cmd_plan)
+
+    pf = sub.add_parser("profile", help="profile training steps: TensorBoard + Perfetto traces and a summary")
+    _add_recipe_args(pf)
+    pf.add_argument("--steps", type=int, default=5, help="profiled steps after 2 warm-up steps (default 5)")
+    pf.add_argument("--run-dir", default=None)
+    pf.add_argument("--overwrite", action="store_true")
+    pf.add_argument("--with-instrument", action="store_true", help="keep the recipe's probes on while profiling")
+    pf.set_defaults(fn=cmd_profile)
 
     dg = sub.add_parser("diagnose", help="diagnose a run: `diagnose replay PATH` reruns a NaN reproducer")
     dg.add_argument("check", help="replay")

@@ -126,6 +126,8 @@ class RunConfig:
     eval_every: int = _f(1, "evaluate every N epochs", min=1)
     threads: int = _f(0, "torch CPU threads; 0 = leave torch's default", min=0)
     deterministic: bool = _f(False, "torch deterministic algorithms (slower)")
+    ckpt_every: int = _f(0, "also checkpoint every N optimizer steps (0 = at epoch ends only)", min=0)
+    keep_last: int = _f(3, "step checkpoints kept (older ones are deleted)", min=1)
     progress: bool = _f(True, "show progress bars")
 
 
@@ -135,6 +137,8 @@ class InstrumentConfig:
     probe_every: int = _f(200, "probe every N optimizer steps", min=1)
     probe_early: bool = _f(True, "also probe at log-spaced early steps (1, 2, 4, 8, ...)")
     histograms: bool = _f(False, "TensorBoard histograms of weights, grads and activations on probe steps")
+    stat_samples: int = _f(16, "per-module stats use the first N samples of the batch (0 = all); "
+                               "the NaN tripwire always checks everything", min=0)
     nan_policy: str = _f("stop", "on a non-finite loss or grad norm: stop, skip the step, or roll back and halve lr",
                          choices=("stop", "skip", "rollback"))
     spike_window: int = _f(100, "loss-spike detector window (steps)", min=5)

@@ -15,8 +15,30 @@ import torch
 import torch.nn as nn
 
 STAT_NAMES = ("mean", "std", "rms", "absmax", "nonfinite", "near_zero")
-GRAD_NAMES = ("grad_rms", "grad_nonfinite")
 NEAR_ZERO = 1e-6
+
+
+RAW = ("sum", "sumsq", "absmax", "n_nonfinite", "n_near_zero", "n")
+
+
+def raw_moments(x: torch.Tensor) -> torch.Tensor:
+    """[sum, sum of squares, abs-max, #non-finite, #near zero, n] on device: few kernels, no sync."""
+    x = x.detach()
+    x = x if x.dtype == torch.float32 else x.float()
+    a = x.abs()
+    return torch.stack([x.sum(), (x * x).sum(), a.max() if x.numel() else x.new_zeros(()),
+                        (~torch.isfinite(x)).sum().float(), (a < NEAR_ZERO).sum().float(),
+                        x.new_tensor(float(x.numel()))])
+
+
+def derive(raw: list[float]) -> dict[str, float]:
+    """Host side: mean, std, rms, absmax and fractions from raw moments (NaN when non-finite values exist)."""
+    s1, s2, amax, nbad, nzero, n = raw
+    n = max(n, 1.0)
+    mean = s1 / n
+    var = max(s2 / n - mean * mean, 0.0) if s2 == s2 else float("nan")
+    return {"mean": mean, "std": var ** 0.5 if var == var else var, "rms": (s2 / n) ** 0.5 if s2 >= 0 else s2,
+            "absmax": amax, "nonfinite": nbad / n, "near_zero": nzero / n}
 
 
 def tensor_stats(x: torch.Tensor) -> torch.Tensor:
@@ -32,11 +54,11 @@ def tensor_stats(x: torch.Tensor) -> torch.Tensor:
                         1 - finite.float().mean(), (x.abs() < NEAR_ZERO).float().mean()])
 
 
-def grad_stats(g: torch.Tensor) -> torch.Tensor:
-    g = g.detach().float()
-    finite = torch.isfinite(g)
-    gf = torch.where(finite, g, torch.zeros((), device=g.device))
-    return torch.stack([torch.sqrt((gf * gf).mean()), 1 - finite.float().mean()])
+def grad_moments(g: torch.Tensor) -> torch.Tensor:
+    """[sum of squares, #non-finite, n] of a gradient, on device."""
+    g = g.detach()
+    g = g if g.dtype == torch.float32 else g.float()
+    return torch.stack([(g * g).sum(), (~torch.isfinite(g)).sum().float(), g.new_tensor(float(g.numel()))])
 
 
 def _first_tensor(x):
@@ -48,9 +70,11 @@ def _first_tensor(x):
 
 
 def default_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every named module except pure containers (Sequential, ModuleList, ModuleDict) and the root."""
-    skip = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-    return [(n, m) for n, m in model.named_modules() if n and not isinstance(m, skip)]
+    """Every named module except the root, pure containers (Sequential, ModuleList, ModuleDict) and
+    pass-through layers (Identity, Dropout) whose output repeats their input."""
+    skip = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity, nn.Dropout)
+    return [(n, m) for n, m in model.named_modules()
+            if n and not isinstance(m, skip) and type(m).__name__ != "DropPath"]
 
 
 class HookHandles:
@@ -82,8 +106,9 @@ class ActivationStats:
     """
 
     def __init__(self, model: nn.Module, modules: list[tuple[str, nn.Module]] | None = None,
-                 keep_outputs: bool = False):
+                 keep_outputs: bool = False, samples: int = 0):
         self.enabled = False
+        self.samples = samples  # stats over the first N samples of dim 0 (0 = all) to bound the cost
         self.keep_outputs = keep_outputs
         self.forward: dict[str, torch.Tensor] = {}
         self.backward: dict[str, torch.Tensor] = {}
@@ -102,15 +127,19 @@ class ActivationStats:
             if out is None:
                 return None
             self.order.append(name)
-            self.forward[name] = tensor_stats(out)
+            k = self.samples
+            self.forward[name] = raw_moments(out[:k] if k and out.ndim and out.shape[0] > k else out)
             alpha = getattr(module, "alpha", None)
             inp = _first_tensor(inputs)
             if isinstance(alpha, torch.Tensor) and inp is not None:
-                self.saturation[name] = ((alpha.detach() * inp.detach()).abs() > 2).float().mean()
+                xi = inp.detach().float()
+                # [fraction saturated (|alpha x| > 2), std of the input] for DyT Fig. 8
+                self.saturation[name] = torch.stack([((alpha.detach() * xi).abs() > 2).float().mean(), xi.std()])
             if self.keep_outputs:
                 self.outputs[name] = out.detach()
             if out.requires_grad:
-                out.register_hook(lambda g: self.backward.__setitem__(name, grad_stats(g)))
+                out.register_hook(lambda g: self.backward.__setitem__(
+                    name, grad_moments(g[:k] if k and g.ndim and g.shape[0] > k else g)))
             return None
         return hook
 
@@ -128,7 +157,7 @@ class ActivationStats:
         gnames = list(self.backward)
         parts += [self.backward[n] for n in gnames]
         snames = list(self.saturation)
-        parts += [self.saturation[n].reshape(1) for n in snames]
+        parts += [self.saturation[n].reshape(2) for n in snames]
         parts += [extra[k].reshape(-1) for k in extra]
         if not parts:
             return {"__extra__": {}}
@@ -136,14 +165,16 @@ class ActivationStats:
         out: dict[str, dict[str, float]] = {}
         i = 0
         for n in names:
-            out[n] = dict(zip(STAT_NAMES, flat[i:i + len(STAT_NAMES)]))
-            i += len(STAT_NAMES)
+            out[n] = derive(flat[i:i + len(RAW)])
+            i += len(RAW)
         for n in gnames:
-            out.setdefault(n, {}).update(zip(GRAD_NAMES, flat[i:i + len(GRAD_NAMES)]))
-            i += len(GRAD_NAMES)
+            s2, nbad, cnt = flat[i:i + 3]
+            out.setdefault(n, {}).update(grad_rms=(s2 / max(cnt, 1)) ** 0.5 if s2 >= 0 else s2,
+                                         grad_nonfinite=nbad / max(cnt, 1))
+            i += 3
         for n in snames:
-            out.setdefault(n, {})["saturated"] = flat[i]
-            i += 1
+            out.setdefault(n, {}).update(saturated=flat[i], in_std=flat[i + 1])
+            i += 2
         out["__extra__"] = {}
         for k, t in extra.items():
             out["__extra__"][k] = flat[i:i + t.numel()]

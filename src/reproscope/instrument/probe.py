@@ -58,11 +58,13 @@ class Instrument:
         self._norms = None
         self.stats_file = None
         self.n_probes = 0
+        self._tb_written_at = -10**9
 
     # ---------------------------------------------------------------- events
     def on_train_start(self, trainer) -> None:
         if self.acts is None:  # registered once, before torch.compile wraps the model
-            self.acts = ActivationStats(trainer.orig_model, keep_outputs=self.cfg.histograms)
+            self.acts = ActivationStats(trainer.orig_model, keep_outputs=self.cfg.histograms,
+                                        samples=self.cfg.stat_samples)
         self.params = [(n, p) for n, p in trainer.orig_model.named_parameters() if p.requires_grad]
         self.stats_file = open(trainer.run_dir / "stats.jsonl", "a", buffering=1)
 
@@ -103,6 +105,12 @@ class Instrument:
         if self.stats_file is not None:
             self.stats_file.close()
             self.stats_file = None
+        if self.cfg.probes:
+            from .paper_probes import collect
+            x, _ = next(iter(trainer.val_loader.epoch(0)))
+            data = collect(trainer.orig_model, x[:64])
+            (trainer.run_dir / "figures").mkdir(exist_ok=True)
+            torch.save(data, trainer.run_dir / "figures" / "probes.pt")
 
     # ---------------------------------------------------------------- output
     def _write(self, trainer, layers: dict, params: dict) -> None:
@@ -110,8 +118,11 @@ class Instrument:
         self.n_probes += 1
         self.stats_file.write(json.dumps({"step": step, "layers": layers, "params": params}) + "\n")
         tb = trainer.log.tb
-        if tb is None:
+        # TensorBoard gets per-layer scalars at most once per run.log_every steps (serialising
+        # hundreds of scalars costs more than a small step); stats.jsonl keeps every probe
+        if tb is None or step - self._tb_written_at < trainer.recipe.run.log_every:
             return
+        self._tb_written_at = step
         for name, st in layers.items():
             for k, v in st.items():
                 tb.add_scalar(f"layers/{name}/{k}", v, step)

@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from pathlib import Path
 
 from ..config import Recipe, apply_overrides, recipe_from_dict
 from .checkpoint import CheckpointError, load_checkpoint
 from .rundir import new_run_dir, prepare_run_dir
 from .trainer import Trainer
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer):
+    """SIGTERM/SIGINT: finish the current step, save a checkpoint, say how to resume. A second SIGINT
+    interrupts at once. ``trainer.signal`` records which signal stopped the run."""
+    trainer.signal = None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if trainer.signal == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.signal = signum
+        trainer.request_stop(f"received {signal.Signals(signum).name}")
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+              f"(Ctrl-C again to abort at once)", flush=True)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def find_resume_checkpoint(recipe: Recipe, run_dir: Path | None) -> Path | None:
@@ -62,4 +90,12 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     trainer = Trainer(recipe, rd, callbacks=callbacks, download=download)
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
-    return trainer, trainer.fit()
+    with stop_on_signals(trainer):
+        metrics = trainer.fit()
+    if recipe.instrument.enabled and recipe.instrument.probes:
+        from torch.utils.tensorboard import SummaryWriter
+
+        from ..diagnostics.figures import plot_run
+        with SummaryWriter(log_dir=str(rd / "tb")) as tb:
+            plot_run(rd, tb, trainer.step)
+    return trainer, metrics

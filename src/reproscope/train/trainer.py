@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from ..config import ConfigError, Recipe
 from ..model import create_model, model_info
@@ -236,10 +237,15 @@ class Trainer:
         model = self.orig_model if self.eager_step else self.model
         loss_sum = torch.zeros((), device=self.device)
         for x, y in micro_batches:
-            with autocast(self.device, self.amp_dtype):
+            with record_function("forward"), autocast(self.device, self.amp_dtype):
                 loss = self.criterion(model(x), y)
-            self.scaler.scale(loss / len(micro_batches)).backward()
+            with record_function("backward"):
+                self.scaler.scale(loss / len(micro_batches)).backward()
             loss_sum += loss.detach().float()
+        with record_function("optimizer"):
+            return self._optimizer_step(micro_batches, loss_sum, lr, rng_before)
+
+    def _optimizer_step(self, micro_batches, loss_sum, lr, rng_before) -> dict[str, torch.Tensor]:
         self.scaler.unscale_(self.optimizer)
         self.fire("after_backward")
         clip = self.recipe.optim.grad_clip
@@ -358,7 +364,7 @@ class Trainer:
         for i in range(start, self.steps_per_epoch):
             micro = [next(batches) for _ in range(self.accum)]
             self.batch_indices = self.train_loader.last_indices
-            out = self.train_step(micro)
+            out = self._first_step_guarded(micro) if i == start else self.train_step(micro)
             if self._rolled_back:  # restart the loop at the restored step
                 self._rolled_back = False
                 bar.n = self.step
@@ -381,8 +387,21 @@ class Trainer:
                 logged_at, window_loss, t_log = self.step, window_loss.zero_(), now
             if self.stop_requested:
                 break
+            ckpt_every = r.run.ckpt_every
+            if ckpt_every and self.step % ckpt_every == 0 and i < self.steps_per_epoch - 1:
+                self.save_checkpoint()
         else:
             self._end_epoch(epoch, time.perf_counter() - t_epoch, bar)
+
+    def _first_step_guarded(self, micro):
+        """The first step of a (resumed) epoch: an out-of-memory here gets advice, not a traceback."""
+        try:
+            return self.train_step(micro)
+        except torch.OutOfMemoryError as e:
+            bs = self.recipe.data.batch_size
+            raise ConfigError(f"out of memory at step {self.step + 1} with data.batch_size={bs} on {self.device}: "
+                              f"try --set data.batch_size={max(1, bs // 2)} (and --set optim.accum_steps="
+                              f"{2 * self.accum} to keep the effective batch)") from e
 
     def _end_epoch(self, epoch: int, seconds: float, bar) -> None:
         r = self.recipe
@@ -413,6 +432,7 @@ class Trainer:
             "last_eval": self.last_eval,
             "rng": rng_state(),
             "recipe": self.recipe.to_dict(),
+            "instrument": {"spike_history": list(self.spikes.history)},
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
@@ -428,11 +448,17 @@ class Trainer:
         self.rollbacks = max(self.rollbacks, int(ckpt.get("rollbacks", 0)))
         self.last_eval = dict(ckpt.get("last_eval") or {})
         set_rng_state(ckpt["rng"])
+        self.spikes.history.clear()
+        self.spikes.history.extend((ckpt.get("instrument") or {}).get("spike_history", []))
 
     def save_checkpoint(self) -> Path:
+        """Write ``ckpt-step<N>.pt`` atomically, point ``last.pt`` at it, keep the last K, update best."""
         state = self.state_dict()
-        path = self.run_dir / "last.pt"
+        path = self.run_dir / f"ckpt-step{self.step:08d}.pt"
         atomic_save(state, path)
+        _atomic_link(path, self.run_dir / "last.pt")
+        for old in sorted(self.run_dir.glob("ckpt-step*.pt"))[:-self.recipe.run.keep_last]:
+            old.unlink(missing_ok=True)
         top1 = self.last_eval.get("top1", -1.0)
         if top1 > self.best_top1 and self.step % self.steps_per_epoch == 0:
             self.best_top1 = top1
@@ -440,6 +466,19 @@ class Trainer:
             atomic_save(state, self.run_dir / "best.pt")
         self.fire("checkpoint", path=path)
         return path
+
+
+def _atomic_link(target: Path, link: Path) -> None:
+    """``link`` becomes another name for ``target`` (hard link, or a copy where links are not supported)."""
+    import os
+    import shutil
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(target, tmp)
+    except OSError:
+        shutil.copyfile(target, tmp)
+    os.replace(tmp, link)
 
 
 def _progress(enabled: bool, total: int, initial: int):

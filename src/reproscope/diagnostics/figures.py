@@ -1,0 +1,137 @@
+"""Draw the paper-figure probes of a run directory as PNGs (and TensorBoard images).
+
+Reads ``figures/probes.pt`` (collected by ``reproscope.instrument.paper_probes``) and
+``stats.jsonl`` (the probe log); writes ``figures/*.png``. Nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_norm_curves(curves: dict, path: Path) -> Path | None:
+    if not curves:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.6), squeeze=False)
+    for ax, (name, c) in zip(axes[0], curves.items()):
+        ax.scatter(c["x"].numpy(), c["y"].numpy(), s=2, alpha=0.3)
+        ax.set_title(f"{name}\n{c['kind']}", fontsize=9)
+        ax.set_xlabel("input")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+    axes[0][0].set_ylabel("output (before affine)")
+    fig.suptitle("DyT Fig. 2/4: norm-layer input vs output on one batch", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def alpha_vs_inv_std(stats_path: Path) -> dict[str, list[tuple[int, float, float]]]:
+    """{dyt layer: [(step, alpha, 1/std of input)]} from stats.jsonl."""
+    series: dict[str, list] = {}
+    if not stats_path.is_file():
+        return series
+    for line in stats_path.read_text().splitlines():
+        rec = json.loads(line)
+        for layer, st in rec["layers"].items():
+            a = rec["params"].get(f"{layer}.alpha")
+            if a is not None and st.get("in_std"):
+                series.setdefault(layer, []).append((rec["step"], a["weight_norm"], 1.0 / st["in_std"]))
+    return series
+
+
+def plot_alpha(series: dict, path: Path) -> Path | None:
+    if not series:
+        return None
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    names = list(series)
+    for name in names[:: max(1, len(names) // 5)]:
+        s = series[name]
+        line, = a1.plot([p[0] for p in s], [p[1] for p in s], label=f"{name} alpha")
+        a1.plot([p[0] for p in s], [p[2] for p in s], ls="--", color=line.get_color())
+    a1.set_xlabel("step")
+    a1.set_title("alpha (solid) and 1/std of input (dashed)", fontsize=9)
+    a1.legend(fontsize=6)
+    last = [series[n][-1] for n in names]
+    a2.scatter([p[2] for p in last], [p[1] for p in last], s=12)
+    a2.set_xlabel("1/std of input (last probe)")
+    a2.set_ylabel("alpha")
+    a2.set_title("across layers", fontsize=9)
+    fig.suptitle("DyT Fig. 8: alpha tracks 1/std of the layer input", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_kat(kat: dict, path: Path) -> Path | None:
+    rows = {k: v for k, v in kat.items() if "in_min" in v}
+    if not rows:
+        return None
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    names = list(rows)
+    for i, n in enumerate(names):
+        r = rows[n]
+        a1.plot([i, i], [r["in_min"], r["in_max"]], color="lightgrey", lw=4)
+        a1.plot([i, i], [r["in_p001"], r["in_p999"]], color="tab:blue", lw=4)
+    a1.axhspan(-3, 3, color="tab:green", alpha=0.1, label="fit range [-3, 3]")
+    a1.set_xticks(range(len(names)), [n.replace("blocks.", "b").replace(".mlp.", ".") for n in names],
+                  rotation=90, fontsize=6)
+    a1.set_title("rational input range (p0.1-p99.9 blue, min-max grey)", fontsize=9)
+    a1.legend(fontsize=7)
+    ratios = [kat[n].get("var_ratio", float("nan")) for n in names]
+    a2.bar(range(len(names)), ratios)
+    a2.axhline(1.0, color="k", lw=0.5)
+    a2.set_xticks(range(len(names)), [n.replace("blocks.", "b").replace(".mlp.", ".") for n in names],
+                  rotation=90, fontsize=6)
+    a2.set_title("GR-KAN layer Var[out] / Var[in]", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_gates(gates: dict, path: Path) -> Path | None:
+    if not gates:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.bar(list(gates), list(gates.values()))
+    ax.set_ylabel("fraction |GELU(g)| < 0.01")
+    ax.set_title("MambaOut: gates near zero, per stage", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: str | Path, tb_writer=None, step: int = 0) -> list[Path]:
+    run_dir = Path(run_dir)
+    fig_dir = run_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    probes = torch.load(fig_dir / "probes.pt", weights_only=False) if (fig_dir / "probes.pt").is_file() else {}
+    made = [plot_norm_curves(probes.get("norm_curves", {}), fig_dir / "dyt_fig2_norm_curves.png"),
+            plot_alpha(alpha_vs_inv_std(run_dir / "stats.jsonl"), fig_dir / "dyt_fig8_alpha.png"),
+            plot_kat(probes.get("kat", {}), fig_dir / "kat_ranges.png"),
+            plot_gates(probes.get("mambaout_gates", {}), fig_dir / "mambaout_gates.png")]
+    made = [p for p in made if p is not None]
+    if tb_writer is not None:
+        import numpy as np
+        from PIL import Image
+        for p in made:
+            tb_writer.add_image(f"figures/{p.stem}", np.asarray(Image.open(p).convert("RGB")), step, dataformats="HWC")
+    return made

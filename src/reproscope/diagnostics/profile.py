@@ -1,0 +1,124 @@
+"""`reproscope profile`: a torch.profiler trace of real training steps, and a printed summary.
+
+Writes into ``<run_dir>/profile/``:
+- the trace for TensorBoard's PyTorch Profiler plugin (torch-tb-profiler): ``tensorboard --logdir <run_dir>/profile``;
+- ``trace.json``, a Chrome/Perfetto trace (open in https://ui.perfetto.dev or chrome://tracing),
+  because the TensorBoard plugin is deprecated upstream;
+- ``summary.json``, the numbers printed: top ops by self time on CPU and GPU, the step split into
+  data wait / forward / backward / optimizer (from the trainer's ``record_function`` ranges), img/s,
+  peak memory, model FLOPs per step (torch's FLOP counter) and MFU against the known-GPU table.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+from ..config import Recipe
+from ..hardware import lookup, peak_flops
+from .models_table import count_flops
+
+RANGES = ("data", "forward", "backward", "optimizer")
+
+
+def run_profile(recipe: Recipe, run_dir: Path, steps: int = 5, warmup: int = 2) -> dict:
+    from ..train.trainer import Trainer
+    out = run_dir / "profile"
+    out.mkdir(parents=True, exist_ok=True)
+    tr = Trainer(recipe, run_dir, tensorboard=False)
+    tr.fire("train_start")
+    if recipe.precision.compile:
+        tr.model = torch.compile(tr.orig_model)
+    cuda = tr.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    batches = tr.train_loader.epoch(0)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(tr.device)
+    wall = []
+    tb_handler = tensorboard_trace_handler(str(out))
+
+    def on_ready(p):  # the plugin's file is Chrome-trace JSON too; keep a plainly named copy for Perfetto
+        tb_handler(p)
+        newest = max(out.glob("*.pt.trace.json"), key=lambda f: f.stat().st_mtime)
+        shutil.copyfile(newest, out / "trace.json")
+
+    with profile(activities=acts, schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1),
+                 on_trace_ready=on_ready, record_shapes=True, profile_memory=True) as prof:
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            with torch.profiler.record_function("data"):
+                micro = [next(batches) for _ in range(tr.accum)]
+            tr.train_step(micro)
+            if cuda:
+                torch.cuda.synchronize(tr.device)
+            if i >= warmup:
+                wall.append(time.perf_counter() - t0)
+            prof.step()
+    return summarise(prof, tr, wall, out, cuda)
+
+
+def summarise(prof, tr, wall: list[float], out: Path, cuda: bool) -> dict:
+    events = prof.key_averages()
+    n = max(1, len(wall))
+
+    def top(attr: str, k: int = 10):
+        rows = [e for e in events if getattr(e, attr, 0) > 0 and not e.key.startswith("ProfilerStep")
+                and e.key not in RANGES]
+        rows.sort(key=lambda e: getattr(e, attr), reverse=True)
+        return [{"op": e.key, "self_ms_per_step": getattr(e, attr) / 1000 / n, "calls": e.count} for e in rows[:k]]
+
+    split = {}
+    for e in events:
+        if e.key in RANGES:
+            split[e.key] = (e.device_time_total if cuda and e.key != "data" else e.cpu_time_total) / 1000 / n
+    step_s = sum(wall) / n
+    batch = tr.recipe.data.batch_size * tr.accum
+    fwd = count_flops_safe(tr)
+    flops_step = 3 * fwd * batch
+    summary = {
+        "device": torch.cuda.get_device_name(tr.device) if cuda else f"CPU ({torch.get_num_threads()} threads)",
+        "steps": n, "step_ms": step_s * 1000, "img_per_s": batch / step_s,
+        "split_ms_per_step": split, "top_cpu_ops": top("self_cpu_time_total"),
+        "top_gpu_ops": top("self_device_time_total") if cuda else [],
+        "peak_memory_gib": (torch.cuda.max_memory_allocated(tr.device) if cuda
+                            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30,
+        "peak_memory_kind": "CUDA allocated" if cuda else "process max RSS",
+        "model_flops_per_step": flops_step, "mfu": None,
+    }
+    if cuda:
+        gpu = lookup(summary["device"])
+        if gpu is not None:
+            amp = tr.recipe.precision.amp
+            amp = "bf16" if amp == "auto" else amp
+            summary["mfu"] = flops_step / step_s / peak_flops(gpu, amp, tr.recipe.precision.tf32)
+            summary["peak_flops"] = peak_flops(gpu, amp, tr.recipe.precision.tf32)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def count_flops_safe(tr) -> float:
+    import copy
+    m = copy.deepcopy(tr.orig_model).float().cpu().eval()
+    return count_flops(m, tr.recipe.data.img_size)
+
+
+def print_summary(s: dict, out: Path) -> None:
+    print(f"device: {s['device']}   {s['steps']} profiled steps   {s['step_ms']:.1f} ms/step   {s['img_per_s']:.1f} img/s")
+    sp = s["split_ms_per_step"]
+    print("step split (ms/step): " + "  ".join(f"{k} {sp.get(k, 0):.1f}" for k in RANGES))
+    print(f"peak memory: {s['peak_memory_gib']:.2f} GiB ({s['peak_memory_kind']})")
+    print(f"model FLOPs per step: {s['model_flops_per_step'] / 1e9:.1f} GFLOP (3 x forward x batch)"
+          + (f"   MFU {s['mfu']:.1%} of {s['peak_flops'] / 1e12:.0f} TFLOP/s" if s.get("mfu") else
+             "   MFU: n/a (no known GPU)"))
+    for label, key in (("CPU", "top_cpu_ops"), ("GPU", "top_gpu_ops")):
+        if s[key]:
+            print(f"top ops by self {label} time:")
+            for r in s[key]:
+                print(f"  {r['self_ms_per_step']:8.2f} ms/step  {r['calls']:6d} calls  {r['op']}")
+    print(f"traces: {out}  (tensorboard --logdir {out}; {out / 'trace.json'} in ui.perfetto.dev)")

@@ -1,0 +1,88 @@
+"""Collect the data behind each paper's analysis figures, on one batch, for any run.
+
+- DyT Fig. 2 / 4: input -> output pairs of chosen norm layers (first, middle, last), output taken
+  before the affine: (x - mean) / std for LayerNorm, tanh(alpha x) for DyT.
+- DyT Fig. 8: alpha of each DyT layer against 1 / std of its input comes from the probe log
+  (``stats.jsonl``: ``params[<layer>.alpha].weight_norm`` and ``layers[<layer>].in_std``).
+- KAT: per group-rational layer, the input range against the [-3, 3] range the rational was fitted
+  on, and per GR-KAN layer the output/input variance ratio.
+- MambaOut: per stage, the fraction of gate activations GELU(g) near zero (|.| < 0.01).
+
+Collection only; ``reproscope.diagnostics.figures`` draws the PNGs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .hooks import HookHandles
+
+MAX_POINTS = 4000
+
+
+def _sample(t: torch.Tensor, n: int = MAX_POINTS, seed: int = 0) -> torch.Tensor:
+    t = t.flatten()
+    if t.numel() <= n:
+        return t.cpu()
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return t.cpu()[torch.randperm(t.numel(), generator=g)[:n]]
+
+
+@torch.no_grad()
+def collect(model: nn.Module, x: torch.Tensor) -> dict:
+    from ..model.kat import GroupRational, KANLinear
+    from ..model.layers import DyT
+    from ..model.mambaout import GatedCNNBlock
+    norms = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.LayerNorm, DyT))]
+    chosen = {n for n, _ in (norms[:1] + norms[len(norms) // 2:len(norms) // 2 + 1] + norms[-1:])} if norms else set()
+    out: dict = {"norm_curves": {}, "kat": {}, "mambaout_gates": {}}
+    handles = HookHandles()
+    gates: dict[str, list[torch.Tensor]] = {}
+
+    def norm_hook(name):
+        def hook(m, inputs, output):
+            xi = inputs[0].float()
+            if isinstance(m, DyT):
+                y = torch.tanh(m.alpha.float() * xi) if m.squash == "tanh" else (output.float() - m.bias) / m.weight
+                kind = f"DyT (alpha {m.alpha.item():.3g})"
+            else:
+                y = F.layer_norm(xi, m.normalized_shape, eps=m.eps)
+                kind = "LayerNorm"
+            idx = torch.randperm(xi.numel(), generator=torch.Generator().manual_seed(0))[:MAX_POINTS]
+            out["norm_curves"][name] = {"x": xi.flatten().cpu()[idx], "y": y.flatten().cpu()[idx], "kind": kind}
+        return hook
+
+    def kat_hook(name):
+        def hook(m, inputs, output):
+            xi = inputs[0].float()
+            rec = out["kat"].setdefault(name.rsplit(".rational", 1)[0], {})
+            if isinstance(m, GroupRational):
+                q = torch.quantile(_sample(xi, 20000), torch.tensor([0.001, 0.999]))
+                rec.update(in_min=xi.min().item(), in_max=xi.max().item(), in_p001=q[0].item(), in_p999=q[1].item(),
+                           fit_range=(-3.0, 3.0), init=m.init)
+            else:
+                rec["var_ratio"] = (output.float().var() / xi.var().clamp(min=1e-12)).item()
+        return hook
+
+    def gate_hook(stage):
+        def hook(m, inputs, output):
+            gates.setdefault(stage, []).append((output.float().abs() < 0.01).float().mean())
+        return hook
+
+    for name, m in model.named_modules():
+        if name in chosen:
+            handles.add(m.register_forward_hook(norm_hook(name)))
+        if isinstance(m, (GroupRational, KANLinear)):
+            handles.add(m.register_forward_hook(kat_hook(name)))
+        if isinstance(m, GatedCNNBlock):
+            stage = ".".join(name.split(".")[:2])
+            handles.add(m.act.register_forward_hook(gate_hook(stage)))
+    was = model.training
+    model.eval()
+    with handles:
+        model(x)
+    model.train(was)
+    out["mambaout_gates"] = {k: torch.stack(v).mean().item() for k, v in gates.items()}
+    return out

@@ -146,10 +146,12 @@ class ActivationStats:
     def clear(self) -> None:
         self.forward, self.backward, self.saturation, self.outputs, self.order = {}, {}, {}, {}, []
 
-    def collect(self, extra: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, float]]:
+    def collect(self, extra: dict[str, torch.Tensor] | None = None, reduce=None) -> dict[str, dict[str, float]]:
         """Move everything to the host in one transfer and return {module: {stat: value}}.
 
-        ``extra`` 1-D device tensors travel in the same transfer and come back as lists under "__extra__".
+        ``extra`` 1-D device tensors travel in the same transfer and come back as lists under "__extra__"
+        (they must be equal on every process). ``reduce(flat, ops)`` combines the flat vector across
+        processes before the transfer; ``ops`` marks each entry "sum", "max" or "mean".
         """
         extra = extra or {}
         names = list(self.forward)
@@ -161,7 +163,12 @@ class ActivationStats:
         parts += [extra[k].reshape(-1) for k in extra]
         if not parts:
             return {"__extra__": {}}
-        flat = torch.cat([p.reshape(-1).float() for p in parts]).cpu().tolist()  # one sync
+        flat = torch.cat([p.reshape(-1).float() for p in parts])
+        if reduce is not None:
+            ops = (["sum", "sum", "max", "sum", "sum", "sum"] * len(names) + ["sum"] * 3 * len(gnames)
+                   + ["mean", "mean"] * len(snames) + ["max"] * sum(t.numel() for t in extra.values()))
+            flat = reduce(flat, ops)
+        flat = flat.cpu().tolist()  # one sync
         out: dict[str, dict[str, float]] = {}
         i = 0
         for n in names:

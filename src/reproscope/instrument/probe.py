@@ -47,6 +47,19 @@ class SpikeDetector:
         return event
 
 
+def _cross_rank(d):
+    """Reduce a flat statistics vector across processes: sums added, maxima maxed, means averaged."""
+    from ..train import distributed
+
+    def reduce(flat: torch.Tensor, ops: list[str]) -> torch.Tensor:
+        is_max = torch.tensor([o == "max" for o in ops], device=flat.device)
+        is_mean = torch.tensor([o == "mean" for o in ops], device=flat.device)
+        summed = distributed.all_reduce_sum(flat.clone(), d)
+        maxed = distributed.all_reduce_max(flat.clone(), d)
+        return torch.where(is_max, maxed, torch.where(is_mean, summed / d.world_size, summed))
+    return reduce
+
+
 class Instrument:
     """Per-layer probes for any model the trainer runs (attach with ``trainer.add_callback``)."""
 
@@ -66,7 +79,7 @@ class Instrument:
             self.acts = ActivationStats(trainer.orig_model, keep_outputs=self.cfg.histograms,
                                         samples=self.cfg.stat_samples)
         self.params = [(n, p) for n, p in trainer.orig_model.named_parameters() if p.requires_grad]
-        self.stats_file = open(trainer.run_dir / "stats.jsonl", "a", buffering=1)
+        self.stats_file = open(trainer.run_dir / "stats.jsonl", "a", buffering=1) if trainer.dist.is_main else None
 
     def on_step_start(self, trainer, step: int) -> None:
         self.probing = probe_schedule(step, self.cfg.probe_every, self.cfg.probe_early)
@@ -96,16 +109,19 @@ class Instrument:
             upd = torch.stack(torch._foreach_norm(torch._foreach_sub([p.detach() for _, p in self.params],
                                                                      self._snapshot)))
         self._snapshot = None
-        layers = self.acts.collect(extra={"weight_norm": w, "grad_norm": g, "update_ratio": upd / w.clamp(min=1e-12)})
+        reduce = _cross_rank(trainer.dist) if trainer.dist.enabled else None
+        layers = self.acts.collect(extra={"weight_norm": w, "grad_norm": g, "update_ratio": upd / w.clamp(min=1e-12)},
+                                   reduce=reduce)
         extra = layers.pop("__extra__")
         params = {n: {k: extra[k][i] for k in extra} for i, (n, _) in enumerate(self.params)}
-        self._write(trainer, layers, params)
+        if trainer.dist.is_main:
+            self._write(trainer, layers, params)
 
     def on_train_end(self, trainer) -> None:
         if self.stats_file is not None:
             self.stats_file.close()
             self.stats_file = None
-        if self.cfg.probes:
+        if self.cfg.probes and trainer.dist.is_main:
             from .paper_probes import collect
             x, _ = next(iter(trainer.val_loader.epoch(0)))
             data = collect(trainer.orig_model, x[:64])

@@ -165,8 +165,9 @@ class BatchLoader:
     """
 
     def __init__(self, ds: ArrayDataset, batch_size: int, device: torch.device, transform, *, train: bool,
-                 seed: int = 0, channels_last: bool = False, device_cache: str = "auto"):
+                 seed: int = 0, channels_last: bool = False, device_cache: str = "auto", dist=None):
         self.ds, self.batch_size, self.device, self.train = ds, batch_size, device, train
+        self.dist = dist  # under DDP each rank takes its strided share of every global training batch
         self.seed, self.transform = seed, transform
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.drop_last = train
@@ -189,8 +190,11 @@ class BatchLoader:
 
     def epoch(self, epoch: int, start_batch: int = 0, first_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of ``epoch`` from ``start_batch``; ``first_step`` is the global step of that batch."""
+        from .distributed import shard
         for i, idx in enumerate(batch_indices(len(self.ds), self.batch_size, self.seed, epoch,
                                               start_batch, self.drop_last, shuffle=self.train)):
+            if self.train and self.dist is not None:
+                idx = shard(idx, self.dist)
             yield self.make_batch(idx, first_step + i)
 
     def raw_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,10 @@ import signal
 import threading
 from pathlib import Path
 
+import torch
+
 from ..config import Recipe, apply_overrides, recipe_from_dict
+from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint
 from .rundir import new_run_dir, prepare_run_dir
 from .trainer import Trainer
@@ -84,15 +87,21 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
             recipe = apply_overrides(recipe, overrides)
             print(f"resume: applying overrides on top of the saved config: {' '.join(overrides)}")
         print(f"resuming {ckpt_path} at step {ckpt['step']}")
+    d = distributed.from_env()
     if rd is None:
         rd = new_run_dir(recipe.run.out_dir, recipe.name)
-    prepare_run_dir(rd, resume=resume is not None, overwrite=overwrite)
+    if d.enabled:
+        distributed.init(d, "cuda" if torch.cuda.is_available() and recipe.precision.device != "cpu" else "cpu")
+        rd = Path(distributed.broadcast_object(str(rd), d))  # rank 0's timestamped name
+    if d.is_main:
+        prepare_run_dir(rd, resume=resume is not None, overwrite=overwrite)
+    distributed.barrier(d)
     trainer = Trainer(recipe, rd, callbacks=callbacks, download=download)
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
     with stop_on_signals(trainer):
         metrics = trainer.fit()
-    if recipe.instrument.enabled and recipe.instrument.probes:
+    if recipe.instrument.enabled and recipe.instrument.probes and d.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         from ..diagnostics.figures import plot_run

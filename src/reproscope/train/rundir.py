@@ -109,6 +109,21 @@ class MetricsLog:
             self.tb.close()
 
 
+class NullLog:
+    """What ranks other than 0 log to: nothing."""
+
+    tb = None
+
+    def log(self, kind: str, step: int, **values: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     out = []

@@ -39,7 +39,8 @@ from .checkpoint import atomic_save
 from .data import ArrayDataset, BatchLoader, build_datasets, channel_stats
 from .ema import ModelEma
 from .optim import WarmupCosine, build_optimizer
-from .rundir import MetricsLog, environment, write_json
+from . import distributed
+from .rundir import MetricsLog, NullLog, environment, write_json
 
 EVENTS = ("train_start", "epoch_start", "step_start", "after_backward", "step_end", "log", "eval_end",
           "epoch_end", "checkpoint", "nonfinite", "spike", "train_end")
@@ -144,7 +145,15 @@ class Trainer:
             torch.set_num_threads(r.run.threads)
         if r.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        self.dist = distributed.from_env()
         self.device = resolve_device(r.precision.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        distributed.init(self.dist, self.device.type)
+        if r.data.batch_size % self.dist.world_size:
+            raise ConfigError(f"data.batch_size={r.data.batch_size} is the global batch and must divide evenly "
+                              f"over {self.dist.world_size} processes")
         self.amp_dtype = resolve_amp(r.precision.amp, self.device)
         if self.device.type == "cuda" and r.precision.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -159,7 +168,12 @@ class Trainer:
                                             and is_conv_model(self.orig_model))
         if self.channels_last:
             self.orig_model = self.orig_model.to(memory_format=torch.channels_last)
-        self.model = self.orig_model  # compiled in fit(), after train_start has attached hooks
+        self.eager_model = self.orig_model
+        if self.dist.enabled:  # gradients are averaged across ranks; orig_model stays the unwrapped module
+            from torch.nn.parallel import DistributedDataParallel
+            self.eager_model = DistributedDataParallel(
+                self.orig_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.model = self.eager_model  # compiled in fit(), after train_start has attached hooks
         self.eager_step = False  # an instrument asks for the uncompiled module on probe steps
         self.ema = ModelEma(self.orig_model, r.reg.ema_decay) if r.reg.ema_decay > 0 else None
 
@@ -168,7 +182,8 @@ class Trainer:
         self.train_loader = BatchLoader(
             self.train_set, r.data.batch_size, self.device,
             BatchTransform(r.aug, r.data.img_size, mean, std, self.num_classes, ls, train=True),
-            train=True, seed=r.run.seed, channels_last=self.channels_last, device_cache=r.data.device_cache)
+            train=True, seed=r.run.seed, channels_last=self.channels_last, device_cache=r.data.device_cache,
+            dist=self.dist)
         self.val_loader = BatchLoader(
             self.val_set, r.data.eval_batch_size, self.device,
             BatchTransform(r.aug, r.data.img_size, mean, std, self.num_classes, 0.0, train=False),
@@ -203,7 +218,7 @@ class Trainer:
             from ..instrument.probe import Instrument
             self.callbacks.insert(0, Instrument(ic))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log = MetricsLog(self.run_dir, tensorboard=tensorboard)
+        self.log = MetricsLog(self.run_dir, tensorboard=tensorboard) if self.dist.is_main else NullLog()
 
     # ------------------------------------------------------------------ setup helpers
     def add_callback(self, cb: Any) -> None:
@@ -234,7 +249,7 @@ class Trainer:
         self.fire("step_start", step=self.step + 1)
         rng_before = rng_state()
         lr = self.schedule.apply(self.optimizer, self.step)
-        model = self.orig_model if self.eager_step else self.model
+        model = self.eager_model if self.eager_step else self.model
         loss_sum = torch.zeros((), device=self.device)
         for x, y in micro_batches:
             with record_function("forward"), autocast(self.device, self.amp_dtype):
@@ -251,7 +266,13 @@ class Trainer:
         clip = self.recipe.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf)
         loss_mean = loss_sum / len(micro_batches)
-        loss_v, gn_v = torch.stack([loss_mean, grad_norm.detach().float()]).tolist()  # one sync per step
+        flag = torch.tensor(float(self.stop_requested), device=self.device)
+        vals = distributed.all_reduce_sum(torch.stack([loss_mean, grad_norm.detach().float(), flag]), self.dist)
+        vals = vals / torch.tensor([self.dist.world_size, self.dist.world_size, 1.0], device=self.device)
+        loss_mean = vals[0]  # the global mean loss (all ranks), what gets logged
+        loss_v, gn_v, stop_v = vals.tolist()  # one sync per step
+        if stop_v > 0 and not self.stop_requested:  # another rank got a signal
+            self.request_stop("another process is stopping")
         verdict = self._guard(loss_v, gn_v, micro_batches, rng_before)
         if verdict == "step":
             self.scaler.step(self.optimizer)
@@ -319,6 +340,8 @@ class Trainer:
 
     def write_reproducer(self, micro_batches, rng_before, report) -> Path:
         path = self.run_dir / f"nonfinite-step{self.step + 1}.pt"
+        if not self.dist.is_main:
+            return path
         atomic_save({"recipe": self.recipe.to_dict(), "num_classes": self.num_classes,
                      "model": self.orig_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "batches": [(x.detach().cpu(), y.detach().cpu()) for x, y in micro_batches],
@@ -328,17 +351,18 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, float]:
         r = self.recipe
-        write_json(self.run_dir / "config.json", r.to_dict())
-        write_json(self.run_dir / "environment.json", environment())
-        from ..recipes import deviation_log
-        write_json(self.run_dir / "deviations.json", {"recipe": r.name, "parent": r.parent,
-                                                      "deviations": deviation_log(r)})
+        if self.dist.is_main:
+            write_json(self.run_dir / "config.json", r.to_dict())
+            write_json(self.run_dir / "environment.json", {**environment(), "world_size": self.dist.world_size})
+            from ..recipes import deviation_log
+            write_json(self.run_dir / "deviations.json", {"recipe": r.name, "parent": r.parent,
+                                                          "deviations": deviation_log(r)})
         self.fire("train_start")
-        if r.precision.compile and self.model is self.orig_model:
-            self.model = torch.compile(self.orig_model)
+        if r.precision.compile and self.model is self.eager_model:
+            self.model = torch.compile(self.eager_model)
         if r.instrument.nan_policy == "rollback" and not (self.run_dir / "last.pt").exists():
             self.save_checkpoint()  # something to roll back to before the first epoch ends
-        bar = _progress(r.run.progress, total=self.total_steps, initial=self.step)
+        bar = _progress(r.run.progress and self.dist.is_main, total=self.total_steps, initial=self.step)
         try:
             while self.step < self.total_steps and not self.stop_requested:
                 self._train_epoch(bar)
@@ -453,17 +477,20 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write ``ckpt-step<N>.pt`` atomically, point ``last.pt`` at it, keep the last K, update best."""
-        state = self.state_dict()
         path = self.run_dir / f"ckpt-step{self.step:08d}.pt"
-        atomic_save(state, path)
-        _atomic_link(path, self.run_dir / "last.pt")
-        for old in sorted(self.run_dir.glob("ckpt-step*.pt"))[:-self.recipe.run.keep_last]:
-            old.unlink(missing_ok=True)
         top1 = self.last_eval.get("top1", -1.0)
-        if top1 > self.best_top1 and self.step % self.steps_per_epoch == 0:
+        new_best = top1 > self.best_top1 and self.step % self.steps_per_epoch == 0
+        if new_best:
             self.best_top1 = top1
-            state["best_top1"] = top1
-            atomic_save(state, self.run_dir / "best.pt")
+        if self.dist.is_main:  # rank 0 writes; the others wait for the file
+            state = self.state_dict()
+            atomic_save(state, path)
+            _atomic_link(path, self.run_dir / "last.pt")
+            for old in sorted(self.run_dir.glob("ckpt-step*.pt"))[:-self.recipe.run.keep_last]:
+                old.unlink(missing_ok=True)
+            if new_best:
+                atomic_save(state, self.run_dir / "best.pt")
+        distributed.barrier(self.dist)
         self.fire("checkpoint", path=path)
         return path
 

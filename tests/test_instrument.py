@@ -226,3 +226,24 @@ def test_profile_writes_traces_and_summary(tmp_path, capsys):
     trace = json.loads((rd / "profile" / "trace.json").read_text())
     assert trace["traceEvents"]
     assert list((rd / "profile").glob("*.pt.trace.json"))  # the TensorBoard plugin's format
+
+
+def test_loss_spike_is_logged_with_step_and_batch_indices(tiny_recipe, tmp_path):
+    from reproscope.train.trainer import Trainer
+
+    class Spike:
+        def __init__(self, model, at):
+            self.at, self.now = at, 0
+            model.head.register_forward_hook(lambda m, i, o: o * 40 if self.now == self.at else None)
+
+        def on_step_start(self, trainer, step):
+            self.now = step
+
+    model = create_model("vit_quick", num_classes=10)
+    r = apply_overrides(tiny_recipe, {"sched.epochs": 3, "instrument.enabled": False, "instrument.spike_window": 20,
+                                      "optim.lr": 1e-4})
+    trainer = Trainer(r, tmp_path / "run", model=model, tensorboard=False, callbacks=[Spike(model, 25)])
+    trainer.fit()
+    spikes = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "loss_spike"]
+    assert [e["step"] for e in spikes] == [25]
+    assert len(spikes[0]["batch_indices"]) == 32 and spikes[0]["score"] > 8

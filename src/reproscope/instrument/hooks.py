@@ -25,10 +25,12 @@ def raw_moments(x: torch.Tensor) -> torch.Tensor:
     """[sum, sum of squares, abs-max, #non-finite, #near zero, n] on device: few kernels, no sync."""
     x = x.detach()
     x = x if x.dtype == torch.float32 else x.float()
-    a = x.abs()
-    return torch.stack([x.sum(), (x * x).sum(), a.max() if x.numel() else x.new_zeros(()),
-                        (~torch.isfinite(x)).sum().float(), (a < NEAR_ZERO).sum().float(),
-                        x.new_tensor(float(x.numel()))])
+    if not x.numel():
+        return x.new_zeros(6)
+    lo, hi = torch.aminmax(x)  # one pass, no temporary
+    norm = torch.linalg.vector_norm(x)  # fused sum of squares
+    return torch.stack([x.sum(), norm * norm, torch.maximum(hi, -lo), (~torch.isfinite(x)).sum().float(),
+                        (x.abs() < NEAR_ZERO).sum().float(), x.new_tensor(float(x.numel()))])
 
 
 def derive(raw: list[float]) -> dict[str, float]:
@@ -58,7 +60,8 @@ def grad_moments(g: torch.Tensor) -> torch.Tensor:
     """[sum of squares, #non-finite, n] of a gradient, on device."""
     g = g.detach()
     g = g if g.dtype == torch.float32 else g.float()
-    return torch.stack([(g * g).sum(), (~torch.isfinite(g)).sum().float(), g.new_tensor(float(g.numel()))])
+    norm = torch.linalg.vector_norm(g)
+    return torch.stack([norm * norm, (~torch.isfinite(g)).sum().float(), g.new_tensor(float(g.numel()))])
 
 
 def _first_tensor(x):

@@ -105,7 +105,8 @@ def cmd_diagnose(args) -> int:
         if not args.path:
             raise ConfigError("usage: reproscope diagnose replay PATH (a nonfinite-stepN.pt reproducer)")
         return replay(args.path)
-    raise ConfigError(f"unknown diagnose command {args.check!r}; available: replay")
+    from .diagnostics.diagnose import diagnose
+    return diagnose(resolved_recipe(args), args.check, args.model, args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,9 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--with-instrument", action="store_true", help="keep the recipe's probes on while profiling")
     pf.set_defaults(fn=cmd_profile)
 
-    dg = sub.add_parser("diagnose", help="diagnose a run: `diagnose replay PATH` reruns a NaN reproducer")
-    dg.add_argument("check", help="replay")
+    dg = sub.add_parser("diagnose", help="run checks (`diagnose all`, `diagnose overfit-batch`, ...) or "
+                                         "`diagnose replay PATH` to rerun a NaN reproducer")
+    dg.add_argument("check", help="a check name, all, or replay")
     dg.add_argument("path", nargs="?", help="reproducer file for replay")
+    _add_recipe_args(dg)
+    dg.add_argument("--model", default=None, metavar="package.module:factory", help="diagnose your own model")
+    dg.add_argument("--json", action="store_true", help="machine-readable output")
     dg.set_defaults(fn=cmd_diagnose)
 
     k = sub.add_parser("keys", help="every configurable key with its accepted values")

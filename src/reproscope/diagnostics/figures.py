@@ -19,6 +19,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def plot_norm_curves(curves: dict, path: Path) -> Path | None:
     if not curves:
         return None
@@ -32,10 +39,7 @@ def plot_norm_curves(curves: dict, path: Path) -> Path | None:
         ax.axvline(0, color="grey", lw=0.5)
     axes[0][0].set_ylabel("output (before affine)")
     fig.suptitle("DyT Fig. 2/4: norm-layer input vs output on one batch", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def alpha_vs_inv_std(stats_path: Path) -> dict[str, list[tuple[int, float, float]]]:
@@ -71,10 +75,7 @@ def plot_alpha(series: dict, path: Path) -> Path | None:
     a2.set_ylabel("alpha")
     a2.set_title("across layers", fontsize=9)
     fig.suptitle("DyT Fig. 8: alpha tracks 1/std of the layer input", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_kat(kat: dict, path: Path) -> Path | None:
@@ -99,10 +100,7 @@ def plot_kat(kat: dict, path: Path) -> Path | None:
     a2.set_xticks(range(len(names)), [n.replace("blocks.", "b").replace(".mlp.", ".") for n in names],
                   rotation=90, fontsize=6)
     a2.set_title("GR-KAN layer Var[out] / Var[in]", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_gates(gates: dict, path: Path) -> Path | None:
@@ -113,10 +111,7 @@ def plot_gates(gates: dict, path: Path) -> Path | None:
     ax.bar(list(gates), list(gates.values()))
     ax.set_ylabel("fraction |GELU(g)| < 0.01")
     ax.set_title("MambaOut: gates near zero, per stage", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_run(run_dir: str | Path, tb_writer=None, step: int = 0) -> list[Path]:

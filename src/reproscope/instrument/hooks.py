@@ -27,10 +27,10 @@ def raw_moments(x: torch.Tensor) -> torch.Tensor:
     x = x if x.dtype == torch.float32 else x.float()
     if not x.numel():
         return x.new_zeros(6)
-    lo, hi = torch.aminmax(x)  # one pass, no temporary
-    norm = torch.linalg.vector_norm(x)  # fused sum of squares
-    return torch.stack([x.sum(), norm * norm, torch.maximum(hi, -lo), (~torch.isfinite(x)).sum().float(),
-                        (x.abs() < NEAR_ZERO).sum().float(), x.new_tensor(float(x.numel()))])
+    a = x.abs()  # reused for abs-max and the near-zero count
+    norm = torch.linalg.vector_norm(x)  # fused sum of squares, no temporary
+    return torch.stack([x.sum(), norm * norm, a.max(), (~torch.isfinite(x)).sum().float(),
+                        (a < NEAR_ZERO).sum().float(), x.new_tensor(float(x.numel()))])
 
 
 def derive(raw: list[float]) -> dict[str, float]:

@@ -40,7 +40,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--decode-images", type=int, default=2000, help="JPEGs decoded for the per-epoch-decode baseline")
     args = ap.parse_args()
-    r = apply_overrides(get_recipe(args.recipe), ["run.progress=false"] + args.overrides)
+    # probes off: this measures the data path and the bare step (instrument_overhead.py measures probes)
+    r = apply_overrides(get_recipe(args.recipe), ["run.progress=false", "instrument.enabled=false"] + args.overrides)
     if not torch.cuda.is_available() and r.precision.amp in ("bf16", "fp16"):
         r = apply_overrides(r, {"precision.amp": "fp32"})  # CPU autocast is emulated: time fp32
     with tempfile.TemporaryDirectory() as d:

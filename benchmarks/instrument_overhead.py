@@ -21,17 +21,13 @@ import torch
 from reproscope.config import apply_overrides
 from reproscope.recipes import get_recipe
 from reproscope.train.trainer import Trainer
+from reproscope.train.trainer import synchronize as sync
 
 CONFIGS = {
     "off": {"instrument.enabled": False},
     "default sampling": {"instrument.enabled": True},
     "every-step probing": {"instrument.enabled": True, "instrument.probe_every": 1, "instrument.probe_early": False},
 }
-
-
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def main() -> None:

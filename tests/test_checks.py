@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from reproscope.checks import CHECKS, CheckData, run_checks
+from reproscope.checks import CHECKS, run_checks
 from reproscope.cli import main
 from reproscope.model import create_model
 
 
 @pytest.fixture(scope="module")
 def data():
-    from reproscope.config import DataConfig, apply_overrides
+    from reproscope.config import apply_overrides
     from reproscope.diagnostics.diagnose import check_data
     from reproscope.recipes import get_recipe
     return check_data(apply_overrides(get_recipe("quickstart"), {"data.train_size": 64, "data.val_size": 10}))

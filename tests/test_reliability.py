@@ -1,7 +1,6 @@
 """Crash and resume, signals, checkpoint failures, and bad input that ends in a message."""
 
 import errno
-import os
 import signal
 import subprocess
 import sys

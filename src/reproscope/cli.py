@@ -34,7 +34,7 @@ def cmd_train(args) -> int:
         print(f"run stopped: {trainer.stop_reason}; see the report above and {rd / 'metrics.jsonl'}")
         return 3
     import signal
-    if getattr(trainer, "signal", None) is not None:
+    if trainer.signal is not None:
         print(f"run directory: {rd}\nresume with:  reproscope train --resume {rd}")
         return 130 if trainer.signal == signal.SIGINT else 0
     if metrics:

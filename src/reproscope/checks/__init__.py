@@ -14,7 +14,6 @@ recipe-audit. (Still to come: input-independent baseline, data, determinism, lr-
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -248,7 +247,7 @@ def overfit_batch(make_model, data: CheckData, steps: int = 150, batch: int = 16
                       "or labels that contradict each other (shuffled labels)")
     if zero_grad_layers:
         causes.append(f"{len(zero_grad_layers)} parameters got no gradient at step 1 (e.g. {zero_grad_layers[0]})")
-    if max(losses[:len(losses)]) > 3 * losses[0]:
+    if max(losses) > 3 * losses[0]:
         causes.append("the loss spiked above 3x its start: lr too high")
     return CheckResult(
         "overfit-batch", status, f"loss {losses[0]:.3f} -> {final:.4f}, accuracy {acc:.0%} after {len(losses)} steps",
@@ -301,9 +300,3 @@ def run_checks(make_model, data: CheckData, names: list[str] | None = None) -> l
             out.append(CheckResult(name, "fail", f"raised {type(e).__name__}: {e}", "no error",
                                    "The check could not run on this model/data.", [str(e)]))
     return out
-
-
-def copy_model(make_model):
-    """A factory that deep-copies one prototype (for user models without a constructor)."""
-    proto = make_model() if callable(make_model) else make_model
-    return lambda: copy.deepcopy(proto)

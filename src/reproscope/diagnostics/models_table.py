@@ -11,6 +11,12 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_flops_of_copy(model: torch.nn.Module, img_size: int) -> float:
+    """``count_flops`` on a CPU fp32 copy, leaving a live (GPU, bf16, training) model untouched."""
+    import copy
+    return count_flops(copy.deepcopy(model).float().cpu(), img_size)
+
+
 def count_flops(model: torch.nn.Module, img_size: int) -> float:
     """Forward FLOPs of one image, from torch's own FLOP counter (a multiply-add counts 2)."""
     from torch.utils.flop_counter import FlopCounterMode

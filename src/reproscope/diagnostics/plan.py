@@ -8,7 +8,6 @@ the training FLOPs per image (3 x forward, torch's FLOP counter).
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 
@@ -17,6 +16,8 @@ import torch
 from ..config import Recipe, apply_overrides
 from ..hardware import KNOWN_GPUS, peak_flops
 from ..train.data import ArrayDataset
+from ..train.trainer import synchronize
+from .models_table import count_flops_of_copy
 
 # images in the standard training split of each dataset (used for epochs per budget)
 TRAIN_IMAGES = {"imagenette": 9469, "tiny-imagenet": 100_000, "cifar10": 50_000, "cifar100": 50_000,
@@ -50,21 +51,15 @@ def time_steps(recipe: Recipe, steps: int = 5, warmup: int = 2) -> dict:
         batches = [tr.train_loader.make_batch(torch.arange(r.data.batch_size), i) for i in range(r.optim.accum_steps)]
         for _ in range(warmup):
             tr.train_step(batches)
-        _sync(tr.device)
+        synchronize(tr.device)
         t0 = time.perf_counter()
         for _ in range(steps):
             tr.train_step(batches)
-        _sync(tr.device)
+        synchronize(tr.device)
         dt = (time.perf_counter() - t0) / steps
-        from .models_table import count_flops
-        fwd = count_flops(tr.orig_model.float().cpu().eval(), r.data.img_size)
+        fwd = count_flops_of_copy(tr.orig_model, r.data.img_size)
     return {"img_per_s": n / dt, "step_s": dt, "fwd_flops_per_img": fwd, "device": str(tr.device),
             "batch": n, "note": note}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def plan(recipe: Recipe, hours: float, steps: int = 5) -> dict:

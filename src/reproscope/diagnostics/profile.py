@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trac
 
 from ..config import Recipe
 from ..hardware import lookup, peak_flops
-from .models_table import count_flops
+from .models_table import count_flops_of_copy
 
 RANGES = ("data", "forward", "backward", "optimizer")
 
@@ -79,7 +79,7 @@ def summarise(prof, tr, wall: list[float], out: Path, cuda: bool) -> dict:
             split[e.key] = (e.device_time_total if cuda and e.key != "data" else e.cpu_time_total) / 1000 / n
     step_s = sum(wall) / n
     batch = tr.recipe.data.batch_size * tr.accum
-    fwd = count_flops_safe(tr)
+    fwd = count_flops_of_copy(tr.orig_model, tr.recipe.data.img_size)
     flops_step = 3 * fwd * batch
     summary = {
         "device": torch.cuda.get_device_name(tr.device) if cuda else f"CPU ({torch.get_num_threads()} threads)",
@@ -100,12 +100,6 @@ def summarise(prof, tr, wall: list[float], out: Path, cuda: bool) -> dict:
             summary["peak_flops"] = peak_flops(gpu, amp, tr.recipe.precision.tf32)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def count_flops_safe(tr) -> float:
-    import copy
-    m = copy.deepcopy(tr.orig_model).float().cpu().eval()
-    return count_flops(m, tr.recipe.data.img_size)
 
 
 def print_summary(s: dict, out: Path) -> None:

@@ -25,7 +25,7 @@ DOWNLOADABLE = ("imagenette", "tiny-imagenet", "cifar10", "cifar100")
 
 
 def where_to_put(dataset: str, root: Path) -> str:
-    how = (f"Download it with --download (official address, checksum verified), or put" if dataset in DOWNLOADABLE
+    how = ("Download it with --download (official address, checksum verified), or put" if dataset in DOWNLOADABLE
            else "Put")
     return f"{how} the files at {root} in this layout: {LAYOUT_HINT.get(dataset, '')}"
 

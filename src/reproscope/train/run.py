@@ -8,20 +8,18 @@ import signal
 import threading
 from pathlib import Path
 
-import torch
 
 from ..config import Recipe, apply_overrides, recipe_from_dict
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint
 from .rundir import new_run_dir, prepare_run_dir
-from .trainer import Trainer
+from .trainer import Trainer, resolve_device
 
 
 @contextlib.contextmanager
 def stop_on_signals(trainer: Trainer):
     """SIGTERM/SIGINT: finish the current step, save a checkpoint, say how to resume. A second SIGINT
     interrupts at once. ``trainer.signal`` records which signal stopped the run."""
-    trainer.signal = None
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -91,7 +89,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     if rd is None:
         rd = new_run_dir(recipe.run.out_dir, recipe.name)
     if d.enabled:
-        distributed.init(d, "cuda" if torch.cuda.is_available() and recipe.precision.device != "cpu" else "cpu")
+        distributed.init(d, resolve_device(recipe.precision.device).type)
         rd = Path(distributed.broadcast_object(str(rd), d))  # rank 0's timestamped name
     if d.is_main:
         prepare_run_dir(rd, resume=resume is not None, overwrite=overwrite)

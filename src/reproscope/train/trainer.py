@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from ..config import ConfigError, Recipe
-from ..model import create_model, model_info
+from ..model import model_info
 from .augment import BatchTransform, soft_cross_entropy
 from .checkpoint import atomic_save
 from .data import ArrayDataset, BatchLoader, build_datasets, channel_stats
@@ -128,6 +128,12 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
         raise ConfigError(f"model.name={m.name!r} could not be built with {kw}: {e}") from e
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work (for timing); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
@@ -210,7 +216,7 @@ class Trainer:
         self.rollbacks = 0
         self._consecutive_rollbacks = 0
         self._rolled_back = False
-        self.batch_indices: torch.Tensor | None = None
+        self.signal = None  # set by train.run.stop_on_signals when SIGTERM/SIGINT stops the run
         from ..instrument.probe import SpikeDetector
         ic = r.instrument
         self.spikes = SpikeDetector(ic.spike_window, ic.spike_threshold)
@@ -294,7 +300,8 @@ class Trainer:
             self._consecutive_rollbacks = 0
             spike = self.spikes.check(loss)
             if spike is not None:
-                idx = self.batch_indices.tolist() if self.batch_indices is not None else None
+                last = self.train_loader.last_indices
+                idx = last.tolist() if last is not None else None
                 self.log.log("event", self.step + 1, type="loss_spike", skipped=ic.spike_skip,
                              batch_indices=idx, **spike)
                 self.fire("spike", step=self.step + 1, **spike)
@@ -387,7 +394,6 @@ class Trainer:
         batches = self.train_loader.epoch(epoch, start_batch=start * self.accum, first_step=self.step * self.accum)
         for i in range(start, self.steps_per_epoch):
             micro = [next(batches) for _ in range(self.accum)]
-            self.batch_indices = self.train_loader.last_indices
             out = self._first_step_guarded(micro) if i == start else self.train_step(micro)
             if self._rolled_back:  # restart the loop at the restored step
                 self._rolled_back = False

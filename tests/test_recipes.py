@@ -78,3 +78,12 @@ def test_recipes_diff_cli_and_run_dir_deviation_log(tmp_path, capsys):
     train(r, run_dir=tmp_path / "run")
     log = json.loads((tmp_path / "run" / "deviations.json").read_text())
     assert {x["key"] for x in log["deviations"]} >= {"sched.epochs", "data.train_size"}
+
+
+def test_plan_times_real_steps_and_labels_the_l4_estimate(capsys):
+    from reproscope.cli import main
+    assert main(["plan", "--steps", "1", "--hours", "2", "--set", "data.train_size=64", "--set", "data.val_size=10",
+                 "--set", "data.batch_size=16"]) == 0
+    out = capsys.readouterr().out
+    assert "measured here (cpu)" in out and "img/s" in out and "epochs of 64 images" in out
+    assert "L4 ESTIMATE (not measured)" in out

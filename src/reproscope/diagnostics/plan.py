@@ -39,7 +39,8 @@ def _synthetic(recipe: Recipe, n: int) -> tuple[ArrayDataset, ArrayDataset]:
 
 def time_steps(recipe: Recipe, steps: int = 5, warmup: int = 2) -> dict:
     from ..train.trainer import Trainer, resolve_device
-    r = apply_overrides(recipe, {"run.progress": False})
+    # probes off: the plan times the bare training step (instrument_overhead.py measures probes)
+    r = apply_overrides(recipe, {"run.progress": False, "instrument.enabled": False})
     note = ""
     if resolve_device(r.precision.device).type == "cpu" and r.precision.amp in ("bf16", "fp16"):
         # CPU autocast in bf16/fp16 is emulated on most CPUs and far slower than fp32

@@ -37,6 +37,8 @@ class ModelConfig:
     norm: str = _f("default", "normalization layer: the model's own, LayerNorm or DyT",
                    choices=("default", "ln", "dyt"))
     dyt_alpha0: float = _f(0.5, "initial alpha of every DyT layer (paper: 0.5)", gt=0)
+    dyt_squash: str = _f("tanh", "DyT squashing function (paper Tab. 7 ablation; identity is the no-squash control)",
+                         choices=("tanh", "hardtanh", "sigmoid", "identity"))
     patch_size: int = _f(0, "patch size / stem stride; 0 = model default", min=0)
     drop_path: float = _f(0.0, "stochastic depth rate", min=0, max=1)
     global_pool: str = _f("default", "ViT pooling: the model's own, class token or average",

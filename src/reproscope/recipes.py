@@ -276,3 +276,38 @@ for _subset in _SUBSETS:
     _reduced(DYT_VIT_B_LN, _subset, "vit_tiny", "ViT-Ti: the smallest DeiT size fits the L4-day budget (paper: ViT-B/L)")
     _reduced(KAT_T, _subset, "kat_tiny")
     _reduced(MAMBAOUT_F, _subset, "mambaout_femto")
+
+
+# ----------------------------------------------------------------------------- CPU scale
+# The DyT campaign for a machine without a GPU (docs/reproductions/dyt.md): the Imagenette reduction
+# shrunk again until 3 seeds x 2 variants train on 2 CPU cores in about an hour. Labelled CPU scale
+# everywhere it is used; the GPU-scale runs are the `*-imagenette` recipes above.
+
+def _cpu_scale(reduced: Recipe) -> Recipe:
+    changes = {"model.name": "vit_quick", "model.patch_size": 4, "model.drop_path": 0.0, "data.img_size": 32,
+               "data.batch_size": 128, "optim.lr": 4e-4, "sched.epochs": 15, "sched.warmup_epochs": 1.0,
+               "aug.mix_prob": 0.0, "reg.ema_decay": 0.0, "reg.eval_ema": False, "precision.amp": "fp32"}
+    reasons = {
+        "model.name": "CPU scale: ViT width 96, depth 4, 4 heads (0.56M parameters) instead of ViT-Ti",
+        "model.patch_size": "patch 4 at 32 px keeps an 8x8 token grid (64 tokens, as ViT-Ti/16 at 128 px)",
+        "model.drop_path": "a 4-block model trained for 15 epochs underfits; stochastic depth would only slow it",
+        "data.img_size": "CPU scale: 32 px (cache built from the shared 224 px copy)",
+        "data.batch_size": "CPU scale: batch 128 gives ~74 optimizer steps per Imagenette epoch",
+        "optim.lr": "3.2x the linear-scaling lr (4e-3 x 128/4096 = 1.25e-4): a 15-epoch run needs a larger step",
+        "sched.epochs": "CPU scale: 15 epochs (~1100 steps) so 6 runs fit in about an hour on 2 cores",
+        "sched.warmup_epochs": "warmup shortened in proportion to training (paper: 20 of 300 epochs)",
+        "aug.mix_prob": "mixup/cutmix off: at 15 epochs a 0.56M-parameter model underfits, and mixing only "
+                        "lowers both variants' accuracy",
+        "reg.ema_decay": "EMA off: ~1100 steps are too few for a useful weight average",
+        "reg.eval_ema": "no EMA to evaluate",
+        "data.root": reduced.deviations["data.root"], "data.dataset": reduced.deviations["data.dataset"],
+    }
+    base = apply_overrides(reduced, changes)
+    name = reduced.name.replace("vit_tiny", "vit_quick") + "-cpu"
+    return register_recipe(dataclasses.replace(
+        base, name=name, deviations={k: reasons[k] for k in recipe_diff(get_recipe(reduced.parent), base)},
+        description=f"{reduced.parent} at CPU scale on Imagenette 32 px (vit_quick, 15 epochs)"))
+
+
+for _reduced_name in ("dyt-vit_tiny-imagenette", "dyt-vit_tiny_ln-imagenette"):
+    _cpu_scale(get_recipe(_reduced_name))

@@ -91,6 +91,7 @@ class ConvNeXtConfig:
     ls_init: float = 1e-6
     norm: str = "ln"
     dyt_alpha0: float = 0.5
+    dyt_squash: str = "tanh"
     ln_eps: float = 1e-6
 
 
@@ -100,8 +101,9 @@ class ConvNeXt(nn.Module):
     def __init__(self, cfg: ConvNeXtConfig):
         super().__init__()
         self.cfg = cfg
-        norm_layer = norm_factory(cfg.norm, alpha0=cfg.dyt_alpha0, eps=cfg.ln_eps)
-        norm_layer_2d = norm_factory(cfg.norm, alpha0=cfg.dyt_alpha0, eps=cfg.ln_eps, channels_last=False)
+        norm_layer = norm_factory(cfg.norm, alpha0=cfg.dyt_alpha0, eps=cfg.ln_eps, squash=cfg.dyt_squash)
+        norm_layer_2d = norm_factory(cfg.norm, alpha0=cfg.dyt_alpha0, eps=cfg.ln_eps, squash=cfg.dyt_squash,
+                                     channels_last=False)
         self.stem = nn.Sequential(nn.Conv2d(cfg.in_chans, cfg.dims[0], cfg.patch_size, stride=cfg.patch_size),
                                   norm_layer_2d(cfg.dims[0]))
         total, dprs = sum(cfg.depths), []

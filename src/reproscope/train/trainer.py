@@ -120,6 +120,8 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
         kw["patch_size"] = m.patch_size
     if m.norm != "default":
         kw.update(norm=m.norm, dyt_alpha0=m.dyt_alpha0)
+        if m.dyt_squash != "tanh":
+            kw["dyt_squash"] = m.dyt_squash
     if m.global_pool != "default":
         kw["global_pool"] = m.global_pool
     try:
@@ -246,6 +248,12 @@ class Trainer:
         return self.step // self.steps_per_epoch
 
     # ------------------------------------------------------------------ the step
+    def step_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The micro-batches of optimizer step ``step`` (0-based), as ``fit()`` would draw them."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        batches = self.train_loader.epoch(epoch, start_batch=i * self.accum, first_step=step * self.accum)
+        return [next(batches) for _ in range(self.accum)]
+
     def train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """One optimizer step over ``accum_steps`` micro-batches. Returns on-device scalars.
 

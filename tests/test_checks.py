@@ -1,101 +1,113 @@
-"""The checks pass on correct models and fail, naming the cause, on classic bugs."""
+"""The checks pass on correct models and recipes and fail, naming the cause, on classic bugs (the zoo)."""
 
 import pytest
 import torch
-import torch.nn as nn
 
-from reproscope.checks import CHECKS, run_checks
+from reproscope.checks import CHECKS, CheckData, run_checks
+from reproscope.checks.zoo import BUGS, caught, get_bug
 from reproscope.cli import main
-from reproscope.model import create_model
+from reproscope.config import apply_overrides
+from reproscope.diagnostics.diagnose import run_diagnosis
+from reproscope.model import create_model, list_models
+from reproscope.recipes import get_recipe
+
+MODEL_CHECKS = ["loss-at-init", "init-scale", "grad-flow", "batch-independence"]
+TRAINING_CHECKS = ["overfit-batch", "input-independent", "determinism", "lr-range"]
+BIG = ("large", "base")
+SMALL_DATA = {"data.train_size": 2000, "data.val_size": 300, "data.batch_size": 64}
 
 
 @pytest.fixture(scope="module")
-def data():
-    from reproscope.config import apply_overrides
-    from reproscope.diagnostics.diagnose import check_data
-    from reproscope.recipes import get_recipe
-    return check_data(apply_overrides(get_recipe("quickstart"), {"data.train_size": 64, "data.val_size": 10}))
+def shapes():
+    """256 shapes10 images, normalised, with labels: the data a pytest user would hand to the checks."""
+    from reproscope.checks import recipe_subject
+    _, data, _ = recipe_subject(apply_overrides(get_recipe("quickstart"), SMALL_DATA), n=256)
+    return CheckData(data.x, data.y, 10, lr=2e-3)
 
 
-def vit():
-    return create_model("vit_quick", num_classes=10)
-
-
-@pytest.mark.parametrize("name", ["vit_quick", "convnext_tiny", "mambaout_femto", "kat_tiny"])
-def test_correct_models_pass(data, name):
+def small_model(name):
     kw = {"patch_size": 2} if name.startswith(("convnext", "mambaout")) else {"patch_size": 8}
-    make = (lambda: create_model(name, num_classes=10, img_size=32, **kw))
-    checks = [c for c in CHECKS if c != "overfit-batch" or name == "vit_quick"]
-    results = run_checks(make, data, checks)
+    return lambda: create_model(name, num_classes=10, img_size=32, **kw)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if any(b in n for b in BIG) else n
+                                  for n in list_models()])
+def test_model_checks_pass_on_every_registered_model(shapes, name):
+    data = CheckData(shapes.x[:32], shapes.y[:32], 10)
+    results = run_checks(small_model(name), data, MODEL_CHECKS)
+    assert all(r.status != "fail" for r in results), [r.summary() for r in results]
+    assert all(r.status == "pass" for r in results[1:]), [r.summary() for r in results]  # loss-at-init may warn
+
+
+@pytest.mark.parametrize("name", ["vit_quick"] + [pytest.param(n, marks=pytest.mark.slow) for n in
+                                                  ("vit_tiny", "convnext_tiny", "mambaout_femto", "kat_tiny")])
+def test_training_checks_pass_with_plain_tensors(shapes, name):
+    """The pytest-user path: only (x, y), the textbook AdamW step, half the batch held out."""
+    results = run_checks(small_model(name), shapes, TRAINING_CHECKS + ["data"])
     assert all(r.status != "fail" for r in results), [r.summary() for r in results]
 
 
-class MixSamples(nn.Module):
-    """Bug: a reshape that mixes samples (transposes batch and tokens)."""
-
-    def __init__(self):
-        super().__init__()
-        self.inner = vit()
-
-    def forward(self, x):
-        z = self.inner.patch_embed(x)  # [B, N, C]
-        z = z.transpose(0, 1).reshape(z.shape)  # wrong: mixes samples
-        cls = self.inner.cls_token.expand(z.shape[0], -1, -1)
-        z = self.inner.blocks(torch.cat([cls, z], 1) + self.inner.pos_embed)
-        return self.inner.forward_head(self.inner.norm(z))
+@pytest.mark.parametrize("bug", [b.name for b in BUGS])
+def test_each_bug_is_caught_by_its_check(bug):
+    """Each zoo bug, planted in its recipe, fails the check the zoo says and that check names the cause."""
+    b = get_bug(bug)
+    recipe = apply_overrides(get_recipe(b.recipe), SMALL_DATA)
+    results = run_diagnosis(recipe, b.expect, mutation=b.mutation)
+    assert caught(b, results), [(r.summary(), r.causes) for r in results]
 
 
-def big_init():
-    m = vit()
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.ndim > 1:
-                p.mul_(30)
-    return m
+def test_correct_recipe_passes_every_check(tmp_path):
+    results = run_diagnosis(apply_overrides(get_recipe("quickstart"), SMALL_DATA), "all", out_dir=tmp_path)
+    assert [r.name for r in results] == list(CHECKS) + ["recipe-audit"]
+    assert all(r.status == "pass" for r in results), [(r.summary(), r.causes) for r in results]
+    assert (tmp_path / "contact_sheet.png").stat().st_size > 1000
+    assert (tmp_path / "lr_range.png").stat().st_size > 1000
 
 
-def frozen_block():
-    m = vit()
-    for p in m.blocks[1].parameters():
-        p.requires_grad_(False)
-    return m
+@pytest.mark.slow
+def test_zoo_full_diagnosis():
+    """The whole zoo, as `reproscope zoo` runs it: diagnose all on every bug, and on every correct built-in
+    recipe (no false alarms)."""
+    from reproscope.checks.zoo import CORRECT_RECIPES, zoo_table
+    table, ok = zoo_table(BUGS, CORRECT_RECIPES, progress=False)
+    assert ok, table
 
 
-class SoftmaxFirst(nn.Module):
-    """Bug: softmax applied before cross-entropy."""
-
-    def __init__(self):
-        super().__init__()
-        self.inner = vit()
-
-    def forward(self, x):
-        return self.inner(x).softmax(-1)
-
-
-@pytest.mark.parametrize("make, check", [
-    (MixSamples, "batch-independence"),
-    (big_init, "loss-at-init"),
-    (big_init, "init-scale"),
-    (SoftmaxFirst, "overfit-batch"),
-])
-def test_bugs_are_caught_by_the_right_check(data, make, check):
-    res = run_checks(make, data, [check])[0]
-    assert res.status == "fail", res.summary()
-    assert res.causes
+def test_determinism_catches_an_unseeded_stream(shapes):
+    """A training stream that draws from an unseeded source must fail determinism (not only the zoo's bugs)."""
+    import random
+    data = CheckData(shapes.x, shapes.y, 10)
+    data.source = None
+    orig = data.train_stream
+    data.train_stream = lambda i: orig(i + random.randrange(10_000))  # noqa: B023
+    res = run_checks(small_model("vit_quick"), data, ["determinism"])[0]
+    assert res.status == "fail" and "unseeded" in res.causes[0]
 
 
-def test_frozen_block_is_reported(data):
-    res = run_checks(frozen_block, data, ["grad-flow"])[0]
-    assert res.status == "warn" and "blocks.1.attn.qkv.weight" in res.details["frozen"]
-
-
-def test_diagnose_cli(capsys):
-    rc = main(["diagnose", "all", "--set", "data.train_size=64", "--set", "data.val_size=10",
-               "--set", "model.patch_size=8"])
+def test_diagnose_cli(capsys, tmp_path):
+    sets = [x for k, v in SMALL_DATA.items() for x in ("--set", f"{k}={v}")]
+    rc = main(["diagnose", "all", *sets, "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0, out
-    for name in ("loss-at-init", "init-scale", "grad-flow", "batch-independence", "overfit-batch", "recipe-audit"):
+    for name in list(CHECKS) + ["recipe-audit"]:
         assert name in out
-    rc = main(["diagnose", "all", "--set", "data.train_size=64", "--set", "data.val_size=10",
-               "--set", "reg.label_smoothing=1.0", "--set", "model.patch_size=8", "--json"])
-    assert rc == 1 and '"status": "fail"' in capsys.readouterr().out
+    rc = main(["diagnose", "grad-flow", *sets, "--bug", "frozen-block", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 1 and '"status": "fail"' in out and "frozen" in out
+    assert main(["diagnose", "overfit-bach", *sets]) == 2
+    assert "did you mean 'overfit-batch'" in capsys.readouterr().err
+
+
+def test_user_model_from_the_cli(capsys):
+    rc = main(["diagnose", "batch-independence", "--set", "data.train_size=200", "--set", "data.batch_size=32",
+               "--model", "reproscope.model.vit:vit_quick"])
+    assert rc == 0, capsys.readouterr().out
+    assert main(["diagnose", "grad-flow", "--model", "nope.nothing:f"]) == 2
+    assert "cannot import" in capsys.readouterr().err
+
+
+def test_check_results_are_structured(shapes):
+    r = run_checks(small_model("vit_quick"), CheckData(shapes.x[:8], shapes.y[:8], 10), ["loss-at-init"])[0]
+    d = r.to_dict()
+    assert set(d) >= {"name", "status", "measured", "expected", "explanation", "causes", "details"}
+    assert abs(d["details"]["ln_k"] - torch.log(torch.tensor(10.0)).item()) < 1e-6

@@ -106,7 +106,15 @@ def cmd_diagnose(args) -> int:
             raise ConfigError("usage: reproscope diagnose replay PATH (a nonfinite-stepN.pt reproducer)")
         return replay(args.path)
     from .diagnostics.diagnose import diagnose
-    return diagnose(resolved_recipe(args), args.check, args.model, args.json)
+    return diagnose(resolved_recipe(args), args.check, args.model, args.json, args.out, args.bug)
+
+
+def cmd_zoo(args) -> int:
+    from .checks.zoo import BUGS, CORRECT_RECIPES, get_bug, zoo_table
+    bugs = [get_bug(b) for b in args.bug] if args.bug else BUGS
+    table, ok = zoo_table(bugs, () if args.no_correct else CORRECT_RECIPES)
+    print(table)
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(dg)
     dg.add_argument("--model", default=None, metavar="package.module:factory", help="diagnose your own model")
     dg.add_argument("--json", action="store_true", help="machine-readable output")
+    dg.add_argument("--bug", default=None, metavar="NAME",
+                    help="plant a bug from the zoo first (`reproscope zoo` lists them), to see what the checks say")
+    dg.add_argument("--out", default=None, metavar="DIR",
+                    help="where figures go (contact sheet, lr sweep); default <run.out_dir>/diagnose-<recipe>")
     dg.set_defaults(fn=cmd_diagnose)
+
+    z = sub.add_parser("zoo", help="plant each classic bug in a correct recipe, run `diagnose all`, print the "
+                                    "detection table (and check the correct recipes for false alarms)")
+    z.add_argument("--bug", action="append", default=None, metavar="NAME", help="only these bugs (repeatable)")
+    z.add_argument("--no-correct", action="store_true", help="skip the correct recipes")
+    z.set_defaults(fn=cmd_zoo)
 
     k = sub.add_parser("keys", help="every configurable key with its accepted values")
     k.set_defaults(fn=lambda a: print("\n".join(all_keys())) or 0)

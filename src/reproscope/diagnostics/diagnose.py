@@ -1,14 +1,17 @@
-"""`reproscope diagnose <check>|all`: run the checks on a recipe's model and data (or a user's model)."""
+"""`reproscope diagnose <check>|all`: run the checks on a recipe's model, data and Trainer (or a user's model)."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import time
+from pathlib import Path
 
-import torch
-
-from ..checks import CHECKS, CheckData, recipe_audit, run_checks
+from ..checks import CHECKS, CheckResult, recipe_audit, recipe_subject, run_checks
+from ..checks.subject import Mutation
 from ..config import ConfigError, Recipe, nearest
+
+CHECK_NAMES = list(CHECKS) + ["recipe-audit"]
 
 
 def load_factory(spec: str):
@@ -23,47 +26,57 @@ def load_factory(spec: str):
     return factory
 
 
-def check_data(recipe: Recipe, n: int = 64) -> CheckData:
-    from ..train.augment import BatchTransform
-    from ..train.data import build_datasets, channel_stats
-    train, _ = build_datasets(recipe.data, progress=False)
-    mean, std = channel_stats(train)
-    k = recipe.data.num_classes or train.num_classes
-    tf = BatchTransform(recipe.aug, recipe.data.img_size, mean, std, k, 0.0, train=False)
-    idx = torch.arange(min(n, len(train)))
-    x, y = tf(train.images[idx], train.labels[idx])
-    return CheckData(x, y, k, recipe.reg.label_smoothing, lr=recipe.optim.lr)
+def user_model(spec: str, num_classes: int):
+    factory = load_factory(spec)
+
+    def make_model():
+        try:
+            return factory(num_classes=num_classes)
+        except TypeError:
+            return factory()
+    return make_model
 
 
-def diagnose(recipe: Recipe, which: str, model_spec: str | None = None, as_json: bool = False) -> int:
-    names = list(CHECKS) + ["recipe-audit"]
-    if which != "all" and which not in names:
-        raise ConfigError(f"unknown check {which!r}{nearest(which, names)}; available: {', '.join(names)}, all")
-    data = check_data(recipe)
+def run_diagnosis(recipe: Recipe, which: str = "all", *, model_spec: str | None = None,
+                  mutation: Mutation | None = None, out_dir: Path | None = None,
+                  progress: bool = False) -> list[CheckResult]:
+    """The checks named by ``which`` (a check or 'all') on ``recipe`` (with ``mutation`` planted)."""
+    if which != "all" and which not in CHECK_NAMES:
+        raise ConfigError(f"unknown check {which!r}{nearest(which, CHECK_NAMES)}; available: "
+                          f"{', '.join(CHECK_NAMES)}, all")
+    make_model, data, as_given = recipe_subject(recipe, mutation=mutation, out_dir=out_dir, progress=progress)
     if model_spec:
-        factory = load_factory(model_spec)
-
-        def make_model():
-            try:
-                return factory(num_classes=data.num_classes)
-            except TypeError:
-                return factory()
-    else:
-        from ..train.trainer import build_model
-
-        def make_model():
-            return build_model(recipe, data.num_classes)
-    results = run_checks(make_model, data, [n for n in CHECKS if which in ("all", n)])
+        user = user_model(model_spec, data.num_classes)
+        make_model = (lambda: mutation.model(user())) if mutation is not None and mutation.model else user
+    results = run_checks(make_model, data, [n for n in CHECKS if which in ("all", n)], progress=progress)
     if which in ("all", "recipe-audit"):
-        results.append(recipe_audit(recipe, make_model()))
+        results.append(recipe_audit(as_given, make_model(), len(data.source.train_images)))
+    return results
+
+
+def format_results(results: list[CheckResult]) -> str:
+    lines = [r.summary() for r in results]
+    for r in results:
+        if r.status != "pass":
+            lines.append(f"\n{r.name}: {r.explanation}")
+            lines += [f"  - {c}" for c in r.causes]
+    return "\n".join(lines)
+
+
+def diagnose(recipe: Recipe, which: str, model_spec: str | None = None, as_json: bool = False,
+             out_dir: str | None = None, bug: str | None = None) -> int:
+    out = Path(out_dir) if out_dir else Path(recipe.run.out_dir) / f"diagnose-{recipe.name}"
+    mutation = None
+    if bug:
+        from ..checks.zoo import get_bug
+        mutation = get_bug(bug).mutation
+        print(f"planted bug {bug!r}: {get_bug(bug).what}")
+    t0 = time.perf_counter()
+    results = run_diagnosis(recipe, which, model_spec=model_spec, mutation=mutation, out_dir=out,
+                            progress=not as_json)
     if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=1, default=str))
     else:
-        for r in results:
-            print(r.summary())
-        for r in results:
-            if r.status != "pass":
-                print(f"\n{r.name}: {r.explanation}")
-                for c in r.causes:
-                    print(f"  - {c}")
+        print(format_results(results))
+        print(f"\n{len(results)} checks in {time.perf_counter() - t0:.0f} s; figures in {out}")
     return 1 if any(r.status == "fail" for r in results) else 0

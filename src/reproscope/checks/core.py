@@ -1,0 +1,197 @@
+"""What every check shares: the result record, the data a check sees, and the training run it drives.
+
+A check gets ``make_model`` (a zero-argument factory for a fresh model) and :class:`CheckData`.
+Checks that train drive a :class:`Run`: one optimizer step at a time, on a batch they choose or on
+the next batch of the training stream. ``CheckData.runner`` builds the run; by default it is
+:class:`ReferenceRun` (plain AdamW + cross-entropy), and for a recipe it is the project's own
+Trainer (``checks/subject.py``), so that a bug in the step or the data pipeline shows up in the
+checks exactly as it would in training.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str  # "pass", "warn" or "fail"
+    measured: str
+    expected: str
+    explanation: str = ""
+    causes: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return f"{self.status.upper():4}  {self.name:<19} {self.measured}  (expected {self.expected})"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StepOut:
+    loss: float  # the loss the step trained on (its own criterion, e.g. with label smoothing)
+    grad_norm: float  # the global gradient norm the optimizer stepped with (before clipping)
+    report: object = None  # the NaN tripwire's report when the step was non-finite, if the runner has one
+
+
+class Run(Protocol):
+    """One training run on one model, stepped by a check."""
+
+    model: nn.Module
+
+    def step(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
+             lr: float | None = None) -> StepOut:
+        """One optimizer step on (x, y), or on the next batch of the training stream when x is None."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class DataSource:
+    """The data pipeline behind a check batch (optional; enables the data and input-independence checks).
+
+    Images are the stored uint8 tensors [N, 3, H, W] before any transform. ``val_batch()`` is the
+    first batch of the validation pipeline, as the model sees it at evaluation; ``train_batch(i)``
+    is training batch i, augmented as in training.
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    train_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    val_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    class_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckData:
+    x: torch.Tensor  # a batch of model inputs, as the model sees them (normalised)
+    y: torch.Tensor  # integer labels
+    num_classes: int
+    label_smoothing: float = 0.0
+    lr: float = 1e-3
+    val_x: torch.Tensor | None = None  # a held-out batch, as the model sees it at evaluation
+    val_y: torch.Tensor | None = None
+    source: DataSource | None = None
+    runner: Callable[[nn.Module, bool], Run] | None = None  # (model, clean) -> Run; clean = no aug/smoothing
+    out_dir: Path | None = None  # where checks write figures (contact sheet, lr sweep)
+
+    def run(self, model: nn.Module, clean: bool = False) -> Run:
+        return self.runner(model, clean) if self.runner is not None else ReferenceRun(model, self, clean)
+
+    def held_out(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.val_x is not None:
+            return self.val_x, self.val_y
+        half = len(self.x) // 2
+        return self.x[half:], self.y[half:]
+
+    def train_stream(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training batch i: the pipeline's, or a seeded draw from the first half of (x, y)."""
+        if self.source is not None:
+            return self.source.train_batch(i)
+        n = len(self.x) // 2 if self.val_x is None else len(self.x)
+        g = torch.Generator().manual_seed(1000 + i)
+        idx = torch.randint(0, n, (min(32, n),), generator=g)
+        return self.x[idx], self.y[idx]
+
+
+class ReferenceRun:
+    """AdamW (no weight decay) + cross-entropy, zero_grad after every step: the textbook step."""
+
+    def __init__(self, model: nn.Module, data: CheckData, clean: bool):
+        self.model, self.data = model, data
+        self.smoothing = 0.0 if clean else data.label_smoothing
+        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=data.lr,
+                                     weight_decay=0.0)
+        self.i = 0
+
+    def step(self, x=None, y=None, lr=None) -> StepOut:
+        if x is None:
+            x, y = self.data.train_stream(self.i)
+        if lr is not None:
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+        self.model.train()
+        loss = F.cross_entropy(self.model(x), y, label_smoothing=self.smoothing)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], math.inf)
+        if torch.isfinite(loss) and torch.isfinite(gn):
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.i += 1
+        return StepOut(loss.item(), gn.item())
+
+    def state_dict(self) -> dict:
+        return copy.deepcopy({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "i": self.i,
+                              "rng": torch.get_rng_state()})
+
+    def load_state_dict(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["opt"])
+        self.i = s["i"]
+        torch.set_rng_state(s["rng"])
+
+
+CHECKS: dict[str, Callable] = {}
+
+
+def check(name: str):
+    def deco(fn):
+        CHECKS[name] = fn
+        return fn
+    return deco
+
+
+def no_dropout(model: nn.Module) -> nn.Module:
+    """Dropout and drop path off (train mode otherwise kept)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        if type(m).__name__ == "DropPath":
+            m.p = 0.0
+    return model
+
+
+def fresh(make_model, seed: int = 0, dropout: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    m = make_model()
+    return m if dropout else no_dropout(m)
+
+
+def block_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The repeated residual blocks, in order: ``blocks.N`` (ViT-style) or ``stages.N.M`` / ``stages.N.blocks.M``."""
+    out = [(n, m) for n, m in model.named_modules()
+           if len(n.split(".")) >= 2 and n.split(".")[-1].isdigit() and n.split(".")[-2] == "blocks"]
+    if not out:
+        out = [(n, m) for n, m in model.named_modules() if n.count(".") == 2 and n.startswith("stages.")
+               and n.split(".")[-1].isdigit()]
+    return out
+
+
+def run_checks(make_model, data: CheckData, names: list[str] | None = None, progress: bool = False) -> list[CheckResult]:
+    """Run the model/data checks (all by default) and return their results."""
+    out = []
+    names = names or list(CHECKS)
+    for name in names:
+        if progress:
+            print(f"  running {name} ...", flush=True)
+        try:
+            out.append(CHECKS[name](make_model, data))
+        except Exception as e:  # a check that crashes is itself a finding
+            out.append(CheckResult(name, "fail", f"raised {type(e).__name__}: {e}", "no error",
+                                   "The check could not run on this model/data.", [str(e)]))
+    return out

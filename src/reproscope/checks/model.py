@@ -1,0 +1,197 @@
+"""Checks on a freshly initialised model: loss at init, scale through depth, gradient flow, batch independence.
+
+Thresholds, and why (measured on every registered model at 32 px by ``tests/test_checks.py``):
+- loss-at-init: loss / ln K within 0.8-1.25 passes (healthy models: 0.97-1.27; MambaOut-T's
+  logits start at std ~1), beyond 0.6-1.6 fails.
+- init-scale: block output std within 3 sqrt(depth) of the stream entering block 0 (a pre-norm
+  residual stream with unit branches grows like sqrt(depth)); weight gain std * sqrt(fan_in) <= 3
+  (He init is sqrt(2); our models stay <= 1.7, a 10x init gives >= 8); the median block's output
+  correlates with its input >= 0.3 (residual blocks at init pass their input through: healthy
+  models 0.9-1.0, a block without its skip connection ~0); at most 50% of the units of a squashing
+  layer (DyT, tanh) saturated at init (|pre-activation| > 2: DyT alpha0 = 0.5 gives 0%, 50 gives ~90%).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .core import CheckData, CheckResult, block_modules, check, fresh
+
+MAX_GAIN = 3.0
+MIN_SKIP_CORR = 0.3
+MAX_SATURATED = 0.5
+
+
+@check("loss-at-init")
+def loss_at_init(make_model, data: CheckData) -> CheckResult:
+    """A freshly initialised classifier should be unsure: loss ~ ln(K), small logits."""
+    model = fresh(make_model)
+    with torch.no_grad():
+        logits = model(data.x).float()
+        loss = F.cross_entropy(logits, data.y, label_smoothing=data.label_smoothing).item()
+    k = data.num_classes
+    expected = math.log(k)  # uniform predictions give ln K with or without label smoothing
+    ratio = loss / expected
+    scale = logits.std().item()
+    status = "pass" if 0.8 <= ratio <= 1.25 else "warn" if 0.6 <= ratio <= 1.6 else "fail"
+    return CheckResult(
+        "loss-at-init", status, f"loss {loss:.3f}, logit std {scale:.3g}", f"ln({k}) = {expected:.3f} (x0.8-1.25)",
+        "At initialisation every class should be about equally likely, so the cross-entropy is close to "
+        "ln(K). A much larger loss means confident wrong predictions: the output layer starts too large.",
+        [] if status == "pass" else ["weights initialised with too large a std (logits far from 0)",
+                                     "a missing or wrong final normalisation", "labels outside [0, K)"],
+        {"loss": loss, "ln_k": expected, "logit_std": scale})
+
+
+def weight_gains(model: nn.Module) -> dict[str, float]:
+    """std(W) * sqrt(fan_in) of every Linear / Conv weight: 1 for LeCun init, sqrt(2) for He init."""
+    out = {}
+    for n, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and m.weight.numel() > 1:
+            w = m.weight.detach().float()
+            out[f"{n}.weight"] = w.std().item() * math.sqrt(w[0].numel())
+    return out
+
+
+def _saturation_hooks(model: nn.Module, sat: dict[str, float]):
+    """Fraction of units past |2| before the squash, for DyT (alpha * x) and tanh/hardtanh layers."""
+    hooks = []
+    for n, m in model.named_modules():
+        if hasattr(m, "alpha") and getattr(m, "squash", None) in ("tanh", "hardtanh", "sigmoid"):
+            hooks.append(m.register_forward_hook(
+                lambda mod, i, o, n=n: sat.__setitem__(n, ((mod.alpha * i[0]).abs() > 2).float().mean().item())))
+        elif isinstance(m, (nn.Tanh, nn.Hardtanh)):
+            hooks.append(m.register_forward_hook(
+                lambda mod, i, o, n=n: sat.__setitem__(n, (i[0].abs() > 2).float().mean().item())))
+    return hooks
+
+
+@check("init-scale")
+def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> CheckResult:
+    """Scale through depth at init: block output std, weight gains, skip paths and squash saturation."""
+    model = fresh(make_model)
+    blocks = block_modules(model)
+    if len(blocks) < 2:
+        return CheckResult("init-scale", "warn", f"{len(blocks)} blocks found", ">= 2 blocks",
+                           "No repeated blocks were found to compare (looked for 'blocks.N' / 'stages.N' modules).")
+    stds: dict[str, float] = {}
+    corr: dict[str, float] = {}
+    sat: dict[str, float] = {}
+
+    def block_hook(mod, args, out, n):
+        stds[n] = out.float().std().item()
+        x = args[0]
+        if x.shape == out.shape:  # how much of the block's input comes straight through
+            corr[n] = F.cosine_similarity((x - x.mean()).flatten().float(), (out - out.mean()).flatten().float(),
+                                          dim=0).item()
+
+    hooks = [blocks[0][1].register_forward_pre_hook(
+        lambda m, args: stds.__setitem__("<input>", args[0].float().std().item()))]
+    hooks += [m.register_forward_hook(lambda m, i, o, n=n: block_hook(m, i, o, n)) for n, m in blocks]
+    hooks += _saturation_hooks(model, sat)
+    with torch.no_grad():
+        model(data.x)
+    for h in hooks:
+        h.remove()
+    vals = list(stds.values())
+    ref = max(vals[0], 1e-12)
+    ratios = [v / ref for v in vals[1:]]
+    lo, hi = min(ratios), max(ratios)
+    factor = 3 * math.sqrt(len(blocks))
+    gains = weight_gains(model)
+    big = {n: g for n, g in gains.items() if g > MAX_GAIN}
+    skip = statistics.median(corr.values()) if corr else 1.0
+    saturated = {n: s for n, s in sat.items() if s > MAX_SATURATED}
+    causes = []
+    if hi > factor or vals[0] > max_input_std or not all(math.isfinite(v) for v in vals):
+        causes.append(f"activations grow through depth (x{hi:.3g}, limit x{factor:.3g}) or enter the blocks too large "
+                      f"(std {vals[0]:.3g}): weight init too large, inputs not normalised, or a dropped norm")
+    if lo < 1 / factor:
+        causes.append(f"activations decay through depth (x{lo:.3g}): init too small or a residual connection dropped")
+    if big:
+        n = max(big, key=big.get)
+        causes.append(f"{len(big)} weights start with gain std*sqrt(fan_in) > {MAX_GAIN:g} (e.g. {n}: {big[n]:.3g}; "
+                      f"He init is 1.41): weight init std too large")
+    if skip < MIN_SKIP_CORR:
+        causes.append(f"block outputs do not carry their inputs (median correlation {skip:.2f}, expected >= "
+                      f"{MIN_SKIP_CORR}): a residual (skip) connection is dropped")
+    if saturated:
+        n = max(saturated, key=saturated.get)
+        causes.append(f"{len(saturated)} squashing layers are saturated at init (e.g. {n}: {saturated[n]:.0%} of units "
+                      f"past |2|): DyT alpha0 (or the input scale) too large, gradients through them vanish")
+    return CheckResult(
+        "init-scale", "fail" if causes else "pass",
+        f"block std x{lo:.3g}..x{hi:.3g} of input std {vals[0]:.3g}; max gain {max(gains.values(), default=0):.3g}; "
+        f"skip corr {skip:.2f}; max saturation {max(sat.values(), default=0):.0%}",
+        f"within x{factor:.3g}; gain <= {MAX_GAIN:g}; skip corr >= {MIN_SKIP_CORR}; saturation <= {MAX_SATURATED:.0%}",
+        "At init the activation scale should stay within an order of magnitude through depth, weights should "
+        "start near He/LeCun scale or below, residual blocks should pass their input through, and squashing "
+        "layers (DyT, tanh) should work in their linear range.",
+        causes, {"block_std": stds, "skip_corr": corr, "saturation": sat, "large_gains": big})
+
+
+@check("grad-flow")
+def grad_flow(make_model, data: CheckData, allow_frozen: bool = False) -> CheckResult:
+    """Every trainable parameter gets a finite, non-zero gradient; nothing is frozen unless allowed.
+
+    A frozen parameter fails: reproductions train from scratch, so a frozen block is a bug unless the
+    caller says otherwise (``allow_frozen=True``, e.g. for fine-tuning).
+    """
+    model = fresh(make_model).train()
+    F.cross_entropy(model(data.x), data.y).backward()
+    named = list(model.named_parameters())
+    frozen = [n for n, p in named if not p.requires_grad]
+    unused = [n for n, p in named if p.requires_grad and p.grad is None]
+    nonfinite = [n for n, p in named if p.grad is not None and not torch.isfinite(p.grad).all()]
+    dead = [n for n, p in named if p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() == 0]
+    n_trainable = sum(p.requires_grad for _, p in named)
+    bad = unused or nonfinite or dead or (frozen and not allow_frozen)
+    status = "fail" if bad else "warn" if frozen else "pass"
+    measured = (f"{n_trainable} trainable; {len(unused)} unused, {len(dead)} zero-grad, {len(nonfinite)} non-finite,"
+                f" {len(frozen)} frozen")
+    causes = []
+    if unused:
+        causes.append(f"parameters not used in forward (e.g. {unused[0]}): a dead branch or a layer built but not called")
+    if dead:
+        causes.append(f"parameters whose gradient is exactly zero (e.g. {dead[0]}): a detach(), a dead ReLU "
+                      f"region, or a branch multiplied by zero")
+    if nonfinite:
+        causes.append(f"non-finite gradients (e.g. {nonfinite[0]})")
+    if frozen:
+        causes.append(f"{len(frozen)} parameters are frozen (requires_grad=False, e.g. {frozen[0]}): a block left "
+                      f"frozen will never train")
+    return CheckResult("grad-flow", status, measured, "every parameter trainable, with a finite, non-zero gradient",
+                       "Backpropagation from the loss should reach every parameter of a model trained from scratch.",
+                       causes, {"frozen": frozen, "unused": unused, "dead": dead, "nonfinite": nonfinite})
+
+
+@check("batch-independence")
+def batch_independence(make_model, data: CheckData) -> CheckResult:
+    """In eval mode, sample i's output must not depend on input j != i.
+
+    BatchNorm-style layers mix samples in train mode by design, so the check runs in eval mode,
+    where they use running statistics; a remaining dependence is a reshape/transposition bug.
+    """
+    model = fresh(make_model).eval()
+    x = data.x[: min(4, len(data.x))].clone().requires_grad_(True)
+    out = model(x)
+    out[0].float().sum().backward()
+    g = x.grad.flatten(1).abs().sum(1)  # [B]
+    leak = g[1:].max().item() if len(g) > 1 else 0.0
+    own = g[0].item()
+    bad = leak > 1e-6 * max(own, 1e-12)
+    norms = [type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return CheckResult(
+        "batch-independence", "fail" if bad else "pass",
+        f"|d out_0 / d x_j| for j != 0: {leak:.3g} (own input: {own:.3g})", "0 for every other sample",
+        "A sample's prediction must depend only on that sample. Gradient flowing from sample 0's output "
+        "into another sample's input means the model mixes samples, usually through a reshape or "
+        "transpose over the batch dimension." + (f" Ran in eval mode because of {norms[0]}." if norms else ""),
+        ["a reshape/view/transpose that moves data across the batch dimension (mixes samples)",
+         "a norm or pooling over dim 0"] if bad else [],
+        {"leak": leak, "own": own})

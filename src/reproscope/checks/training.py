@@ -1,0 +1,268 @@
+"""Checks that train: overfit one batch, input-independent baseline, determinism and resume, lr range.
+
+Each drives a :class:`~reproscope.checks.core.Run` (the project's Trainer for a recipe, a textbook
+AdamW step otherwise), so bugs in the step or the data stream show up here as they would in training.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .core import CheckData, CheckResult, check, fresh
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def reference_grad_norm(model, x, y) -> float:
+    """The gradient norm of plain cross-entropy at the model's current weights, on a copy."""
+    m = copy.deepcopy(model)
+    m.zero_grad(set_to_none=True)
+    F.cross_entropy(m(x).float(), y).backward()
+    gs = [p.grad for p in m.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in gs])).item()
+
+
+@check("overfit-batch")
+def overfit_batch(make_model, data: CheckData, steps: int = 150, batch: int = 16) -> CheckResult:
+    """One fixed small batch through the training step, no augmentation/dropout/drop path/label smoothing:
+    loss -> ~0 and 100% accuracy. Steps 2 and 3 also compare the gradient the step used with the
+    gradient of that step's loss computed afresh: a difference means gradients leak between steps."""
+    from ..instrument.hooks import parameter_norms
+    model = fresh(make_model)
+    run = data.run(model, clean=True)
+    dev = _device(run.model)
+    x, y = data.x[:batch].to(dev), data.y[:batch].to(dev)
+    losses, leaks, report = [], [], None
+    named = [(n, p) for n, p in run.model.named_parameters() if p.requires_grad]
+    zero_grad_params: list[str] = []
+    for i in range(steps):
+        ref = reference_grad_norm(run.model, x, y) if i in (1, 2) else None
+        out = run.step(x, y, lr=data.lr)
+        if ref is not None and math.isfinite(out.grad_norm) and ref > 0:
+            leaks.append(abs(out.grad_norm - ref) / ref)
+        if i == 0:
+            _, g = parameter_norms(named)
+            zero_grad_params = [n for (n, p), v in zip(named, g.tolist()) if v == 0 and p.grad is not None]
+        losses.append(out.loss)
+        if not (math.isfinite(out.loss) and math.isfinite(out.grad_norm)):
+            report = out.report
+            break
+    run.model.eval()
+    with torch.no_grad():
+        acc = (run.model(x).argmax(1) == y).float().mean().item()
+    final = losses[-1]
+    leak = max(leaks, default=0.0)
+    ok = math.isfinite(final) and final < 0.1 and acc == 1.0 and leak < 0.05
+    status = "pass" if ok else "warn" if (math.isfinite(final) and final <= 0.5 and acc >= 0.9 and leak < 0.05) else "fail"
+    causes = []
+    if leak >= 0.05:
+        causes.append(f"the gradient the optimizer stepped with differs by {leak:.0%} from the gradient of that "
+                      f"step's loss: gradients leak between steps (zero_grad forgotten or misplaced) or are "
+                      f"rescaled wrongly (accumulation)")
+    if not math.isfinite(final):
+        where = f" (tripwire: first non-finite in {report.module}, {report.phase})" if getattr(report, "module", None) else ""
+        causes.append(f"the loss became non-finite at step {len(losses)}{where}: lr too high ({data.lr:g}) "
+                      f"or an unstable op")
+    elif losses[-1] > 0.9 * losses[0]:
+        causes.append(f"the loss stayed flat: lr too low ({data.lr:g}), gradients not reaching the weights, or "
+                      "the output squashed before the loss (e.g. softmax before cross-entropy)")
+    elif final >= 0.1 and acc == 1.0:
+        causes.append(f"every example is classified right but the loss is stuck at {final:.2f}: the outputs are "
+                      "bounded before the loss (softmax or sigmoid applied before cross-entropy) or the "
+                      "targets are smoothed")
+    elif final >= 0.1:
+        causes.append("the loss fell but not to ~0: too few steps for this lr, too much regularisation, "
+                      "or labels that contradict each other")
+    if zero_grad_params:
+        causes.append(f"{len(zero_grad_params)} parameters got a zero gradient at step 1 (e.g. {zero_grad_params[0]})")
+    finite = [v for v in losses if math.isfinite(v)]
+    if finite and max(finite) > 3 * losses[0]:
+        causes.append(f"the loss spiked above 3x its start (max {max(finite):.3g}): lr too high ({data.lr:g})")
+    return CheckResult(
+        "overfit-batch", status,
+        f"loss {losses[0]:.3f} -> {final:.4f}, accuracy {acc:.0%} after {len(losses)} steps; step gradient vs fresh "
+        f"gradient {leak:.1%}", "loss < 0.1, 100% accuracy, step gradient = fresh gradient (< 5%)",
+        f"A model that can learn anything must memorise {len(y)} examples; failing to means the "
+        "optimisation path itself is broken.", causes,
+        {"losses": losses[:: max(1, len(losses) // 30)], "accuracy": acc, "zero_grad_params": zero_grad_params,
+         "grad_leak": leak})
+
+
+def _eval_loss_acc(model, x, y) -> tuple[float, float]:
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(x).float()
+    model.train(was)
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+@check("input-independent")
+def input_independent(make_model, data: CheckData, max_steps: int = 200, every: int = 25) -> CheckResult:
+    """Train on the training stream; on held-out data, real inputs must then beat zeroed inputs clearly.
+
+    Zeroed (normalised) inputs are the mean image: whatever a model predicts for them it learned from
+    the labels alone. Stops early once real inputs beat them by 0.1 ln K in loss (and in accuracy).
+    """
+    model = fresh(make_model)
+    run = data.run(model, clean=False)
+    dev = _device(run.model)
+    vx, vy = (t.to(dev) for t in data.held_out())
+    margin = 0.1 * math.log(data.num_classes)
+    losses, real, zero = [], (math.inf, 0.0), (math.inf, 0.0)
+    for i in range(max_steps):
+        losses.append(run.step().loss)
+        if not math.isfinite(losses[-1]):
+            break
+        if (i + 1) % every == 0:
+            real = _eval_loss_acc(run.model, vx, vy)
+            zero = _eval_loss_acc(run.model, torch.zeros_like(vx), vy)
+            if real[0] <= zero[0] - margin and real[1] > zero[1]:
+                break
+    ok = real[0] <= zero[0] - margin and real[1] > zero[1]
+    n = max(1, min(10, len(losses) // 4))
+    first, last = sum(losses[:n]) / n, sum(losses[-n:]) / n
+    causes = []
+    if not ok:
+        if not math.isfinite(losses[-1]):
+            causes.append("the training loss became non-finite: see overfit-batch and lr-range")
+        elif last > 0.95 * first:
+            causes.append(f"the training loss did not fall ({first:.3f} -> {last:.3f}): the targets carry no "
+                          "information about the images (labels shuffled or misaligned with the images, label "
+                          "smoothing near 1, all targets equal), the lr is ~0, or the input is destroyed before "
+                          "the model")
+        else:
+            causes.append(f"the training loss fell ({first:.3f} -> {last:.3f}) but held-out predictions do not use "
+                          "the image: labels that do not match the images (shuffled or misaligned labels) were "
+                          "memorised, or train and validation label the classes in different orders")
+    return CheckResult(
+        "input-independent", "pass" if ok else "fail",
+        f"held-out loss real {real[0]:.3f} vs zeroed {zero[0]:.3f}, accuracy {real[1]:.0%} vs {zero[1]:.0%} "
+        f"after {len(losses)} steps", f"real inputs lower the loss by >= {margin:.3f} (0.1 ln K) and win in accuracy",
+        "After some training, a model that uses its input must do clearly better on held-out data than the "
+        "same model fed blank (mean) images, which can only predict the label prior.", causes,
+        {"steps": len(losses), "real": real, "zeroed": zero, "train_losses": losses[:: max(1, len(losses) // 30)]})
+
+
+@check("determinism")
+def determinism(make_model, data: CheckData, k: int = 6, resume_at: int = 3) -> CheckResult:
+    """Same seed, same losses for k steps; a resume at step s matches the uninterrupted run; eval is deterministic."""
+
+    def losses_of(run, n):
+        return [run.step().loss for _ in range(n)]
+
+    run_a = data.run(fresh(make_model, dropout=True))
+    la = losses_of(run_a, resume_at)
+    state = run_a.state_dict()
+    la += losses_of(run_a, k - resume_at)
+    lb = losses_of(data.run(fresh(make_model, dropout=True)), k)
+    run_c = data.run(fresh(make_model, seed=12345, dropout=True))  # other weights: the state must restore them
+    run_c.load_state_dict(state)
+    lc = la[:resume_at] + losses_of(run_c, k - resume_at)
+    model = run_a.model.eval()
+    dev = _device(model)
+    x = data.x[:8].to(dev)
+    with torch.no_grad():
+        e1, e2 = model(x).float(), model(x).float()
+    eval_diff = (e1 - e2).abs().max().item()
+    exact = dev.type == "cpu"
+    tol = 0.0 if exact else 1e-4
+
+    def diff(a, b):
+        return max(abs(u - v) / max(abs(u), 1e-12) for u, v in zip(a, b))
+
+    d_seed, d_resume = diff(la, lb), diff(la, lc)
+    causes = []
+    if d_seed > tol:
+        causes.append(f"two runs with the same seed differ (first at step {_first(la, lb)}, rel. {d_seed:.2g}): an "
+                      "unseeded random source (data order, augmentation, dropout) or a nondeterministic kernel")
+    if d_resume > tol:
+        causes.append(f"resuming at step {resume_at} does not reproduce the uninterrupted run (first difference at "
+                      f"step {_first(la, lc)}): state missing from the checkpoint (optimizer, schedule, RNG, data "
+                      "position)")
+    if eval_diff > (0 if exact else 1e-5 * max(e1.abs().max().item(), 1.0)):
+        causes.append(f"the same input gives different outputs in eval mode (max diff {eval_diff:.3g}): dropout or "
+                      "another random op still active at evaluation (e.g. F.dropout without training=self.training)")
+    return CheckResult(
+        "determinism", "fail" if causes else "pass",
+        f"same seed: max rel. diff {d_seed:.2g}; resume at {resume_at}: {d_resume:.2g}; eval twice: {eval_diff:.2g}",
+        "identical losses for k steps (CPU), identical after resume, identical eval outputs" if exact
+        else f"losses within {tol:g} (GPU kernels may be nondeterministic)",
+        "Two runs with one seed must agree step for step, a resumed run must continue exactly where it stopped, "
+        "and evaluation must be a function of the input alone.", causes,
+        {"losses": la, "same_seed": lb, "resumed": lc, "eval_diff": eval_diff})
+
+
+def _first(a, b) -> int:
+    return next((i + 1 for i, (u, v) in enumerate(zip(a, b)) if u != v), 0)
+
+
+@check("lr-range")
+def lr_range(make_model, data: CheckData, steps: int = 100, lo: float = 1e-7, hi: float = 10.0) -> CheckResult:
+    """Exponential lr sweep on the training stream (Smith 2017): the lr where the smoothed loss falls
+    fastest and where it bottoms out; suggested lr = loss-minimum lr / 10. The configured lr fails
+    when it sits past the minimum by more than 3x (diverging side) or 100x below the suggestion."""
+    model = fresh(make_model)
+    run = data.run(model, clean=False)
+    lrs = [lo * (hi / lo) ** (i / (steps - 1)) for i in range(steps)]
+    raw, smooth, avg = [], [], 0.0
+    for i, lr in enumerate(lrs):
+        loss = run.step(lr=lr).loss
+        if not math.isfinite(loss):
+            break
+        raw.append(loss)
+        avg = 0.9 * avg + 0.1 * loss
+        smooth.append(avg / (1 - 0.9 ** (i + 1)))
+        if i > 10 and smooth[-1] > 4 * min(smooth):
+            break
+    best = min(range(len(smooth)), key=smooth.__getitem__)
+    lr_min = lrs[best]
+    suggest = lr_min / 10
+    causes = []
+    if data.lr > 3 * lr_min:
+        causes.append(f"the configured lr {data.lr:g} is {data.lr / lr_min:.3g}x past the lr where the sweep's loss "
+                      f"bottoms out ({lr_min:.2g}): lr too high, training will diverge or stall")
+    if data.lr < suggest / 100:
+        causes.append(f"the configured lr {data.lr:g} is {suggest / data.lr:.3g}x below the suggested {suggest:.2g}: "
+                      "lr too low, training will barely move")
+    fig = _plot_lr_range(data, lrs[:len(smooth)], raw, smooth, suggest, lr_min)
+    return CheckResult(
+        "lr-range", "fail" if causes else "pass",
+        f"loss minimum at lr {lr_min:.2g}, suggested lr {suggest:.2g}, configured {data.lr:g}",
+        f"configured lr within [suggested / 100, 3 x loss-minimum lr] = [{suggest / 100:.2g}, {3 * lr_min:.2g}]",
+        "An exponential lr sweep shows where training is too slow (flat loss), where it works (falling loss) and "
+        "where it diverges. A configured lr far outside the working range is a mistake.", causes,
+        {"lrs": lrs[:len(smooth)], "loss": raw, "smoothed": smooth, "suggested_lr": suggest, "min_loss_lr": lr_min,
+         "figure": str(fig) if fig else None})
+
+
+def _plot_lr_range(data: CheckData, lrs, raw, smooth, suggest, lr_min):
+    if data.out_dir is None or not smooth:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    data.out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(lrs, raw, color="0.75", lw=0.8, label="loss")
+    ax.plot(lrs, smooth, color="C0", label="smoothed")
+    ax.axvline(suggest, color="C2", ls="--", label=f"suggested {suggest:.2g}")
+    ax.axvline(lr_min, color="C3", ls=":", label=f"loss minimum {lr_min:.2g}")
+    ax.axvline(data.lr, color="k", ls="-.", label=f"configured {data.lr:.2g}")
+    ax.set_xscale("log")
+    ax.set_ylim(0, min(max(raw), 3 * smooth[0]) * 1.05)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title("lr range test")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = data.out_dir / "lr_range.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

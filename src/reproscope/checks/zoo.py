@@ -1,0 +1,194 @@
+"""The bug zoo: classic bugs planted in a correct recipe, to prove that the checks catch them.
+
+Each :class:`Bug` is a small documented mutation (``checks/subject.Mutation``) of a correct recipe:
+its values, its model, its datasets, or its built Trainer. ``reproscope zoo`` runs
+``diagnose all`` on every bug and on the correct recipes, and prints the detection table that the
+README shows. ``expect`` names the check that must fail and ``cause`` a word its explanation must
+contain; the checks themselves know nothing about these bugs (they measure effects: gradients,
+losses, hashes, saturation), so passing the zoo is evidence, not a tautology.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .subject import Mutation
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    what: str  # the bug in one line, as a user would have written it
+    mutation: Mutation
+    expect: str  # the check that must fail
+    cause: str  # a word that check's causes must contain
+    recipe: str = "quickstart"
+
+
+# ----------------------------------------------------------------------------- model mutations
+
+def _softmax_before_ce(m: nn.Module) -> nn.Module:
+    m.register_forward_hook(lambda mod, i, out: out.softmax(-1))
+    return m
+
+
+def _freeze_block(m: nn.Module) -> nn.Module:
+    for p in m.blocks[1].parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def _init_times_10(m: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (nn.Linear, nn.Conv2d)):
+                mod.weight.mul_(10)
+    return m
+
+
+def _no_residual_forward(self, x):
+    x = self.drop_path1(self.attn(self.norm1(x)))  # bug: `x = x + ...` lost
+    return self.drop_path2(self.mlp(self.norm2(x)))
+
+
+def _drop_residual(m: nn.Module) -> nn.Module:
+    for blk in m.blocks:
+        blk.forward = types.MethodType(_no_residual_forward, blk)
+    return m
+
+
+def _mix_samples(m: nn.Module) -> nn.Module:
+    def hook(mod, i, out):  # [B, N, C] -> [N, B, C] -> reshaped back as if it were [B, N, C]
+        return out.transpose(0, 1).reshape(out.shape)
+    m.patch_embed.register_forward_hook(hook)
+    return m
+
+
+def _dropout_at_eval(m: nn.Module) -> nn.Module:
+    m.head.register_forward_pre_hook(lambda mod, args: (F.dropout(args[0], 0.2),))  # F.dropout defaults to training=True
+    return m
+
+
+# ----------------------------------------------------------------------------- data mutations
+
+def _shuffle_labels(train, val):
+    g = torch.Generator().manual_seed(0)
+    return dataclasses.replace(train, labels=train.labels[torch.randperm(len(train), generator=g)]), val
+
+
+def _overlap(train, val):
+    n = len(val) // 2  # half the validation set replaced by training images
+    images, labels = val.images.clone(), val.labels.clone()
+    images[:n], labels[:n] = train.images[:n], train.labels[:n]
+    return train, dataclasses.replace(val, images=images, labels=labels)
+
+
+# ----------------------------------------------------------------------------- trainer mutations
+
+def _forget_zero_grad(trainer) -> None:
+    trainer.optimizer.zero_grad = lambda set_to_none=True: None
+
+
+def _unnormalised(trainer) -> None:
+    for loader in (trainer.train_loader, trainer.val_loader):
+        loader.transform._normalise = lambda x: x * 255  # the [0, 1] floats scaled back to 0-255, no mean/std
+
+
+def _augment_val(trainer) -> None:
+    trainer.val_loader.transform.train = True
+
+
+BUGS: list[Bug] = [
+    Bug("labels-shuffled", "training labels permuted, images kept", Mutation(datasets=_shuffle_labels),
+        "input-independent", "shuffled"),
+    Bug("zero-grad-forgotten", "optimizer.zero_grad() never called: gradients accumulate across steps",
+        Mutation(trainer=_forget_zero_grad), "overfit-batch", "zero_grad"),
+    Bug("unnormalised-inputs", "inputs fed as 0-255 floats, no mean/std normalisation", Mutation(trainer=_unnormalised),
+        "data", "normalis"),
+    Bug("softmax-before-ce", "the model returns softmax probabilities into cross-entropy",
+        Mutation(model=_softmax_before_ce), "overfit-batch", "softmax"),
+    Bug("frozen-block", "blocks[1] left with requires_grad=False", Mutation(model=_freeze_block), "grad-flow", "frozen"),
+    Bug("lr-1000x", "optim.lr 1000x too high (2.0)", Mutation(recipe={"optim.lr": 2.0}), "lr-range", "too high"),
+    Bug("lr-zero", "optim.lr effectively 0 (1e-9; exactly 0 is refused by the config)",
+        Mutation(recipe={"optim.lr": 1e-9}), "lr-range", "too low"),
+    Bug("init-10x", "every Linear/Conv weight initialised with 10x the std", Mutation(model=_init_times_10),
+        "init-scale", "init std too large"),
+    Bug("residual-dropped", "each block computes x = f(x) instead of x = x + f(x)", Mutation(model=_drop_residual),
+        "init-scale", "residual"),
+    Bug("mix-samples-reshape", "patch tokens reshaped [B, N, C] -> [N, B, C] -> viewed back as [B, N, C]",
+        Mutation(model=_mix_samples), "batch-independence", "mixes samples"),
+    Bug("augment-val", "the training augmentation applied to validation data", Mutation(trainer=_augment_val),
+        "data", "validation"),
+    Bug("dropout-at-eval", "F.dropout(x, 0.2) before the head (training=True by default)",
+        Mutation(model=_dropout_at_eval), "determinism", "dropout"),
+    Bug("train-val-overlap", "half of the validation images are copies of training images", Mutation(datasets=_overlap),
+        "data", "overlap"),
+    Bug("label-smoothing-1", "reg.label_smoothing=1.0: uniform targets", Mutation(recipe={"reg.label_smoothing": 1.0}),
+        "input-independent", "label smoothing"),
+    Bug("dyt-alpha0-50", "DyT alpha0 = 50 instead of 0.5", Mutation(recipe={"model.dyt_alpha0": 50.0}),
+        "init-scale", "alpha0", recipe="quickstart-dyt"),
+]
+
+ZOO_RECIPE_OVERRIDES = {"data.train_size": 4000, "data.val_size": 500}
+
+
+def get_bug(name: str) -> Bug:
+    from ..config import ConfigError, nearest
+    for b in BUGS:
+        if b.name == name:
+            return b
+    raise ConfigError(f"unknown bug {name!r}{nearest(name, [b.name for b in BUGS])}")
+
+
+def run_bug(bug: Bug | None, recipe_name: str | None = None, out_dir=None):
+    """diagnose all on ``bug`` planted in its recipe (or on ``recipe_name`` unchanged when bug is None)."""
+    from ..config import apply_overrides
+    from ..diagnostics.diagnose import run_diagnosis
+    from ..recipes import get_recipe
+    recipe = get_recipe(bug.recipe if bug else recipe_name)
+    if recipe.data.dataset == "shapes10":
+        recipe = apply_overrides(recipe, ZOO_RECIPE_OVERRIDES)
+    return run_diagnosis(recipe, "all", mutation=bug.mutation if bug else None, out_dir=out_dir)
+
+
+def caught(bug: Bug, results) -> bool:
+    """The expected check failed and names the cause."""
+    r = next((r for r in results if r.name == bug.expect), None)
+    return r is not None and r.status == "fail" and any(bug.cause.lower() in c.lower() for c in r.causes)
+
+
+CORRECT_RECIPES = ("quickstart", "quickstart-dyt", "dyt-vit_tiny", "dyt-vit_tiny_ln", "dyt-convnext_tiny",
+                   "kat-kat_tiny", "kat-vit_tiny", "mambaout-mambaout_femto", "mambaout-vit_tiny")
+
+
+def zoo_table(bugs=None, recipes=CORRECT_RECIPES, progress: bool = True) -> tuple[str, bool]:
+    """Markdown detection table (bug -> the checks that failed) and whether every row is as expected."""
+    from tqdm.auto import tqdm
+    rows = ["| bug (planted in) | what | expected check | caught | every failing check | its first cause |",
+            "|---|---|---|---|---|---|"]
+    all_ok = True
+    items = [("bug", b) for b in (bugs if bugs is not None else BUGS)] + [("recipe", r) for r in recipes]
+    for kind, item in tqdm(items, desc="zoo", disable=not progress, unit="case"):
+        if kind == "bug":
+            res = run_bug(item)
+            ok = caught(item, res)
+            r = next(r for r in res if r.name == item.expect)
+            fails = ", ".join(x.name for x in res if x.status == "fail")
+            cause = (r.causes[0] if r.causes else "").replace("|", "/")
+            rows.append(f"| `{item.name}` ({item.recipe}) | {item.what} | {item.expect} | {'yes' if ok else '**NO**'} "
+                        f"| {fails} | {cause[:140]}{'...' if len(cause) > 140 else ''} |")
+        else:
+            res = run_bug(None, item)
+            fails = [x for x in res if x.status == "fail"]
+            ok = not fails
+            rows.append(f"| none (`{item}`, correct) | - | none may fail | {'no false alarm' if ok else '**FALSE ALARM**'} "
+                        f"| {', '.join(x.name for x in fails) or '-'} | "
+                        f"{(fails[0].causes[0] if fails and fails[0].causes else '-').replace('|', '/')[:140]} |")
+        all_ok &= ok
+    return "\n".join(rows), all_ok

@@ -109,6 +109,16 @@ def cmd_diagnose(args) -> int:
     return diagnose(resolved_recipe(args), args.check, args.model, args.json, args.out, args.bug)
 
 
+def cmd_report(args) -> int:
+    from .diagnostics.report import report
+    return report(args.run_dirs, args.out)
+
+
+def cmd_compare(args) -> int:
+    from .diagnostics.compare import compare
+    return compare(args.run_a, args.run_b, args.rtol, args.out)
+
+
 def cmd_zoo(args) -> int:
     from .checks.zoo import BUGS, CORRECT_RECIPES, get_bug, zoo_table
     bugs = [get_bug(b) for b in args.bug] if args.bug else BUGS
@@ -169,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--out", default=None, metavar="DIR",
                     help="where figures go (contact sheet, lr sweep); default <run.out_dir>/diagnose-<recipe>")
     dg.set_defaults(fn=cmd_diagnose)
+
+    rp = sub.add_parser("report", help="report.md + report.pdf (<= 3 pages) from run directories: setup vs paper, "
+                                       "results over seeds, the measured difference, curves, deviations, commands")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rp.add_argument("--out", default=None, metavar="DIR", help="output folder (default ./report)")
+    rp.set_defaults(fn=cmd_report)
+
+    cp = sub.add_parser("compare", help="config diff, metric table, first step where the training losses diverge, "
+                                        "and an overlay plot of two runs")
+    cp.add_argument("run_a", metavar="RUN_A")
+    cp.add_argument("run_b", metavar="RUN_B")
+    cp.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance on the logged training loss")
+    cp.add_argument("--out", default=None, metavar="DIR", help="where compare.png goes (default ./compare)")
+    cp.set_defaults(fn=cmd_compare)
 
     z = sub.add_parser("zoo", help="plant each classic bug in a correct recipe, run `diagnose all`, print the "
                                     "detection table (and check the correct recipes for false alarms)")

@@ -1,0 +1,73 @@
+"""`reproscope compare RUN_A RUN_B`: how a run differs from a trusted one.
+
+Prints the config diff, a metric table and the first logged step where the training losses
+diverge beyond a tolerance, and writes an overlay plot. Only reads run directories.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .report_figures import plot_curves
+from .runs import Group, RunRecord, load_run
+
+
+def config_diff(a: RunRecord, b: RunRecord) -> list[tuple[str, object, object]]:
+    fa, fb = a.flat_config(), b.flat_config()
+    return [(k, fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb))
+            if json.dumps(fa.get(k)) != json.dumps(fb.get(k))]
+
+
+def first_divergence(a: RunRecord, b: RunRecord, rtol: float) -> tuple[int | None, int]:
+    """(first logged step where |loss_a - loss_b| > rtol * max(1, |loss_a|), number of shared steps)."""
+    lb = {r["step"]: r["loss"] for r in b.train}
+    shared = [(r["step"], r["loss"], lb[r["step"]]) for r in a.train if r["step"] in lb]
+    for step, x, y in shared:
+        if abs(x - y) > rtol * max(1.0, abs(x)) or (x != x) != (y != y):
+            return step, len(shared)
+    return None, len(shared)
+
+
+def _metrics(r: RunRecord) -> dict[str, str]:
+    f = r.final
+    ips = [t["img_per_s"] for t in r.train if "img_per_s" in t]
+    return {"val top-1": f"{f['top1']:.2f}" if "top1" in f else "-",
+            "val top-5": f"{f['top5']:.2f}" if "top5" in f else "-",
+            "val loss": f"{f['loss']:.4f}" if "loss" in f else "-",
+            "last train loss": f"{r.train[-1]['loss']:.4f}" if r.train else "-",
+            "steps": str(r.steps), "epochs evaluated": str(len(r.val)),
+            "img/s (median)": f"{sorted(ips)[len(ips) // 2]:.0f}" if ips else "-",
+            "device-hours": f"{r.device_hours:.3f}", "device": r.device,
+            "non-finite / spike events": f"{sum(e.get('type') == 'nonfinite' for e in r.events)} / "
+                                         f"{sum(e.get('type') == 'loss_spike' for e in r.events)}"}
+
+
+def compare(run_a: str, run_b: str, rtol: float = 1e-3, out: str | None = None) -> int:
+    a, b = load_run(run_a), load_run(run_b)
+    diff = config_diff(a, b)
+    print(f"A: {a.path}\nB: {b.path}\n")
+    print(f"config: {len(diff)} fields differ" + (":" if diff else ""))
+    w = max((len(k) for k, _, _ in diff), default=0)
+    for k, x, y in diff:
+        print(f"  {k:<{w}}  {x!r} -> {y!r}")
+    ma, mb = _metrics(a), _metrics(b)
+    w = max(len(k) for k in ma)
+    print(f"\n{'metric':<{w}}  {'A':>14}  {'B':>14}")
+    for k in ma:
+        print(f"{k:<{w}}  {ma[k]:>14}  {mb[k]:>14}")
+    step, n = first_divergence(a, b, rtol)
+    log_every = a.config.get("run", {}).get("log_every", "?")
+    if step is None:
+        print(f"\ntraining losses agree within rtol {rtol:g} at all {n} shared logged steps (logged every {log_every})")
+    else:
+        la = next(r["loss"] for r in a.train if r["step"] == step)
+        lb = next(r["loss"] for r in b.train if r["step"] == step)
+        print(f"\nfirst divergence beyond rtol {rtol:g}: logged step {step} (A {la:.6g}, B {lb:.6g}; losses are "
+              f"logged every {log_every} steps, so it began after the previous logged step)")
+    out_dir = Path(out) if out else Path("compare")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = plot_curves([Group([a], f"A: {a.name}"), Group([b], f"B: {b.name}")], out_dir / "compare.png",
+                       vline=step)
+    print(f"overlay: {path}")
+    return 0

@@ -1,0 +1,318 @@
+"""`reproscope report RUN_DIR [RUN_DIR ...]`: the reproduction note's numbers, tables and figures.
+
+Groups runs by variant (seeds are repeats), compares each method with its paper baseline, and
+writes ``report.md`` and ``report.pdf`` (fpdf2; at most 3 pages) with PNG figures beside them.
+The same list of content blocks feeds both renderers, so the two never disagree. Only reads run
+directories.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError
+from .runs import REPEAT_KEYS, Group, RunRecord, group_runs, load_run, welch
+
+
+@dataclass(frozen=True)
+class Claim:
+    text: str
+    method: dict  # config values that select the method's groups
+    baseline: dict  # ... and its baseline's
+
+
+CLAIMS = {
+    "dyt": Claim("Replacing every normalization layer with DyT(x) = gamma * tanh(alpha x) + beta matches or beats "
+                 "LayerNorm (paper, Table 1: ViT-B 82.3 -> 82.5, ViT-L 83.1 -> 83.6 ImageNet-1K top-1).",
+                 {"model.norm": "dyt", "model.dyt_squash": "tanh"}, {"model.norm": "ln"}),
+    "kat": Claim("GR-KAN MLPs beat the GELU MLP of a ViT of the same size (paper, Table 5: DeiT-T 72.2 -> KAT-T 74.6).",
+                 {"model.name": "kat_tiny"}, {"model.name": "vit_tiny"}),
+    "mambaout": Claim("Gated CNN blocks without SSM (MambaOut-Femto, 78.9) beat DeiT-T (72.2) at similar size "
+                      "(paper, Table 1).", {"model.name": "mambaout_femto"}, {"model.name": "vit_tiny"}),
+}
+MAX_PAGES = 3
+NL = {"new_x": "LMARGIN", "new_y": "NEXT"}  # fpdf2: every paragraph starts at the left margin on a new line
+
+
+def _matches(g: Group, sel: dict) -> bool:
+    f = g.first.flat_config()
+    return all(f.get(k, "tanh" if k == "model.dyt_squash" else None) == v for k, v in sel.items())
+
+
+def find_claim(groups: list[Group], paper_key: str) -> Claim | None:
+    """The claim whose method and baseline are both among the groups (else the recipe's paper's claim)."""
+    for c in CLAIMS.values():
+        if any(_matches(g, c.method) for g in groups) and any(_matches(g, c.baseline) for g in groups):
+            return c
+    return CLAIMS.get(paper_key)
+
+
+def paper_facts(run: RunRecord) -> dict:
+    """The parent paper recipe's setup and the paper's top-1 for this run's model family."""
+    from ..model import list_models, model_info
+    from ..recipes import get_recipe
+    parent = run.config.get("parent") or ""
+    try:
+        p = get_recipe(parent) if parent else None
+    except ConfigError:
+        p = None
+    if p is None:
+        return {}
+    name = p.model.name
+    top1 = {}
+    for norm in ("ln", "dyt"):
+        cand = f"{name}_dyt" if norm == "dyt" else name
+        if cand in list_models():
+            top1[norm] = model_info(cand).paper_top1
+    return {"recipe": p, "top1": top1, "model": name}
+
+
+# ----------------------------------------------------------------------------- content
+
+
+def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
+    """The report as blocks: ('h', text), ('p', text), ('table', header, rows), ('img', path, caption), ('code', lines)."""
+    from .report_figures import plot_curves, plot_grad_norms
+    runs = [r for g in groups for r in g.runs]
+    first = runs[0]
+    claim = find_claim(groups, first.recipe.split("-")[0])
+    facts = paper_facts(first)
+    blocks: list[tuple] = [("title", f"Reproduction report: {', '.join(sorted({r.recipe for r in runs}))}")]
+    scale_note = ""
+    if not any(r.env.get("gpus") for r in runs):
+        scale_note = (" All runs here were trained on a CPU: this is a CPU-scale reproduction (smaller model, "
+                      "resolution and schedule than the paper), not a GPU-scale one.")
+    blocks += [("h", "Claim under test"), ("p", (claim.text if claim else "(no registered claim for this paper)")
+                                           + scale_note)]
+
+    # setup: paper vs ours
+    p = facts.get("recipe")
+    rows = []
+
+    def both(label, paper_val, ours):
+        rows.append([label, str(paper_val), str(ours)])
+    d = first.config["data"]
+    both("data", f"{p.data.dataset} (1.28M train images)" if p else "-", f"{d['dataset']} ({d['root'] or 'built-in'})")
+    both("model", p.model.name if p else "-", ", ".join(sorted({g.first.config['model']['name'] for g in groups})))
+    both("resolution (px)", p.data.img_size if p else "-", d["img_size"])
+    both("epochs", p.sched.epochs if p else "-", first.config["sched"]["epochs"])
+    both("batch", p.data.batch_size if p else "-", d["batch_size"])
+    both("images seen per run", f"{p.sched.epochs * 1.281e6 / 1e6:.0f}M" if p else "-",
+         f"{first.config['sched']['epochs'] * first.images_per_epoch / 1e6:.2f}M "
+         f"({first.images_per_epoch:,} per epoch)")
+    hours = sum(r.device_hours for r in runs)
+    both("device-hours (all runs)", "not stated", f"{hours:.2f} h on {first.device} ({len(runs)} runs)")
+    both("precision", p.precision.amp if p else "-", first.config["precision"]["amp"])
+    blocks += [("h", "Setup: paper vs ours"), ("table", ["", "paper", "ours"], rows)]
+
+    # results
+    res_rows = []
+    for g in groups:
+        m, s, n = g.mean_std("top1")
+        norm = g.first.config["model"].get("norm", "default")
+        paper_top1 = facts.get("top1", {}).get(norm) if norm in ("ln", "dyt") else None
+        if g.first.config["model"].get("dyt_squash", "tanh") != "tanh":
+            paper_top1 = None
+        seeds = ", ".join(f"{v:.2f}" for v in g.metric("top1"))
+        incomplete = [r for r in g.runs if not r.complete]
+        if incomplete:
+            seeds += f" ({len(incomplete)} run(s) incomplete: last eval at epoch " \
+                     f"{incomplete[0].val[-1]['epoch'] + 1 if incomplete[0].val else 0})"
+        res_rows.append([g.label, f"{paper_top1:.1f}" if paper_top1 else "-",
+                         f"{m:.2f} +- {s:.2f}" if n else "no eval", str(n), seeds])
+    paper_col = f"paper {facts['model']} (IN-1K)" if facts else "paper"
+    blocks += [("h", "Results (val top-1, %)"),
+               ("table", ["variant", paper_col, "ours: mean +- std", "n", "per seed"], res_rows)]
+    verdict = _verdict(groups, claim)
+    if verdict:
+        blocks.append(("p", verdict))
+
+    # curves
+    out.mkdir(parents=True, exist_ok=True)
+    curves = plot_curves(groups, out / "curves.png")
+    gn = plot_grad_norms(groups, out / "grad_norm.png")
+    blocks += [("h", "Curves"), ("img", curves, "Train loss (left) and val top-1 (right): mean over seeds, "
+                                                 "shaded min-max.")]
+
+    # instrumentation
+    blocks += [("h", "Instrumentation highlights")]
+    ev_rows = []
+    for r in runs:
+        kinds: dict[str, int] = {}
+        for e in r.events:
+            kinds[e.get("type", "?")] = kinds.get(e.get("type", "?"), 0) + 1
+        first_ev = next((e for e in r.events if e.get("type") == "nonfinite"), None)
+        where = f"first non-finite at step {first_ev['step']} in {first_ev.get('module') or '?'}" if first_ev else ""
+        ev_rows.append([r.name, str(kinds.get("nonfinite", 0)), str(kinds.get("loss_spike", 0)),
+                        str(kinds.get("rollback", 0)), where])
+    blocks.append(("table", ["run", "non-finite", "loss spikes", "rollbacks", "note"], ev_rows))
+    blocks.append(("img", gn, "Global gradient norm (before clipping), mean over seeds."))
+    for g in groups:
+        for fig in ("dyt_fig8_alpha.png", "dyt_fig2_norm_curves.png"):
+            src = g.first.path / "figures" / fig
+            if src.exists():
+                dst = out / f"{_slug(g.label)}-{fig}"
+                shutil.copyfile(src, dst)
+                blocks.append(("img", dst, f"{g.label}: {_FIG_CAPTIONS[fig]} (run {g.first.name})"))
+                break
+
+    # deviations
+    dev_rows = []
+    seen = set()
+    for g in groups:
+        for dv in g.first.deviations:
+            key = (dv["key"], str(dv["value"]))
+            if dv["key"] in REPEAT_KEYS:  # seeds, threads, progress bars: not deviations of the science
+                continue
+            if key not in seen:
+                seen.add(key)
+                dev_rows.append([dv["key"], str(dv["parent"]), str(dv["value"]), dv.get("reason", "")])
+    blocks += [("h", f"Deviation log (against {first.config.get('parent') or 'no parent recipe'}; seeds, threads "
+                     f"and other operational settings omitted)"),
+               ("table", ["field", "paper", "ours", "reason"], dev_rows)]
+
+    env = first.env
+    blocks += [("h", "Environment"),
+               ("p", f"python {env.get('python', '?')}, torch {env.get('torch', '?')}, torchvision "
+                     f"{env.get('torchvision', '?')}, device {first.device}, CUDA {env.get('cuda') or '-'}, "
+                     f"git {env.get('git_commit', '?')}, {env.get('platform', '?')}.")]
+    blocks += [("h", "Commands that reproduce every number"),
+               ("code", [r.command for r in runs] + [command])]
+    return blocks
+
+
+_FIG_CAPTIONS = {"dyt_fig8_alpha.png": "DyT alpha against 1/std of each DyT layer's input over training (DyT Fig. 8)",
+                 "dyt_fig2_norm_curves.png": "norm-layer input vs output at the end of training (DyT Fig. 2/4)"}
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in s).strip("_")
+
+
+def _verdict(groups: list[Group], claim: Claim | None) -> str:
+    if claim is None:
+        return ""
+    method = [g for g in groups if _matches(g, claim.method)]
+    base = [g for g in groups if _matches(g, claim.baseline)]
+    if not method or not base:
+        return "The method and its baseline are not both among these runs: no difference to report."
+    a, b = method[0].metric("top1"), base[0].metric("top1")
+    if not a or not b:
+        return "A method or baseline run has no evaluation yet."
+    d, lo, hi = welch(a, b)
+    ci = f"95% CI [{lo:+.2f}, {hi:+.2f}] (Welch t, n = {len(a)} + {len(b)})" if not math.isnan(lo) else \
+        "no confidence interval (one seed per variant)"
+    head = f"Measured difference, {method[0].label} minus {base[0].label}: {d:+.2f} points top-1, {ci}. "
+    if math.isnan(lo):
+        return head + "With one seed per variant this says little; run at least 3 seeds."
+    if lo > 0:
+        return head + "The method is better at this scale: the paper's claim holds here."
+    if hi < 0:
+        return head + ("The method is worse at this scale, beyond seed noise: the paper's 'matches or beats' does "
+                       "not hold here. Check the deviation log before blaming the method: the scale differs.")
+    return head + ("The interval contains 0: no difference resolved at this scale, which is consistent with "
+                   "'matches' but cannot show 'beats'; with 3 seeds only differences larger than the interval's "
+                   "half-width are detectable.")
+
+
+# ----------------------------------------------------------------------------- renderers
+
+def to_markdown(blocks: list[tuple], out: Path) -> str:
+    lines = []
+    for b in blocks:
+        kind = b[0]
+        if kind == "title":
+            lines += [f"# {b[1]}", ""]
+        elif kind == "h":
+            lines += [f"## {b[1]}", ""]
+        elif kind == "p":
+            lines += [b[1], ""]
+        elif kind == "table":
+            lines.append("| " + " | ".join(b[1]) + " |")
+            lines.append("|" + "---|" * len(b[1]))
+            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in b[2]]
+            lines.append("")
+        elif kind == "img" and b[1] is not None:
+            lines += [f"![{b[2]}]({Path(b[1]).relative_to(out)})", "", f"*{b[2]}*", ""]
+        elif kind == "code":
+            lines += ["```", *b[1], "```", ""]
+    return "\n".join(lines)
+
+
+def to_pdf(blocks: list[tuple], path: Path, font_size: float = 8.5) -> int:
+    """Render with fpdf2; returns the page count (shrinks the text once if it runs past MAX_PAGES)."""
+    from fpdf import FPDF
+    from fpdf.fonts import FontFace
+    pdf = FPDF(format="A4")
+    pdf.set_margins(12, 10, 12)
+    pdf.set_auto_page_break(True, margin=10)
+    pdf.add_page()
+    width = pdf.w - pdf.l_margin - pdf.r_margin
+    for b in blocks:
+        kind = b[0]
+        if kind == "title":
+            pdf.set_font("Helvetica", "B", font_size + 5)
+            pdf.multi_cell(width, 7, _latin1(b[1]), **NL)
+        elif kind == "h":
+            pdf.ln(1.5)
+            pdf.set_font("Helvetica", "B", font_size + 2)
+            pdf.multi_cell(width, 5.5, _latin1(b[1]), **NL)
+        elif kind == "p":
+            pdf.set_font("Helvetica", "", font_size)
+            pdf.multi_cell(width, font_size * 0.45, _latin1(b[1]), align="L", **NL)
+        elif kind == "table":
+            pdf.set_font("Helvetica", "", font_size - 1)
+            widths = _col_widths([b[1], *b[2]])
+            with pdf.table(headings_style=FontFace(emphasis="BOLD"), line_height=font_size * 0.45,
+                           text_align="LEFT", padding=0.8, col_widths=widths) as t:
+                for row in [b[1], *b[2]]:
+                    r = t.row()
+                    for c in row:
+                        r.cell(_latin1(str(c)))
+        elif kind == "img" and b[1] is not None:
+            w = width * (0.8 if "curves" in Path(b[1]).name else 0.5)
+            pdf.image(str(b[1]), w=w, x=pdf.l_margin + (width - w) / 2)
+            pdf.set_font("Helvetica", "I", font_size - 1)
+            pdf.multi_cell(width, font_size * 0.42, _latin1(b[2]), **NL)
+        elif kind == "code":
+            pdf.set_font("Courier", "", font_size - 2)
+            for line in b[1]:
+                pdf.multi_cell(width, font_size * 0.4, _latin1(line), **NL)
+    if pdf.pages_count > MAX_PAGES and font_size > 6.5:
+        return to_pdf(blocks, path, font_size - 1)
+    pdf.output(str(path))
+    return pdf.pages_count
+
+
+def _col_widths(rows: list[list[str]]) -> tuple[float, ...]:
+    """Column widths in proportion to the longest cell (capped, so one long reason does not squeeze the rest)."""
+    n = len(rows[0])
+    return tuple(min(60, max(6, max(len(str(r[i])) for r in rows))) for i in range(n))
+
+
+def _latin1(s: str) -> str:
+    """The core PDF fonts are Latin-1: map the few non-Latin-1 characters we print."""
+    for a, b in {"\u2192": "->", "\u2212": "-", "\u00b1": "+-", "\u2264": "<=", "\u2265": ">=", "\u2248": "~",
+                 "\u03b1": "alpha", "\u03b3": "gamma", "\u03b2": "beta", "\u2014": "-", "\u2013": "-"}.items():
+        s = s.replace(a, b)
+    return s.encode("latin-1", "replace").decode("latin-1")
+
+
+def report(run_dirs: list[str], out_dir: str | None = None) -> int:
+    if not run_dirs:
+        raise ConfigError("reproscope report: give at least one run directory")
+    runs = [load_run(p) for p in run_dirs]
+    groups = group_runs(runs)
+    out = Path(out_dir) if out_dir else Path("report")
+    command = "reproscope report " + " ".join(str(p) for p in run_dirs) + (f" --out {out_dir}" if out_dir else "")
+    blocks = build_blocks(groups, out, command)
+    (out / "report.md").write_text(to_markdown(blocks, out))
+    pages = to_pdf(blocks, out / "report.pdf")
+    print(f"{len(runs)} runs in {len(groups)} groups -> {out / 'report.md'}, {out / 'report.pdf'} ({pages} pages)")
+    for b in blocks:
+        if b[0] == "p" and b[1].startswith("Measured difference"):
+            print(b[1])
+    return 0

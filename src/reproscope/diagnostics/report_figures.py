@@ -1,0 +1,72 @@
+"""Figures for `reproscope report` and `reproscope compare`: curves of groups of runs, overlaid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .runs import Group
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _band(ax, series: list[tuple[list, list]], label: str, color) -> None:
+    """Mean over runs at the steps they share, shaded min-max."""
+    if not series:
+        return
+    n = min(len(s[0]) for s in series)
+    if n == 0:
+        return
+    x = np.asarray(series[0][0][:n], dtype=float)
+    ys = np.asarray([s[1][:n] for s in series], dtype=float)
+    ax.plot(x, ys.mean(0), color=color, label=f"{label} (n={len(series)})", lw=1.3)
+    if len(series) > 1:
+        ax.fill_between(x, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
+
+
+def plot_curves(groups: list[Group], path: Path, vline: int | None = None) -> Path:
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for i, g in enumerate(groups):
+        c = f"C{i}"
+        _band(a, [([t["step"] for t in r.train], [t["loss"] for t in r.train]) for r in g.runs], g.label, c)
+        _band(b, [([v.get("epoch", j) + 1 for j, v in enumerate(r.val)], [v["top1"] for v in r.val]) for r in g.runs],
+              g.label, c)
+    if vline is not None:
+        a.axvline(vline, color="k", ls=":", lw=1, label=f"first divergence (step {vline})")
+        a.legend(fontsize=7)
+    a.set_xlabel("step")
+    a.set_ylabel("train loss")
+    b.set_xlabel("epoch")
+    b.set_ylabel("val top-1 (%)")
+    b.legend(fontsize=7)
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_grad_norms(groups: list[Group], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    for i, g in enumerate(groups):
+        _band(ax, [([t["step"] for t in r.train if "grad_norm" in t], [t["grad_norm"] for t in r.train
+                                                                         if "grad_norm" in t]) for r in g.runs],
+              g.label, f"C{i}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("grad norm")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

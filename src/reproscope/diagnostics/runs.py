@@ -1,0 +1,192 @@
+"""Read finished (or stopped) run directories: config, metrics, deviations, environment, events.
+
+Only reads; shared by ``reproscope report`` and ``reproscope compare``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import ConfigError
+
+# fields that may differ between seeds of one variant without making it another variant
+REPEAT_KEYS = ("run.seed", "run.out_dir", "run.threads", "run.progress", "run.log_every", "run.ckpt_every",
+               "run.keep_last", "data.workers", "data.cache_dir")
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    config: dict
+    env: dict
+    deviations: list[dict]
+    train: list[dict]  # kind == "train" rows with a loss
+    val: list[dict]  # kind == "val" rows
+    events: list[dict]  # kind == "event" rows (nonfinite, loss_spike, rollback)
+    epoch_times: list[float] = field(default_factory=list)
+    epoch_end_steps: list[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def recipe(self) -> str:
+        return self.config.get("name", "?")
+
+    @property
+    def seed(self) -> int:
+        return self.config.get("run", {}).get("seed", 0)
+
+    @property
+    def final(self) -> dict:
+        return self.val[-1] if self.val else {}
+
+    @property
+    def steps(self) -> int:
+        return max((r["step"] for r in self.train), default=0)
+
+    @property
+    def images_seen(self) -> int:
+        c = self.config
+        return self.steps * c["data"]["batch_size"] * c["optim"].get("accum_steps", 1)
+
+    @property
+    def images_per_epoch(self) -> int:
+        c = self.config
+        spe = self.epoch_end_steps[0] if self.epoch_end_steps else 0
+        return spe * c["data"]["batch_size"] * c["optim"].get("accum_steps", 1)
+
+    @property
+    def complete(self) -> bool:
+        epochs = self.config["sched"]["epochs"]
+        return bool(self.val) and self.val[-1].get("epoch", -1) + 1 >= epochs
+
+    @property
+    def device_hours(self) -> float:
+        return sum(self.epoch_times) / 3600
+
+    @property
+    def device(self) -> str:
+        gpus = self.env.get("gpus") or []
+        return gpus[0] if gpus else f"CPU ({self.env.get('cpu_threads', '?')} threads)"
+
+    @property
+    def command(self) -> str:
+        argv = self.env.get("argv") or []
+        return "reproscope " + " ".join(argv[1:]) if argv else f"reproscope train --recipe {self.recipe}"
+
+    def flat_config(self) -> dict:
+        out = {}
+        for section, vals in self.config.items():
+            if isinstance(vals, dict) and section not in ("sources", "deviations"):
+                for k, v in vals.items():
+                    out[f"{section}.{k}"] = v
+        return out
+
+    def variant_key(self) -> tuple:
+        return tuple(sorted((k, json.dumps(v)) for k, v in self.flat_config().items() if k not in REPEAT_KEYS))
+
+
+def _read_json(path: Path, default):
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+
+
+def load_run(path: str | Path) -> RunRecord:
+    p = Path(path)
+    if not (p / "config.json").exists():
+        raise ConfigError(f"{p}: not a run directory (no config.json); give the folder `reproscope train` wrote")
+    rows = []
+    metrics = p / "metrics.jsonl"
+    if metrics.exists():
+        for i, line in enumerate(metrics.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    if i < len(metrics.read_text().splitlines()):  # only a torn last line is tolerated
+                        raise ConfigError(f"{metrics}:{i}: not valid JSON") from None
+    train = [r for r in rows if r.get("kind") == "train" and "loss" in r]
+    return RunRecord(
+        path=p, config=_read_json(p / "config.json", {}), env=_read_json(p / "environment.json", {}),
+        deviations=_read_json(p / "deviations.json", {}).get("deviations", []), train=train,
+        val=[r for r in rows if r.get("kind") == "val"], events=[r for r in rows if r.get("kind") == "event"],
+        epoch_times=[r["epoch_time_s"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
+        epoch_end_steps=[r["step"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r])
+
+
+@dataclass
+class Group:
+    """Runs of one variant (same config but for the seed): the unit of a results row."""
+
+    runs: list[RunRecord]
+    label: str = ""
+
+    @property
+    def first(self) -> RunRecord:
+        return self.runs[0]
+
+    def metric(self, key: str = "top1") -> list[float]:
+        return [r.final[key] for r in self.runs if key in r.final]
+
+    def mean_std(self, key: str = "top1") -> tuple[float, float, int]:
+        v = self.metric(key)
+        if not v:
+            return float("nan"), float("nan"), 0
+        return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
+
+
+def group_runs(runs: list[RunRecord]) -> list[Group]:
+    """Runs with the same config except seed-like fields form a group; labels name what differs."""
+    groups: dict[tuple, Group] = {}
+    for r in runs:
+        groups.setdefault(r.variant_key(), Group([])).runs.append(r)
+    out = list(groups.values())
+    for g in out:
+        g.runs.sort(key=lambda r: r.seed)
+    flat = [g.first.flat_config() for g in out]
+    varying = sorted({k for f in flat for k in f if k not in REPEAT_KEYS and len({json.dumps(x.get(k)) for x in flat}) > 1})
+    for g, f in zip(out, flat):
+        m = f.get("model.name", "?")
+        norm = f.get("model.norm", "default")
+        extra = [f"{k.split('.')[-1]}={f[k]}" for k in varying if k not in ("model.name", "model.norm", "name",
+                                                                             "description")]
+        g.label = f"{m}" + (f" ({norm})" if norm != "default" else "") + (f" [{', '.join(extra)}]" if extra else "")
+    return out
+
+
+def t_critical_95(df: float) -> float:
+    """Two-sided 95% Student-t critical value (table lookup, linear in 1/df between entries)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+             15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
+    if df >= 120:
+        return 1.960
+    keys = sorted(table)
+    lo = max(k for k in keys if k <= max(df, 1))
+    hi = min(k for k in keys if k >= max(df, 1))
+    if lo == hi:
+        return table[lo]
+    w = (1 / df - 1 / hi) / (1 / lo - 1 / hi)
+    return table[hi] + w * (table[lo] - table[hi])
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean difference a - b and its 95% confidence interval (Welch's t)."""
+    d = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return d, float("nan"), float("nan")
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = (va + vb) ** 0.5
+    if se == 0:
+        return d, d, d
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    h = t_critical_95(df) * se
+    return d, d - h, d + h

@@ -97,6 +97,20 @@ def main() -> None:
             list(pool.map(lambda p: decode_image(p, res), paths))
         decode_img_s = len(paths) / (time.perf_counter() - t0)
 
+    # RandAugment alone on one cached uint8 batch: batched (ours) vs torchvision's per-sample loop
+    from reproscope.train.augment import rand_augment, rand_augment_reference
+    raw, _ = L.raw_batch(torch.arange(bs))
+    ra_rows = []
+    for label, fn in (("batched", rand_augment), ("per-sample torchvision loop", rand_augment_reference)):
+        fn(raw, 2, 9, 0.5)
+        sync(dev)
+        t0 = time.perf_counter()
+        reps = max(1, steps // 4)
+        for _ in range(reps):
+            fn(raw, 2, 9, 0.5)
+        sync(dev)
+        ra_rows.append((f"RandAugment m9 alone, {label} (img/s)", reps * bs / (time.perf_counter() - t0)))
+
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     rows = [("device", name), ("recipe", f"{r.name}, {r.model.name} at {r.data.img_size} px, batch {bs}, "
                                          f"amp {r.precision.amp}"),
@@ -105,6 +119,8 @@ def main() -> None:
             ("training fed by the data path (img/s)", f"{bs / fed_s:,.0f}"),
             ("data wait (% of step time)", f"{100 * wait / (fed_s * steps):.1f}"),
             ("epoch of uint8 images from the cache (img/s)", f"{cache_img_s:,.0f}")]
+    rows += [(k, f"{v:,.0f}") for k, v in ra_rows]
+    rows.append(("RandAugment speed-up, batched vs loop", f"{ra_rows[0][1] / ra_rows[1][1]:.1f}x"))
     if decode_img_s:
         rows += [(f"epoch of uint8 images decoding JPEGs, {os.cpu_count()} threads (img/s)", f"{decode_img_s:,.0f}"),
                  ("cache speed-up per epoch", f"{cache_img_s / decode_img_s:.1f}x")]

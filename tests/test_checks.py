@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from reproscope.checks import CHECKS, CheckData, run_checks
-from reproscope.checks.zoo import BUGS, caught, get_bug
+from reproscope.checks.zoo import BUGS, ZOO_RECIPE_OVERRIDES, caught, get_bug
 from reproscope.cli import main
 from reproscope.config import apply_overrides
 from reproscope.diagnostics.diagnose import run_diagnosis
@@ -14,7 +14,7 @@ from reproscope.recipes import get_recipe
 MODEL_CHECKS = ["loss-at-init", "init-scale", "grad-flow", "batch-independence"]
 TRAINING_CHECKS = ["overfit-batch", "input-independent", "determinism", "lr-range"]
 BIG = ("large", "base")
-SMALL_DATA = {"data.train_size": 2000, "data.val_size": 300, "data.batch_size": 64}
+SMALL_DATA = ZOO_RECIPE_OVERRIDES
 
 
 @pytest.fixture(scope="module")

@@ -247,3 +247,16 @@ def test_loss_spike_is_logged_with_step_and_batch_indices(tiny_recipe, tmp_path)
     spikes = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "loss_spike"]
     assert [e["step"] for e in spikes] == [25]
     assert len(spikes[0]["batch_indices"]) == 32 and spikes[0]["score"] > 8
+
+
+def test_sample_elements_strides_over_every_channel():
+    from reproscope.instrument.hooks import sample_elements
+    x = torch.arange(16 * 10 * 96, dtype=torch.float32).reshape(16, 10, 96)
+    flat = sample_elements(x, samples=8, elements=1000)
+    assert flat.numel() <= 1000 and flat.max() < 8 * 10 * 96  # only the first 8 samples
+    channels = (flat.long() % 96).unique()
+    assert len(channels) == 96  # the stride (coprime with 96) visits every channel
+    assert torch.equal(sample_elements(x, 0, 0), x.reshape(-1))
+    big = torch.randn(64, 50, 192)
+    s = sample_elements(big, 16, 8192)
+    assert abs(s.std().item() - big[:16].std().item()) < 0.03

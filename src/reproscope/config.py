@@ -141,6 +141,8 @@ class InstrumentConfig:
     histograms: bool = _f(False, "TensorBoard histograms of weights, grads and activations on probe steps")
     stat_samples: int = _f(16, "per-module stats use the first N samples of the batch (0 = all); "
                                "the NaN tripwire always checks everything", min=0)
+    stat_elements: int = _f(8192, "per-module stats use at most N elements of those samples, an evenly strided "
+                                  "subset (0 = all); bounds the cost of every-step probing", min=0)
     nan_policy: str = _f("stop", "on a non-finite loss or grad norm: stop, skip the step, or roll back and halve lr",
                          choices=("stop", "skip", "rollback"))
     spike_window: int = _f(100, "loss-spike detector window (steps)", min=5)

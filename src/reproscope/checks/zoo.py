@@ -135,7 +135,7 @@ BUGS: list[Bug] = [
         "init-scale", "alpha0", recipe="quickstart-dyt"),
 ]
 
-ZOO_RECIPE_OVERRIDES = {"data.train_size": 4000, "data.val_size": 500}
+ZOO_RECIPE_OVERRIDES = {"data.train_size": 2000, "data.val_size": 300, "data.batch_size": 64}  # shapes10 shrunk
 
 
 def get_bug(name: str) -> Bug:

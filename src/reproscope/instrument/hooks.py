@@ -11,6 +11,8 @@ enabled hook also attaches a tensor hook to the module output to see its gradien
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -64,6 +66,23 @@ def grad_moments(g: torch.Tensor) -> torch.Tensor:
     return torch.stack([norm * norm, (~torch.isfinite(g)).sum().float(), g.new_tensor(float(g.numel()))])
 
 
+def sample_elements(x: torch.Tensor, samples: int = 0, elements: int = 0) -> torch.Tensor:
+    """The first ``samples`` samples of ``x`` (dim 0), flattened, then at most ``elements`` of them,
+    evenly strided. The stride is made coprime with the last dimension so that every channel is
+    visited (a stride that divides the channel count would sample the same channels only)."""
+    if samples and x.ndim and x.shape[0] > samples:
+        x = x[:samples]
+    flat = x.reshape(-1)
+    n = flat.numel()
+    if elements and n > elements:
+        s = -(-n // elements)
+        last = x.shape[-1] if x.ndim else 1
+        while math.gcd(s, last) != 1:
+            s += 1
+        flat = flat[::s]
+    return flat
+
+
 def _first_tensor(x):
     if isinstance(x, torch.Tensor):
         return x
@@ -109,9 +128,10 @@ class ActivationStats:
     """
 
     def __init__(self, model: nn.Module, modules: list[tuple[str, nn.Module]] | None = None,
-                 keep_outputs: bool = False, samples: int = 0):
+                 keep_outputs: bool = False, samples: int = 0, elements: int = 0):
         self.enabled = False
         self.samples = samples  # stats over the first N samples of dim 0 (0 = all) to bound the cost
+        self.elements = elements  # ... and at most this many of their elements, evenly strided (0 = all)
         self.keep_outputs = keep_outputs
         self.forward: dict[str, torch.Tensor] = {}
         self.backward: dict[str, torch.Tensor] = {}
@@ -130,19 +150,18 @@ class ActivationStats:
             if out is None:
                 return None
             self.order.append(name)
-            k = self.samples
-            self.forward[name] = raw_moments(out[:k] if k and out.ndim and out.shape[0] > k else out)
+            k, e = self.samples, self.elements
+            self.forward[name] = raw_moments(sample_elements(out, k, e))
             alpha = getattr(module, "alpha", None)
             inp = _first_tensor(inputs)
             if isinstance(alpha, torch.Tensor) and inp is not None:
-                xi = inp.detach().float()
+                xi = sample_elements(inp.detach(), k, e).float()
                 # [fraction saturated (|alpha x| > 2), std of the input] for DyT Fig. 8
                 self.saturation[name] = torch.stack([((alpha.detach() * xi).abs() > 2).float().mean(), xi.std()])
             if self.keep_outputs:
                 self.outputs[name] = out.detach()
             if out.requires_grad:
-                out.register_hook(lambda g: self.backward.__setitem__(
-                    name, grad_moments(g[:k] if k and g.ndim and g.shape[0] > k else g)))
+                out.register_hook(lambda g: self.backward.__setitem__(name, grad_moments(sample_elements(g, k, e))))
             return None
         return hook
 

@@ -77,7 +77,7 @@ class Instrument:
     def on_train_start(self, trainer) -> None:
         if self.acts is None:  # registered once, before torch.compile wraps the model
             self.acts = ActivationStats(trainer.orig_model, keep_outputs=self.cfg.histograms,
-                                        samples=self.cfg.stat_samples)
+                                        samples=self.cfg.stat_samples, elements=self.cfg.stat_elements)
         self.params = [(n, p) for n, p in trainer.orig_model.named_parameters() if p.requires_grad]
         self.stats_file = open(trainer.run_dir / "stats.jsonl", "a", buffering=1) if trainer.dist.is_main else None
 

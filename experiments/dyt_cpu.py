@@ -2,7 +2,8 @@
 
 Trains ViT-quick with LayerNorm and with DyT on the shared Imagenette copy at 32 px, 3 seeds each,
 plus one seed of the squashing ablation (DyT with identity in place of tanh, the paper's Tab. 7
-control), then writes the report:
+control) and one of alpha0 = 1.0 (the paper's tuned ViT-B value, Tab. 12), copies the small files behind each number into docs/reproductions/dyt-cpu/runs/, and
+writes the report from those copies:
 
     python experiments/dyt_cpu.py            # runs what is missing, then `reproscope report`
     python experiments/dyt_cpu.py --dry-run  # print the commands only
@@ -24,6 +25,25 @@ RUNS = [(f"{recipe}-s{seed}", recipe, [f"run.seed={seed}"])
         for recipe in ("dyt-vit_quick_ln-imagenette-cpu", "dyt-vit_quick-imagenette-cpu") for seed in SEEDS]
 RUNS.append(("dyt-vit_quick-imagenette-cpu-identity-s0", "dyt-vit_quick-imagenette-cpu",
              ["run.seed=0", "model.dyt_squash=identity"]))
+RUNS.append(("dyt-vit_quick-imagenette-cpu-alpha1-s0", "dyt-vit_quick-imagenette-cpu",
+             ["run.seed=0", "model.dyt_alpha0=1.0"]))  # the paper's tuned ViT-B alpha0 (Table 12)
+
+
+KEEP = Path("docs/reproductions/dyt-cpu/runs")
+SMALL_FILES = ("config.json", "deviations.json", "environment.json", "metrics.jsonl")
+
+
+def keep_small_files() -> None:
+    """Copy what backs each number (config, deviations, environment, metrics, paper-figure PNGs) into
+    the repository; checkpoints, TensorBoard events and stats.jsonl stay in runs/."""
+    import shutil
+    for name, _, _ in RUNS:
+        src, dst = OUT / name, KEEP / name
+        (dst / "figures").mkdir(parents=True, exist_ok=True)
+        for f in SMALL_FILES:
+            shutil.copyfile(src / f, dst / f)
+        for png in (src / "figures").glob("*.png"):
+            shutil.copyfile(png, dst / "figures" / png.name)
 
 
 def finished(run_dir: Path) -> bool:
@@ -57,7 +77,9 @@ def main() -> int:
             rc = subprocess.call(cmd)
             if rc not in (0, 3):  # 3 = stopped by the NaN tripwire: a result, not a crash
                 return rc
-    report = [sys.executable, "-m", "reproscope", "report", *(str(OUT / n) for n, _, _ in RUNS),
+    if not args.dry_run:
+        keep_small_files()
+    report = [sys.executable, "-m", "reproscope", "report", *(str(KEEP / n) for n, _, _ in RUNS),
               "--out", "docs/reproductions/dyt-cpu"]
     print("+", " ".join(report), flush=True)
     return 0 if args.dry_run else subprocess.call(report)

@@ -111,3 +111,15 @@ def test_check_results_are_structured(shapes):
     d = r.to_dict()
     assert set(d) >= {"name", "status", "measured", "expected", "explanation", "causes", "details"}
     assert abs(d["details"]["ln_k"] - torch.log(torch.tensor(10.0)).item()) < 1e-6
+
+
+def test_diagnose_user_data_file(shapes, tmp_path, capsys):
+    """--data FILE.pt: the user's own tensors, checked with the textbook step."""
+    torch.save({"x": shapes.x, "y": shapes.y}, tmp_path / "d.pt")
+    assert main(["diagnose", "data", "--data", str(tmp_path / "d.pt"), "--out", str(tmp_path)]) == 0
+    assert "not checked (only a batch given)" in capsys.readouterr().out
+    torch.save({"x": shapes.x * 255 + 128, "y": shapes.y}, tmp_path / "raw.pt")
+    assert main(["diagnose", "data", "--data", str(tmp_path / "raw.pt")]) == 1
+    assert "not normalised" in capsys.readouterr().out
+    torch.save([1, 2], tmp_path / "bad.pt")
+    assert main(["diagnose", "data", "--data", str(tmp_path / "bad.pt")]) == 2

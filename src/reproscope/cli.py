@@ -106,7 +106,7 @@ def cmd_diagnose(args) -> int:
             raise ConfigError("usage: reproscope diagnose replay PATH (a nonfinite-stepN.pt reproducer)")
         return replay(args.path)
     from .diagnostics.diagnose import diagnose
-    return diagnose(resolved_recipe(args), args.check, args.model, args.json, args.out, args.bug)
+    return diagnose(resolved_recipe(args), args.check, args.model, args.json, args.out, args.bug, args.data)
 
 
 def cmd_report(args) -> int:
@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(dg)
     dg.add_argument("--model", default=None, metavar="package.module:factory", help="diagnose your own model")
     dg.add_argument("--json", action="store_true", help="machine-readable output")
+    dg.add_argument("--data", default=None, metavar="DIR|FILE.pt",
+                    help="your data: an image folder with train/ and val/ class folders, or a .pt file holding "
+                         "{'x': inputs, 'y': labels} (default: the recipe's data)")
     dg.add_argument("--bug", default=None, metavar="NAME",
                     help="plant a bug from the zoo first (`reproscope zoo` lists them), to see what the checks say")
     dg.add_argument("--out", default=None, metavar="DIR",

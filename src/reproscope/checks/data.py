@@ -88,9 +88,9 @@ def data_check(make_model, data: CheckData) -> CheckResult:
     status = "fail" if fails else "warn" if warns else "pass"
     return CheckResult(
         "data", status,
-        f"input mean {_fmt(mean)} std {_fmt(std)}; {len(counts)} classes; "
-        f"{details.get('val_images_in_train', '?')} val images in train; "
-        f"{details.get('constant_images', '?')} constant images",
+        f"input mean {_fmt(mean)} std {_fmt(std)}; {len(counts)} classes; " + (
+            f"{details['val_images_in_train']} val images in train; {details['constant_images']} constant images"
+            if src is not None else "duplicates, constant images and the val pipeline not checked (only a batch given)"),
         "normalised input, every class present, no train/val copies, no constant images, deterministic eval data",
         "The batch as the model sees it, and the datasets behind it." + (
             f" Contact sheet: {details['contact_sheet']}" if "contact_sheet" in details else ""),

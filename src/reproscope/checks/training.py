@@ -33,7 +33,7 @@ def overfit_batch(make_model, data: CheckData, steps: int = 150, batch: int = 16
     """One fixed small batch through the training step, no augmentation/dropout/drop path/label smoothing:
     loss -> ~0 and 100% accuracy. Steps 2 and 3 also compare the gradient the step used with the
     gradient of that step's loss computed afresh: a difference means gradients leak between steps."""
-    from ..instrument.hooks import parameter_norms
+    from ..instrument.hooks import ActivationStats, parameter_norms
     model = fresh(make_model)
     run = data.run(model, clean=True)
     dev = _device(run.model)
@@ -41,6 +41,8 @@ def overfit_batch(make_model, data: CheckData, steps: int = 150, batch: int = 16
     losses, leaks, report = [], [], None
     named = [(n, p) for n, p in run.model.named_parameters() if p.requires_grad]
     zero_grad_params: list[str] = []
+    acts = ActivationStats(run.model, samples=batch, elements=8192)  # the instrument's own collector
+    acts.enabled = True
     for i in range(steps):
         ref = reference_grad_norm(run.model, x, y) if i in (1, 2) else None
         out = run.step(x, y, lr=data.lr)
@@ -49,18 +51,25 @@ def overfit_batch(make_model, data: CheckData, steps: int = 150, batch: int = 16
         if i == 0:
             _, g = parameter_norms(named)
             zero_grad_params = [n for (n, p), v in zip(named, g.tolist()) if v == 0 and p.grad is not None]
+            first_stats, _ = acts.collect(), acts.clear()
+            acts.enabled = False
         losses.append(out.loss)
         if not (math.isfinite(out.loss) and math.isfinite(out.grad_norm)):
             report = out.report
             break
     run.model.eval()
+    acts.enabled = True
     with torch.no_grad():
         acc = (run.model(x).argmax(1) == y).float().mean().item()
+    last_stats = acts.collect()
+    acts.remove()
     final = losses[-1]
     leak = max(leaks, default=0.0)
     ok = math.isfinite(final) and final < 0.1 and acc == 1.0 and leak < 0.05
     status = "pass" if ok else "warn" if (math.isfinite(final) and final <= 0.5 and acc >= 0.9 and leak < 0.05) else "fail"
     causes = []
+    finite = [v for v in losses if math.isfinite(v)]
+    spiked = bool(finite) and max(finite) > 3 * losses[0]
     if leak >= 0.05:
         causes.append(f"the gradient the optimizer stepped with differs by {leak:.0%} from the gradient of that "
                       f"step's loss: gradients leak between steps (zero_grad forgotten or misplaced) or are "
@@ -69,6 +78,9 @@ def overfit_batch(make_model, data: CheckData, steps: int = 150, batch: int = 16
         where = f" (tripwire: first non-finite in {report.module}, {report.phase})" if getattr(report, "module", None) else ""
         causes.append(f"the loss became non-finite at step {len(losses)}{where}: lr too high ({data.lr:g}) "
                       f"or an unstable op")
+    elif losses[-1] > 0.9 * losses[0] and spiked:
+        causes.append(f"the loss spiked to {max(finite):.3g} (from {losses[0]:.3g}) and never came down: lr too high "
+                      f"({data.lr:g}) or an unstable update")
     elif losses[-1] > 0.9 * losses[0]:
         causes.append(f"the loss stayed flat: lr too low ({data.lr:g}), gradients not reaching the weights, or "
                       "the output squashed before the loss (e.g. softmax before cross-entropy)")
@@ -81,9 +93,10 @@ def overfit_batch(make_model, data: CheckData, steps: int = 150, batch: int = 16
                       "or labels that contradict each other")
     if zero_grad_params:
         causes.append(f"{len(zero_grad_params)} parameters got a zero gradient at step 1 (e.g. {zero_grad_params[0]})")
-    finite = [v for v in losses if math.isfinite(v)]
-    if finite and max(finite) > 3 * losses[0]:
+    if spiked and not any("spiked" in c for c in causes):
         causes.append(f"the loss spiked above 3x its start (max {max(finite):.3g}): lr too high ({data.lr:g})")
+    if status != "pass":
+        causes += scale_changes(first_stats, last_stats)
     return CheckResult(
         "overfit-batch", status,
         f"loss {losses[0]:.3f} -> {final:.4f}, accuracy {acc:.0%} after {len(losses)} steps; step gradient vs fresh "
@@ -92,6 +105,28 @@ def overfit_batch(make_model, data: CheckData, steps: int = 150, batch: int = 16
         "optimisation path itself is broken.", causes,
         {"losses": losses[:: max(1, len(losses) // 30)], "accuracy": acc, "zero_grad_params": zero_grad_params,
          "grad_leak": leak})
+
+
+def scale_changes(first: dict, last: dict, factor: float = 100.0) -> list[str]:
+    """From the instrument's per-module stats at step 1 and at the end: the layer whose output scale
+    exploded or collapsed most, and the layer with the smallest output-gradient RMS at step 1."""
+    out = []
+    ratios = {n: last[n]["rms"] / first[n]["rms"] for n in first if n in last and "rms" in first[n]
+              and first[n]["rms"] > 0 and math.isfinite(first[n]["rms"])}
+    if ratios:
+        up = max(ratios, key=lambda n: ratios[n] if math.isfinite(ratios[n]) else math.inf)
+        down = min(ratios, key=ratios.get)
+        if not math.isfinite(ratios[up]) or ratios[up] > factor:
+            out.append(f"the output scale of {up} exploded during training (RMS x{ratios[up]:.3g})")
+        if ratios[down] < 1 / factor:
+            out.append(f"the output scale of {down} collapsed during training (RMS x{ratios[down]:.3g})")
+    grads = {n: st["grad_rms"] for n, st in first.items() if "grad_rms" in st and math.isfinite(st["grad_rms"])}
+    if grads:
+        top, low = max(grads.values()), min(grads, key=grads.get)
+        if top > 0 and grads[low] < top / 1e4:
+            out.append(f"gradients vanish at {low} at step 1 (output-gradient RMS {grads[low]:.3g}, largest layer "
+                       f"{top:.3g})")
+    return out
 
 
 def _eval_loss_acc(model, x, y) -> tuple[float, float]:

@@ -7,9 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from ..checks import CHECKS, CheckResult, recipe_audit, recipe_subject, run_checks
+from ..checks import CHECKS, CheckData, CheckResult, recipe_audit, recipe_subject, run_checks
 from ..checks.subject import Mutation
-from ..config import ConfigError, Recipe, nearest
+from ..config import ConfigError, Recipe, apply_overrides, nearest
 
 CHECK_NAMES = list(CHECKS) + ["recipe-audit"]
 
@@ -37,20 +37,44 @@ def user_model(spec: str, num_classes: int):
     return make_model
 
 
+def tensor_subject(recipe: Recipe, path: str, out_dir: Path | None):
+    """--data FILE.pt: {"x": [N, C, H, W] model inputs, "y": [N] labels} (optionally "val_x", "val_y",
+    "num_classes"), or a tuple (x, y). Training checks then use the textbook AdamW step."""
+    import torch
+    from ..train.trainer import build_model
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise ConfigError(f"--data {path}: cannot load it ({e})") from e
+    if isinstance(obj, (tuple, list)):
+        obj = {"x": obj[0], "y": obj[1]}
+    if not isinstance(obj, dict) or not all(isinstance(obj.get(k), torch.Tensor) for k in ("x", "y")):
+        raise ConfigError(f"--data {path}: expected a dict with 'x' and 'y' tensors, or a tuple (x, y)")
+    k = int(obj.get("num_classes", int(obj["y"].max()) + 1))
+    data = CheckData(obj["x"].float(), obj["y"].long(), k, recipe.reg.label_smoothing, lr=recipe.optim.lr,
+                     val_x=obj.get("val_x"), val_y=obj.get("val_y"), out_dir=out_dir)
+    return (lambda: build_model(recipe, k)), data, recipe
+
+
 def run_diagnosis(recipe: Recipe, which: str = "all", *, model_spec: str | None = None,
                   mutation: Mutation | None = None, out_dir: Path | None = None,
-                  progress: bool = False) -> list[CheckResult]:
+                  progress: bool = False, data_path: str | None = None) -> list[CheckResult]:
     """The checks named by ``which`` (a check or 'all') on ``recipe`` (with ``mutation`` planted)."""
     if which != "all" and which not in CHECK_NAMES:
         raise ConfigError(f"unknown check {which!r}{nearest(which, CHECK_NAMES)}; available: "
                           f"{', '.join(CHECK_NAMES)}, all")
-    make_model, data, as_given = recipe_subject(recipe, mutation=mutation, out_dir=out_dir, progress=progress)
+    if data_path and not data_path.endswith(".pt"):  # an image folder (train/ and val/ class folders)
+        recipe = apply_overrides(recipe, {"data.dataset": "imagefolder", "data.root": data_path})
+    if data_path and data_path.endswith(".pt"):
+        make_model, data, as_given = tensor_subject(recipe, data_path, out_dir)
+    else:
+        make_model, data, as_given = recipe_subject(recipe, mutation=mutation, out_dir=out_dir, progress=progress)
     if model_spec:
         user = user_model(model_spec, data.num_classes)
         make_model = (lambda: mutation.model(user())) if mutation is not None and mutation.model else user
     results = run_checks(make_model, data, [n for n in CHECKS if which in ("all", n)], progress=progress)
     if which in ("all", "recipe-audit"):
-        results.append(recipe_audit(as_given, make_model(), len(data.source.train_images)))
+        results.append(recipe_audit(as_given, make_model(), len(data.source.train_images) if data.source else None))
     return results
 
 
@@ -64,7 +88,7 @@ def format_results(results: list[CheckResult]) -> str:
 
 
 def diagnose(recipe: Recipe, which: str, model_spec: str | None = None, as_json: bool = False,
-             out_dir: str | None = None, bug: str | None = None) -> int:
+             out_dir: str | None = None, bug: str | None = None, data_path: str | None = None) -> int:
     out = Path(out_dir) if out_dir else Path(recipe.run.out_dir) / f"diagnose-{recipe.name}"
     mutation = None
     if bug:
@@ -73,7 +97,7 @@ def diagnose(recipe: Recipe, which: str, model_spec: str | None = None, as_json:
         print(f"planted bug {bug!r}: {get_bug(bug).what}")
     t0 = time.perf_counter()
     results = run_diagnosis(recipe, which, model_spec=model_spec, mutation=mutation, out_dir=out,
-                            progress=not as_json)
+                            progress=not as_json, data_path=data_path)
     if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=1, default=str))
     else:

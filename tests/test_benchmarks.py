@@ -1,0 +1,35 @@
+"""The GPU benchmark scripts run (slowly) on CPU with tiny settings, so a broken script is caught here."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGENETTE = ROOT.parent / "shared" / "datasets" / "imagenette"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_vs_timm_tiny_step_benchmark(tmp_path):
+    out = tmp_path / "vs_timm.json"
+    assert _load("vs_timm").main(["--tiny", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["steps"]
+    assert {r["side"] for r in rows} == {"timm", "ours"} and all(r["img_per_s"] > 0 for r in rows)
+    assert "ratio_vs_timm_same_compile" in next(r for r in rows if r["side"] == "ours")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not IMAGENETTE.exists(), reason="needs ../shared/datasets/imagenette")
+def test_vs_timm_tiny_end_to_end(tmp_path):
+    out = tmp_path / "vs_timm.json"
+    assert _load("vs_timm").main(["--tiny", "--end-to-end", "--workers", "0", "--e2e-img", "32",
+                                  "--data-root", str(IMAGENETTE), "--json", str(out)]) == 0
+    e2e = json.loads(out.read_text())["end_to_end"]
+    assert [r["pipeline"] for r in e2e] == ["timm pipeline", "reproscope cached device path"]

@@ -58,7 +58,7 @@ def test_every_reduced_recipe_has_a_parent_and_reasons():
     reduced = [r for r in list_recipes() if r.parent]
     subsets = {"imagenette", "tinyimagenet", "cifar10", "cifar100"}
     for paper in ("dyt", "kat", "mambaout"):
-        assert {r.name.rsplit("-", 1)[1] for r in reduced if r.name.startswith(paper)} == subsets
+        assert {r.name.rsplit("-", 1)[1] for r in reduced if r.name.startswith(paper)} - {"cpu"} == subsets
     for r in reduced:
         rows = deviation_log(r)
         assert rows and all(x["reason"] for x in rows), r.name

@@ -122,7 +122,7 @@ def cmd_compare(args) -> int:
 def cmd_zoo(args) -> int:
     from .checks.zoo import BUGS, CORRECT_RECIPES, get_bug, zoo_table
     bugs = [get_bug(b) for b in args.bug] if args.bug else BUGS
-    table, ok = zoo_table(bugs, () if args.no_correct else CORRECT_RECIPES)
+    table, ok = zoo_table(bugs, () if args.no_correct else (args.correct or CORRECT_RECIPES))
     print(table)
     return 0 if ok else 1
 
@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "detection table (and check the correct recipes for false alarms)")
     z.add_argument("--bug", action="append", default=None, metavar="NAME", help="only these bugs (repeatable)")
     z.add_argument("--no-correct", action="store_true", help="skip the correct recipes")
+    z.add_argument("--correct", action="append", default=None, metavar="RECIPE",
+                   help="only these correct recipes (repeatable; default: every built-in-data recipe)")
     z.set_defaults(fn=cmd_zoo)
 
     k = sub.add_parser("keys", help="every configurable key with its accepted values")

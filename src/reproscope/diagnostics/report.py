@@ -104,7 +104,8 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
          f"{first.config['sched']['epochs'] * first.images_per_epoch / 1e6:.2f}M "
          f"({first.images_per_epoch:,} per epoch)")
     hours = sum(r.device_hours for r in runs)
-    both("device-hours (all runs)", "not stated", f"{hours:.2f} h on {first.device} ({len(runs)} runs)")
+    both("device-hours (all runs)", "not stated", f"{hours:.2f} h on {first.device} ({len(runs)} runs; median "
+                                                     f"epoch time x epochs)")
     both("precision", p.precision.amp if p else "-", first.config["precision"]["amp"])
     blocks += [("h", "Setup: paper vs ours"), ("table", ["", "paper", "ours"], rows)]
 

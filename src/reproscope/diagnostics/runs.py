@@ -67,7 +67,10 @@ class RunRecord:
 
     @property
     def device_hours(self) -> float:
-        return sum(self.epoch_times) / 3600
+        """Median epoch time x epochs run: robust to a run that was paused or shared its machine for a while."""
+        if not self.epoch_times:
+            return 0.0
+        return statistics.median(self.epoch_times) * len(self.epoch_times) / 3600
 
     @property
     def device(self) -> str:

@@ -27,7 +27,7 @@ class Claim:
 CLAIMS = {
     "dyt": Claim("Replacing every normalization layer with DyT(x) = gamma * tanh(alpha x) + beta matches or beats "
                  "LayerNorm (paper, Table 1: ViT-B 82.3 -> 82.5, ViT-L 83.1 -> 83.6 ImageNet-1K top-1).",
-                 {"model.norm": "dyt", "model.dyt_squash": "tanh"}, {"model.norm": "ln"}),
+                 {"model.norm": "dyt", "model.dyt_squash": "tanh", "model.dyt_alpha0": 0.5}, {"model.norm": "ln"}),
     "kat": Claim("GR-KAN MLPs beat the GELU MLP of a ViT of the same size (paper, Table 5: DeiT-T 72.2 -> KAT-T 74.6).",
                  {"model.name": "kat_tiny"}, {"model.name": "vit_tiny"}),
     "mambaout": Claim("Gated CNN blocks without SSM (MambaOut-Femto, 78.9) beat DeiT-T (72.2) at similar size "
@@ -151,7 +151,9 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
                         str(kinds.get("rollback", 0)), where])
     blocks.append(("table", ["run", "non-finite", "loss spikes", "rollbacks", "note"], ev_rows))
     blocks.append(("img", gn, "Global gradient norm (before clipping), mean over seeds."))
-    for g in groups:
+    probe_groups = ([g for g in groups if claim and (_matches(g, claim.method) or _matches(g, claim.baseline))]
+                    or groups)[:2]  # the method and its baseline: keeps the PDF within its page limit
+    for g in probe_groups:
         for fig in ("dyt_fig8_alpha.png", "dyt_fig2_norm_curves.png"):
             src = g.first.path / "figures" / fig
             if src.exists():

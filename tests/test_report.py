@@ -67,3 +67,16 @@ def test_welch_interval():
     assert d == 0 and lo < 0 < hi
     d, lo, hi = welch([10.0, 10.1, 9.9], [1.0, 1.1, 0.9])
     assert lo > 8.5 and hi < 9.5
+
+
+def test_note_to_pdf(tmp_path, capsys):
+    note = tmp_path / "note.md"
+    note.write_text("# A note\n\nDyT(x) = gamma * tanh(alpha x), **bold**, [link](x.md).\n\n## Results\n\n"
+                    "| a | b |\n|---|---|\n| 1 | 2 |\n\n- a bullet\n\n```\nreproscope train\n```\n")
+    from reproscope.diagnostics.report import markdown_blocks
+    blocks = markdown_blocks(note.read_text())
+    assert [b[0] for b in blocks] == ["title", "p", "h", "table", "p", "code"]
+    assert blocks[1][1] == "DyT(x) = gamma * tanh(alpha x), bold, link."
+    assert blocks[3][1:] == (["a", "b"], [["1", "2"]])
+    assert main(["note", str(note)]) == 0
+    assert (tmp_path / "note.pdf").read_bytes().startswith(b"%PDF")

@@ -114,6 +114,11 @@ def cmd_report(args) -> int:
     return report(args.run_dirs, args.out)
 
 
+def cmd_note(args) -> int:
+    from .diagnostics.report import note_to_pdf
+    return note_to_pdf(args.path)
+
+
 def cmd_compare(args) -> int:
     from .diagnostics.compare import compare
     return compare(args.run_a, args.run_b, args.rtol, args.out)
@@ -188,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     rp.add_argument("--out", default=None, metavar="DIR", help="output folder (default ./report)")
     rp.set_defaults(fn=cmd_report)
+
+    nt = sub.add_parser("note", help="render a hand-written reproduction note (Markdown) as a PDF beside it")
+    nt.add_argument("path", metavar="NOTE.md")
+    nt.set_defaults(fn=cmd_note)
 
     cp = sub.add_parser("compare", help="config diff, metric table, first step where the training losses diverge, "
                                         "and an overlay plot of two runs")

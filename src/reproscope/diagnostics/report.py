@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
-from .runs import REPEAT_KEYS, Group, RunRecord, group_runs, load_run, welch
+from .runs import Group, RunRecord, group_runs, is_science, load_run, welch
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
     for g in groups:
         for dv in g.first.deviations:
             key = (dv["key"], str(dv["value"]))
-            if dv["key"] in REPEAT_KEYS:  # seeds, threads, progress bars: not deviations of the science
+            if not is_science(dv["key"]):  # seeds, threads, progress bars, probes: not deviations of the science
                 continue
             if key not in seen:
                 seen.add(key)
@@ -181,10 +181,17 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
     blocks += [("h", "Environment"),
                ("p", f"python {env.get('python', '?')}, torch {env.get('torch', '?')}, torchvision "
                      f"{env.get('torchvision', '?')}, device {first.device}, CUDA {env.get('cuda') or '-'}, "
-                     f"git {env.get('git_commit', '?')}, {env.get('platform', '?')}.")]
+                     f"{env.get('platform', '?')}; git commit of each run: {_commits(runs)}.")]
     blocks += [("h", "Commands that reproduce every number"),
                ("code", [r.command for r in runs] + [command])]
     return blocks
+
+
+def _commits(runs: list[RunRecord]) -> str:
+    by: dict[str, list[str]] = {}
+    for r in runs:
+        by.setdefault(str(r.env.get("git_commit", "?"))[:12], []).append(r.name)
+    return "; ".join(f"{c} ({', '.join(n)})" for c, n in by.items())
 
 
 _FIG_CAPTIONS = {"dyt_fig8_alpha.png": "DyT alpha against 1/std of each DyT layer's input over training (DyT Fig. 8)",
@@ -245,8 +252,8 @@ def to_markdown(blocks: list[tuple], out: Path) -> str:
     return "\n".join(lines)
 
 
-def to_pdf(blocks: list[tuple], path: Path, font_size: float = 8.5) -> int:
-    """Render with fpdf2; returns the page count (shrinks the text once if it runs past MAX_PAGES)."""
+def to_pdf(blocks: list[tuple], path: Path, font_size: float = 8.5, max_pages: int | None = MAX_PAGES) -> int:
+    """Render with fpdf2; returns the page count (shrinks the text while it runs past ``max_pages``)."""
     from fpdf import FPDF
     from fpdf.fonts import FontFace
     pdf = FPDF(format="A4")
@@ -258,12 +265,13 @@ def to_pdf(blocks: list[tuple], path: Path, font_size: float = 8.5) -> int:
         kind = b[0]
         if kind == "title":
             pdf.set_font("Helvetica", "B", font_size + 5)
-            pdf.multi_cell(width, 7, _latin1(b[1]), **NL)
+            pdf.multi_cell(width, 7, _latin1(b[1]), align="L", **NL)
         elif kind == "h":
             pdf.ln(1.5)
             pdf.set_font("Helvetica", "B", font_size + 2)
-            pdf.multi_cell(width, 5.5, _latin1(b[1]), **NL)
+            pdf.multi_cell(width, 5.5, _latin1(b[1]), align="L", **NL)
         elif kind == "p":
+            pdf.ln(0.8)
             pdf.set_font("Helvetica", "", font_size)
             pdf.multi_cell(width, font_size * 0.45, _latin1(b[1]), align="L", **NL)
         elif kind == "table":
@@ -284,8 +292,8 @@ def to_pdf(blocks: list[tuple], path: Path, font_size: float = 8.5) -> int:
             pdf.set_font("Courier", "", font_size - 2)
             for line in b[1]:
                 pdf.multi_cell(width, font_size * 0.4, _latin1(line), **NL)
-    if pdf.pages_count > MAX_PAGES and font_size > 6.5:
-        return to_pdf(blocks, path, font_size - 1)
+    if max_pages and pdf.pages_count > max_pages and font_size > 6.5:
+        return to_pdf(blocks, path, font_size - 1, max_pages)
     pdf.output(str(path))
     return pdf.pages_count
 
@@ -302,6 +310,73 @@ def _latin1(s: str) -> str:
                  "\u03b1": "alpha", "\u03b3": "gamma", "\u03b2": "beta", "\u2014": "-", "\u2013": "-"}.items():
         s = s.replace(a, b)
     return s.encode("latin-1", "replace").decode("latin-1")
+
+
+def markdown_blocks(text: str) -> list[tuple]:
+    """The subset of Markdown our notes use -> report blocks: '#'/'##' headings, paragraphs and
+    bullets, pipe tables, fenced code. Emphasis markers and links are flattened to plain text."""
+    import re
+
+    def plain(t: str) -> str:
+        t = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", t)  # [text](link) -> text
+        t = re.sub(r"\*\*(\S(?:[^*]*\S)?)\*\*", r"\1", t)  # **bold**
+        t = re.sub(r"(?<![\w*])\*(\S(?:[^*]*\S)?)\*(?![\w*])", r"\1", t)  # *italic*, not a * b or runs/*
+        return t.replace("`", "")
+    blocks, para, table, code = [], [], [], None
+    lines = text.splitlines()
+
+    def flush():
+        if para:
+            blocks.append(("p", plain(" ".join(para))))
+            para.clear()
+        if table:
+            rows = [[plain(c.strip()) for c in r.strip().strip("|").split("|")] for r in table
+                    if not set(r.replace("|", "").strip()) <= set("-: ")]
+            blocks.append(("table", rows[0], rows[1:]))
+            table.clear()
+    for line in lines:
+        if code is not None:
+            if line.startswith("```"):
+                blocks.append(("code", code))
+                code = None
+            else:
+                code.append(line)
+            continue
+        if line.startswith("```"):
+            flush()
+            code = []
+        elif line.startswith("# "):
+            flush()
+            blocks.append(("title", plain(line[2:])))
+        elif line.startswith("## "):
+            flush()
+            blocks.append(("h", plain(line[3:])))
+        elif line.startswith("|"):
+            if para:
+                flush()
+            table.append(line)
+        elif not line.strip():
+            flush()
+        elif line.startswith("- "):
+            flush()
+            para.append("- " + line[2:].strip())
+        else:
+            if table:
+                flush()
+            para.append(line.strip())
+    flush()
+    return blocks
+
+
+def note_to_pdf(md_path: str) -> int:
+    """`reproscope note FILE.md`: the hand-written reproduction note as FILE.pdf, with the report's renderer."""
+    src = Path(md_path)
+    if not src.exists():
+        raise ConfigError(f"{src}: no such note")
+    out = src.with_suffix(".pdf")
+    pages = to_pdf(markdown_blocks(src.read_text()), out, max_pages=None)
+    print(f"{out} ({pages} pages)")
+    return 0
 
 
 def report(run_dirs: list[str], out_dir: str | None = None) -> int:

@@ -17,6 +17,11 @@ REPEAT_KEYS = ("run.seed", "run.out_dir", "run.threads", "run.progress", "run.lo
                "run.keep_last", "data.workers", "data.cache_dir")
 
 
+def is_science(key: str) -> bool:
+    """Config keys that can change a result: not seeds, threads, logging or instrumentation settings."""
+    return key not in REPEAT_KEYS and not key.startswith(("run.", "instrument."))
+
+
 @dataclass
 class RunRecord:
     path: Path
@@ -91,7 +96,7 @@ class RunRecord:
         return out
 
     def variant_key(self) -> tuple:
-        return tuple(sorted((k, json.dumps(v)) for k, v in self.flat_config().items() if k not in REPEAT_KEYS))
+        return tuple(sorted((k, json.dumps(v)) for k, v in self.flat_config().items() if is_science(k)))
 
 
 def _read_json(path: Path, default):
@@ -156,12 +161,12 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
     for g in out:
         g.runs.sort(key=lambda r: r.seed)
     flat = [g.first.flat_config() for g in out]
-    varying = sorted({k for f in flat for k in f if k not in REPEAT_KEYS and len({json.dumps(x.get(k)) for x in flat}) > 1})
+    varying = sorted({k for f in flat for k in f if is_science(k) and len({json.dumps(x.get(k)) for x in flat}) > 1})
     for g, f in zip(out, flat):
         m = f.get("model.name", "?")
         norm = f.get("model.norm", "default")
-        extra = [f"{k.split('.')[-1]}={f[k]}" for k in varying if k not in ("model.name", "model.norm", "name",
-                                                                             "description")]
+        extra = [f"{k.split('.')[-1]}={f.get(k)}" for k in varying if k not in ("model.name", "model.norm")
+                 and not (k.startswith("model.dyt_") and norm != "dyt")]  # DyT settings mean nothing for LN
         g.label = f"{m}" + (f" ({norm})" if norm != "default" else "") + (f" [{', '.join(extra)}]" if extra else "")
     return out
 

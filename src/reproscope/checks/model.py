@@ -3,8 +3,10 @@
 Thresholds, and why (measured on every registered model at 32 px by ``tests/test_checks.py``):
 - loss-at-init: loss / ln K within 0.8-1.25 passes (healthy models: 0.97-1.27; MambaOut-T's
   logits start at std ~1), beyond 0.6-1.6 fails.
-- init-scale: block output std within 3 sqrt(depth) of the stream entering block 0 (a pre-norm
-  residual stream with unit branches grows like sqrt(depth)); weight gain std * sqrt(fan_in) <= 3
+- init-scale: block output std within 3 sqrt(depth) of the stream entering the block's stage (a
+  pre-norm residual stream with unit branches grows like sqrt(depth); conv nets are compared stage by
+  stage, since their downsampling layers change the scale by design, e.g. ConvNeXt-DyT shrinks ~30x
+  over its stages at init without a norm to undo it); weight gain std * sqrt(fan_in) <= 3
   (He init is sqrt(2); our models stay <= 1.7, a 10x init gives >= 8); the median block's output
   correlates with its input >= 0.3 (residual blocks at init pass their input through: healthy
   models 0.9-1.0, a block without its skip connection ~0); at most 50% of the units of a squashing
@@ -46,6 +48,12 @@ def loss_at_init(make_model, data: CheckData) -> CheckResult:
         [] if status == "pass" else ["weights initialised with too large a std (logits far from 0)",
                                      "a missing or wrong final normalisation", "labels outside [0, K)"],
         {"loss": loss, "ln_k": expected, "logit_std": scale})
+
+
+def _stage(name: str) -> str:
+    """'blocks.3' -> 'blocks'; 'stages.1.blocks.2' and 'stages.1.2' -> 'stages.1'."""
+    prefix = name.rsplit(".", 1)[0]
+    return prefix[: -len(".blocks")] if prefix.endswith(".blocks") else prefix
 
 
 def weight_gains(model: nn.Module) -> dict[str, float]:
@@ -90,19 +98,27 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
             corr[n] = F.cosine_similarity((x - x.mean()).flatten().float(), (out - out.mean()).flatten().float(),
                                           dim=0).item()
 
-    hooks = [blocks[0][1].register_forward_pre_hook(
-        lambda m, args: stds.__setitem__("<input>", args[0].float().std().item()))]
+    # stages (conv nets) change width and resolution between groups of blocks: compare each block with
+    # the stream entering its own stage; a ViT has one stage
+    stage = {n: _stage(n) for n, _ in blocks}
+    firsts = {}
+    for n, m in blocks:
+        firsts.setdefault(stage[n], (n, m))
+    inputs: dict[str, float] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, st=st: inputs.__setitem__(st, args[0].float().std().item()))
+             for st, (_, m) in firsts.items()]
     hooks += [m.register_forward_hook(lambda m, i, o, n=n: block_hook(m, i, o, n)) for n, m in blocks]
     hooks += _saturation_hooks(model, sat)
     with torch.no_grad():
         model(data.x)
     for h in hooks:
         h.remove()
-    vals = list(stds.values())
-    ref = max(vals[0], 1e-12)
-    ratios = [v / ref for v in vals[1:]]
+    first_in = inputs[stage[blocks[0][0]]]
+    vals = [first_in] + list(stds.values())
+    ratios = [stds[n] / max(inputs[stage[n]], 1e-12) for n, _ in blocks]
     lo, hi = min(ratios), max(ratios)
-    factor = 3 * math.sqrt(len(blocks))
+    factor = 3 * math.sqrt(max(sum(1 for n, _ in blocks if stage[n] == st) for st in firsts))
+    stds = {"<input>": first_in, **stds}
     gains = weight_gains(model)
     big = {n: g for n, g in gains.items() if g > MAX_GAIN}
     skip = statistics.median(corr.values()) if corr else 1.0

@@ -105,9 +105,8 @@ def contact_sheet(data: CheckData, n: int = 32):
     """PNG grid of the first augmented training batch with its labels (min-max scaled per image for display)."""
     if data.out_dir is None or data.source is None:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..diagnostics.figures import _plt
+    plt = _plt()
     x, y = data.source.train_batch(0)
     x, y = x[:n].detach().float().cpu(), y[:n].detach().cpu()
     names = data.source.class_names

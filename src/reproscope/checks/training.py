@@ -287,9 +287,8 @@ def lr_range(make_model, data: CheckData, steps: int = 100, lo: float = 1e-7, hi
 def _plot_lr_range(data: CheckData, lrs, raw, smooth, suggest, lr_min):
     if data.out_dir is None or not smooth:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..diagnostics.figures import _plt
+    plt = _plt()
     data.out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(lrs, raw, color="0.75", lw=0.8, label="loss")

@@ -6,14 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .figures import _plt
 from .runs import Group
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def _band(ax, series: list[tuple[list, list]], label: str, color) -> None:

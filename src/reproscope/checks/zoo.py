@@ -143,7 +143,8 @@ def get_bug(name: str) -> Bug:
     for b in BUGS:
         if b.name == name:
             return b
-    raise ConfigError(f"unknown bug {name!r}{nearest(name, [b.name for b in BUGS])}")
+    names = [b.name for b in BUGS]
+    raise ConfigError(f"unknown bug {name!r}{nearest(name, names)}; the zoo has: {', '.join(names)}")
 
 
 def run_bug(bug: Bug | None, recipe_name: str | None = None, out_dir=None):

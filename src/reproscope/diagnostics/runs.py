@@ -115,12 +115,13 @@ def load_run(path: str | Path) -> RunRecord:
     rows = []
     metrics = p / "metrics.jsonl"
     if metrics.exists():
-        for i, line in enumerate(metrics.read_text().splitlines(), 1):
+        lines = metrics.read_text().splitlines()
+        for i, line in enumerate(lines, 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
-                    if i < len(metrics.read_text().splitlines()):  # only a torn last line is tolerated
+                    if i < len(lines):  # only a torn last line is tolerated
                         raise ConfigError(f"{metrics}:{i}: not valid JSON") from None
     train = [r for r in rows if r.get("kind") == "train" and "loss" in r]
     return RunRecord(

@@ -131,3 +131,26 @@ def test_diagnose_user_data_file(shapes, tmp_path, capsys):
     assert "not normalised" in capsys.readouterr().out
     torch.save([1, 2], tmp_path / "bad.pt")
     assert main(["diagnose", "data", "--data", str(tmp_path / "bad.pt")]) == 2
+
+
+def test_recipe_audit_alone_runs_no_other_check():
+    results = run_diagnosis(apply_overrides(get_recipe("quickstart"), SMALL_DATA), "recipe-audit")
+    assert [r.name for r in results] == ["recipe-audit"]
+
+
+def test_input_independent_names_a_slow_start(shapes):
+    """Outputs that start ~0 and stay there (a scale lost through depth) are called a slow start, not a data bug."""
+    class Tiny(torch.nn.Module):
+        def __init__(self, gain):
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 32 * 32, 10)
+            self.gain = gain
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)) * self.gain  # [B, 3, 32, 32] -> [B, 3072] -> [B, 10]
+
+    data = CheckData(shapes.x, shapes.y, 10, lr=1e-3)
+    slow = run_checks(lambda: Tiny(1e-6), data, ["input-independent"])[0]
+    assert slow.status == "fail" and "slow start" in slow.causes[0], slow.causes
+    normal = run_checks(lambda: Tiny(1.0), data, ["input-independent"])[0]  # it learns (and overfits 128 images)
+    assert not any("slow start" in c for c in normal.causes), normal.causes

@@ -185,7 +185,7 @@ def block_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def run_checks(make_model, data: CheckData, names: list[str] | None = None, progress: bool = False) -> list[CheckResult]:
     """Run the model/data checks (all by default) and return their results."""
     out = []
-    names = names or list(CHECKS)
+    names = list(CHECKS) if names is None else names
     for name in names:
         if progress:
             print(f"  running {name} ...", flush=True)

@@ -207,11 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(fn=cmd_compare)
 
     z = sub.add_parser("zoo", help="plant each classic bug in a correct recipe, run `diagnose all`, print the "
-                                    "detection table (and check the correct recipes for false alarms)")
+                                    "detection table (and check the built-in recipes for false alarms; a recipe with a known finding, "
+                                    "e.g. dyt-convnext_tiny's slow start, must show exactly that finding)")
     z.add_argument("--bug", action="append", default=None, metavar="NAME", help="only these bugs (repeatable)")
     z.add_argument("--no-correct", action="store_true", help="skip the correct recipes")
     z.add_argument("--correct", action="append", default=None, metavar="RECIPE",
-                   help="only these correct recipes (repeatable; default: every built-in-data recipe)")
+                   help="only these built-in recipes (repeatable; default: every built-in-data recipe)")
     z.set_defaults(fn=cmd_zoo)
 
     k = sub.add_parser("keys", help="every configurable key with its accepted values")

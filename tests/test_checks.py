@@ -154,3 +154,15 @@ def test_input_independent_names_a_slow_start(shapes):
     assert slow.status == "fail" and "slow start" in slow.causes[0], slow.causes
     normal = run_checks(lambda: Tiny(1.0), data, ["input-independent"])[0]  # it learns (and overfits 128 images)
     assert not any("slow start" in c for c in normal.causes), normal.causes
+
+
+def test_recipe_checks_leave_no_temporary_folders():
+    import gc
+    import glob
+    import tempfile
+    pattern = f"{tempfile.gettempdir()}/reproscope-checks-*"
+    before = set(glob.glob(pattern))
+    results = run_diagnosis(apply_overrides(get_recipe("quickstart"), SMALL_DATA), "determinism")
+    assert results[0].status == "pass"
+    gc.collect()
+    assert set(glob.glob(pattern)) == before

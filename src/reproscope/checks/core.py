@@ -89,6 +89,7 @@ class CheckData:
     source: DataSource | None = None
     runner: Callable[[nn.Module, bool], Run] | None = None  # (model, clean) -> Run; clean = no aug/smoothing
     out_dir: Path | None = None  # where checks write figures (contact sheet, lr sweep)
+    workdir: object = None  # a TemporaryDirectory owned by this data (the runs' folders), if any
 
     def run(self, model: nn.Module, clean: bool = False) -> Run:
         return self.runner(model, clean) if self.runner is not None else ReferenceRun(model, self, clean)

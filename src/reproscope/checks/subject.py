@@ -110,8 +110,10 @@ def recipe_subject(recipe: Recipe, *, mutation: Mutation | None = None, make_mod
     if mutation is not None and mutation.datasets is not None:
         train, val = mutation.datasets(train, val)
     k = recipe.data.num_classes or train.num_classes
-    if workdir is None:
-        workdir = Path(tempfile.mkdtemp(prefix="reproscope-checks-"))
+    tmp = None
+    if workdir is None:  # removed when the CheckData is garbage-collected, or at exit
+        tmp = tempfile.TemporaryDirectory(prefix="reproscope-checks-")
+        workdir = Path(tmp.name)
 
     base_factory = make_model or (lambda: build_model(recipe, k))
 
@@ -133,4 +135,5 @@ def recipe_subject(recipe: Recipe, *, mutation: Mutation | None = None, make_mod
                         class_names=list(train.classes))
     data = CheckData(x.cpu(), y.cpu(), k, recipe.reg.label_smoothing, lr=recipe.optim.lr,
                      val_x=val_x.cpu(), val_y=val_y.cpu(), source=source, runner=runner, out_dir=out_dir)
+    data.workdir = tmp  # keeps the temporary run folders alive as long as the checks can use them
     return factory, data, as_given

@@ -165,4 +165,4 @@ def test_recipe_checks_leave_no_temporary_folders():
     results = run_diagnosis(apply_overrides(get_recipe("quickstart"), SMALL_DATA), "determinism")
     assert results[0].status == "pass"
     gc.collect()
-    assert set(glob.glob(pattern)) == before
+    assert not set(glob.glob(pattern)) - before  # (folders of earlier tests' data may go meanwhile)

@@ -19,23 +19,17 @@ import time
 from reproscope.checks import recipe_subject
 from reproscope.checks.core import fresh
 from reproscope.checks.zoo import ZOO_RECIPE_OVERRIDES
-from reproscope.config import apply_overrides
+from reproscope.config import ConfigError, apply_overrides
 from reproscope.recipes import get_recipe
 
 VARIANTS = ["", "model.norm=ln", "model.dyt_alpha0=1.2", "optim.lr=4e-3"]
 
 
-def parse(spec: str) -> dict:
-    out = dict(ZOO_RECIPE_OVERRIDES)
-    for kv in filter(None, spec.split(",")):
-        k, v = kv.split("=")
-        out[k] = float(v) if v[0].isdigit() else v
-    return out
-
-
 def main(specs: list[str], recipe: str = "dyt-convnext_tiny", steps: int = 200) -> None:
     for spec in specs:
-        make_model, data, _ = recipe_subject(apply_overrides(get_recipe(recipe), parse(spec)))
+        recipe_at_zoo_scale = apply_overrides(get_recipe(recipe), ZOO_RECIPE_OVERRIDES)
+        # spec: comma-separated KEY=VALUE, parsed and validated as `--set` is
+        make_model, data, _ = recipe_subject(apply_overrides(recipe_at_zoo_scale, [kv for kv in spec.split(",") if kv]))
         run = data.run(fresh(make_model))
         t, losses = time.time(), []
         for i in range(steps):
@@ -48,4 +42,7 @@ def main(specs: list[str], recipe: str = "dyt-convnext_tiny", steps: int = 200) 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or VARIANTS)
+    try:
+        main(sys.argv[1:] or VARIANTS)
+    except ConfigError as e:
+        sys.exit(f"convnext_dyt_plateau.py: {e}")

@@ -134,6 +134,6 @@ def recipe_subject(recipe: Recipe, *, mutation: Mutation | None = None, make_mod
                         val_batch=lambda: t.val_loader.make_batch(val_idx),
                         class_names=list(train.classes))
     data = CheckData(x.cpu(), y.cpu(), k, recipe.reg.label_smoothing, lr=recipe.optim.lr,
-                     val_x=val_x.cpu(), val_y=val_y.cpu(), source=source, runner=runner, out_dir=out_dir)
-    data.workdir = tmp  # keeps the temporary run folders alive as long as the checks can use them
+                     val_x=val_x.cpu(), val_y=val_y.cpu(), source=source, runner=runner, out_dir=out_dir,
+                     workdir=tmp)  # the data owns the temporary run folders: they live as long as it does
     return factory, data, as_given

@@ -31,8 +31,9 @@ def reference_grad_norm(model, x, y) -> float:
 @check("overfit-batch")
 def overfit_batch(make_model, data: CheckData, steps: int = 150, batch: int = 16) -> CheckResult:
     """One fixed small batch through the training step, no augmentation/dropout/drop path/label smoothing:
-    loss -> ~0 and 100% accuracy (stops early once the loss is < 0.05 and eval accuracy 100%). Steps 2 and 3 also compare the gradient the step used with the
-    gradient of that step's loss computed afresh: a difference means gradients leak between steps."""
+    loss -> ~0 and 100% accuracy (stops early once the loss is < 0.05 and eval accuracy 100%). Steps 2
+    and 3 also compare the gradient the step used with the gradient of that step's loss computed
+    afresh: a difference means gradients leak between steps."""
     from ..instrument.hooks import ActivationStats, parameter_norms
     model = fresh(make_model)
     run = data.run(model, clean=True)
@@ -131,22 +132,19 @@ def scale_changes(first: dict, last: dict, factor: float = 100.0) -> list[str]:
     return out
 
 
-def _eval_loss_acc(model, x, y) -> tuple[float, float]:
+def _eval_logits(model, x) -> torch.Tensor:
+    """Logits in eval mode, without gradients; the model's train/eval mode is restored."""
     was = model.training
     model.eval()
     with torch.no_grad():
         logits = model(x).float()
     model.train(was)
+    return logits
+
+
+def _eval_loss_acc(model, x, y) -> tuple[float, float]:
+    logits = _eval_logits(model, x)
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
-
-
-def _logit_std(model, x) -> float:
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        s = model(x).float().std().item()
-    model.train(was)
-    return s
 
 
 @check("input-independent")
@@ -161,7 +159,7 @@ def input_independent(make_model, data: CheckData, max_steps: int = 300, every: 
     dev = _device(run.model)
     vx, vy = (t.to(dev) for t in data.held_out())
     margin = 0.05 * math.log(data.num_classes)
-    std0 = _logit_std(run.model, vx)
+    std0 = _eval_logits(run.model, vx).std().item()
     losses, real, zero = [], (math.inf, 0.0), (math.inf, 0.0)
     for i in range(max_steps):
         losses.append(run.step().loss)
@@ -179,12 +177,13 @@ def input_independent(make_model, data: CheckData, max_steps: int = 300, every: 
     if not ok:
         if not math.isfinite(losses[-1]):
             causes.append("the training loss became non-finite: see overfit-batch and lr-range")
-        elif last > 0.95 * first and std0 < 1e-2 and _logit_std(run.model, vx) < 0.1:
+        elif (last > 0.95 * first and std0 < 1e-2
+              and (std_end := _eval_logits(run.model, vx).std().item()) < 0.1):
             causes.append(f"the training loss did not fall ({first:.3f} -> {last:.3f}) and the outputs hardly "
-                          f"left zero (logit std {std0:.2g} at init, {_logit_std(run.model, vx):.2g} after "
-                          f"{len(losses)} steps): a slow start that hides any data bug, if the lr is sane (see lr-range) - activations shrink through depth "
-                          "at init (e.g. DyT or no normalisation where LayerNorm used to rescale each stage), so "
-                          "the net is nearly linear and Adam needs many steps to grow the scales. Train longer, "
+                          f"left zero (logit std {std0:.2g} at init, {std_end:.2g} after {len(losses)} steps): a "
+                          "slow start that hides any data bug, if the lr is sane (see lr-range) - activations "
+                          "shrink through depth at init (e.g. DyT or no normalisation where LayerNorm used to "
+                          "rescale each stage), so the net is nearly linear and Adam needs many steps to grow the scales. Train longer, "
                           "or raise the init scale (DyT alpha0, layer scale, head init); init-scale and "
                           "loss-at-init show the scales")
         elif last > 0.95 * first:
@@ -297,10 +296,11 @@ def lr_range(make_model, data: CheckData, steps: int = 100, lo: float = 1e-7, hi
         warns.append(f"the configured lr {data.lr:g} is {data.lr / lr_min:.3g}x past the sweep's loss minimum "
                      f"({lr_min:.2g}; it diverged at {diverge:.2g}); the minimum of a {steps}-step sweep is noisy, "
                      "but consider a lower lr")
-    floor = min(diverge, hi) * 1e-6
+    ceiling = min(diverge, hi)  # a sweep that never diverged is judged against its top lr
+    floor = ceiling * 1e-6
     if data.lr < floor:
-        causes.append(f"the configured lr {data.lr:g} is {min(diverge, hi) / data.lr:.3g}x below the lr where the "
-                      f"sweep diverged ({min(diverge, hi):.2g}): lr too low, training will barely move")
+        causes.append(f"the configured lr {data.lr:g} is {ceiling / data.lr:.3g}x below the lr where the "
+                      f"sweep diverged ({ceiling:.2g}): lr too low, training will barely move")
     fig = _plot_lr_range(data, lrs[:len(smooth)], raw, smooth, suggest, lr_min, diverge)
     return CheckResult(
         "lr-range", "fail" if causes else "warn" if warns else "pass",

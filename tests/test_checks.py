@@ -166,3 +166,8 @@ def test_recipe_checks_leave_no_temporary_folders():
     assert results[0].status == "pass"
     gc.collect()
     assert not set(glob.glob(pattern)) - before  # (folders of earlier tests' data may go meanwhile)
+
+
+def test_zoo_refuses_an_unknown_recipe_before_running(capsys):
+    assert main(["zoo", "--bug", "frozen-block", "--correct", "dyt-convnext_tny"]) == 2
+    assert "did you mean 'dyt-convnext_tiny'" in capsys.readouterr().err

@@ -126,8 +126,12 @@ def cmd_compare(args) -> int:
 
 def cmd_zoo(args) -> int:
     from .checks.zoo import BUGS, CORRECT_RECIPES, get_bug, zoo_table
+    from .recipes import get_recipe
     bugs = [get_bug(b) for b in args.bug] if args.bug else BUGS
-    table, ok = zoo_table(bugs, () if args.no_correct else (args.correct or CORRECT_RECIPES))
+    recipes = () if args.no_correct else (args.correct or CORRECT_RECIPES)
+    for name in recipes:  # a misspelt --correct fails now, not after the bug rows have run
+        get_recipe(name)
+    table, ok = zoo_table(bugs, recipes)
     print(table)
     return 0 if ok else 1
 

@@ -17,3 +17,24 @@ TINY = {
 def tiny_recipe(tmp_path):
     """The quickstart shrunk to seconds: 320 images, 2 epochs, 10 steps per epoch."""
     return apply_overrides(get_recipe("quickstart"), {**TINY, "run.out_dir": str(tmp_path / "runs")})
+
+
+def zero_true_gradient(name: str, param: torch.Tensor) -> torch.Tensor:
+    """Mask of the elements of ``param`` whose true gradient is exactly zero, so that any gradient
+    they get is rounding noise: the key slice of an attention ``qkv.bias`` (softmax ignores a constant
+    added to every key). AdamW normalises that noise into lr-sized steps of random sign, so two code
+    paths that agree on every gradient still disagree there after a few steps, by an amount that
+    depends on the torch build. Tests that compare weights after optimizer steps skip these."""
+    mask = torch.zeros_like(param, dtype=torch.bool)
+    if name.endswith("qkv.bias"):
+        c = param.shape[0] // 3
+        mask[c:2 * c] = True
+    return mask
+
+
+def assert_weights_match(a: dict, b: dict, rtol: float, atol: float) -> None:
+    """Every weight of two state dicts agrees, except elements with a zero true gradient (see above)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        keep = ~zero_true_gradient(k, a[k])
+        torch.testing.assert_close(b[k][keep], a[k][keep], rtol=rtol, atol=atol, msg=lambda m: f"{k}: {m}")

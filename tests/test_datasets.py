@@ -1,5 +1,6 @@
 """Disk datasets: every layout from small generated files, the cache, and errors that name the file."""
 
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -12,6 +13,7 @@ from PIL import Image
 from reproscope.cli import main
 from reproscope.config import DataConfig
 from reproscope.train.data import build_datasets
+from reproscope.train import folders
 from reproscope.train.folders import DataError, imagenet100_classes
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -74,8 +76,7 @@ def test_tiny_imagenet_official_layout(tmp_path):
     assert len(tr) == 4 and va.labels.tolist() == [1, 0, 1]
 
 
-def test_cifar_binary_and_folder_layouts(tmp_path):
-    base = tmp_path / "bin" / "cifar-10-batches-py"
+def _fake_cifar10(base):
     base.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
@@ -83,6 +84,27 @@ def test_cifar_binary_and_folder_layouts(tmp_path):
             pickle.dump({b"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}, f)
     with open(base / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in base.iterdir()}
+
+
+def test_cifar_batches_with_another_checksum_are_never_unpickled(tmp_path):
+    base = tmp_path / "bin" / "cifar-10-batches-py"
+    _fake_cifar10(base)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    with open(base / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": Payload()}, f)
+    with pytest.raises(DataError, match="official checksum") as e:
+        build_datasets(_cfg(tmp_path, "cifar10", tmp_path / "bin"), progress=False)
+    assert str(base / "data_batch_3") in str(e.value) and not marker.exists()
+
+
+def test_cifar_binary_and_folder_layouts(tmp_path, monkeypatch):
+    md5 = _fake_cifar10(tmp_path / "bin" / "cifar-10-batches-py")
+    monkeypatch.setattr(folders, "cifar_md5", lambda num_classes: md5)  # our fake batches' own checksums
     tr, va = build_datasets(_cfg(tmp_path, "cifar10", tmp_path / "bin"), progress=False)
     assert tr.images.shape == (20, 3, 32, 32) and len(va) == 4 and len(tr.classes) == 10
     _folder(tmp_path / "folders", classes=("cat", "dog"), splits=("train", "test"))

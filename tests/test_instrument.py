@@ -203,7 +203,7 @@ def test_paper_figure_probes_write_pngs(tmp_path, recipe_name, png):
     train(r, run_dir=tmp_path / "run")
     fig = tmp_path / "run" / "figures" / png
     assert fig.is_file() and fig.stat().st_size > 5000
-    probes = torch.load(tmp_path / "run" / "figures" / "probes.pt", weights_only=False)
+    probes = torch.load(tmp_path / "run" / "figures" / "probes.pt", weights_only=True)
     if recipe_name.startswith("kat"):
         rec = probes["kat"]["blocks.0.mlp.layer1"]
         assert rec["fit_range"] == (-3.0, 3.0) and rec["in_min"] < rec["in_max"] and rec["var_ratio"] > 0

@@ -28,7 +28,8 @@ def cmd_train(args) -> int:
     if args.skip_corrupt:
         recipe = apply_overrides(recipe, {"data.skip_corrupt": True})
     trainer, metrics = train(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
-                             overrides=args.overrides if args.resume else None, download=args.download)
+                             overrides=args.overrides if args.resume else None, download=args.download,
+                             trust_pickle=args.trust_pickle, weights=args.weights)
     rd = trainer.run_dir
     if trainer.tripped is not None:
         print(f"run stopped: {trainer.stop_reason}; see the report above and {rd / 'metrics.jsonl'}")
@@ -104,7 +105,7 @@ def cmd_diagnose(args) -> int:
         from .diagnostics.replay import replay
         if not args.path:
             raise ConfigError("usage: reproscope diagnose replay PATH (a nonfinite-stepN.pt reproducer)")
-        return replay(args.path)
+        return replay(args.path, trust_pickle=args.trust_pickle)
     from .diagnostics.diagnose import diagnose
     return diagnose(resolved_recipe(args), args.check, args.model, args.json, args.out, args.bug, args.data)
 
@@ -144,7 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(t)
     t.add_argument("--run-dir", default=None, help="run directory (default: runs/<recipe>-<timestamp>)")
     t.add_argument("--resume", default=None, metavar="PATH|auto",
-                   help="continue from a checkpoint file, a run directory, or 'auto' (newest valid one)")
+                   help="continue from a checkpoint file, a run directory, or 'auto' (the highest-step checkpoint "
+                        "listed in the run's manifest)")
+    t.add_argument("--weights", default=None, metavar="FILE",
+                   help="start from these model weights (.safetensors, a state-dict .pt or a checkpoint)")
+    t.add_argument("--trust-pickle", action="store_true",
+                   help="unpickle --resume/--weights files that a weights-only load refuses (can run code)")
     t.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--download", action="store_true",
@@ -180,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "`diagnose replay PATH` to rerun a NaN reproducer")
     dg.add_argument("check", help="a check name, all, or replay")
     dg.add_argument("path", nargs="?", help="reproducer file for replay")
+    dg.add_argument("--trust-pickle", action="store_true",
+                    help="unpickle a reproducer that a weights-only load refuses (can run code)")
     _add_recipe_args(dg)
     dg.add_argument("--model", default=None, metavar="package.module:factory", help="diagnose your own model")
     dg.add_argument("--json", action="store_true", help="machine-readable output")

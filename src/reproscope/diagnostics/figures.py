@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
+
+from ..train.checkpoint import load_file
 
 
 def _plt():
@@ -118,7 +119,7 @@ def plot_run(run_dir: str | Path, tb_writer=None, step: int = 0) -> list[Path]:
     run_dir = Path(run_dir)
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    probes = torch.load(fig_dir / "probes.pt", weights_only=False) if (fig_dir / "probes.pt").is_file() else {}
+    probes = load_file(fig_dir / "probes.pt", what="probe dump") if (fig_dir / "probes.pt").is_file() else {}
     made = [plot_norm_curves(probes.get("norm_curves", {}), fig_dir / "dyt_fig2_norm_curves.png"),
             plot_alpha(alpha_vs_inv_std(run_dir / "stats.jsonl"), fig_dir / "dyt_fig8_alpha.png"),
             plot_kat(probes.get("kat", {}), fig_dir / "kat_ranges.png"),

@@ -10,22 +10,24 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import torch
-
 from ..config import recipe_from_dict
 from ..instrument.tripwire import format_report, locate_nonfinite
 from ..train.augment import soft_cross_entropy
-from ..train.checkpoint import CheckpointError
+from ..train.checkpoint import CheckpointError, load_file, saved_recipe
 
 
-def replay(path: str | Path, device: str = "cpu") -> int:
+def replay(path: str | Path, device: str = "cpu", *, trust_pickle: bool = False) -> int:
+    """Rerun the reproducer at ``path`` (read weights-only unless ``trust_pickle``); 1 if it still
+    produces a non-finite value, else 0.
+
+    Raises:
+        CheckpointError: missing, unreadable or unsafe file, or not a reproducer.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"reproducer {path} does not exist")
+    rep = load_file(path, map_location=device, trust_pickle=trust_pickle, what="reproducer")
     try:
-        rep = torch.load(path, map_location=device, weights_only=False)
-        recipe = recipe_from_dict(rep["recipe"])
-    except (KeyError, RuntimeError, EOFError) as e:
+        recipe = recipe_from_dict(saved_recipe(rep))
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable reproscope reproducer ({type(e).__name__}: {e})") from e
     from ..train.trainer import build_model
     model = build_model(recipe, rep["num_classes"]).to(device)

@@ -1,22 +1,50 @@
-"""Atomic checkpoint files: write to a temporary file, fsync, then rename.
+"""Checkpoint files: written atomically, read without ever running code.
 
-A crash or a failed write at any point leaves the previous checkpoint intact.
+Writing: a temporary file, fsync, then rename, so a crash or a failed write at any point leaves the
+previous checkpoint intact. Every file reproscope writes (checkpoints, NaN reproducers, probe
+dumps) holds tensors and plain containers only (dicts, lists, tuples, str, int, float, bool, None):
+configs go in as JSON text, RNG states as tensors and lists of ints. So every one of them loads with
+``torch.load(weights_only=True)``.
+
+Reading: ``load_file`` uses ``torch.load(weights_only=True)`` (torch's own allow-list, nothing
+added) or ``safetensors`` for ``.safetensors`` files. A pickle that needs anything else is refused
+with one line that says how to convert it; ``trust_pickle=True`` (the CLI's ``--trust-pickle``) is the
+only way to unpickle it, and it prints a warning naming the file.
+
+``--resume auto`` reads only checkpoints listed in the run folder's manifest (``checkpoints.json``:
+file name -> step and sha256, written by reproscope beside each checkpoint); a file dropped into the
+folder is never opened, and a listed file whose hash changed is skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+MANIFEST = "checkpoints.json"
 
 
 class CheckpointError(RuntimeError):
     pass
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """The file holds pickled Python objects that a weights-only load refuses."""
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` through a temporary file, fsync and rename.
+
+    Raises:
+        CheckpointError: the write failed (full disk, I/O error); the previous file is untouched.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -25,11 +53,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _fsync_dir(path.parent)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
@@ -38,16 +62,170 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load and sanity-check a checkpoint; a corrupt or truncated file raises CheckpointError."""
+def _fsync_dir(d: Path) -> None:
+    dfd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Write a model's weights as ``.safetensors`` (atomically; tied tensors are stored once each)."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}, str(tmp))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {path}: {e.strerror or e}") from e
+
+
+def saved_recipe(obj: dict) -> dict:
+    """The recipe dict a checkpoint or reproducer carries (JSON text; older files: a plain dict)."""
+    if isinstance(obj.get("recipe_json"), str):
+        return json.loads(obj["recipe_json"])
+    if isinstance(obj.get("recipe"), dict):
+        return obj["recipe"]
+    raise KeyError("recipe_json")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_file(path: str | os.PathLike, map_location="cpu", *, trust_pickle: bool = False,
+              what: str = "checkpoint") -> Any:
+    """The contents of a ``.pt``/``.pth``/``.bin`` file (weights-only unpickling) or a ``.safetensors``
+    file (a flat ``{name: tensor}`` dict).
+
+    Raises:
+        CheckpointError: missing, corrupt or truncated file.
+        UnsafeCheckpointError: the pickle needs globals beyond torch's weights-only allow-list
+            (unless ``trust_pickle``, which unpickles it after a warning on stderr).
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{what} {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as st_load
+        try:
+            return st_load(str(path), device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{what} {path} is not a readable .safetensors file ({e})") from e
+    if trust_pickle:
+        print(f"WARNING: --trust-pickle: unpickling {path} with full pickle; a malicious file can run "
+              f"arbitrary code on this machine", file=sys.stderr, flush=True)
+        loader = dict(weights_only=False)
+    else:
+        loader = dict(weights_only=True)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # torch raises many types for a damaged zip/pickle
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); "
+        return torch.load(path, map_location=map_location, **loader)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+            raise UnsafeCheckpointError(
+                f"{what} {path} holds pickled Python objects beyond tensors and plain containers "
+                f"({_unsafe_reason(e)}); reproscope does not unpickle them because that can run code. If you "
+                f"trust its source, pass --trust-pickle, or convert it once to weights: python -c \"import torch; "
+                f"from safetensors.torch import save_file; sd = torch.load('{path}', weights_only=False); "
+                f"save_file(sd.get('model', sd), '{path.with_suffix('.safetensors')}')\"") from e
+        raise CheckpointError(f"{what} {path} is corrupt or truncated (UnpicklingError: {e}); "
                               f"use an earlier checkpoint") from e
+    except Exception as e:  # torch raises many types for a damaged zip/pickle
+        raise CheckpointError(f"{what} {path} is corrupt or truncated ({type(e).__name__}: {e}); "
+                              f"use an earlier checkpoint") from e
+
+
+def _unsafe_reason(e: Exception) -> str:
+    """The line of torch's message that names the refused global, e.g. 'unsupported GLOBAL posix.system'."""
+    for line in str(e).splitlines():
+        if "GLOBAL" in line or "global" in line.lower() and "unsupported" in line.lower():
+            return line.strip().rstrip(".")
+    return "not loadable with weights_only=True"
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, trust_pickle: bool = False) -> dict:
+    """Load and sanity-check a reproscope checkpoint (weights-only; see ``load_file``).
+
+    Raises:
+        CheckpointError: missing, corrupt, truncated, or not a reproscope checkpoint (no model/step);
+            ``UnsafeCheckpointError`` for a pickle that would need code to load.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        raise CheckpointError(f"{path} holds weights only (no optimizer, schedule or step), so a run cannot resume "
+                              f"from it; start a run from these weights with: reproscope train --weights {path}")
+    ckpt = load_file(path, map_location, trust_pickle=trust_pickle)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
         raise CheckpointError(f"checkpoint {path} is not a reproscope checkpoint (no model/step)")
     return ckpt
+
+
+def load_weights(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A model state dict from a ``.safetensors`` file, a plain state-dict ``.pt``, or a reproscope
+    checkpoint (its ``model`` entry). A leading ``module.`` (DDP) or ``_orig_mod.`` (torch.compile)
+    prefix on every key is removed.
+
+    Raises:
+        CheckpointError: unreadable file, or no tensor dict inside it.
+    """
+    obj = load_file(path, trust_pickle=trust_pickle, what="weights file")
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"weights file {path} holds no state dict of tensors (expected {{name: tensor}}, "
+                              f"or a checkpoint with a 'model' or 'state_dict' entry)")
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+# ----------------------------------------------------------------------------- the run folder's manifest
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict[str, dict]:
+    """``{file name: {"step": int, "sha256": str}}`` from ``run_dir/checkpoints.json`` ({} if absent or unreadable)."""
+    p = Path(run_dir) / MANIFEST
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and "sha256" in v and "step" in v} \
+        if isinstance(data, dict) else {}
+
+
+def write_manifest(run_dir: str | os.PathLike, entries: dict[str, dict]) -> None:
+    p = Path(run_dir) / MANIFEST
+    tmp = p.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, p)
+
+
+def listed_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The manifest's checkpoints whose file exists and matches its recorded hash, highest step first
+    (``best.pt`` last). Unlisted files are never opened; a changed file is reported and skipped."""
+    run_dir = Path(run_dir)
+    out = []
+    for name, entry in read_manifest(run_dir).items():
+        p = run_dir / name
+        if not p.is_file() or "/" in name or name.startswith("."):
+            continue
+        if sha256_of(p) != entry["sha256"]:
+            print(f"resume auto: skipping {p}: its contents changed since reproscope wrote it (sha256 mismatch)")
+            continue
+        out.append((int(entry["step"]), p))
+    out.sort(key=lambda sp: (sp[1].name != "best.pt", sp[0], sp[1].name == "last.pt"), reverse=True)
+    return out

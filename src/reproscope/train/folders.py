@@ -256,6 +256,29 @@ def _open_cache(d: Path, man: dict):
 
 # ----------------------------------------------------------------------------- CIFAR binaries
 
+def cifar_md5(num_classes: int) -> dict[str, str]:
+    """The official MD5 of every CIFAR python batch (file name -> md5), from torchvision's dataset tables."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+    cls = CIFAR10 if num_classes == 10 else CIFAR100
+    return {**dict(cls.train_list), **dict(cls.test_list), cls.meta["filename"]: cls.meta["md5"]}
+
+
+def verify_cifar_checksums(paths: list[Path], num_classes: int) -> None:
+    """CIFAR's python batches are pickles, and unpickling runs code: each file's MD5 must be the
+    official one before it is read.
+
+    Raises:
+        DataError: naming every file whose checksum differs.
+    """
+    from torchvision.datasets.utils import check_integrity
+    md5 = cifar_md5(num_classes)
+    bad = [str(p) for p in paths if not check_integrity(str(p), md5.get(p.name))]
+    if bad:
+        raise DataError(f"{len(bad)} CIFAR batch file(s) do not have the official checksum, and reproscope does not "
+                        f"unpickle files it cannot verify (unpickling can run code): {', '.join(bad)}; delete them "
+                        f"and fetch the official archive (--download), or use a train|test/<class>/*.jpg folder")
+
+
 def cifar_binary(root: Path, num_classes: int):
     """(train, val) uint8 arrays from torchvision's official pickled batches, or None if absent."""
     sub = "cifar-10-batches-py" if num_classes == 10 else "cifar-100-python"
@@ -268,6 +291,7 @@ def cifar_binary(root: Path, num_classes: int):
         meta, key, names_key = base / "meta", b"fine_labels", b"fine_label_names"
     if not all(p.is_file() for p in files[0] + files[1] + [meta]):
         return None
+    verify_cifar_checksums(files[0] + files[1] + [meta], num_classes)
 
     def load(paths):
         xs, ys = [], []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import Recipe, apply_overrides, recipe_from_dict
 from . import distributed
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, listed_checkpoints, load_checkpoint, load_weights, saved_recipe
 from .rundir import new_run_dir, prepare_run_dir
 from .trainer import Trainer, resolve_device
 
@@ -41,8 +41,10 @@ def stop_on_signals(trainer: Trainer):
 
 
 def find_resume_checkpoint(recipe: Recipe, run_dir: Path | None) -> Path | None:
-    """``--resume auto``: the newest loadable checkpoint in ``run_dir``, or else in the newest
-    run directory of this recipe under ``run.out_dir``. None when there is nothing to resume."""
+    """``--resume auto``: the checkpoint with the highest step among those listed in the run folder's
+    manifest (``checkpoints.json``) in ``run_dir``, or else in the newest run directory of this recipe
+    under ``run.out_dir``. Files the manifest does not list are never opened. None when there is
+    nothing to resume."""
     if run_dir is not None:
         dirs = [run_dir]
     else:
@@ -50,9 +52,12 @@ def find_resume_checkpoint(recipe: Recipe, run_dir: Path | None) -> Path | None:
         dirs = sorted(parent.glob(f"{recipe.name}-*"), key=lambda p: p.stat().st_mtime, reverse=True) \
             if parent.is_dir() else []
     for d in dirs:
-        ckpts = sorted(d.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
-        ckpts = [c for c in ckpts if c.name != "best.pt"] + [c for c in ckpts if c.name == "best.pt"]
-        for c in ckpts:
+        listed = listed_checkpoints(d)
+        unlisted = sorted({p.name for p in d.glob("*.pt")} - {p.name for _, p in listed})
+        if unlisted:
+            print(f"resume auto: not opening {', '.join(unlisted)} in {d}: not in its checkpoint manifest "
+                  f"(only checkpoints reproscope wrote are read; give a file explicitly with --resume PATH)")
+        for _, c in listed:
             try:
                 load_checkpoint(c)
             except CheckpointError as e:
@@ -64,8 +69,17 @@ def find_resume_checkpoint(recipe: Recipe, run_dir: Path | None) -> Path | None:
 
 def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | None = None,
           overwrite: bool = False, overrides: list[str] | None = None, callbacks=(),
-          download: bool = False) -> tuple[Trainer, dict]:
-    """Train ``recipe`` (or resume it). Returns the trainer and the last eval metrics."""
+          download: bool = False, trust_pickle: bool = False,
+          weights: str | Path | None = None) -> tuple[Trainer, dict]:
+    """Train ``recipe`` (or resume it). Returns the trainer and the last eval metrics.
+
+    ``weights``: start from these model weights (``.safetensors``, a state-dict ``.pt`` or a
+    checkpoint), loaded strictly. ``trust_pickle``: unpickle ``resume``/``weights`` files that a
+    weights-only load refuses (they can run code).
+
+    Raises:
+        CheckpointError: an unreadable, unsafe or mismatching checkpoint or weights file.
+    """
     ckpt_path: Path | None = None
     rd = Path(run_dir) if run_dir else None
     if resume == "auto":
@@ -77,10 +91,10 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
         ckpt_path = p / "last.pt" if p.is_dir() else p
     ckpt = None
     if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(ckpt_path, trust_pickle=trust_pickle)
         rd = ckpt_path.parent
         saved = rd / "config.json"
-        recipe = recipe_from_dict(json.loads(saved.read_text()) if saved.is_file() else ckpt["recipe"])
+        recipe = recipe_from_dict(json.loads(saved.read_text()) if saved.is_file() else saved_recipe(ckpt))
         if overrides:
             recipe = apply_overrides(recipe, overrides)
             print(f"resume: applying overrides on top of the saved config: {' '.join(overrides)}")
@@ -97,6 +111,9 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     trainer = Trainer(recipe, rd, callbacks=callbacks, download=download)
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
+    elif weights is not None:
+        load_into(trainer.orig_model, load_weights(weights, trust_pickle=trust_pickle), weights)
+        print(f"weights: started from {weights}")
     with stop_on_signals(trainer):
         metrics = trainer.fit()
     if recipe.instrument.enabled and recipe.instrument.probes and d.is_main:
@@ -106,3 +123,21 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
         with SummaryWriter(log_dir=str(rd / "tb")) as tb:
             plot_run(rd, tb, trainer.step)
     return trainer, metrics
+
+
+def load_into(model, state: dict, source) -> None:
+    """``model.load_state_dict(state)`` strictly, with a one-line error naming the keys that do not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        def few(xs):
+            return ", ".join(xs[:3]) + (f" (+{len(xs) - 3} more)" if len(xs) > 3 else "")
+        parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
+                 f"{len(shapes)} of another shape ({few(shapes)})" if shapes else ""]
+        raise CheckpointError(f"weights in {source} do not fit the model: "
+                              + "; ".join(p for p in parts if p) + "; check --recipe / model.* against the file")
+    model.load_state_dict(state)

@@ -19,6 +19,7 @@ uncompiled module: checkpoints and instruments always go through it.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import random
 import time
@@ -35,7 +36,7 @@ from torch.profiler import record_function
 from ..config import ConfigError, Recipe
 from ..model import model_info
 from .augment import BatchTransform, soft_cross_entropy
-from .checkpoint import atomic_save
+from .checkpoint import atomic_save, read_manifest, save_weights, sha256_of, write_manifest
 from .data import ArrayDataset, BatchLoader, build_datasets, channel_stats
 from .ema import ModelEma
 from .optim import WarmupCosine, build_optimizer
@@ -70,7 +71,10 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors, lists and numbers only (loadable with ``torch.load(weights_only=True)``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    s = {"python": random.getstate(), "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(cached)),
+         "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         s["cuda"] = torch.cuda.get_rng_state_all()
     return s
@@ -78,7 +82,8 @@ def rng_state() -> dict:
 
 def set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    kind, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
@@ -357,7 +362,7 @@ class Trainer:
         path = self.run_dir / f"nonfinite-step{self.step + 1}.pt"
         if not self.dist.is_main:
             return path
-        atomic_save({"recipe": self.recipe.to_dict(), "num_classes": self.num_classes,
+        atomic_save({"recipe_json": json.dumps(self.recipe.to_dict()), "num_classes": self.num_classes,
                      "model": self.orig_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "batches": [(x.detach().cpu(), y.detach().cpu()) for x, y in micro_batches],
                      "rng": rng_before, "step": self.step + 1, "report": report.to_dict()}, path)
@@ -389,6 +394,8 @@ class Trainer:
             bar.close()
             self.log.flush()
         self.fire("train_end")
+        if self.dist.is_main:  # the final weights in the ecosystem's safe format
+            save_weights(self.orig_model.state_dict(), self.run_dir / "model.safetensors")
         self.log.close()
         return self.last_eval
 
@@ -469,7 +476,7 @@ class Trainer:
             "rollbacks": self.rollbacks,
             "last_eval": self.last_eval,
             "rng": rng_state(),
-            "recipe": self.recipe.to_dict(),
+            "recipe_json": json.dumps(self.recipe.to_dict()),
             "instrument": {"spike_history": list(self.spikes.history)},
         }
 
@@ -499,11 +506,17 @@ class Trainer:
         if self.dist.is_main:  # rank 0 writes; the others wait for the file
             state = self.state_dict()
             atomic_save(state, path)
+            entry = {"step": self.step, "sha256": sha256_of(path)}
+            manifest = read_manifest(self.run_dir)
+            manifest[path.name] = manifest["last.pt"] = entry
             _atomic_link(path, self.run_dir / "last.pt")
             for old in sorted(self.run_dir.glob("ckpt-step*.pt"))[:-self.recipe.run.keep_last]:
                 old.unlink(missing_ok=True)
+                manifest.pop(old.name, None)
             if new_best:
                 atomic_save(state, self.run_dir / "best.pt")
+                manifest["best.pt"] = {"step": self.step, "sha256": sha256_of(self.run_dir / "best.pt")}
+            write_manifest(self.run_dir, manifest)
         distributed.barrier(self.dist)
         self.fire("checkpoint", path=path)
         return path

@@ -30,6 +30,7 @@ class CheckResult:
     explanation: str = ""
     causes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    codes: list[str] = field(default_factory=list)  # machine-readable causes, e.g. "eval-mode-lags"
 
     def summary(self) -> str:
         return f"{self.status.upper():4}  {self.name:<19} {self.measured}  (expected {self.expected})"
@@ -158,12 +159,15 @@ def check(name: str):
 
 
 def no_dropout(model: nn.Module) -> nn.Module:
-    """Dropout and drop path off (train mode otherwise kept)."""
+    """Dropout and drop path off (train mode otherwise kept): ``nn.Dropout*`` (p), DropPath (ours: p;
+    timm's: drop_prob) and torchvision's StochasticDepth (p)."""
     for m in model.modules():
-        if isinstance(m, nn.Dropout):
+        if isinstance(m, nn.modules.dropout._DropoutNd):
             m.p = 0.0
-        if type(m).__name__ == "DropPath":
-            m.p = 0.0
+        if type(m).__name__ in ("DropPath", "StochasticDepth"):
+            for attr in ("p", "drop_prob"):
+                if isinstance(getattr(m, attr, None), float):
+                    setattr(m, attr, 0.0)
     return model
 
 

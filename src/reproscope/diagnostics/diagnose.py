@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -15,26 +16,131 @@ CHECK_NAMES = list(CHECKS) + ["recipe-audit"]
 
 
 def load_factory(spec: str):
-    """'package.module:factory' -> the factory (called with num_classes=K when it accepts it)."""
+    """The model factory named by ``spec``:
+
+    - ``package.module:factory`` (an installed or importable module),
+    - ``path/to/file.py:factory`` (a single file, no install; imported under a private name),
+    - ``timm:NAME`` (``timm.create_model(NAME, ...)``, never with pretrained weights).
+
+    Raises:
+        ConfigError: one line naming the spec and what is wrong (missing file, syntax error with its
+            line, no such module or factory, timm not installed or no such timm model).
+    """
     if ":" not in spec:
-        raise ConfigError(f"--model {spec!r}: expected package.module:factory")
-    mod, fn = spec.split(":", 1)
-    try:
-        factory = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"--model {spec!r}: cannot import it ({e})") from e
+        raise ConfigError(f"--model {spec!r}: expected package.module:factory, path/to/file.py:factory or timm:NAME")
+    mod, fn = spec.rsplit(":", 1)
+    if mod == "timm":
+        try:
+            import timm
+        except ImportError as e:
+            raise ConfigError(f"--model {spec!r}: timm is not installed (pip install timm)") from e
+        if fn not in timm.list_models():
+            raise ConfigError(f"--model {spec!r}: timm has no model {fn!r}{nearest(fn, timm.list_models())}")
+        return lambda **kw: timm.create_model(fn, pretrained=False, **kw)
+    if mod.endswith(".py"):
+        module = _import_file(spec, Path(mod))
+    else:
+        try:
+            module = importlib.import_module(mod)
+        except ImportError as e:
+            raise ConfigError(f"--model {spec!r}: cannot import {mod!r} ({e})") from e
+    factory = getattr(module, fn, None)
+    if not callable(factory):
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        raise ConfigError(f"--model {spec!r}: {mod} has no callable {fn!r}{nearest(fn, names)}")
     return factory
 
 
-def user_model(spec: str, num_classes: int):
+def _import_file(spec: str, path: Path):
+    import importlib.util
+    import sys
+    if not path.is_file():
+        raise ConfigError(f"--model {spec!r}: file {path} does not exist")
+    name = f"reproscope_user_{abs(hash(str(path.resolve())))}"
+    try:
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        loader_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"--model {spec!r}: syntax error in {path} line {e.lineno}: {e.msg}") from e
+    except Exception as e:
+        raise ConfigError(f"--model {spec!r}: importing {path} raised {type(e).__name__}: {e}") from e
+    return module
+
+
+def _accepted(factory, names: tuple[str, ...]) -> tuple[set[str], bool]:
+    """The keyword names among ``names`` that ``factory`` declares, and whether it takes **kwargs."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return set(), True
+    declared = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return declared & set(names), any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def user_model(spec: str, num_classes: int, img_size: int | None = None, in_chans: int = 3):
+    """A ``make_model()`` for ``spec`` that passes ``num_classes``, ``img_size`` and ``in_chans`` when
+    the factory accepts them (declared, or through ``**kwargs`` when the callee takes them).
+
+    Raises (when called):
+        ConfigError: the factory raised, or returned something that is not an ``nn.Module``.
+    """
+    import torch.nn as nn
     factory = load_factory(spec)
+    wanted = {"num_classes": num_classes, "img_size": img_size, "in_chans": in_chans}
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    declared, var_kw = _accepted(factory, tuple(wanted))
+    # with **kwargs we cannot know which names the callee takes: try the fullest set first
+    tries = [{k: v for k, v in wanted.items() if k in declared or var_kw}]
+    if var_kw:
+        tries += [{k: v for k, v in tries[0].items() if k in declared or k == "num_classes"},
+                  {k: v for k, v in wanted.items() if k in declared}]
 
     def make_model():
-        try:
-            return factory(num_classes=num_classes)
-        except TypeError:
-            return factory()
+        err = None
+        for kw in dict.fromkeys(tuple(sorted(t.items())) for t in tries):
+            try:
+                model = factory(**dict(kw))
+                break
+            except TypeError as e:
+                if "unexpected keyword" not in str(e) and "got an unexpected" not in str(e):
+                    raise ConfigError(f"--model {spec!r}: the factory raised TypeError: {e}") from e
+                err = e
+            except Exception as e:
+                raise ConfigError(f"--model {spec!r}: the factory raised {type(e).__name__}: {e}") from e
+        else:
+            raise ConfigError(f"--model {spec!r}: the factory refused every argument set ({err})")
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"--model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
+        return model
     return make_model
+
+
+def preflight(make_model, data: CheckData, spec: str) -> None:
+    """Build the model once and run two training images through it, before any check runs.
+
+    Raises:
+        ConfigError: once, naming what the model expects, when it rejects the input or returns
+            something other than ``[N, num_classes]`` logits.
+    """
+    import torch
+    model = make_model()
+    x = data.x[:2]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"model {spec}: it rejects the data's input {list(x.shape)} ({type(e).__name__}: {first}); "
+                          f"give the data the size it expects (--set data.img_size=N) or build the model for "
+                          f"{x.shape[-1]} px (img_size/patch_size arguments of its factory)") from e
+    if not isinstance(out, torch.Tensor) or out.shape != (2, data.num_classes):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model {spec}: it returns {got} for a batch of 2, expected logits [2, {data.num_classes}] "
+                          f"(num_classes={data.num_classes}; its factory must take num_classes, or return that many "
+                          f"outputs)")
 
 
 def tensor_subject(recipe: Recipe, path: str, out_dir: Path | None):
@@ -70,8 +176,9 @@ def run_diagnosis(recipe: Recipe, which: str = "all", *, model_spec: str | None 
     else:
         make_model, data, as_given = recipe_subject(recipe, mutation=mutation, out_dir=out_dir, progress=progress)
     if model_spec:
-        user = user_model(model_spec, data.num_classes)
+        user = user_model(model_spec, data.num_classes, img_size=int(data.x.shape[-1]), in_chans=int(data.x.shape[1]))
         make_model = (lambda: mutation.model(user())) if mutation is not None and mutation.model else user
+    preflight(make_model, data, model_spec or recipe.model.name)
     results = run_checks(make_model, data, [n for n in CHECKS if which in ("all", n)], progress=progress)
     if which in ("all", "recipe-audit"):
         results.append(recipe_audit(as_given, make_model(), len(data.source.train_images) if data.source else None))

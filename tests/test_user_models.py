@@ -1,0 +1,146 @@
+"""Your model in diagnose: factory specs, the arguments it gets, a pre-flight that fails once, and no
+false alarms on correct models people use (BatchNorm, timm, torchvision)."""
+
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+
+from reproscope.checks import CheckData
+from reproscope.checks.training import input_independent, overfit_batch
+from reproscope.cli import main
+from reproscope.config import ConfigError
+from reproscope.diagnostics.diagnose import load_factory, user_model
+
+SMALL = ["--set", "data.train_size=512", "--set", "data.val_size=128", "--set", "data.batch_size=32"]
+
+
+def _file(tmp_path, body: str, name="mynet.py"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+def test_factory_gets_the_arguments_it_declares(tmp_path):
+    p = _file(tmp_path, """
+        import torch.nn as nn
+        SEEN = {}
+        def make(num_classes, img_size=224):
+            SEEN.update(num_classes=num_classes, img_size=img_size)
+            return nn.Sequential(nn.Flatten(), nn.Linear(3 * img_size * img_size, num_classes))
+        def bare():
+            return nn.Linear(4, 2)
+    """)
+    m = user_model(f"{p}:make", num_classes=7, img_size=32)()
+    assert m[1].in_features == 3 * 32 * 32 and m[1].out_features == 7
+    assert isinstance(user_model(f"{p}:bare", num_classes=7, img_size=32)(), nn.Linear)
+
+
+@pytest.mark.parametrize("body, spec, needle", [
+    (None, "{d}/nowhere.py:make", "does not exist"),
+    ("def make(:\n", "{p}:make", "syntax error in {p} line 1"),
+    ("import torch.nn as nn\ndef make_model(): return nn.Linear(2, 2)\n", "{p}:make", "did you mean 'make_model'"),
+    ("def make(num_classes): return 3\n", "{p}:make", "returned int, not an nn.Module"),
+    ("def make(num_classes): raise ValueError('no such depth')\n", "{p}:make", "raised ValueError: no such depth"),
+    (None, "nosuchpkg.models:make", "cannot import 'nosuchpkg.models'"),
+    (None, "timm:vit_tinny_patch16_224", "timm has no model 'vit_tinny_patch16_224'"),
+])
+def test_bad_specs_are_one_line(tmp_path, body, spec, needle):
+    p = _file(tmp_path, body) if body else tmp_path / "mynet.py"
+    spec, needle = spec.format(d=tmp_path, p=p), needle.format(p=p)
+    with pytest.raises(ConfigError, match=None) as e:
+        user_model(spec, num_classes=10, img_size=32)()
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_model_that_rejects_the_input_size_is_reported_once(tmp_path, capsys):
+    p = _file(tmp_path, """
+        import torch.nn as nn
+        def make(num_classes):
+            return nn.Sequential(nn.Flatten(), nn.Linear(3 * 224 * 224, num_classes))
+    """)
+    rc = main(["diagnose", "all", "--model", f"{p}:make", *SMALL])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("rejects the data's input [2, 3, 32, 32]") == 1
+    assert "--set data.img_size=N" in err and "Traceback" not in err
+
+
+def test_wrong_output_shape_is_reported_once(tmp_path, capsys):
+    p = _file(tmp_path, """
+        import torch.nn as nn
+        def make():
+            return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 1000))
+    """)
+    rc = main(["diagnose", "all", "--model", f"{p}:make", *SMALL])
+    err = capsys.readouterr().err
+    assert rc == 2 and "expected logits [2, 10]" in err and "[2, 1000]" in err
+
+
+class SmallBNNet(nn.Module):
+    """A correct CNN whose BatchNorm momentum (0.01, torchvision's MobileNetV3 value) makes running
+    statistics lag a short run far behind the batch statistics."""
+
+    def __init__(self, num_classes=10, momentum=0.01):
+        super().__init__()
+        def block(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, 2, 1, bias=False), nn.BatchNorm2d(o, momentum=momentum), nn.ReLU())
+        self.body = nn.Sequential(block(3, 32), block(32, 64), block(64, 64))
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def _shapes_data(n=256):
+    from reproscope.train.shapes import generate_shapes
+    x, y = generate_shapes(n, 32, seed=0)
+    x = (x.float() / 255 - 0.5) / 0.25
+    return CheckData(x, y, num_classes=10, lr=2e-3)
+
+
+def test_overfit_batch_judges_the_mode_its_loss_is_measured_in():
+    r = overfit_batch(lambda: SmallBNNet(momentum=0.001), _shapes_data())
+    assert r.status == "warn" and r.details["accuracy"] == 1.0 and r.details["eval_accuracy"] < 1.0
+    assert r.codes == ["eval-mode-differs"]
+    r = overfit_batch(lambda: SmallBNNet(momentum=0.5), _shapes_data())  # statistics that keep up
+    assert r.status == "pass" and r.codes == []
+
+
+def test_overfit_batch_on_torchvision_mobilenet_v3_is_no_fail():
+    """The issue's input: torchvision's MobileNetV3-Small (BatchNorm momentum 0.01) at 32 px."""
+    tv = pytest.importorskip("torchvision")
+    r = overfit_batch(lambda: tv.models.mobilenet_v3_small(num_classes=10), _shapes_data())
+    assert r.details["accuracy"] == 1.0 and r.status in ("pass", "warn")
+    assert (r.status == "warn") == (r.codes == ["eval-mode-differs"])
+
+
+def test_input_independent_judges_train_mode_and_warns_on_eval_lag():
+    data = _shapes_data(2000)
+    r = input_independent(lambda: SmallBNNet(momentum=0.001), data)
+    assert r.status == "warn" and r.codes == ["eval-mode-differs"]
+    assert r.details["real"][0] < r.details["zeroed"][0] and r.details["real_eval"][0] > r.details["zeroed_eval"][0]
+    r = input_independent(lambda: SmallBNNet(momentum=0.1), data)
+    assert r.status == "pass" and r.codes == []
+
+
+# Correct, widely used models: diagnose all must raise no FAIL (WARNs are listed in the README).
+PANEL = [
+    "torchvision.models:resnet18", "torchvision.models:mobilenet_v3_small", "torchvision.models:efficientnet_b0",
+    "timm:convnext_atto", "timm:deit_tiny_patch16_224", "timm:resnet10t",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", PANEL)
+def test_no_false_alarm_on_correct_models(spec, capsys):
+    pytest.importorskip("timm")
+    pytest.importorskip("torchvision")
+    from reproscope.diagnostics.diagnose import run_diagnosis
+    from reproscope.config import apply_overrides
+    from reproscope.recipes import get_recipe
+    r = apply_overrides(get_recipe("quickstart"), {"data.train_size": 2000, "data.val_size": 300,
+                                                   "data.batch_size": 64})
+    results = run_diagnosis(r, "all", model_spec=spec)
+    fails = [x.summary() + " | " + "; ".join(x.causes) for x in results if x.status == "fail"]
+    assert not fails, fails

@@ -3,7 +3,8 @@
 Trains ViT-quick with LayerNorm and with DyT on the shared Imagenette copy at 32 px, 3 seeds each,
 plus one seed of the squashing ablation (DyT with identity in place of tanh, the paper's Tab. 7
 control) and one of alpha0 = 1.0 (the paper's tuned ViT-B value, Tab. 12), copies the small files behind each number into docs/reproductions/dyt-cpu/runs/, and
-writes the report from those copies:
+writes the report from those copies (``experiments/dyt_cpu_findings.py`` prints the instrumentation
+numbers the note quotes, from the same copies):
 
     python experiments/dyt_cpu.py            # runs what is missing, then `reproscope report`
     python experiments/dyt_cpu.py --dry-run  # print the commands only
@@ -34,14 +35,18 @@ SMALL_FILES = ("config.json", "deviations.json", "environment.json", "metrics.js
 
 
 def keep_small_files() -> None:
-    """Copy what backs each number (config, deviations, environment, metrics, paper-figure PNGs) into
-    the repository; checkpoints, TensorBoard events and stats.jsonl stay in runs/."""
+    """Copy what backs each number (config, deviations, environment, metrics, the probes as
+    stats.jsonl.gz, paper-figure PNGs) into the repository; checkpoints and TensorBoard events stay
+    in runs/."""
+    import gzip
     import shutil
     for name, _, _ in RUNS:
         src, dst = OUT / name, KEEP / name
         (dst / "figures").mkdir(parents=True, exist_ok=True)
         for f in SMALL_FILES:
             shutil.copyfile(src / f, dst / f)
+        with open(src / "stats.jsonl", "rb") as fi, gzip.GzipFile(dst / "stats.jsonl.gz", "wb", mtime=0) as fo:
+            shutil.copyfileobj(fi, fo)
         for png in (src / "figures").glob("*.png"):
             shutil.copyfile(png, dst / "figures" / png.name)
 

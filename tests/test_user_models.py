@@ -4,14 +4,13 @@ false alarms on correct models people use (BatchNorm, timm, torchvision)."""
 import textwrap
 
 import pytest
-import torch
 import torch.nn as nn
 
 from reproscope.checks import CheckData
 from reproscope.checks.training import input_independent, overfit_batch
 from reproscope.cli import main
 from reproscope.config import ConfigError
-from reproscope.diagnostics.diagnose import load_factory, user_model
+from reproscope.model.spec import user_model
 
 SMALL = ["--set", "data.train_size=512", "--set", "data.val_size=128", "--set", "data.batch_size=32"]
 
@@ -144,3 +143,53 @@ def test_no_false_alarm_on_correct_models(spec, capsys):
     results = run_diagnosis(r, "all", model_spec=spec)
     fails = [x.summary() + " | " + "; ".join(x.causes) for x in results if x.status == "fail"]
     assert not fails, fails
+
+
+NET = """
+    import torch
+    import torch.nn as nn
+    BAD = {bad}
+    class Net(nn.Module):
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU())
+            self.head = nn.Linear(32, num_classes)
+            if BAD:
+                with torch.no_grad():
+                    self.body[2].weight[0, 0, 0, 0] = float("inf")
+        def forward(self, x):
+            return self.head(self.body(x).mean((2, 3)))
+    def make(num_classes):
+        return Net(num_classes)
+"""
+TRAIN = ["--set", "data.train_size=256", "--set", "data.val_size=64", "--set", "data.batch_size=32",
+         "--set", "sched.epochs=1", "--set", "run.threads=1", "--no-progress"]
+
+
+def test_train_your_own_model_from_a_file_and_resume_without_it(tmp_path, capsys):
+    src = _file(tmp_path, NET.format(bad=False))
+    rd = tmp_path / "run"
+    assert main(["train", "--model", f"{src}:make", "--run-dir", str(rd), *TRAIN]) == 0
+    assert (rd / "model_src" / "mynet.py").read_text() == src.read_text()
+    import hashlib
+    import json
+    source = json.loads((rd / "model_source.json").read_text())
+    assert source["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert '"body.2"' in (rd / "stats.jsonl").read_text()  # the user's module names, probed
+    devs = json.loads((rd / "deviations.json").read_text())["deviations"]
+    assert devs[0]["key"] == "model.name" and devs[0]["value"] == f"{src}:make"
+    src.unlink()  # the run rebuilds the model from its own copy
+    capsys.readouterr()
+    assert main(["train", "--resume", str(rd), "--set", "sched.epochs=2", "--no-progress"]) == 0
+    assert "rebuilding the run's own model" in capsys.readouterr().out
+
+
+def test_nan_in_your_own_model_is_located_and_replayed(tmp_path, capsys):
+    src = _file(tmp_path, NET.format(bad=True))
+    rd = tmp_path / "run"
+    assert main(["train", "--model", f"{src}:make", "--run-dir", str(rd), *TRAIN]) == 3
+    rep = next(rd.glob("nonfinite-step*.pt"))
+    capsys.readouterr()
+    assert main(["diagnose", "replay", str(rep)]) == 1
+    out = capsys.readouterr().out
+    assert "module 'body.2'" in out and "rebuilding the user's model" in out

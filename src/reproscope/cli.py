@@ -29,7 +29,7 @@ def cmd_train(args) -> int:
         recipe = apply_overrides(recipe, {"data.skip_corrupt": True})
     trainer, metrics = train(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
                              overrides=args.overrides if args.resume else None, download=args.download,
-                             trust_pickle=args.trust_pickle, weights=args.weights)
+                             trust_pickle=args.trust_pickle, weights=args.weights, model_spec=args.model)
     rd = trainer.run_dir
     if trainer.tripped is not None:
         print(f"run stopped: {trainer.stop_reason}; see the report above and {rd / 'metrics.jsonl'}")
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, metavar="PATH|auto",
                    help="continue from a checkpoint file, a run directory, or 'auto' (the highest-step checkpoint "
                         "listed in the run's manifest)")
+    t.add_argument("--model", default=None, metavar="SPEC",
+                   help="train your own model: package.module:factory, path/to/file.py:factory or timm:NAME "
+                        "(gets num_classes, img_size, in_chans when it accepts them)")
     t.add_argument("--weights", default=None, metavar="FILE",
                    help="start from these model weights (.safetensors, a state-dict .pt or a checkpoint)")
     t.add_argument("--trust-pickle", action="store_true",

@@ -43,6 +43,8 @@ class ModelConfig:
     drop_path: float = _f(0.0, "stochastic depth rate", min=0, max=1)
     global_pool: str = _f("default", "ViT pooling: the model's own, class token or average",
                           choices=("default", "token", "avg"))
+    attn_init: str = _f("default", "ViT/KAT attention init: the model's own, trunc_normal(0.02) or mimetic "
+                        "(Trockman and Kolter 2023)", choices=("default", "trunc_normal", "mimetic"))
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,7 @@ def replay(path: str | Path, device: str = "cpu", *, trust_pickle: bool = False)
         recipe = recipe_from_dict(saved_recipe(rep))
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable reproscope reproducer ({type(e).__name__}: {e})") from e
-    from ..train.trainer import build_model
-    model = build_model(recipe, rep["num_classes"]).to(device)
+    model = _rebuild_model(path, rep, recipe).to(device)
     model.load_state_dict(rep["model"])
     criterion = functools.partial(soft_cross_entropy, label_smoothing=recipe.reg.label_smoothing)
     batches = [(x.to(device), y.to(device)) for x, y in rep["batches"]]
@@ -41,3 +40,21 @@ def replay(path: str | Path, device: str = "cpu", *, trust_pickle: bool = False)
         print(f"note: the run reported {original.get('module')!r} ({original.get('phase')}); the fault may have "
               f"come from a hook or a non-deterministic kernel that the reproducer cannot carry")
     return 1 if report.phase != "none" else 0
+
+
+def _rebuild_model(path: Path, rep: dict, recipe):
+    """The model the reproducer was written from: the recipe's registered model, or the user's model
+    from the copy its run directory holds (``model_src/``), else from the spec as given."""
+    import json
+    from ..model.spec import user_model
+    from ..train.trainer import build_model
+    source = json.loads(rep.get("model_source_json") or "null")
+    if not source:
+        return build_model(recipe, rep["num_classes"])
+    spec = source["spec"]
+    if source.get("copy"):
+        file, fn = source["copy"].rsplit(":", 1)
+        if (path.parent / file).is_file():
+            spec = f"{path.parent / file}:{fn}"
+    print(f"replay: rebuilding the user's model from {spec}")
+    return user_model(spec, rep["num_classes"], img_size=recipe.data.img_size)()

@@ -139,6 +139,40 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
+@torch.no_grad()
+def mimetic_init_(attn: Attention, alpha_qk: float = 0.7, beta_qk: float = 0.7, alpha_vo: float = 0.4,
+                  beta_vo: float = 0.4) -> None:
+    """Mimetic initialisation of one attention layer (Trockman and Kolter, "Mimetic Initialization of
+    Self-Attention Layers", ICML 2023, Sec. 3): per head h, W_q^h^T W_k^h ~ alpha_qk Z + beta_qk I
+    (its best rank-C/heads approximation), and W_proj W_v = alpha_vo Z' - beta_vo I exactly, with
+    Z, Z' ~ N(0, 1/C) [C, C]; each product is split into its factors by SVD (sqrt of the singular
+    values on both sides). Biases are left as they are.
+
+    The defaults (0.7, 0.7, 0.4, 0.4) are the ViT values we take from that paper; the KAT public code's
+    mimetic init gives a mean W_proj W_v diagonal of about -0.4 on KAT-T, which matches beta_vo = 0.4.
+
+    Shapes: ``attn.qkv.weight`` [3C, C] (rows q | k | v, heads contiguous), ``attn.proj.weight`` [C, C].
+    """
+    c = attn.proj.weight.shape[0]
+    h = attn.num_heads
+    d = c // h
+    dev, dt = attn.qkv.weight.device, attn.qkv.weight.dtype
+    eye = torch.eye(c, dtype=torch.float64)
+    wq, wk = torch.empty(c, c, dtype=torch.float64), torch.empty(c, c, dtype=torch.float64)
+    for i in range(h):  # scores of head i: x W_q^i^T W_k^i x^T, rank d
+        m = alpha_qk * torch.randn(c, c, dtype=torch.float64) / c ** 0.5 + beta_qk * eye
+        u, sv, vh = torch.linalg.svd(m)
+        root = sv[:d].sqrt()
+        wq[i * d:(i + 1) * d] = (u[:, :d] * root).T  # [d, C]
+        wk[i * d:(i + 1) * d] = root[:, None] * vh[:d]  # [d, C]
+    m = alpha_vo * torch.randn(c, c, dtype=torch.float64) / c ** 0.5 - beta_vo * eye
+    u, sv, vh = torch.linalg.svd(m)
+    root = sv.sqrt()
+    wv, wp = root[:, None] * vh, u * root  # W_proj W_v = U S V^T = m
+    attn.qkv.weight.copy_(torch.cat([wq, wk, wv]).to(dev, dt))
+    attn.proj.weight.copy_(wp.to(dev, dt))
+
+
 def norm_factory(norm: str = "ln", *, alpha0: float = 0.5, eps: float = 1e-6, squash: str = "tanh",
                  learn_alpha: bool = True, channels_last: bool = True):
     """A ``norm_layer(dim) -> nn.Module`` for blocks: LayerNorm or DyT, picked at construction."""

@@ -18,6 +18,8 @@ Chosen where the paper is silent, or deviations:
   ``global_pool='avg'`` gives that layout (the final norm then sits after pooling).
 - Init: trunc_normal(std=0.02) for Linear weights and the positional embedding, zero biases,
   class token normal(std=1e-6), PyTorch's default init for the patch convolution (as timm).
+  ``attn_init="mimetic"`` re-initialises every attention layer mimetically (Trockman and Kolter,
+  ICML 2023; ``layers.mimetic_init_``): an option, used by the KAT public variant.
 - ``vit_quick`` (width 96, depth 4, 4 heads, patch 8 at 32 px, i.e. a 4 x 4 token grid) is our
   size for the CPU quickstart.
 - Patch size and image size are constructor arguments: for 32/64 px data use patch 4 or 8 so
@@ -32,7 +34,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .layers import trunc_normal_init_, Attention, Mlp, drop_path_or_identity, norm_factory
+from .layers import trunc_normal_init_, Attention, Mlp, drop_path_or_identity, mimetic_init_, norm_factory
 from .registry import register_model
 
 
@@ -91,6 +93,7 @@ class ViTConfig:
     dyt_squash: str = "tanh"
     dyt_learn_alpha: bool = True
     ln_eps: float = 1e-6
+    attn_init: str = "trunc_normal"  # or "mimetic" (Trockman and Kolter 2023; see layers.mimetic_init_)
 
 
 # ----------------------------------------------------------------------------- model
@@ -100,6 +103,8 @@ class VisionTransformer(nn.Module):
         super().__init__()
         if cfg.global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool={cfg.global_pool!r}: choose 'token' or 'avg'")
+        if cfg.attn_init not in ("trunc_normal", "mimetic"):
+            raise ValueError(f"attn_init={cfg.attn_init!r}: choose 'trunc_normal' or 'mimetic'")
         self.cfg = cfg
         norm_layer = norm_factory(cfg.norm, alpha0=cfg.dyt_alpha0, eps=cfg.ln_eps,
                                   squash=cfg.dyt_squash, learn_alpha=cfg.dyt_learn_alpha)
@@ -120,6 +125,10 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         trunc_normal_init_(self, (nn.Linear,))
+        if self.cfg.attn_init == "mimetic":
+            for m in self.modules():
+                if isinstance(m, Attention):
+                    mimetic_init_(m)
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}

@@ -70,9 +70,12 @@ def find_resume_checkpoint(recipe: Recipe, run_dir: Path | None) -> Path | None:
 def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | None = None,
           overwrite: bool = False, overrides: list[str] | None = None, callbacks=(),
           download: bool = False, trust_pickle: bool = False,
-          weights: str | Path | None = None) -> tuple[Trainer, dict]:
+          weights: str | Path | None = None, model_spec: str | None = None) -> tuple[Trainer, dict]:
     """Train ``recipe`` (or resume it). Returns the trainer and the last eval metrics.
 
+    ``model_spec``: train the user's model (``package.module:factory``, ``file.py:factory``,
+    ``timm:NAME``) instead of ``model.name``; a file is copied into the run directory
+    (``model_src/``) with its sha256 in ``model_source.json``, and a resume rebuilds it from there.
     ``weights``: start from these model weights (``.safetensors``, a state-dict ``.pt`` or a
     checkpoint), loaded strictly. ``trust_pickle``: unpickle ``resume``/``weights`` files that a
     weights-only load refuses (they can run code).
@@ -108,7 +111,16 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     if d.is_main:
         prepare_run_dir(rd, resume=resume is not None, overwrite=overwrite)
     distributed.barrier(d)
-    trainer = Trainer(recipe, rd, callbacks=callbacks, download=download)
+    factory, source = None, None
+    if model_spec is None and ckpt is not None and (rd / "model_source.json").is_file():
+        saved_src = json.loads((rd / "model_source.json").read_text())
+        copy = saved_src.get("copy")  # "model_src/FILE.py:factory", relative to the run directory
+        model_spec = f"{rd / copy.rsplit(':', 1)[0]}:{copy.rsplit(':', 1)[1]}" if copy else saved_src["spec"]
+        print(f"resume: rebuilding the run's own model from {model_spec}")
+    if model_spec is not None:
+        factory, source = _user_factory(model_spec, recipe, rd, d.is_main)
+    trainer = Trainer(recipe, rd, callbacks=callbacks, download=download, model_factory=factory,
+                      model_source=source)
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
     elif weights is not None:
@@ -141,3 +153,22 @@ def load_into(model, state: dict, source) -> None:
         raise CheckpointError(f"weights in {source} do not fit the model: "
                               + "; ".join(p for p in parts if p) + "; check --recipe / model.* against the file")
     model.load_state_dict(state)
+
+
+def _user_factory(spec: str, recipe: Recipe, rd: Path, is_main: bool):
+    """(factory(num_classes) -> nn.Module, model_source dict) for ``--model SPEC``; a file spec is
+    copied into ``rd/model_src/`` so the run can be rebuilt and replayed without the original."""
+    import shutil
+    from ..model.spec import model_source, spec_file, user_model
+    source = model_source(spec)
+    f = spec_file(spec)
+    if f is not None and f.is_file() and f.resolve().parent != (rd / "model_src").resolve():
+        dst = rd / "model_src" / f.name
+        if is_main:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dst)
+        source["copy"] = f"model_src/{f.name}:{spec.rsplit(':', 1)[1]}"
+
+    def factory(num_classes: int):
+        return user_model(spec, num_classes, img_size=recipe.data.img_size)()
+    return factory, source

@@ -129,6 +129,8 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
             kw["dyt_squash"] = m.dyt_squash
     if m.global_pool != "default":
         kw["global_pool"] = m.global_pool
+    if m.attn_init != "default":
+        kw["attn_init"] = m.attn_init
     try:
         return info.fn(**kw)
     except (TypeError, ValueError) as e:
@@ -150,8 +152,13 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, callbacks=(), tensorboard: bool = True,
                  model: nn.Module | None = None, download: bool = False,
-                 datasets: tuple[ArrayDataset, ArrayDataset] | None = None):
+                 datasets: tuple[ArrayDataset, ArrayDataset] | None = None,
+                 model_factory=None, model_source: dict | None = None):
+        """``model`` (a built module) or ``model_factory(num_classes) -> nn.Module`` replaces the recipe's
+        registered model; ``model_source`` (e.g. ``{"spec": ..., "file": ..., "sha256": ...}``) is then
+        written to ``model_source.json`` and logged as a deviation."""
         self.recipe, self.run_dir = recipe, Path(run_dir)
+        self.model_source = model_source
         self.callbacks: list[Any] = list(callbacks)
         r = recipe
         if r.run.threads:
@@ -175,7 +182,9 @@ class Trainer:
 
         self.train_set, self.val_set = datasets or build_datasets(r.data, download=download, progress=r.run.progress)
         self.num_classes = r.data.num_classes or self.train_set.num_classes
-        self.orig_model = (model if model is not None else build_model(r, self.num_classes)).to(self.device)
+        if model is None:
+            model = model_factory(self.num_classes) if model_factory is not None else build_model(r, self.num_classes)
+        self.orig_model = model.to(self.device)
         cl = r.precision.channels_last
         self.channels_last = cl == "on" or (cl == "auto" and self.device.type == "cuda"
                                             and is_conv_model(self.orig_model))
@@ -362,7 +371,8 @@ class Trainer:
         path = self.run_dir / f"nonfinite-step{self.step + 1}.pt"
         if not self.dist.is_main:
             return path
-        atomic_save({"recipe_json": json.dumps(self.recipe.to_dict()), "num_classes": self.num_classes,
+        atomic_save({"recipe_json": json.dumps(self.recipe.to_dict()),
+                     "model_source_json": json.dumps(self.model_source), "num_classes": self.num_classes,
                      "model": self.orig_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "batches": [(x.detach().cpu(), y.detach().cpu()) for x, y in micro_batches],
                      "rng": rng_before, "step": self.step + 1, "report": report.to_dict()}, path)
@@ -375,8 +385,12 @@ class Trainer:
             write_json(self.run_dir / "config.json", r.to_dict())
             write_json(self.run_dir / "environment.json", {**environment(), "world_size": self.dist.world_size})
             from ..recipes import deviation_log
-            write_json(self.run_dir / "deviations.json", {"recipe": r.name, "parent": r.parent,
-                                                          "deviations": deviation_log(r)})
+            devs = deviation_log(r)
+            if self.model_source is not None:
+                write_json(self.run_dir / "model_source.json", self.model_source)
+                devs = [{"key": "model.name", "parent": r.model.name, "value": self.model_source["spec"],
+                         "reason": "the user's own model (--model); model.* keys do not apply to it"}, *devs]
+            write_json(self.run_dir / "deviations.json", {"recipe": r.name, "parent": r.parent, "deviations": devs})
         self.fire("train_start")
         if r.precision.compile and self.model is self.eager_model:
             self.model = torch.compile(self.eager_model)

@@ -59,11 +59,28 @@ def test_identity_init_denominator_still_trains():
     assert (m.b.grad.abs() > 0).all()
 
 
-def test_swish_fit_error_is_small():
+@pytest.mark.parametrize("denominator", ["paper", "abs_terms", "signed_terms"])
+def test_swish_fit_error_bounds(denominator):
+    """As good as the public code's fit (1.2e-6 on [-3, 3], 0.049 on [-8, 8]) for every form."""
+    a, b = (torch.tensor([c], dtype=torch.float64) for c in fit_coefficients("swish", denominator))
+
+    def err(r):
+        x = torch.linspace(-r, r, 20001, dtype=torch.float64)[:, None]
+        return (rational(x, a, b, denominator) - x * torch.sigmoid(x)).abs().max().item()
+    assert err(3) < 1e-5, err(3)
+    assert err(8) < 0.06, err(8)
+    assert err(12) > 0.1  # outside the fit interval nothing holds the fit (documented in fit_coefficients)
+
+
+def test_only_the_papers_targets_are_fitted():
+    with pytest.raises(ValueError, match="only 'identity' and 'swish'"):
+        fit_coefficients("gelu")
+
+
+def test_swish_init_module_matches_its_fit():
     m = GroupRational(8, init="swish").double()
     x = torch.linspace(-3, 3, 8 * 250, dtype=torch.float64).reshape(250, 8)
-    err = (m(x) - x * torch.sigmoid(x)).abs().max().item()
-    assert err < 2e-2, err
+    assert (m(x) - x * torch.sigmoid(x)).abs().max().item() < 1e-5
 
 
 def test_variance_gain_reproduces_paper_table3():
@@ -101,5 +118,58 @@ def test_kat_model_uses_paper_init_and_shared_numerator_option():
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_fit_is_cached_and_deterministic():
-    assert fit_coefficients("swish") == fit_coefficients("swish")
+@pytest.mark.parametrize("name", ["kat_tiny", "kat_tiny_public"])
+def test_identity_then_swish_in_every_block(name):
+    """As the public code: the rational before fc1 starts as the identity, the one before fc2 as Swish."""
+    m = create_model(name, num_classes=10, img_size=32, patch_size=8)
+    x = torch.linspace(-3, 3, 192 * 4).reshape(4, 192)
+    for blk in m.blocks:
+        assert (blk.mlp.layer1.rational.init, blk.mlp.layer2.rational.init) == ("identity", "swish")
+        torch.testing.assert_close(blk.mlp.layer1.rational(x), x, rtol=0, atol=1e-5)
+        assert (blk.mlp.layer1.rational.b == 1e-8).all()  # not 0: see fit_coefficients
+
+
+def _public_formula(x, a, b):
+    """The public code's GPU kernel, re-derived from its description (not copied): one numerator for
+    every group, per-group denominators 1 + sum_i |b_i| |x|^i."""
+    g = b.shape[0]
+    xg = x.reshape(*x.shape[:-1], g, x.shape[-1] // g)
+    num = sum(a[0, k] * xg ** k for k in range(6))
+    den = 1 + sum(b[:, k - 1:k].abs() * xg.abs() ** k for k in range(1, 5))
+    return (num / den).reshape(x.shape)
+
+
+def test_public_variant_is_the_public_formula_with_all_flags():
+    torch.manual_seed(0)
+    m = create_model("kat_tiny_public", num_classes=10, img_size=32, patch_size=8).double()
+    mlp = m.blocks[3].mlp
+    for layer, init in ((mlp.layer1, "identity"), (mlp.layer2, "swish")):
+        r = layer.rational
+        assert (r.denominator, r.a.shape[0], r.init) == ("abs_terms", 1, init)
+        with torch.no_grad():
+            r.b.add_(torch.randn_like(r.b) * 0.3)  # away from init: every coefficient matters
+            r.a.add_(torch.randn_like(r.a) * 0.3)
+        x = torch.randn(4, 5, r.b.shape[0] * 24, dtype=torch.float64) * 3
+        torch.testing.assert_close(r(x), _public_formula(x, r.a, r.b), rtol=1e-12, atol=1e-12)
+    assert 0.015 < mlp.layer1.fc.weight.std().item() < 0.025  # trunc_normal(0.02), not the variance init
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "kat_tiny"])
+def test_mimetic_attention_init(name):
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=10, img_size=32, patch_size=8, attn_init="mimetic")
+    c, h = 192, 3
+    for blk in m.blocks:
+        w = blk.attn.qkv.weight.double()
+        wq, wk, wv = w[:c], w[c:2 * c], w[2 * c:]
+        vo = blk.attn.proj.weight.double() @ wv  # W_proj W_v ~ 0.4 Z - 0.4 I
+        assert vo.diagonal().mean().item() == pytest.approx(-0.4, abs=0.02)
+        off = vo - torch.diag(vo.diagonal())
+        assert off.std().item() == pytest.approx(0.4 / c ** 0.5, rel=0.1)
+        d = c // h
+        for i in range(h):  # each head's W_q^T W_k: a positive diagonal
+            qk = wq[i * d:(i + 1) * d].T @ wk[i * d:(i + 1) * d]
+            assert qk.diagonal().mean().item() > 0.2
+    base = create_model(name, num_classes=10, img_size=32, patch_size=8)
+    vo0 = base.blocks[0].attn.proj.weight @ base.blocks[0].attn.qkv.weight[2 * c:]
+    assert abs(vo0.diagonal().mean().item()) < 0.01  # the default init has no such structure

@@ -127,6 +127,7 @@ def test_input_independent_judges_train_mode_and_warns_on_eval_lag():
 PANEL = [
     "torchvision.models:resnet18", "torchvision.models:mobilenet_v3_small", "torchvision.models:efficientnet_b0",
     "timm:convnext_atto", "timm:deit_tiny_patch16_224", "timm:resnet10t",
+    "vit_tiny", "mambaout_femto",  # ours, registered, by name
 ]
 
 

@@ -18,14 +18,19 @@ def load_factory(spec: str):
 
     - ``package.module:factory`` (an installed or importable module),
     - ``path/to/file.py:factory`` (a single file, no install; imported under a private name),
-    - ``timm:NAME`` (``timm.create_model(NAME, ...)``, never with pretrained weights).
+    - ``timm:NAME`` (``timm.create_model(NAME, ...)``, never with pretrained weights),
+    - ``NAME``, a model registered here (``reproscope models``).
 
     Raises:
         ConfigError: one line naming the spec and what is wrong (missing file, syntax error with its
             line, no such module or factory, timm not installed or no such timm model).
     """
     if ":" not in spec:
-        raise ConfigError(f"--model {spec!r}: expected package.module:factory, path/to/file.py:factory or timm:NAME")
+        from .registry import list_models, model_info
+        if spec in list_models():
+            return model_info(spec).fn
+        raise ConfigError(f"--model {spec!r}: expected a registered model name{nearest(spec, list_models())}, "
+                          f"package.module:factory, path/to/file.py:factory or timm:NAME")
     mod, fn = spec.rsplit(":", 1)
     if mod == "timm":
         try:

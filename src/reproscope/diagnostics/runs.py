@@ -80,7 +80,8 @@ class RunRecord:
     @property
     def device(self) -> str:
         gpus = self.env.get("gpus") or []
-        return gpus[0] if gpus else f"CPU ({self.env.get('cpu_threads', '?')} threads)"
+        n = self.env.get("cpu_threads", "?")
+        return gpus[0] if gpus else f"CPU ({n} thread{'' if n == 1 else 's'})"
 
     @property
     def command(self) -> str:

@@ -133,12 +133,13 @@ def load_file(path: str | os.PathLike, map_location="cpu", *, trust_pickle: bool
         return torch.load(path, map_location=map_location, **loader)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+            convert = (f", or convert it once to weights: python -c \"import torch; from safetensors.torch import "
+                       f"save_file; sd = torch.load('{path}', weights_only=False); save_file(sd.get('model', sd), "
+                       f"'{path.with_suffix('.safetensors')}')\"" if what in ("checkpoint", "weights file") else "")
             raise UnsafeCheckpointError(
                 f"{what} {path} holds pickled Python objects beyond tensors and plain containers "
                 f"({_unsafe_reason(e)}); reproscope does not unpickle them because that can run code. If you "
-                f"trust its source, pass --trust-pickle, or convert it once to weights: python -c \"import torch; "
-                f"from safetensors.torch import save_file; sd = torch.load('{path}', weights_only=False); "
-                f"save_file(sd.get('model', sd), '{path.with_suffix('.safetensors')}')\"") from e
+                f"trust its source, pass --trust-pickle{convert}") from e
         raise CheckpointError(f"{what} {path} is corrupt or truncated (UnpicklingError: {e}); "
                               f"use an earlier checkpoint") from e
     except Exception as e:  # torch raises many types for a damaged zip/pickle

@@ -4,6 +4,7 @@ false alarms on correct models people use (BatchNorm, timm, torchvision)."""
 import textwrap
 
 import pytest
+import torch
 import torch.nn as nn
 
 from reproscope.checks import CheckData
@@ -194,3 +195,61 @@ def test_nan_in_your_own_model_is_located_and_replayed(tmp_path, capsys):
     assert main(["diagnose", "replay", str(rep)]) == 1
     out = capsys.readouterr().out
     assert "module 'body.2'" in out and "rebuilding the user's model" in out
+
+
+def test_loss_at_init_warns_on_a_head_sized_for_other_classes():
+    """torchvision's EfficientNet scales its head init by 1/sqrt(K): at K = 10 only the head is large."""
+    from reproscope.checks.model import loss_at_init
+
+    def big_head():
+        m = SmallBNNet(momentum=0.1)
+        with torch.no_grad():
+            m.head.weight.mul_(40)
+        return m
+    r = loss_at_init(big_head, _shapes_data(256))
+    assert r.status == "warn" and r.codes == ["large-head-init"] and r.details["head_gain"] > 3
+
+
+class ZeroInitResidual(nn.Module):
+    """A correct residual net whose branch ends in a BatchNorm with gamma = 0 (Goyal et al. 2017)."""
+
+    def __init__(self, num_classes=10, mute=False):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, 2, 1)
+        self.branch = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(),
+                                    nn.Conv2d(16, 16, 3, 1, 1), nn.BatchNorm2d(16))
+        nn.init.zeros_(self.branch[4].weight)
+        self.head = nn.Linear(16, num_classes)
+        self.mute = mute
+
+    def forward(self, x):
+        x = self.stem(x)
+        b = self.branch(x)
+        return self.head((x + (0.0 * b if self.mute else b)).mean((2, 3)))
+
+
+def test_grad_flow_tells_zero_init_residuals_from_dead_parameters():
+    from reproscope.checks.model import grad_flow
+    data = _shapes_data(64)
+    r = grad_flow(lambda: ZeroInitResidual(), data)
+    assert r.status == "pass" and "branch.0.weight" in r.details["zero_at_init_only"]
+    r = grad_flow(lambda: ZeroInitResidual(mute=True), data)  # a branch multiplied by 0 never trains
+    assert r.status == "fail" and "branch.0.weight" in r.details["dead"]
+
+
+def _weak_signal(strength: float, n: int = 4000) -> CheckData:
+    """Noise images plus ``strength`` x a per-class pattern: a linear model learns them slowly."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (n,), generator=g)
+    proto = torch.randn(10, 3, 8, 8, generator=g)
+    return CheckData(torch.randn(n, 3, 8, 8, generator=g) + strength * proto[y], y, num_classes=10, lr=1e-3)
+
+
+def test_input_independent_calls_a_slow_learner_a_slow_start_not_a_data_fault():
+    def linear():
+        return nn.Sequential(nn.Flatten(), nn.Linear(192, 10))
+    r = input_independent(linear, _weak_signal(0.05), max_steps=100)
+    assert r.status == "warn" and r.codes == ["slow-start"], (r.measured, r.causes)
+    assert r.details["real"][1] > r.details["zeroed"][1]
+    r = input_independent(linear, _weak_signal(0.0), max_steps=100)  # no signal at all: still a FAIL
+    assert r.status == "fail" and r.codes == []

@@ -41,13 +41,34 @@ def loss_at_init(make_model, data: CheckData) -> CheckResult:
     ratio = loss / expected
     scale = logits.std().item()
     status = "pass" if 0.8 <= ratio <= 1.25 else "warn" if 0.6 <= ratio <= 1.6 else "fail"
+    causes, codes = ([] if status == "pass" else ["weights initialised with too large a std (logits far from 0)",
+                                                  "a missing or wrong final normalisation"]), []
+    head, head_gain, body_gain = _head_gain(model)
+    if status == "fail" and ratio > 1.6 and head_gain > 3 and body_gain <= 3:
+        # the classifier alone starts large (e.g. torchvision's EfficientNet scales its head init by
+        # 1/sqrt(K), sized for K = 1000): a noisy start, not a broken network
+        status, codes = "warn", ["large-head-init"]
+        causes = [f"the classifier {head} starts with gain std*sqrt(fan_in) = {head_gain:.3g} while the rest of the "
+                  f"network is at {body_gain:.3g} (median): its init is sized for another number of classes; "
+                  f"training starts from confident guesses but is not broken (re-initialise the head with a small "
+                  f"std, e.g. trunc_normal 0.02, for a clean start)"]
     return CheckResult(
         "loss-at-init", status, f"loss {loss:.3f}, logit std {scale:.3g}", f"ln({k}) = {expected:.3f} (x0.8-1.25)",
         "At initialisation every class should be about equally likely, so the cross-entropy is close to "
         "ln(K). A much larger loss means confident wrong predictions: the output layer starts too large.",
-        [] if status == "pass" else ["weights initialised with too large a std (logits far from 0)",
-                                     "a missing or wrong final normalisation", "labels outside [0, K)"],
-        {"loss": loss, "ln_k": expected, "logit_std": scale})
+        causes, {"loss": loss, "ln_k": expected, "logit_std": scale, "head_gain": head_gain}, codes)
+
+
+def _head_gain(model: nn.Module) -> tuple[str, float, float]:
+    """(name, weight gain) of the last Linear layer (the classifier, by definition order) and the
+    median gain of every other Linear/Conv weight (see ``weight_gains``)."""
+    gains = weight_gains(model)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears or f"{linears[-1]}.weight" not in gains:
+        return "", 0.0, 0.0
+    head = f"{linears[-1]}.weight"
+    rest = sorted(v for n, v in gains.items() if n != head)
+    return linears[-1], gains[head], (rest[len(rest) // 2] if rest else 0.0)
 
 
 def _stage(name: str) -> str:
@@ -133,9 +154,13 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
         n = max(big, key=big.get)
         causes.append(f"{len(big)} weights start with gain std*sqrt(fan_in) > {MAX_GAIN:g} (e.g. {n}: {big[n]:.3g}; "
                       f"He init is 1.41): weight init std too large")
-    if skip < MIN_SKIP_CORR:
+    skip_zeroed = None
+    if skip < MIN_SKIP_CORR:  # the arbiter: a block whose branch is silenced must return its input
+        skip_zeroed = _skip_with_branches_zeroed(make_model, data)
+    if skip < MIN_SKIP_CORR and (skip_zeroed is None or skip_zeroed < 0.99):
         causes.append(f"block outputs do not carry their inputs (median correlation {skip:.2f}, expected >= "
-                      f"{MIN_SKIP_CORR}): a residual (skip) connection is dropped")
+                      f"{MIN_SKIP_CORR}; {skip_zeroed if skip_zeroed is not None else float('nan'):.2f} with every "
+                      f"block's parameters zeroed): a residual (skip) connection is dropped")
     if saturated:
         n = max(saturated, key=saturated.get)
         causes.append(f"{len(saturated)} squashing layers are saturated at init (e.g. {n}: {saturated[n]:.0%} of units "
@@ -148,7 +173,34 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
         "At init the activation scale should stay within an order of magnitude through depth, weights should "
         "start near He/LeCun scale or below, residual blocks should pass their input through, and squashing "
         "layers (DyT, tanh) should work in their linear range.",
-        causes, {"block_std": stds, "skip_corr": corr, "saturation": sat, "large_gains": big})
+        causes, {"block_std": stds, "skip_corr": corr, "saturation": sat, "large_gains": big,
+                 "skip_corr_branches_zeroed": skip_zeroed})
+
+
+def _skip_with_branches_zeroed(make_model, data: CheckData) -> float | None:
+    """Median correlation of each shape-preserving block's output with its input when every parameter
+    of every block is zero: a residual block then returns its input exactly (corr 1), a block whose
+    skip was dropped returns a constant. Tells a dropped skip from a branch that starts anti-correlated
+    with its input (e.g. mimetic attention init, W_proj W_v ~ -0.4 I). None when no block keeps its shape."""
+    model = fresh(make_model)
+    blocks = block_modules(model)
+    with torch.no_grad():
+        for _, m in blocks:
+            for p in m.parameters():
+                p.zero_()
+    corr: list[float] = []
+
+    def hook(mod, args, out):
+        x = args[0]
+        if x.shape == out.shape:
+            a, b = (x - x.mean()).flatten().float(), (out - out.mean()).flatten().float()
+            corr.append(F.cosine_similarity(a, b, dim=0).item() if b.norm() > 0 else 0.0)
+    hooks = [m.register_forward_hook(hook) for _, m in blocks]
+    with torch.no_grad():
+        model(data.x)
+    for h in hooks:
+        h.remove()
+    return statistics.median(corr) if corr else None
 
 
 @check("grad-flow")
@@ -165,11 +217,13 @@ def grad_flow(make_model, data: CheckData, allow_frozen: bool = False) -> CheckR
     unused = [n for n, p in named if p.requires_grad and p.grad is None]
     nonfinite = [n for n, p in named if p.grad is not None and not torch.isfinite(p.grad).all()]
     dead = [n for n, p in named if p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() == 0]
+    late = _zero_at_init_only(model, data, dead) if dead and not nonfinite else []
+    dead = [n for n in dead if n not in late]
     n_trainable = sum(p.requires_grad for _, p in named)
     bad = unused or nonfinite or dead or (frozen and not allow_frozen)
     status = "fail" if bad else "warn" if frozen else "pass"
     measured = (f"{n_trainable} trainable; {len(unused)} unused, {len(dead)} zero-grad, {len(nonfinite)} non-finite,"
-                f" {len(frozen)} frozen")
+                f" {len(frozen)} frozen" + (f"; {len(late)} zero at init only" if late else ""))
     causes = []
     if unused:
         causes.append(f"parameters not used in forward (e.g. {unused[0]}): a dead branch or a layer built but not called")
@@ -182,8 +236,24 @@ def grad_flow(make_model, data: CheckData, allow_frozen: bool = False) -> CheckR
         causes.append(f"{len(frozen)} parameters are frozen (requires_grad=False, e.g. {frozen[0]}): a block left "
                       f"frozen will never train")
     return CheckResult("grad-flow", status, measured, "every parameter trainable, with a finite, non-zero gradient",
-                       "Backpropagation from the loss should reach every parameter of a model trained from scratch.",
-                       causes, {"frozen": frozen, "unused": unused, "dead": dead, "nonfinite": nonfinite})
+                       "Backpropagation from the loss should reach every parameter of a model trained from scratch. "
+                       "A gradient that is zero at init only (a zero-initialised scale downstream, e.g. the last "
+                       "BatchNorm of a residual branch or a layer scale of 0) reaches the parameter after one step.",
+                       causes, {"frozen": frozen, "unused": unused, "dead": dead, "nonfinite": nonfinite,
+                                "zero_at_init_only": late})
+
+
+def _zero_at_init_only(model: nn.Module, data: CheckData, dead: list[str]) -> list[str]:
+    """Of the parameters whose gradient is zero at init, those that get a non-zero gradient after one
+    plain SGD step (lr 0.01) on the same batch: zero only because a scale downstream starts at 0."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for p in params.values():
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-0.01)
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(data.x), data.y).backward()
+    return [n for n in dead if params[n].grad is not None and params[n].grad.abs().max() > 0]
 
 
 @check("batch-independence")

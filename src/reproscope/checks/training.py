@@ -205,7 +205,10 @@ def input_independent(make_model, data: CheckData, max_steps: int = 300, every: 
     Zeroed (normalised) inputs are the mean image: whatever a model predicts for them it learned from
     the labels alone. Stops early once real inputs beat them by 0.05 ln K in loss (and in accuracy).
     Judged in train mode (batch statistics, as the training loss); when eval mode does not show the
-    win yet (BatchNorm running statistics lagging), the result is a WARN (``eval-mode-differs``).
+    win yet (BatchNorm running statistics lagging), the result is a WARN (``eval-mode-differs``). When
+    the loss margin is missed but held-out accuracy with real inputs beats blank inputs by more than
+    3 standard errors (two-proportion), the model uses its inputs and learns slowly: a WARN
+    (``slow-start``), not a FAIL.
     """
     model = fresh(make_model)
     run = data.run(model, clean=False)
@@ -253,10 +256,24 @@ def input_independent(make_model, data: CheckData, max_steps: int = 300, every: 
                           "information about the images (labels shuffled or misaligned with the images, label "
                           "smoothing near 1, all targets equal), the lr is ~0, or the input is destroyed before "
                           "the model")
+        elif last > 0.9 * math.log(data.num_classes):
+            causes.append(f"the training loss only came down to about ln K ({first:.3f} -> {last:.3f}, ln K = "
+                          f"{math.log(data.num_classes):.3f}): the model unlearned a large initial loss but has not "
+                          f"learned the task yet; train longer or check the lr (lr-range)")
         else:
             causes.append(f"the training loss fell ({first:.3f} -> {last:.3f}) but held-out predictions do not use "
                           "the image: labels that do not match the images (shuffled or misaligned labels) were "
                           "memorised, or train and validation label the classes in different orders")
+        n_val = len(vy)
+        pooled = (real[1] + zero[1]) / 2
+        se = math.sqrt(max(pooled * (1 - pooled), 1e-12) * 2 / max(n_val, 1))
+        if math.isfinite(losses[-1]) and real[1] - zero[1] > 3 * se:
+            status = "warn"  # the inputs clearly help held-out accuracy: a slow learner, not a data fault
+            codes.append("slow-start")
+            causes.insert(0, f"held-out accuracy with real inputs beats blank inputs ({real[1]:.0%} vs {zero[1]:.0%} "
+                             f"on {n_val} images, more than 3 standard errors), but the loss margin is not met after "
+                             f"{len(losses)} steps: the model uses its inputs and learns slowly here (e.g. images "
+                             f"small for its architecture, or a large initial loss to unlearn); not a data fault")
     return CheckResult(
         "input-independent", status,
         f"held-out loss real {real[0]:.3f} vs zeroed {zero[0]:.3f}, accuracy {real[1]:.0%} vs {zero[1]:.0%} "

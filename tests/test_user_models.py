@@ -125,11 +125,7 @@ def test_input_independent_judges_train_mode_and_warns_on_eval_lag():
 
 
 # Correct, widely used models: diagnose all must raise no FAIL (WARNs are listed in the README).
-PANEL = [
-    "torchvision.models:resnet18", "torchvision.models:mobilenet_v3_small", "torchvision.models:efficientnet_b0",
-    "timm:convnext_atto", "timm:deit_tiny_patch16_224", "timm:resnet10t",
-    "vit_tiny", "mambaout_femto",  # ours, registered, by name
-]
+from reproscope.checks.zoo import CORRECT_MODELS as PANEL, ZOO_RECIPE_OVERRIDES  # noqa: E402
 
 
 @pytest.mark.slow
@@ -140,8 +136,7 @@ def test_no_false_alarm_on_correct_models(spec, capsys):
     from reproscope.diagnostics.diagnose import run_diagnosis
     from reproscope.config import apply_overrides
     from reproscope.recipes import get_recipe
-    r = apply_overrides(get_recipe("quickstart"), {"data.train_size": 2000, "data.val_size": 300,
-                                                   "data.batch_size": 64})
+    r = apply_overrides(get_recipe("quickstart"), ZOO_RECIPE_OVERRIDES)
     results = run_diagnosis(r, "all", model_spec=spec)
     fails = [x.summary() + " | " + "; ".join(x.causes) for x in results if x.status == "fail"]
     assert not fails, fails

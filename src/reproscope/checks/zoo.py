@@ -169,6 +169,13 @@ CORRECT_RECIPES = ("quickstart", "quickstart-dyt", "dyt-vit_tiny", "dyt-vit_tiny
 
 # What the checks found in our own built-in recipes, unchanged (no mutation). Such a recipe must fail
 # exactly its expected check, with the cause named, and no other check.
+# Correct, widely used models (and two of ours) that `diagnose all` must not FAIL on the zoo's data
+# (tests/test_user_models.py; `python experiments/false_alarm_panel.py` prints what each gets).
+CORRECT_MODELS = (
+    "torchvision.models:resnet18", "torchvision.models:mobilenet_v3_small", "torchvision.models:efficientnet_b0",
+    "timm:convnext_atto", "timm:deit_tiny_patch16_224", "timm:resnet10t", "vit_tiny", "mambaout_femto",
+)
+
 RECIPE_FINDINGS = {
     "dyt-convnext_tiny": Bug(
         "dyt-convnext_tiny-slow-start",

@@ -87,3 +87,17 @@ def test_no_weight_decay_on_1d_pos_cls():
     assert {"pos_embed", "cls_token", "norm.alpha", "blocks.0.norm1.weight", "head.bias"} <= nd
     assert "blocks.0.attn.qkv.weight" not in nd and "head.weight" not in nd
     assert not math.isnan(m(torch.randn(1, 3, 32, 32)).sum().item())
+
+
+def test_flop_count_includes_attention_on_cpu():
+    """torch's counter has no formula for the CPU attention kernel; ours adds its two matmuls."""
+    import torch.nn.functional as F
+    from reproscope.diagnostics.models_table import count_flops
+
+    class OnlyAttention(torch.nn.Module):
+        def forward(self, x):  # [1, 3, 16, 16] -> q = k = v: [1, 3 heads, 16 tokens, 16 dims]
+            q = x.reshape(1, 3, 16, 16)
+            return F.scaled_dot_product_attention(q, q, q)
+    assert count_flops(OnlyAttention(), 16) == 2 * (2 * 3 * 16 * 16 * 16)
+    vit_b = count_flops(create_model("vit_base"), 224)
+    assert vit_b == pytest.approx(35.13e9, rel=1e-3)  # 33.70e9 without the attention products

@@ -187,3 +187,18 @@ def test_cli_bad_root_is_a_message_not_a_traceback(tmp_path, capsys):
 def test_shared_imagenette_copy(tmp_path):
     tr, va = build_datasets(_cfg(tmp_path, "imagenette", SHARED / "imagenette"), progress=False)
     assert (len(tr), len(va)) == (9469, 3925) and len(tr.classes) == 10
+
+
+@pytest.mark.parametrize("command", ["train", "diagnose"])
+def test_labels_beyond_num_classes_are_refused_once_before_anything_runs(tmp_path, capsys, command):
+    """A 3-class folder with data.num_classes=2: one message naming the classes and the key."""
+    root = _folder(tmp_path / "data", classes=("cat", "dog", "fox"), n=4)
+    sets = ["--set", "data.dataset=imagefolder", "--set", f"data.root={root}", "--set", "data.num_classes=2",
+            "--set", "data.img_size=16", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", "data.batch_size=4", "--set", "model.patch_size=4"]
+    args = ["train", "--run-dir", str(tmp_path / "run"), "--no-progress", *sets] if command == "train" \
+        else ["diagnose", "all", *sets, "--out", str(tmp_path / "diag")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("data.num_classes=2") == 1 and "cat, dog, fox" in err and "--set data.num_classes=3" in err
+    assert "Traceback" not in err

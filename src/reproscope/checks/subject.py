@@ -99,7 +99,7 @@ def recipe_subject(recipe: Recipe, *, mutation: Mutation | None = None, make_mod
                    progress: bool = False):
     """(make_model, CheckData, recipe as given) for ``recipe`` (mutation applied); ``make_model``
     defaults to the recipe's model."""
-    from ..train.data import build_datasets
+    from ..train.data import build_datasets, check_labels
     from ..train.trainer import build_model
     if mutation is not None and mutation.recipe:
         recipe = apply_overrides(recipe, mutation.recipe)
@@ -110,6 +110,7 @@ def recipe_subject(recipe: Recipe, *, mutation: Mutation | None = None, make_mod
     if mutation is not None and mutation.datasets is not None:
         train, val = mutation.datasets(train, val)
     k = recipe.data.num_classes or train.num_classes
+    check_labels(train, val, k)  # once, before any check (each would crash on it)
     tmp = None
     if workdir is None:  # removed when the CheckData is garbage-collected, or at exit
         tmp = tempfile.TemporaryDirectory(prefix="reproscope-checks-")

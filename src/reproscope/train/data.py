@@ -46,6 +46,25 @@ class ArrayDataset:
 
 # ----------------------------------------------------------------------------- registry
 
+def check_labels(train: ArrayDataset, val: ArrayDataset, num_classes: int) -> None:
+    """Every label of both splits lies in [0, num_classes), checked once before anything runs (an
+    out-of-range label is an IndexError in cross-entropy on CPU and a device-side assert on CUDA).
+
+    Raises:
+        ConfigError: naming the split, the label, the dataset's classes and the key to change.
+    """
+    for split in (train, val):
+        if len(split) == 0:
+            continue
+        lo, hi = int(split.labels.min()), int(split.labels.max())
+        if lo < 0 or hi >= num_classes:
+            names = ", ".join(split.classes[:12]) + (" ..." if len(split.classes) > 12 else "")
+            raise ConfigError(f"{split.name or 'dataset'} has label {hi if hi >= num_classes else lo} but "
+                              f"data.num_classes={num_classes} (labels must lie in [0, {num_classes})); the dataset "
+                              f"has {len(split.classes)} classes ({names}): set --set data.num_classes="
+                              f"{max(len(split.classes), hi + 1)}, or 0 to take it from the dataset")
+
+
 BUILTIN_DATASETS = {"shapes10": "procedural 10-class shapes x textures, generated from a seed (no files)"}
 DISK_DATASETS = {
     "imagenette": "ImageNet 10-class subset (imagenette2 / -160 / -320 archives, or train/val folders)",

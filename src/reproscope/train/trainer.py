@@ -37,7 +37,7 @@ from ..config import ConfigError, Recipe
 from ..model import model_info
 from .augment import BatchTransform, soft_cross_entropy
 from .checkpoint import atomic_save, read_manifest, save_weights, sha256_of, write_manifest
-from .data import ArrayDataset, BatchLoader, build_datasets, channel_stats
+from .data import ArrayDataset, BatchLoader, build_datasets, channel_stats, check_labels
 from .ema import ModelEma
 from .optim import WarmupCosine, build_optimizer
 from . import distributed
@@ -182,6 +182,7 @@ class Trainer:
 
         self.train_set, self.val_set = datasets or build_datasets(r.data, download=download, progress=r.run.progress)
         self.num_classes = r.data.num_classes or self.train_set.num_classes
+        check_labels(self.train_set, self.val_set, self.num_classes)
         if model is None:
             model = model_factory(self.num_classes) if model_factory is not None else build_model(r, self.num_classes)
         self.orig_model = model.to(self.device)

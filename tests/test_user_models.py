@@ -248,3 +248,13 @@ def test_input_independent_calls_a_slow_learner_a_slow_start_not_a_data_fault():
     assert r.details["real"][1] > r.details["zeroed"][1]
     r = input_independent(linear, _weak_signal(0.0), max_steps=100)  # no signal at all: still a FAIL
     assert r.status == "fail" and r.codes == []
+
+
+def test_plan_and_profile_take_your_model(tmp_path, capsys):
+    src = _file(tmp_path, NET.format(bad=False))
+    small = ["--set", "data.train_size=256", "--set", "data.batch_size=16", "--set", "run.threads=1"]
+    assert main(["plan", "--model", f"{src}:make", "--hours", "1", "--steps", "1", *small]) == 0
+    assert f"{src}:make at 32 px" in capsys.readouterr().out
+    rd = tmp_path / "prof"
+    assert main(["profile", "--model", f"{src}:make", "--steps", "1", "--run-dir", str(rd), *small]) == 0
+    assert "aten::" in capsys.readouterr().out and (rd / "profile").is_dir()

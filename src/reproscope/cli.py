@@ -79,10 +79,19 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _model_factory(args, recipe):
+    """``--model SPEC`` as a Trainer ``model_factory`` (None: the recipe's registered model)."""
+    if not getattr(args, "model", None):
+        return None
+    from .model.spec import factory_for
+    return factory_for(args.model, recipe.data.img_size)
+
+
 def cmd_plan(args) -> int:
     from .diagnostics.plan import plan, print_plan
     recipe = resolved_recipe(args)
-    print_plan(recipe, plan(recipe, args.hours, args.steps))
+    print_plan(recipe, plan(recipe, args.hours, args.steps, model_factory=_model_factory(args, recipe)),
+               model_label=args.model)
     return 0
 
 
@@ -96,7 +105,7 @@ def cmd_profile(args) -> int:
         recipe = apply_overrides(recipe, {"instrument.enabled": False})
     rd = Path(args.run_dir) if args.run_dir else new_run_dir(recipe.run.out_dir, f"profile-{recipe.name}")
     prepare_run_dir(rd, resume=False, overwrite=args.overwrite)
-    print_summary(run_profile(recipe, rd, steps=args.steps), rd / "profile")
+    print_summary(run_profile(recipe, rd, steps=args.steps, model_factory=_model_factory(args, recipe)), rd / "profile")
     return 0
 
 
@@ -174,12 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="time real training steps here and budget a run (with an L4 estimate)")
     _add_recipe_args(pl)
     pl.add_argument("--hours", type=float, default=24.0, help="budget in hours (default 24)")
+    pl.add_argument("--model", default=None, metavar="SPEC", help="plan your own model (file.py:factory, "
+                    "package.module:factory, timm:NAME or a registered name)")
     pl.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     pl.set_defaults(fn=cmd_plan)
 
     pf = sub.add_parser("profile", help="profile training steps: TensorBoard + Perfetto traces and a summary")
     _add_recipe_args(pf)
     pf.add_argument("--steps", type=int, default=5, help="profiled steps after 2 warm-up steps (default 5)")
+    pf.add_argument("--model", default=None, metavar="SPEC", help="profile your own model (file.py:factory, "
+                    "package.module:factory, timm:NAME or a registered name)")
     pf.add_argument("--run-dir", default=None)
     pf.add_argument("--overwrite", action="store_true")
     pf.add_argument("--with-instrument", action="store_true", help="keep the recipe's probes on while profiling")

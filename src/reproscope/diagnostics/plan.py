@@ -37,7 +37,7 @@ def _synthetic(recipe: Recipe, n: int) -> tuple[ArrayDataset, ArrayDataset]:
     return ArrayDataset(x, y, classes, "synthetic/train"), ArrayDataset(x[:8], y[:8], classes, "synthetic/val")
 
 
-def time_steps(recipe: Recipe, steps: int = 5, warmup: int = 2) -> dict:
+def time_steps(recipe: Recipe, steps: int = 5, warmup: int = 2, model_factory=None) -> dict:
     from ..train.trainer import Trainer, resolve_device
     # probes off: the plan times the bare training step (instrument_overhead.py measures probes)
     r = apply_overrides(recipe, {"run.progress": False, "instrument.enabled": False})
@@ -48,7 +48,7 @@ def time_steps(recipe: Recipe, steps: int = 5, warmup: int = 2) -> dict:
         note = f"timed in fp32: the recipe's {recipe.precision.amp} autocast is not representative on a CPU"
     n = r.data.batch_size * r.optim.accum_steps
     with tempfile.TemporaryDirectory() as d:
-        tr = Trainer(r, d, tensorboard=False, datasets=_synthetic(r, n))
+        tr = Trainer(r, d, tensorboard=False, datasets=_synthetic(r, n), model_factory=model_factory)
         batches = [tr.train_loader.make_batch(torch.arange(r.data.batch_size), i) for i in range(r.optim.accum_steps)]
         for _ in range(warmup):
             tr.train_step(batches)
@@ -63,8 +63,10 @@ def time_steps(recipe: Recipe, steps: int = 5, warmup: int = 2) -> dict:
             "batch": n, "note": note}
 
 
-def plan(recipe: Recipe, hours: float, steps: int = 5) -> dict:
-    t = time_steps(recipe, steps)
+def plan(recipe: Recipe, hours: float, steps: int = 5, model_factory=None) -> dict:
+    """Time real training steps of the recipe (or of ``model_factory``'s model) here, and the epochs
+    that fit in ``hours``; an L4 estimate from the counted FLOPs and an assumed MFU."""
+    t = time_steps(recipe, steps, model_factory=model_factory)
     n_train = recipe.data.train_size if recipe.data.dataset == "shapes10" else TRAIN_IMAGES.get(recipe.data.dataset)
     l4 = KNOWN_GPUS["L4"]
     peak = peak_flops(l4, recipe.precision.amp if recipe.precision.amp != "auto" else "bf16", recipe.precision.tf32)
@@ -79,8 +81,8 @@ def plan(recipe: Recipe, hours: float, steps: int = 5) -> dict:
     return out
 
 
-def print_plan(recipe: Recipe, p: dict) -> None:
-    print(f"recipe {recipe.name}: {recipe.model.name} at {recipe.data.img_size} px, batch {p['batch']}, "
+def print_plan(recipe: Recipe, p: dict, model_label: str | None = None) -> None:
+    print(f"recipe {recipe.name}: {model_label or recipe.model.name} at {recipe.data.img_size} px, batch {p['batch']}, "
           f"precision {recipe.precision.amp}")
     print(f"measured here ({p['device']}): {p['img_per_s']:.1f} img/s ({p['step_s'] * 1000:.0f} ms per step)"
           + (f"; {p['note']}" if p["note"] else ""))

@@ -27,11 +27,11 @@ from .models_table import count_flops_of_copy
 RANGES = ("data", "forward", "backward", "optimizer")
 
 
-def run_profile(recipe: Recipe, run_dir: Path, steps: int = 5, warmup: int = 2) -> dict:
+def run_profile(recipe: Recipe, run_dir: Path, steps: int = 5, warmup: int = 2, model_factory=None) -> dict:
     from ..train.trainer import Trainer
     out = run_dir / "profile"
     out.mkdir(parents=True, exist_ok=True)
-    tr = Trainer(recipe, run_dir, tensorboard=False)
+    tr = Trainer(recipe, run_dir, tensorboard=False, model_factory=model_factory)
     tr.fire("train_start")
     if recipe.precision.compile:
         tr.model = torch.compile(tr.orig_model)

@@ -122,6 +122,15 @@ def user_model(spec: str, num_classes: int, img_size: int | None = None, in_chan
 
 
 
+def factory_for(spec: str, img_size: int | None = None, in_chans: int = 3):
+    """``factory(num_classes) -> nn.Module`` for ``spec`` (what the Trainer's ``model_factory`` takes)."""
+    load_factory(spec)  # a bad spec fails here, once, before any data is built
+
+    def factory(num_classes: int):
+        return user_model(spec, num_classes, img_size=img_size, in_chans=in_chans)()
+    return factory
+
+
 def spec_file(spec: str) -> Path | None:
     """The source file a ``path/to/file.py:factory`` spec names (None for module and timm specs)."""
     mod = spec.rsplit(":", 1)[0]

@@ -159,7 +159,7 @@ def _user_factory(spec: str, recipe: Recipe, rd: Path, is_main: bool):
     """(factory(num_classes) -> nn.Module, model_source dict) for ``--model SPEC``; a file spec is
     copied into ``rd/model_src/`` so the run can be rebuilt and replayed without the original."""
     import shutil
-    from ..model.spec import model_source, spec_file, user_model
+    from ..model.spec import factory_for, model_source, spec_file
     source = model_source(spec)
     f = spec_file(spec)
     if f is not None and f.is_file() and f.resolve().parent != (rd / "model_src").resolve():
@@ -169,6 +169,4 @@ def _user_factory(spec: str, recipe: Recipe, rd: Path, is_main: bool):
             shutil.copyfile(f, dst)
         source["copy"] = f"model_src/{f.name}:{spec.rsplit(':', 1)[1]}"
 
-    def factory(num_classes: int):
-        return user_model(spec, num_classes, img_size=recipe.data.img_size)()
-    return factory, source
+    return factory_for(spec, recipe.data.img_size), source

@@ -44,7 +44,7 @@ def _roots() -> set[str]:
     tracked = [f for f in _tracked() if not f.endswith("/")]
     top = {f.split("/")[0] for f in tracked if "/" in f}
     sub = {f.split("/")[2] for f in tracked if f.startswith("src/reproscope/") and f.count("/") >= 3}
-    return top | sub | {"reproscope"}
+    return top | sub | {"reproscope", "src", "tests", "docs", "benchmarks", "experiments", "examples"}
 
 
 def _exists(rel: str, doc: Path, tracked: set[str]) -> bool:

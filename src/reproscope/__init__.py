@@ -5,3 +5,9 @@ collect), ``checks`` (sanity checks) and ``diagnostics`` (CLI reports that read 
 """
 
 __version__ = "0.1.0"
+
+
+def watch(*args, **kwargs):
+    """Our instruments inside your own training loop: see ``reproscope.instrument.watch``."""
+    from .instrument.watch import watch as _watch
+    return _watch(*args, **kwargs)

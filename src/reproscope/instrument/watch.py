@@ -1,0 +1,230 @@
+"""``reproscope.watch``: the Trainer's instruments inside your own training loop.
+
+    with reproscope.watch(model, optimizer, run_dir="runs/mine", config=my_hparams) as w:
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            if w.step(loss, targets=y):   # False: non-finite, located, reproducer written, step to skip
+                optimizer.step()
+            optimizer.zero_grad()
+        w.evaluate(top1=..., loss=...)    # optional, once per epoch
+
+What it does, with the same code the Trainer uses (``Instrument``, ``SpikeDetector``,
+``locate_nonfinite``, ``MetricsLog``): probes on the Trainer's schedule (per-module activation and
+gradient statistics, parameter norms, update-to-weight ratios) into ``stats.jsonl`` and TensorBoard;
+the loss, grad norm and events into ``metrics.jsonl``; loss-spike events; and on a non-finite loss or
+gradient norm, a replay on a copy of the model that names the first module and the phase, plus a
+reproducer ``nonfinite-stepN.pt`` for ``reproscope diagnose replay``.
+
+How it fits a loop that is not ours: ``step`` is called after ``backward`` and before
+``optimizer.step()``, so the update of step N is measured when the next forward starts (a forward
+pre-hook on the model) or when the ``with`` block ends. Hooks go on the uncompiled module
+(``model._orig_mod`` for a ``torch.compile``d model), registered once and removed on exit.
+With gradient accumulation call ``step`` on optimizer steps only. A ``GradScaler`` passed as
+``scaler=``: a step whose loss is finite but whose (scaled) gradients overflow is the scaler's to skip and
+back off; it is counted (``scaler_skips``) and logged, not reported as a NaN. The grad norm is logged
+as the gradients are (scaled, unless you called ``scaler.unscale_`` first).
+
+Replay: pass ``targets=`` (and ``criterion=``, default cross-entropy) for an exact replay; without
+targets the backward phase is replayed with a surrogate loss (the mean square of the outputs).
+The reproducer rebuilds your model from ``model_spec`` (``file.py:factory``) or, when it is not
+given, from the model's class (its source file and name, called with ``num_classes``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import InstrumentConfig, apply_overrides
+from ..train import distributed
+from ..train.checkpoint import atomic_save
+from ..train.rundir import MetricsLog, NullLog, environment, write_json
+from .probe import Instrument, SpikeDetector
+from .tripwire import format_report, locate_nonfinite
+
+
+def _surrogate(out, _targets):
+    return out.float().square().mean()
+
+
+class _TrainerView:
+    """What the Trainer-facing ``Instrument`` reads from a trainer, for a loop that is not ours."""
+
+    def __init__(self, model: nn.Module, run_dir: Path, dist, log, log_every: int):
+        self.orig_model, self.run_dir, self.dist, self.log = model, run_dir, dist, log
+        self.recipe = SimpleNamespace(run=SimpleNamespace(log_every=log_every))
+        self.step = 0
+        self.eager_step = False  # the Instrument asks for it; in your loop your model runs as you call it
+
+
+class Watch:
+    """See the module docstring. ``run_dir`` is created; ``config`` (any JSON-able dict) is written to
+    ``user_config.json``."""
+
+    def __init__(self, model: nn.Module, optimizer=None, run_dir: str | Path = "runs/watch", config: dict | None = None,
+                 *, instrument: InstrumentConfig | None = None, log_every: int = 10, criterion=None, scaler=None,
+                 model_spec: str | None = None, tensorboard: bool = True):
+        self.model = model
+        self.orig_model = getattr(model, "_orig_mod", model)
+        self.optimizer, self.scaler, self.criterion = optimizer, scaler, criterion
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.dist = distributed.from_env()
+        self.log = MetricsLog(self.run_dir, tensorboard=tensorboard) if self.dist.is_main else NullLog()
+        self.step_count = 0
+        self.log_every = log_every
+        self._view = _TrainerView(self.orig_model, self.run_dir, self.dist, self.log, log_every)
+        self.cfg = instrument or InstrumentConfig()
+        self.instrument = Instrument(self.cfg)
+        self.spikes = SpikeDetector(self.cfg.spike_window, self.cfg.spike_threshold)
+        self.nonfinite_steps: list[int] = []
+        self.scaler_skips = 0
+        self.spike_count = 0
+        self.last_input: torch.Tensor | None = None
+        self.num_classes: int | None = None
+        self.model_spec = model_spec or _infer_spec(self.orig_model)
+        self._pending_end = False
+        self._armed = False
+        self._handles = []
+        self._closed = False
+        if self.dist.is_main:
+            write_json(self.run_dir / "user_config.json", config or {})
+            write_json(self.run_dir / "environment.json", {**environment(), "world_size": self.dist.world_size})
+            write_json(self.run_dir / "model_source.json", {"spec": self.model_spec})
+
+    def __enter__(self) -> "Watch":
+        self.instrument.on_train_start(self._view)
+        self._register()
+        return self
+
+    def _register(self) -> None:
+        self._handles = [self.orig_model.register_forward_pre_hook(self._before_forward),
+                         self.orig_model.register_forward_hook(self._after_forward)]
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _before_forward(self, module, args) -> None:
+        if self._pending_end:  # the optimizer has stepped since step(): finish that step's probe
+            self._pending_end = False
+            self.instrument.on_step_end(self._view)
+        if not self._armed:
+            self._armed = True
+            self.instrument.on_step_start(self._view, step=self.step_count + 1)
+        if args and isinstance(args[0], torch.Tensor):
+            self.last_input = args[0]
+
+    def _after_forward(self, module, args, out) -> None:
+        if isinstance(out, torch.Tensor) and out.ndim == 2:
+            self.num_classes = out.shape[1]
+
+    def step(self, loss: torch.Tensor, targets: torch.Tensor | None = None) -> bool:
+        """Call once per optimizer step, after ``backward()``, before ``optimizer.step()``.
+
+        Returns False when the loss or the gradient norm is non-finite (the module and phase are
+        printed and logged, a reproducer is written): skip ``optimizer.step()`` then. A GradScaler
+        overflow (scale about to drop) returns True: the scaler skips that step itself.
+        """
+        params = [p for p in self.orig_model.parameters() if p.grad is not None]
+        scale = self.scaler.get_scale() if self.scaler is not None and self.scaler.is_enabled() else 1.0
+        norms = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params]) if params else None
+        gn = torch.linalg.vector_norm(norms).item() if norms is not None else 0.0  # the grads as they are
+        lv = float(loss.detach().float())
+        self._view.step = self.step_count
+        self.instrument.on_after_backward(self._view)
+        ok = math.isfinite(lv) and math.isfinite(gn)
+        if not ok and self.scaler is not None and self.scaler.is_enabled() and math.isfinite(lv):
+            self.scaler_skips += 1  # fp16 overflow: the scaler skips this step and backs off
+            self.log.log("event", self.step_count + 1, type="scaler_skip", scale=scale)
+            ok = True
+        elif not ok:
+            self._nonfinite(lv, gn, targets)
+        else:
+            spike = self.spikes.check(lv)
+            if spike is not None:
+                self.spike_count += 1
+                self.log.log("event", self.step_count + 1, type="loss_spike", **spike)
+        self.step_count += 1
+        self._view.step = self.step_count
+        if self.step_count % self.log_every == 0 or self.step_count == 1:
+            self.log.log("train", self.step_count, loss=lv, grad_norm=gn)
+        self._pending_end, self._armed = True, False
+        return ok
+
+    def evaluate(self, **metrics: float) -> None:
+        """Log evaluation metrics (e.g. ``top1=``, ``top5=``, ``loss=``) at the current step."""
+        self.log.log("val", self.step_count, **metrics)
+
+    def _nonfinite(self, loss: float, grad_norm: float, targets) -> None:
+        x = self.last_input
+        criterion = self.criterion or (F.cross_entropy if targets is not None else _surrogate)
+        step = self.step_count + 1
+        for h in self._handles:  # the replay deep-copies the model with its hooks; ours hold open files
+            h.remove()
+        try:
+            report = locate_nonfinite(self.orig_model, [(x, targets)], criterion, step=step)
+        finally:
+            self._register()
+        path = self.run_dir / f"nonfinite-step{step}.pt"
+        if self.dist.is_main:
+            recipe = apply_overrides(_base_recipe(), {"data.img_size": int(x.shape[-1])}) if x is not None else None
+            atomic_save({"recipe_json": json.dumps(recipe.to_dict()) if recipe else "{}",
+                         "model_source_json": json.dumps({"spec": self.model_spec}),
+                         "num_classes": self.num_classes or 0, "model": self.orig_model.state_dict(),
+                         "batches": [(x.detach().cpu(), None if targets is None else targets.detach().cpu())],
+                         "rng": None, "step": step, "report": report.to_dict()}, path)
+        print(format_report(report) + f"\n  reproducer: {path}  (reproscope diagnose replay {path})", flush=True)
+        self.log.log("event", step, type="nonfinite", loss=loss, grad_norm=grad_norm, reproducer=str(path),
+                     **{("replay_loss" if k == "loss" else k): v for k, v in report.to_dict().items() if k != "step"})
+        self.nonfinite_steps.append(step)
+
+    def close(self) -> None:
+        """Finish the last probe, remove every hook, flush and close the files (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pending_end:
+            self._pending_end = False
+            self.instrument.on_step_end(self._view)
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self.instrument.acts is not None:
+            self.instrument.acts.remove()
+        if self.instrument.stats_file is not None:
+            self.instrument.stats_file.close()
+            self.instrument.stats_file = None
+        self.log.close()
+
+
+def _base_recipe():
+    from ..recipes import get_recipe
+    return get_recipe("quickstart")
+
+
+def _infer_spec(model: nn.Module) -> str:
+    """``file.py:ClassName`` for a model whose class is defined at the top level of a source file."""
+    cls = type(model)
+    try:
+        src = inspect.getsourcefile(cls)
+    except (TypeError, KeyError):
+        src = None
+    if src is None and getattr(cls.forward, "__code__", None) is not None:  # a module not in sys.modules
+        src = cls.forward.__code__.co_filename
+    if src and "." not in cls.__qualname__:
+        return f"{src}:{cls.__qualname__}"
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def watch(model: nn.Module, optimizer=None, run_dir: str | Path = "runs/watch", config: dict | None = None,
+          **kwargs) -> Watch:
+    """``with reproscope.watch(model, optimizer, run_dir=..., config=...) as w:`` (see ``Watch``)."""
+    return Watch(model, optimizer, run_dir, config, **kwargs)

@@ -1,0 +1,124 @@
+"""reproscope.watch: the instruments in a plain, user-written training loop."""
+
+import json
+import textwrap
+
+import torch
+import torch.nn.functional as F
+
+import reproscope
+from reproscope.cli import main
+
+NET = """
+    import torch
+    import torch.nn as nn
+
+    class SqrtAct(nn.Module):
+        def forward(self, x):
+            return torch.sqrt(x * 0.0) + x  # a finite forward; its backward is (0.5 / sqrt(0)) * 0 = nan
+
+    class Net(nn.Module):
+        def __init__(self, num_classes=10, fault="none"):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, 2, 1)
+            self.act = SqrtAct() if fault == "backward" else nn.ReLU()
+            self.head = nn.Linear(8, num_classes)
+            if fault == "forward":
+                with torch.no_grad():
+                    self.head.weight[0, 0] = float("inf")
+
+        def forward(self, x):
+            return self.head(self.act(self.conv(x)).mean((2, 3)))
+"""
+
+
+def _load(tmp_path):
+    p = tmp_path / "usernet.py"
+    p.write_text(textwrap.dedent(NET))
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("usernet", p)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _loop(model, run_dir, steps=6, **kw):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    results = []
+    with reproscope.watch(model, opt, run_dir=run_dir, config={"lr": 1e-3}, **kw) as w:
+        for _ in range(steps):
+            x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            ok = w.step(loss, targets=y)
+            results.append(ok)
+            if ok:
+                opt.step()
+            opt.zero_grad()
+        w.evaluate(top1=12.5, loss=2.3)
+    return w, results
+
+
+def test_a_clean_loop_gets_probes_and_metrics_and_leaves_no_hooks(tmp_path):
+    mod = _load(tmp_path)
+    model = mod.Net()
+    w, ok = _loop(model, tmp_path / "run")
+    assert all(ok) and w.step_count == 6
+    stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in stats] == [1, 2, 4]  # the Trainer's early probe schedule
+    assert "conv" in stats[0]["layers"] and stats[-1]["params"]["conv.weight"]["update_ratio"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "val" and r["top1"] == 12.5 for r in rows)
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+    w.close()  # idempotent
+
+
+def test_forward_nan_is_located_and_replayed(tmp_path, capsys):
+    mod = _load(tmp_path)
+    w, ok = _loop(mod.Net(fault="forward"), tmp_path / "run", steps=2)
+    assert ok == [False, False]
+    out = capsys.readouterr().out
+    assert "phase forward, module 'head'" in out
+    rep = tmp_path / "run" / "nonfinite-step1.pt"
+    torch.load(rep, weights_only=True)
+    assert main(["diagnose", "replay", str(rep)]) == 1
+    assert "phase forward, module 'head'" in capsys.readouterr().out
+
+
+def test_backward_only_nan_is_located(tmp_path, capsys):
+    mod = _load(tmp_path)
+    w, ok = _loop(mod.Net(fault="backward"), tmp_path / "run", steps=1)
+    assert ok == [False]
+    assert "phase backward, module 'act'" in capsys.readouterr().out
+    ev = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+          if '"nonfinite"' in line]
+    assert ev and ev[0]["phase"] == "backward" and ev[0]["module"] == "act"
+
+
+def test_a_grad_scaler_overflow_is_counted_not_reported(tmp_path, capsys):
+    mod = _load(tmp_path)
+    model = mod.Net()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with reproscope.watch(model, opt, run_dir=tmp_path / "run", scaler=scaler) as w:
+        x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+        loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss * 1e35).backward()  # finite loss, gradients that overflow once scaled
+        assert w.step(loss, targets=y)
+        scaler.step(opt)
+        scaler.update()
+    assert w.scaler_skips == 1 and w.nonfinite_steps == []
+    assert "NON-FINITE" not in capsys.readouterr().out
+
+
+def test_the_example_loop_runs_and_learns(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[1] / "examples" / "own_loop.py"
+    out = subprocess.run([sys.executable, str(example)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = [line for line in out.stdout.splitlines() if line.startswith("epoch 3")][0]
+    assert float(last.split("top-1 ")[1].rstrip("%")) > 50
+    assert (tmp_path / "runs" / "own-loop" / "stats.jsonl").is_file()

@@ -148,8 +148,10 @@ def mimetic_init_(attn: Attention, alpha_qk: float = 0.7, beta_qk: float = 0.7, 
     Z, Z' ~ N(0, 1/C) [C, C]; each product is split into its factors by SVD (sqrt of the singular
     values on both sides). Biases are left as they are.
 
-    The defaults (0.7, 0.7, 0.4, 0.4) are the ViT values we take from that paper; the KAT public code's
-    mimetic init gives a mean W_proj W_v diagonal of about -0.4 on KAT-T, which matches beta_vo = 0.4.
+    The defaults (0.7, 0.7, 0.4, 0.4) are the paper's ViT values as we recall them; its text could not
+    be consulted when this was written, so check them against Sec. 3 before citing. The KAT public
+    code's mimetic init gives a mean W_proj W_v diagonal of about -0.4 on KAT-T, which matches
+    beta_vo = 0.4.
 
     Shapes: ``attn.qkv.weight`` [3C, C] (rows q | k | v, heads contiguous), ``attn.proj.weight`` [C, C].
     """

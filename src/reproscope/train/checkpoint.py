@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from .rundir import write_json
+
 MANIFEST = "checkpoints.json"
 
 
@@ -39,27 +41,51 @@ class UnsafeCheckpointError(CheckpointError):
     """The file holds pickled Python objects that a weights-only load refuses."""
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` through a temporary file, fsync and rename.
+class _Sha256Writer:
+    """A file wrapper that hashes what is written through it (so a checkpoint is never read back to hash it)."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def write(self, b) -> int:
+        self.h.update(b)
+        return self.f.write(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _atomic_write(path: Path, write) -> str:
+    """``write(file)`` into a temporary file, fsync, rename over ``path``; the sha256 of what was written.
 
     Raises:
         CheckpointError: the write failed (full disk, I/O error); the previous file is untouched.
     """
-    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            hashed = _Sha256Writer(f)
+            write(hashed)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        return hashed.h.hexdigest()
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; "
                                   f"the previous checkpoint (if any) is untouched") from e
         raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> str:
+    """``torch.save(obj, path)`` through a temporary file, fsync and rename; returns the file's sha256.
+
+    Raises:
+        CheckpointError: the write failed (full disk, I/O error); the previous file is untouched.
+    """
+    return _atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
 def _fsync_dir(d: Path) -> None:
@@ -80,15 +106,9 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Write a model's weights as ``.safetensors`` (atomically; tied tensors are stored once each)."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}, str(tmp))
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"could not write {path}: {e.strerror or e}") from e
+    from safetensors.torch import save
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    _atomic_write(Path(path), lambda f: f.write(save(tensors)))
 
 
 def saved_recipe(obj: dict) -> dict:
@@ -209,24 +229,21 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, dict]:
 
 
 def write_manifest(run_dir: str | os.PathLike, entries: dict[str, dict]) -> None:
-    p = Path(run_dir) / MANIFEST
-    tmp = p.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, p)
+    write_json(Path(run_dir) / MANIFEST, entries)
 
 
-def listed_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """The manifest's checkpoints whose file exists and matches its recorded hash, highest step first
-    (``best.pt`` last). Unlisted files are never opened; a changed file is reported and skipped."""
+def listed_checkpoints(run_dir: str | os.PathLike):
+    """The manifest's checkpoints, highest step first (``best.pt`` last), each verified against its
+    recorded sha256 only when the caller gets to it (a generator: resuming hashes one file, not all).
+    Unlisted files are never opened; a missing or changed file is skipped (a changed one with a message)."""
     run_dir = Path(run_dir)
-    out = []
-    for name, entry in read_manifest(run_dir).items():
+    entries = sorted(read_manifest(run_dir).items(),
+                     key=lambda kv: (kv[0] != "best.pt", int(kv[1]["step"]), kv[0] == "last.pt"), reverse=True)
+    for name, entry in entries:
         p = run_dir / name
         if not p.is_file() or "/" in name or name.startswith("."):
             continue
         if sha256_of(p) != entry["sha256"]:
             print(f"resume auto: skipping {p}: its contents changed since reproscope wrote it (sha256 mismatch)")
             continue
-        out.append((int(entry["step"]), p))
-    out.sort(key=lambda sp: (sp[1].name != "best.pt", sp[0], sp[1].name == "last.pt"), reverse=True)
-    return out
+        yield int(entry["step"]), p

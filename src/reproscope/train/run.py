@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..config import Recipe, apply_overrides, recipe_from_dict
 from . import distributed
-from .checkpoint import CheckpointError, listed_checkpoints, load_checkpoint, load_weights, saved_recipe
+from .checkpoint import (CheckpointError, listed_checkpoints, load_checkpoint, load_weights, read_manifest,
+                         saved_recipe)
 from .rundir import new_run_dir, prepare_run_dir
 from .trainer import Trainer, resolve_device
 
@@ -52,12 +53,11 @@ def find_resume_checkpoint(recipe: Recipe, run_dir: Path | None) -> Path | None:
         dirs = sorted(parent.glob(f"{recipe.name}-*"), key=lambda p: p.stat().st_mtime, reverse=True) \
             if parent.is_dir() else []
     for d in dirs:
-        listed = listed_checkpoints(d)
-        unlisted = sorted({p.name for p in d.glob("*.pt")} - {p.name for _, p in listed})
+        unlisted = sorted({p.name for p in d.glob("*.pt")} - set(read_manifest(d)))
         if unlisted:
             print(f"resume auto: not opening {', '.join(unlisted)} in {d}: not in its checkpoint manifest "
                   f"(only checkpoints reproscope wrote are read; give a file explicitly with --resume PATH)")
-        for _, c in listed:
+        for _, c in listed_checkpoints(d):
             try:
                 load_checkpoint(c)
             except CheckpointError as e:

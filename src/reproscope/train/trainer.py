@@ -36,7 +36,7 @@ from torch.profiler import record_function
 from ..config import ConfigError, Recipe
 from ..model import model_info
 from .augment import BatchTransform, soft_cross_entropy
-from .checkpoint import atomic_save, read_manifest, save_weights, sha256_of, write_manifest
+from .checkpoint import atomic_save, read_manifest, save_weights, write_manifest
 from .data import ArrayDataset, BatchLoader, build_datasets, channel_stats, check_labels
 from .ema import ModelEma
 from .optim import WarmupCosine, build_optimizer
@@ -520,17 +520,16 @@ class Trainer:
             self.best_top1 = top1
         if self.dist.is_main:  # rank 0 writes; the others wait for the file
             state = self.state_dict()
-            atomic_save(state, path)
-            entry = {"step": self.step, "sha256": sha256_of(path)}
+            entry = {"step": self.step, "sha256": atomic_save(state, path)}
             manifest = read_manifest(self.run_dir)
             manifest[path.name] = manifest["last.pt"] = entry
             _atomic_link(path, self.run_dir / "last.pt")
+            if new_best:  # the same bytes: another name for this checkpoint, not a second write
+                _atomic_link(path, self.run_dir / "best.pt")
+                manifest["best.pt"] = entry
             for old in sorted(self.run_dir.glob("ckpt-step*.pt"))[:-self.recipe.run.keep_last]:
                 old.unlink(missing_ok=True)
                 manifest.pop(old.name, None)
-            if new_best:
-                atomic_save(state, self.run_dir / "best.pt")
-                manifest["best.pt"] = {"step": self.step, "sha256": sha256_of(self.run_dir / "best.pt")}
             write_manifest(self.run_dir, manifest)
         distributed.barrier(self.dist)
         self.fire("checkpoint", path=path)

@@ -52,15 +52,11 @@ def _rebuild_model(path: Path, rep: dict, recipe):
     """The model the reproducer was written from: the recipe's registered model, or the user's model
     from the copy its run directory holds (``model_src/``), else from the spec as given."""
     import json
-    from ..model.spec import user_model
+    from ..model.spec import spec_in_run, user_model
     from ..train.trainer import build_model
     source = json.loads(rep.get("model_source_json") or "null")
     if not source:
         return build_model(recipe, rep["num_classes"])
-    spec = source["spec"]
-    if source.get("copy"):
-        file, fn = source["copy"].rsplit(":", 1)
-        if (path.parent / file).is_file():
-            spec = f"{path.parent / file}:{fn}"
+    spec = spec_in_run(source, path.parent)
     print(f"replay: rebuilding the user's model from {spec}")
     return user_model(spec, rep["num_classes"], img_size=recipe.data.img_size)()

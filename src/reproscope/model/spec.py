@@ -82,15 +82,16 @@ def _accepted(factory, names: tuple[str, ...]) -> tuple[set[str], bool]:
     return declared & set(names), any(p.kind == p.VAR_KEYWORD for p in params)
 
 
-def user_model(spec: str, num_classes: int, img_size: int | None = None, in_chans: int = 3):
+def user_model(spec: str, num_classes: int, img_size: int | None = None, in_chans: int = 3, *, factory=None):
     """A ``make_model()`` for ``spec`` that passes ``num_classes``, ``img_size`` and ``in_chans`` when
     the factory accepts them (declared, or through ``**kwargs`` when the callee takes them).
+    ``factory``: the already loaded factory of ``spec`` (a file spec is then not executed again).
 
     Raises (when called):
         ConfigError: the factory raised, or returned something that is not an ``nn.Module``.
     """
     import torch.nn as nn
-    factory = load_factory(spec)
+    factory = factory or load_factory(spec)
     wanted = {"num_classes": num_classes, "img_size": img_size, "in_chans": in_chans}
     wanted = {k: v for k, v in wanted.items() if v is not None}
     declared, var_kw = _accepted(factory, tuple(wanted))
@@ -121,14 +122,25 @@ def user_model(spec: str, num_classes: int, img_size: int | None = None, in_chan
 
 
 
-
 def factory_for(spec: str, img_size: int | None = None, in_chans: int = 3):
-    """``factory(num_classes) -> nn.Module`` for ``spec`` (what the Trainer's ``model_factory`` takes)."""
-    load_factory(spec)  # a bad spec fails here, once, before any data is built
+    """``factory(num_classes) -> nn.Module`` for ``spec`` (what the Trainer's ``model_factory`` takes).
+    The spec is loaded here, once: a bad spec fails before any data is built."""
+    loaded = load_factory(spec)
 
     def factory(num_classes: int):
-        return user_model(spec, num_classes, img_size=img_size, in_chans=in_chans)()
+        return user_model(spec, num_classes, img_size=img_size, in_chans=in_chans, factory=loaded)()
     return factory
+
+
+def spec_in_run(source: dict, run_dir: Path) -> str:
+    """The spec to rebuild a run's model from its ``model_source.json`` record: the copy the run keeps
+    (``"copy": "model_src/FILE.py:factory"``, relative to ``run_dir``) when it is there, else the spec."""
+    copy = source.get("copy")
+    if copy:
+        file, fn = copy.rsplit(":", 1)
+        if (run_dir / file).is_file():
+            return f"{run_dir / file}:{fn}"
+    return source["spec"]
 
 
 def spec_file(spec: str) -> Path | None:

@@ -113,9 +113,8 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     distributed.barrier(d)
     factory, source = None, None
     if model_spec is None and ckpt is not None and (rd / "model_source.json").is_file():
-        saved_src = json.loads((rd / "model_source.json").read_text())
-        copy = saved_src.get("copy")  # "model_src/FILE.py:factory", relative to the run directory
-        model_spec = f"{rd / copy.rsplit(':', 1)[0]}:{copy.rsplit(':', 1)[1]}" if copy else saved_src["spec"]
+        from ..model.spec import spec_in_run
+        model_spec = spec_in_run(json.loads((rd / "model_source.json").read_text()), rd)
         print(f"resume: rebuilding the run's own model from {model_spec}")
     if model_spec is not None:
         factory, source = _user_factory(model_spec, recipe, rd, d.is_main)

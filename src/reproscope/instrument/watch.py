@@ -133,11 +133,10 @@ class Watch:
         printed and logged, a reproducer is written): skip ``optimizer.step()`` then. A GradScaler
         overflow (scale about to drop) returns True: the scaler skips that step itself.
         """
-        params = [p for p in self.orig_model.parameters() if p.grad is not None]
+        grads = [p.grad for p in self.orig_model.parameters() if p.grad is not None]
         scale = self.scaler.get_scale() if self.scaler is not None and self.scaler.is_enabled() else 1.0
-        norms = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params]) if params else None
-        gn = torch.linalg.vector_norm(norms).item() if norms is not None else 0.0  # the grads as they are
-        lv = float(loss.detach().float())
+        gn_t = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+        lv, gn = torch.stack([loss.detach().float(), gn_t.float().to(loss.device)]).tolist()  # one sync
         self._view.step = self.step_count
         self.instrument.on_after_backward(self._view)
         ok = math.isfinite(lv) and math.isfinite(gn)

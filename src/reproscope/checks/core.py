@@ -30,7 +30,7 @@ class CheckResult:
     explanation: str = ""
     causes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
-    codes: list[str] = field(default_factory=list)  # machine-readable causes, e.g. "eval-mode-lags"
+    codes: list[str] = field(default_factory=list)  # machine-readable causes, e.g. "eval-mode-differs"
 
     def summary(self) -> str:
         return f"{self.status.upper():4}  {self.name:<19} {self.measured}  (expected {self.expected})"

@@ -116,8 +116,7 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
         stds[n] = out.float().std().item()
         x = args[0]
         if x.shape == out.shape:  # how much of the block's input comes straight through
-            corr[n] = F.cosine_similarity((x - x.mean()).flatten().float(), (out - out.mean()).flatten().float(),
-                                          dim=0).item()
+            corr[n] = _skip_corr(x, out)
 
     # stages (conv nets) change width and resolution between groups of blocks: compare each block with
     # the stream entering its own stage; a ViT has one stage
@@ -177,6 +176,12 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
                  "skip_corr_branches_zeroed": skip_zeroed})
 
 
+def _skip_corr(x: torch.Tensor, out: torch.Tensor) -> float:
+    """Correlation of a block's output with its input (both centred, flattened); 0 for a constant output."""
+    a, b = (x - x.mean()).flatten().float(), (out - out.mean()).flatten().float()
+    return F.cosine_similarity(a, b, dim=0).item() if b.norm() > 0 else 0.0
+
+
 def _skip_with_branches_zeroed(make_model, data: CheckData) -> float | None:
     """Median correlation of each shape-preserving block's output with its input when every parameter
     of every block is zero: a residual block then returns its input exactly (corr 1), a block whose
@@ -191,10 +196,8 @@ def _skip_with_branches_zeroed(make_model, data: CheckData) -> float | None:
     corr: list[float] = []
 
     def hook(mod, args, out):
-        x = args[0]
-        if x.shape == out.shape:
-            a, b = (x - x.mean()).flatten().float(), (out - out.mean()).flatten().float()
-            corr.append(F.cosine_similarity(a, b, dim=0).item() if b.norm() > 0 else 0.0)
+        if args[0].shape == out.shape:
+            corr.append(_skip_corr(args[0], out))
     hooks = [m.register_forward_hook(hook) for _, m in blocks]
     with torch.no_grad():
         model(data.x)

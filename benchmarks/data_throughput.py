@@ -26,7 +26,7 @@ from reproscope.config import apply_overrides
 from reproscope.recipes import get_recipe
 from reproscope.train.folders import decode_image
 from reproscope.train.trainer import Trainer
-from reproscope.train.trainer import synchronize as sync
+from reproscope.runtime import synchronize as sync
 
 
 def main() -> None:

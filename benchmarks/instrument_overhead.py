@@ -20,8 +20,9 @@ import torch
 
 from reproscope.config import apply_overrides
 from reproscope.recipes import get_recipe
+from reproscope.instrument import standard_callbacks
 from reproscope.train.trainer import Trainer
-from reproscope.train.trainer import synchronize as sync
+from reproscope.runtime import synchronize as sync
 
 CONFIGS = {
     "off": {"instrument.enabled": False},
@@ -42,7 +43,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for name, kv in CONFIGS.items():
             torch.manual_seed(0)
-            tr = Trainer(apply_overrides(base, kv), f"{d}/{len(runs)}", tensorboard=True)
+            r = apply_overrides(base, kv)
+            tr = Trainer(r, f"{d}/{len(runs)}", tensorboard=True, callbacks=standard_callbacks(r))
             tr.fire("train_start")
             if base.precision.compile:
                 tr.model = torch.compile(tr.orig_model)

@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: E402
 from reproscope.config import apply_overrides  # noqa: E402
 from reproscope.recipes import DEFAULT_RECIPE, get_recipe  # noqa: E402
 from reproscope.train.data import build_datasets  # noqa: E402
-from reproscope.train.run import train  # noqa: E402
+from reproscope.launch import train  # noqa: E402
 
 
 def linear_probe_on_pixels(recipe, epochs: int = 30, seed: int = 0) -> tuple[float, float]:

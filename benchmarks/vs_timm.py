@@ -40,7 +40,9 @@ from reproscope.hardware import lookup, peak_flops
 from reproscope.model import create_model
 from reproscope.recipes import get_recipe
 from reproscope.train.data import ArrayDataset
-from reproscope.train.trainer import Trainer, synchronize
+from reproscope.runtime import synchronize
+from reproscope.instrument import standard_callbacks
+from reproscope.train.trainer import Trainer
 
 # name -> (our model, timm model, img size, constructor kwargs shared by both)
 MODELS = {
@@ -97,7 +99,7 @@ class OurStep:
         tiny = ArrayDataset(torch.zeros(batch, 3, img, img, dtype=torch.uint8), torch.zeros(batch, dtype=torch.long),
                             tuple(str(i) for i in range(num_classes)), "synthetic")
         self._tmp = tempfile.TemporaryDirectory()
-        self.tr = Trainer(r, self._tmp.name, tensorboard=False, datasets=(tiny, tiny))
+        self.tr = Trainer(r, self._tmp.name, tensorboard=False, datasets=(tiny, tiny), callbacks=standard_callbacks(r))
         self.tr.fire("train_start")
         if compile_:
             self.tr.model = torch.compile(self.tr.eager_model)

@@ -8,9 +8,10 @@ import torch
 
 from reproscope.config import apply_overrides
 from reproscope.instrument.hooks import ActivationStats, HookHandles
+from reproscope.instrument import Tripwire
 from reproscope.instrument.probe import SpikeDetector, probe_schedule
 from reproscope.model import create_model
-from reproscope.train.run import train
+from reproscope.launch import train
 from reproscope.train.rundir import read_metrics
 
 from conftest import TINY
@@ -136,12 +137,15 @@ def test_tripwire_names_the_injected_module(tiny_recipe, tmp_path, model_name, m
     inject = Inject(model, module, phase, at_step=3, value=float("inf") if module == "head" else float("nan"))
     from reproscope.train.trainer import Trainer
     r = _recipe(tiny_recipe, **{"instrument.enabled": False})
-    trainer = Trainer(r, tmp_path / "run", model=model, tensorboard=False, callbacks=[inject])
+    tripwire = Tripwire()
+    trainer = Trainer(r, tmp_path / "run", model=model, tensorboard=False, callbacks=[inject, tripwire])
     trainer.fit()
-    rep = trainer.tripped
+    rep = tripwire.report
     assert rep is not None, "tripwire did not trip"
     assert (rep.module, rep.phase) == (module, phase), rep
     assert rep.step == 3 and trainer.step == 2
+    d = trainer.tripped  # the guard's decision carries the tripwire's findings
+    assert (d.action, d.code, d.step) == ("stop", "nonfinite", 3) and d.findings["module"] == module
     ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "nonfinite"][0]
     assert ev["module"] == module and ev["policy"] == "stop"
 
@@ -171,11 +175,12 @@ def test_replay_cli_prints_the_same_report(tiny_recipe, tmp_path, capsys):
     model = create_model("vit_quick", num_classes=10)
     with torch.no_grad():
         model.blocks[2].mlp.fc1.weight[0, 0] = float("inf")  # a real, persistent fault
+    tripwire = Tripwire()
     trainer = Trainer(_recipe(tiny_recipe, **{"instrument.enabled": False}), tmp_path / "run", model=model,
-                      tensorboard=False)
+                      tensorboard=False, callbacks=[tripwire])
     trainer.fit()
-    assert trainer.tripped.module == "blocks.2.mlp.fc1" and trainer.tripped.phase == "forward"
-    assert "blocks.2.mlp.fc1.weight" in trainer.tripped.nonfinite_params
+    assert tripwire.report.module == "blocks.2.mlp.fc1" and tripwire.report.phase == "forward"
+    assert "blocks.2.mlp.fc1.weight" in tripwire.report.nonfinite_params
     path = next((tmp_path / "run").glob("nonfinite-step*.pt"))
     capsys.readouterr()
     assert main(["diagnose", "replay", str(path)]) == 1

@@ -2,7 +2,7 @@ import pytest
 
 from reproscope.config import apply_overrides
 from reproscope.recipes import list_recipes
-from reproscope.train.run import train
+from reproscope.launch import train
 
 from conftest import TINY
 

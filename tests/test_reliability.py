@@ -14,7 +14,7 @@ from reproscope.cli import main
 from reproscope.config import ConfigError, apply_overrides
 from reproscope.train import checkpoint as ckpt_mod
 from reproscope.train.checkpoint import CheckpointError, load_checkpoint
-from reproscope.train.run import train
+from reproscope.launch import train
 
 RUN = ["--set", "data.train_size=320", "--set", "data.val_size=50", "--set", "data.batch_size=32",
        "--set", "data.eval_batch_size=50", "--set", "sched.epochs=3", "--set", "model.patch_size=8",

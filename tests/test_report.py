@@ -7,7 +7,7 @@ import pytest
 from reproscope.cli import main
 from reproscope.config import apply_overrides
 from reproscope.diagnostics.runs import t_critical_95, welch
-from reproscope.train.run import train
+from reproscope.launch import train
 
 from conftest import TINY
 

@@ -13,7 +13,8 @@ from reproscope.config import apply_overrides
 from reproscope.model import create_model
 from reproscope.train.checkpoint import (MANIFEST, CheckpointError, UnsafeCheckpointError, load_checkpoint,
                                          load_file, load_weights)
-from reproscope.train.run import train
+from reproscope.instrument import Tripwire
+from reproscope.launch import train
 from reproscope.train.trainer import Trainer
 
 
@@ -57,7 +58,7 @@ def test_reproducer_loads_weights_only_and_replays(tiny_recipe, tmp_path, capsys
     with torch.no_grad():
         model.blocks[1].mlp.fc1.weight[0, 0] = float("inf")
     r = apply_overrides(tiny_recipe, {"instrument.enabled": False})
-    Trainer(r, tmp_path / "run", model=model, tensorboard=False).fit()
+    Trainer(r, tmp_path / "run", model=model, tensorboard=False, callbacks=[Tripwire()]).fit()
     rep = next((tmp_path / "run").glob("nonfinite-step*.pt"))
     torch.load(rep, weights_only=True)
     assert main(["diagnose", "replay", str(rep)]) == 1

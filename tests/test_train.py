@@ -5,7 +5,7 @@ import torch
 
 from reproscope.config import apply_overrides
 from reproscope.model import create_model
-from reproscope.train.run import train
+from reproscope.launch import train
 from reproscope.train.rundir import read_metrics
 from reproscope.train.trainer import Trainer
 

@@ -21,7 +21,7 @@ def resolved_recipe(args):
 
 
 def cmd_train(args) -> int:
-    from .train.run import train
+    from .launch import train
     recipe = resolved_recipe(args)
     if args.no_progress:
         recipe = apply_overrides(recipe, {"run.progress": False})

@@ -17,6 +17,7 @@ from collections import Counter
 
 import torch
 
+from ..plotting import pyplot, save_figure
 from .core import CheckData, CheckResult, check
 
 
@@ -105,14 +106,12 @@ def contact_sheet(data: CheckData, n: int = 32):
     """PNG grid of the first augmented training batch with its labels (min-max scaled per image for display)."""
     if data.out_dir is None or data.source is None:
         return None
-    from ..diagnostics.figures import _plt
-    plt = _plt()
     x, y = data.source.train_batch(0)
     x, y = x[:n].detach().float().cpu(), y[:n].detach().cpu()
     names = data.source.class_names
     cols = 8
     rows = -(-len(x) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.45))
+    fig, axes = pyplot().subplots(rows, cols, figsize=(cols * 1.3, rows * 1.45))
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:len(x)]):
@@ -126,9 +125,4 @@ def contact_sheet(data: CheckData, n: int = 32):
             label = "/".join(f"{int(c)}:{w:.2f}" for w, c in zip(top.values.tolist(), top.indices.tolist()))
         ax.set_title(label[:16], fontsize=6)
     fig.suptitle("first training batch as the model sees it (per-image min-max scaled)", fontsize=8)
-    fig.tight_layout()
-    data.out_dir.mkdir(parents=True, exist_ok=True)
-    path = data.out_dir / "contact_sheet.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, data.out_dir / "contact_sheet.png", dpi=100)

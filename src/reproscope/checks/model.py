@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..model.layers import dyt_like, saturated_fraction
 from .core import CheckData, CheckResult, block_modules, check, fresh
 
 MAX_GAIN = 3.0
@@ -91,12 +92,12 @@ def _saturation_hooks(model: nn.Module, sat: dict[str, float]):
     """Fraction of units past |2| before the squash, for DyT (alpha * x) and tanh/hardtanh layers."""
     hooks = []
     for n, m in model.named_modules():
-        if hasattr(m, "alpha") and getattr(m, "squash", None) in ("tanh", "hardtanh", "sigmoid"):
+        if dyt_like(m) and getattr(m, "squash", "tanh") != "identity":
             hooks.append(m.register_forward_hook(
-                lambda mod, i, o, n=n: sat.__setitem__(n, ((mod.alpha * i[0]).abs() > 2).float().mean().item())))
+                lambda mod, i, o, n=n: sat.__setitem__(n, saturated_fraction(mod.alpha * i[0]).item())))
         elif isinstance(m, (nn.Tanh, nn.Hardtanh)):
             hooks.append(m.register_forward_hook(
-                lambda mod, i, o, n=n: sat.__setitem__(n, (i[0].abs() > 2).float().mean().item())))
+                lambda mod, i, o, n=n: sat.__setitem__(n, saturated_fraction(i[0]).item())))
     return hooks
 
 

@@ -3,13 +3,14 @@
 ``recipe_subject(recipe)`` returns ``(make_model, CheckData)`` whose runs are real
 :class:`~reproscope.train.trainer.Trainer` objects (instrumentation, EMA and compile off; the
 recipe's optimizer, parameter groups, precision, loss and augmentation on). A :class:`Mutation`
-changes one piece (recipe values, the model, the datasets, or the built Trainer) and is how the
-bug zoo (``checks/zoo.py``) plants its bugs in the same code paths that training uses.
+changes one piece (recipe values, the model, the datasets, or the Trainer's constructor
+arguments) and is how the bug zoo (``checks/zoo.py``) plants its bugs in the same code paths that training uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import itertools
 import tempfile
@@ -21,6 +22,10 @@ import torch
 import torch.nn as nn
 
 from ..config import Recipe, apply_overrides
+from ..instrument.tripwire import Tripwire
+from ..model.build import build_model
+from ..train.data import build_datasets, check_labels
+from ..train.trainer import Trainer
 from .core import CheckData, DataSource, StepOut
 
 CHECK_OVERRIDES = {"instrument.enabled": False, "run.progress": False, "precision.compile": False,
@@ -35,26 +40,7 @@ class Mutation:
     recipe: dict | None = None  # key -> value overrides
     model: Callable[[nn.Module], nn.Module] | None = None
     datasets: Callable | None = None  # (train, val) -> (train, val)
-    trainer: Callable | None = None  # patches a freshly built Trainer in place
-
-
-class FixedLR:
-    """Stands in for the trainer's schedule while a check sets the lr itself."""
-
-    def __init__(self, lr: float, inner):
-        self.lr, self.inner = lr, inner
-        self.scale = 1.0
-
-    def apply(self, optimizer, step: int) -> float:
-        for g in optimizer.param_groups:
-            g["lr"] = self.lr
-        return self.lr
-
-    def state_dict(self) -> dict:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, d: dict) -> None:
-        self.inner.load_state_dict(d)
+    trainer: dict | None = None  # extra Trainer constructor arguments (e.g. zero_grad=False, make_transform=...)
 
 
 class TrainerRun:
@@ -63,26 +49,24 @@ class TrainerRun:
     _ids = itertools.count()
 
     def __init__(self, recipe: Recipe, datasets, model: nn.Module, workdir: Path, mutation: Mutation | None):
-        from ..train.trainer import Trainer
         run_dir = workdir / f"run{next(self._ids)}"
+        self.tripwire = Tripwire()
+        extra = (mutation.trainer if mutation is not None else None) or {}
         with contextlib.redirect_stdout(io.StringIO()):
-            self.trainer = Trainer(recipe, run_dir, tensorboard=False, model=model, datasets=datasets)
-        if mutation is not None and mutation.trainer is not None:
-            mutation.trainer(self.trainer)
+            self.trainer = Trainer(recipe, run_dir, tensorboard=False, model=model, datasets=datasets,
+                                   callbacks=[self.tripwire], **extra)
         self.model = self.trainer.orig_model
-        self._schedule = self.trainer.schedule
 
     def step(self, x=None, y=None, lr=None) -> StepOut:
         t = self.trainer
         micro = t.step_batches(t.step) if x is None else [(x, y)]
-        t.schedule = FixedLR(lr, self._schedule) if lr is not None else self._schedule
-        t.tripped = None
+        t.set_lr(lr)
+        self.tripwire.report = None
         with contextlib.redirect_stdout(io.StringIO()):  # the tripwire's report goes into StepOut instead
             out = t.train_step(micro)
-        return StepOut(out["loss"].item(), out["grad_norm"].item(), t.tripped)
+        return StepOut(out["loss"].item(), out["grad_norm"].item(), self.tripwire.report)
 
     def state_dict(self) -> dict:
-        import copy
         return copy.deepcopy(self.trainer.state_dict())
 
     def load_state_dict(self, state: dict) -> None:
@@ -99,8 +83,6 @@ def recipe_subject(recipe: Recipe, *, mutation: Mutation | None = None, make_mod
                    progress: bool = False):
     """(make_model, CheckData, recipe as given) for ``recipe`` (mutation applied); ``make_model``
     defaults to the recipe's model."""
-    from ..train.data import build_datasets, check_labels
-    from ..train.trainer import build_model
     if mutation is not None and mutation.recipe:
         recipe = apply_overrides(recipe, mutation.recipe)
     as_given = recipe
@@ -116,7 +98,7 @@ def recipe_subject(recipe: Recipe, *, mutation: Mutation | None = None, make_mod
         tmp = tempfile.TemporaryDirectory(prefix="reproscope-checks-")
         workdir = Path(tmp.name)
 
-    base_factory = make_model or (lambda: build_model(recipe, k))
+    base_factory = make_model or (lambda: build_model(recipe.model, k, recipe.data.img_size))
 
     def factory():
         m = base_factory()

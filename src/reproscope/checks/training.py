@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..plotting import pyplot, save_figure
 from .core import CheckData, CheckResult, check, fresh
 
 
@@ -398,10 +399,7 @@ def lr_range(make_model, data: CheckData, steps: int = 100, lo: float = 1e-7, hi
 def _plot_lr_range(data: CheckData, lrs, raw, smooth, suggest, lr_min, diverge):
     if data.out_dir is None or not smooth:
         return None
-    from ..diagnostics.figures import _plt
-    plt = _plt()
-    data.out_dir.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     ax.plot(lrs, raw, color="0.75", lw=0.8, label="loss")
     ax.plot(lrs, smooth, color="C0", label="smoothed")
     ax.axvline(suggest, color="C2", ls="--", label=f"suggested {suggest:.2g}")
@@ -415,8 +413,4 @@ def _plot_lr_range(data: CheckData, lrs, raw, smooth, suggest, lr_min, diverge):
     ax.set_ylabel("training loss")
     ax.set_title("lr range test")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = data.out_dir / "lr_range.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, data.out_dir / "lr_range.png")

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..train.augment import BatchTransform
 from .subject import Mutation
 
 
@@ -90,26 +91,23 @@ def _overlap(train, val):
 
 
 # ----------------------------------------------------------------------------- trainer mutations
+# (planted through the Trainer's constructor arguments: zero_grad, make_transform)
 
-def _forget_zero_grad(trainer) -> None:
-    trainer.optimizer.zero_grad = lambda set_to_none=True: None
-
-
-def _unnormalised(trainer) -> None:
-    for loader in (trainer.train_loader, trainer.val_loader):
-        loader.transform._normalise = lambda x: x * 255  # the [0, 1] floats scaled back to 0-255, no mean/std
+def _unnormalised(**kw) -> BatchTransform:
+    """(x - 0) / (1/255): the [0, 1] floats scaled back to 0-255, no mean/std."""
+    return BatchTransform(**{**kw, "mean": (0.0, 0.0, 0.0), "std": (1 / 255,) * 3})
 
 
-def _augment_val(trainer) -> None:
-    trainer.val_loader.transform.train = True
+def _augment_val(**kw) -> BatchTransform:
+    return BatchTransform(**{**kw, "train": True})  # the validation transform augments too
 
 
 BUGS: list[Bug] = [
     Bug("labels-shuffled", "training labels permuted, images kept", Mutation(datasets=_shuffle_labels),
         "input-independent", "shuffled"),
     Bug("zero-grad-forgotten", "optimizer.zero_grad() never called: gradients accumulate across steps",
-        Mutation(trainer=_forget_zero_grad), "overfit-batch", "zero_grad"),
-    Bug("unnormalised-inputs", "inputs fed as 0-255 floats, no mean/std normalisation", Mutation(trainer=_unnormalised),
+        Mutation(trainer={"zero_grad": False}), "overfit-batch", "zero_grad"),
+    Bug("unnormalised-inputs", "inputs fed as 0-255 floats, no mean/std normalisation", Mutation(trainer={"make_transform": _unnormalised}),
         "data", "normalis"),
     Bug("softmax-before-ce", "the model returns softmax probabilities into cross-entropy",
         Mutation(model=_softmax_before_ce), "overfit-batch", "softmax"),
@@ -123,7 +121,7 @@ BUGS: list[Bug] = [
         "init-scale", "residual"),
     Bug("mix-samples-reshape", "patch tokens reshaped [B, N, C] -> [N, B, C] -> viewed back as [B, N, C]",
         Mutation(model=_mix_samples), "batch-independence", "mixes samples"),
-    Bug("augment-val", "the training augmentation applied to validation data", Mutation(trainer=_augment_val),
+    Bug("augment-val", "the training augmentation applied to validation data", Mutation(trainer={"make_transform": _augment_val}),
         "data", "validation"),
     Bug("dropout-at-eval", "F.dropout(x, 0.2) before the head (training=True by default)",
         Mutation(model=_dropout_at_eval), "determinism", "dropout"),

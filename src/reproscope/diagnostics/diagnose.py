@@ -9,6 +9,7 @@ from pathlib import Path
 from ..checks import CHECKS, CheckData, CheckResult, recipe_audit, recipe_subject, run_checks
 from ..checks.subject import Mutation
 from ..config import ConfigError, Recipe, apply_overrides, nearest
+from ..model.build import build_model
 from ..model.spec import user_model
 
 CHECK_NAMES = list(CHECKS) + ["recipe-audit"]
@@ -44,7 +45,6 @@ def tensor_subject(recipe: Recipe, path: str, out_dir: Path | None):
     """--data FILE.pt: {"x": [N, C, H, W] model inputs, "y": [N] labels} (optionally "val_x", "val_y",
     "num_classes"), or a tuple (x, y). Training checks then use the textbook AdamW step."""
     import torch
-    from ..train.trainer import build_model
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as e:
@@ -56,7 +56,7 @@ def tensor_subject(recipe: Recipe, path: str, out_dir: Path | None):
     k = int(obj.get("num_classes", int(obj["y"].max()) + 1))
     data = CheckData(obj["x"].float(), obj["y"].long(), k, recipe.reg.label_smoothing, lr=recipe.optim.lr,
                      val_x=obj.get("val_x"), val_y=obj.get("val_y"), out_dir=out_dir)
-    return (lambda: build_model(recipe, k)), data, recipe
+    return (lambda: build_model(recipe.model, k, recipe.data.img_size)), data, recipe
 
 
 def run_diagnosis(recipe: Recipe, which: str = "all", *, model_spec: str | None = None,

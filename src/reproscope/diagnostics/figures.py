@@ -10,27 +10,14 @@ import json
 from pathlib import Path
 
 
+from ..plotting import pyplot, save_figure
 from ..train.checkpoint import load_file
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
 
 
 def plot_norm_curves(curves: dict, path: Path) -> Path | None:
     if not curves:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.6), squeeze=False)
     for ax, (name, c) in zip(axes[0], curves.items()):
         ax.scatter(c["x"].numpy(), c["y"].numpy(), s=2, alpha=0.3)
@@ -40,7 +27,7 @@ def plot_norm_curves(curves: dict, path: Path) -> Path | None:
         ax.axvline(0, color="grey", lw=0.5)
     axes[0][0].set_ylabel("output (before affine)")
     fig.suptitle("DyT Fig. 2/4: norm-layer input vs output on one batch", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def alpha_vs_inv_std(stats_path: Path) -> dict[str, list[tuple[int, float, float]]]:
@@ -60,7 +47,7 @@ def alpha_vs_inv_std(stats_path: Path) -> dict[str, list[tuple[int, float, float
 def plot_alpha(series: dict, path: Path) -> Path | None:
     if not series:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
     names = list(series)
     for name in names[:: max(1, len(names) // 5)]:
@@ -76,14 +63,14 @@ def plot_alpha(series: dict, path: Path) -> Path | None:
     a2.set_ylabel("alpha")
     a2.set_title("across layers", fontsize=9)
     fig.suptitle("DyT Fig. 8: alpha tracks 1/std of the layer input", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_kat(kat: dict, path: Path) -> Path | None:
     rows = {k: v for k, v in kat.items() if "in_min" in v}
     if not rows:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     names = list(rows)
     for i, n in enumerate(names):
@@ -101,18 +88,18 @@ def plot_kat(kat: dict, path: Path) -> Path | None:
     a2.set_xticks(range(len(names)), [n.replace("blocks.", "b").replace(".mlp.", ".") for n in names],
                   rotation=90, fontsize=6)
     a2.set_title("GR-KAN layer Var[out] / Var[in]", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gates(gates: dict, path: Path) -> Path | None:
     if not gates:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.bar(list(gates), list(gates.values()))
     ax.set_ylabel("fraction |GELU(g)| < 0.01")
     ax.set_title("MambaOut: gates near zero, per stage", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_run(run_dir: str | Path, tb_writer=None, step: int = 0) -> list[Path]:

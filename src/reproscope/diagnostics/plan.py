@@ -15,8 +15,10 @@ import torch
 
 from ..config import Recipe, apply_overrides
 from ..hardware import KNOWN_GPUS, peak_flops
+from ..instrument import standard_callbacks
+from ..runtime import resolve_device, synchronize
 from ..train.data import ArrayDataset
-from ..train.trainer import synchronize
+from ..train.trainer import Trainer
 from .models_table import count_flops_of_copy
 
 # images in the standard training split of each dataset (used for epochs per budget)
@@ -38,7 +40,6 @@ def _synthetic(recipe: Recipe, n: int) -> tuple[ArrayDataset, ArrayDataset]:
 
 
 def time_steps(recipe: Recipe, steps: int = 5, warmup: int = 2, model_factory=None) -> dict:
-    from ..train.trainer import Trainer, resolve_device
     # probes off: the plan times the bare training step (instrument_overhead.py measures probes)
     r = apply_overrides(recipe, {"run.progress": False, "instrument.enabled": False})
     note = ""
@@ -48,7 +49,8 @@ def time_steps(recipe: Recipe, steps: int = 5, warmup: int = 2, model_factory=No
         note = f"timed in fp32: the recipe's {recipe.precision.amp} autocast is not representative on a CPU"
     n = r.data.batch_size * r.optim.accum_steps
     with tempfile.TemporaryDirectory() as d:
-        tr = Trainer(r, d, tensorboard=False, datasets=_synthetic(r, n), model_factory=model_factory)
+        tr = Trainer(r, d, tensorboard=False, datasets=_synthetic(r, n), model_factory=model_factory,
+                     callbacks=standard_callbacks(r))
         batches = [tr.train_loader.make_batch(torch.arange(r.data.batch_size), i) for i in range(r.optim.accum_steps)]
         for _ in range(warmup):
             tr.train_step(batches)

@@ -22,16 +22,17 @@ from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trac
 
 from ..config import Recipe
 from ..hardware import lookup, peak_flops
+from ..instrument import standard_callbacks
+from ..train.trainer import Trainer
 from .models_table import count_flops_of_copy
 
 RANGES = ("data", "forward", "backward", "optimizer")
 
 
 def run_profile(recipe: Recipe, run_dir: Path, steps: int = 5, warmup: int = 2, model_factory=None) -> dict:
-    from ..train.trainer import Trainer
     out = run_dir / "profile"
     out.mkdir(parents=True, exist_ok=True)
-    tr = Trainer(recipe, run_dir, tensorboard=False, model_factory=model_factory)
+    tr = Trainer(recipe, run_dir, tensorboard=False, model_factory=model_factory, callbacks=standard_callbacks(recipe))
     tr.fire("train_start")
     if recipe.precision.compile:
         tr.model = torch.compile(tr.orig_model)

@@ -8,9 +8,12 @@ hooks are not saved with it; faults in weights, data or arithmetic reproduce.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 from ..config import recipe_from_dict
+from ..model.build import build_model
+from ..model.spec import spec_in_run, user_model
 from ..instrument.tripwire import format_report, locate_nonfinite
 from ..train.augment import soft_cross_entropy
 from ..train.checkpoint import CheckpointError, load_file, saved_recipe
@@ -51,12 +54,9 @@ def _surrogate(out, _y):
 def _rebuild_model(path: Path, rep: dict, recipe):
     """The model the reproducer was written from: the recipe's registered model, or the user's model
     from the copy its run directory holds (``model_src/``), else from the spec as given."""
-    import json
-    from ..model.spec import spec_in_run, user_model
-    from ..train.trainer import build_model
     source = json.loads(rep.get("model_source_json") or "null")
     if not source:
-        return build_model(recipe, rep["num_classes"])
+        return build_model(recipe.model, rep["num_classes"], recipe.data.img_size)
     spec = spec_in_run(source, path.parent)
     print(f"replay: rebuilding the user's model from {spec}")
     return user_model(spec, rep["num_classes"], img_size=recipe.data.img_size)()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import _plt
+from ..plotting import pyplot, save_figure
 from .runs import Group
 
 
@@ -25,8 +25,7 @@ def _band(ax, series: list[tuple[list, list]], label: str, color) -> None:
 
 
 def plot_curves(groups: list[Group], path: Path, vline: int | None = None) -> Path:
-    plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(9, 3.2))
     for i, g in enumerate(groups):
         c = f"C{i}"
         _band(a, [([t["step"] for t in r.train], [t["loss"] for t in r.train]) for r in g.runs], g.label, c)
@@ -42,15 +41,11 @@ def plot_curves(groups: list[Group], path: Path, vline: int | None = None) -> Pa
     b.legend(fontsize=7)
     for ax in (a, b):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_grad_norms(groups: list[Group], path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 2.6))
+    fig, ax = pyplot().subplots(figsize=(6, 2.6))
     for i, g in enumerate(groups):
         _band(ax, [([t["step"] for t in r.train if "grad_norm" in t], [t["grad_norm"] for t in r.train
                                                                          if "grad_norm" in t]) for r in g.runs],
@@ -60,7 +55,4 @@ def plot_grad_norms(groups: list[Group], path: Path) -> Path:
     ax.set_ylabel("grad norm")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -12,7 +12,7 @@ What is collected, for any ``nn.Module``:
 torch.compile design: hooks are registered once, on the uncompiled module, at the trainer's
 ``train_start`` event, which fires *before* the trainer compiles the model; they are toggled by a
 flag, never added or removed. While disabled they return immediately, so the compiled graph carries
-nothing of them. Probe steps run the uncompiled module (``trainer.eager_step``) on the same
+nothing of them. Probe steps run the uncompiled module (``trainer.request_eager_step()``) on the same
 parameters; only there are the hooks enabled, so no ``.item()`` or tensor hook ever sits inside a
 compiled graph. The price: a probe step runs at eager speed (hence the sampling schedule).
 
@@ -23,9 +23,16 @@ forward and full backward hooks on every module, which names the module that pro
 non-finite value and the phase; a reproducer is written for ``reproscope diagnose replay``.
 """
 
+from ..config import Recipe
 from .hooks import ActivationStats, HookHandles, tensor_stats
 from .probe import Instrument, SpikeDetector, probe_schedule
-from .tripwire import NonFiniteReport, format_report, locate_nonfinite
+from .tripwire import NonFiniteReport, Tripwire, format_report, locate_nonfinite
 
 __all__ = ["ActivationStats", "HookHandles", "tensor_stats", "Instrument", "SpikeDetector", "probe_schedule",
-           "NonFiniteReport", "format_report", "locate_nonfinite"]
+           "NonFiniteReport", "Tripwire", "format_report", "locate_nonfinite", "standard_callbacks"]
+
+
+def standard_callbacks(recipe: Recipe) -> list:
+    """What ``reproscope train`` attaches to its Trainer: the probes (when ``instrument.enabled``) and
+    the NaN/Inf tripwire (always)."""
+    return ([Instrument(recipe.instrument)] if recipe.instrument.enabled else []) + [Tripwire()]

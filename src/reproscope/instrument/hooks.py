@@ -16,6 +16,8 @@ import math
 import torch
 import torch.nn as nn
 
+from ..model.layers import dyt_like, first_tensor, saturated_fraction
+
 STAT_NAMES = ("mean", "std", "rms", "absmax", "nonfinite", "near_zero")
 NEAR_ZERO = 1e-6
 
@@ -83,14 +85,6 @@ def sample_elements(x: torch.Tensor, samples: int = 0, elements: int = 0) -> tor
     return flat
 
 
-def _first_tensor(x):
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
-        return x[0]
-    return None
-
-
 def default_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every named module except the root, pure containers (Sequential, ModuleList, ModuleDict) and
     pass-through layers (Identity, Dropout) whose output repeats their input."""
@@ -146,18 +140,17 @@ class ActivationStats:
         def hook(module, inputs, output):
             if not self.enabled:
                 return None
-            out = _first_tensor(output)
+            out = first_tensor(output)
             if out is None:
                 return None
             self.order.append(name)
             k, e = self.samples, self.elements
             self.forward[name] = raw_moments(sample_elements(out, k, e))
-            alpha = getattr(module, "alpha", None)
-            inp = _first_tensor(inputs)
-            if isinstance(alpha, torch.Tensor) and inp is not None:
+            inp = first_tensor(inputs)
+            if dyt_like(module) and inp is not None:
                 xi = sample_elements(inp.detach(), k, e).float()
                 # [fraction saturated (|alpha x| > 2), std of the input] for DyT Fig. 8
-                self.saturation[name] = torch.stack([((alpha.detach() * xi).abs() > 2).float().mean(), xi.std()])
+                self.saturation[name] = torch.stack([saturated_fraction(module.alpha.detach() * xi), xi.std()])
             if self.keep_outputs:
                 self.outputs[name] = out.detach()
             if out.requires_grad:

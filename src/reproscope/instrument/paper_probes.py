@@ -17,6 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..model.kat import GroupRational, KANLinear
+from ..model.layers import DyT
+from ..model.mambaout import GatedCNNBlock
 from .hooks import HookHandles
 
 MAX_POINTS = 4000
@@ -32,9 +35,6 @@ def _sample(t: torch.Tensor, n: int = MAX_POINTS, seed: int = 0) -> torch.Tensor
 
 @torch.no_grad()
 def collect(model: nn.Module, x: torch.Tensor) -> dict:
-    from ..model.kat import GroupRational, KANLinear
-    from ..model.layers import DyT
-    from ..model.mambaout import GatedCNNBlock
     norms = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.LayerNorm, DyT))]
     chosen = {n for n, _ in (norms[:1] + norms[len(norms) // 2:len(norms) // 2 + 1] + norms[-1:])} if norms else set()
     out: dict = {"norm_curves": {}, "kat": {}, "mambaout_gates": {}}

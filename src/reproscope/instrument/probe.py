@@ -1,7 +1,7 @@
 """The trainer-facing instrument: probe steps on a schedule, loss-spike detection.
 
 Attaches through trainer events only. On a probe step it asks the trainer to run the uncompiled
-module (``trainer.eager_step``), turns the activation hooks on, records parameter norms after
+module (``trainer.request_eager_step()``), turns the activation hooks on, records parameter norms after
 backward and the update-to-weight ratio after the optimizer step, then moves everything to the host
 in one transfer and writes TensorBoard scalars (grouped per layer), optional histograms and one
 line of ``stats.jsonl``.
@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
-from collections import deque
 
 import torch
 
 from ..config import InstrumentConfig
+from ..runtime import distributed
+from ..train.callbacks import Callback
+from ..train.guard import SpikeDetector
 from .hooks import ActivationStats, parameter_norms
+from .paper_probes import collect
+
+__all__ = ["Instrument", "SpikeDetector", "probe_schedule"]
 
 
 def probe_schedule(step: int, every: int, early: bool) -> bool:
@@ -27,29 +31,8 @@ def probe_schedule(step: int, every: int, early: bool) -> bool:
     return early and step < every and step > 0 and (step & (step - 1)) == 0
 
 
-class SpikeDetector:
-    """Robust rolling detector: a loss above median + k * MAD of the last ``window`` losses."""
-
-    def __init__(self, window: int = 100, threshold: float = 8.0, min_history: int = 20):
-        self.window, self.threshold, self.min_history = window, threshold, min_history
-        self.history: deque[float] = deque(maxlen=window)
-
-    def check(self, loss: float) -> dict | None:
-        event = None
-        if len(self.history) >= self.min_history and math.isfinite(loss):
-            med = statistics.median(self.history)
-            mad = statistics.median(abs(v - med) for v in self.history) or 1e-12
-            score = (loss - med) / (1.4826 * mad)
-            if score > self.threshold:
-                event = {"loss": loss, "median": med, "mad": mad, "score": score}
-        if math.isfinite(loss) and event is None:
-            self.history.append(loss)
-        return event
-
-
 def _cross_rank(d):
     """Reduce a flat statistics vector across processes: sums added, maxima maxed, means averaged."""
-    from ..train import distributed
 
     def reduce(flat: torch.Tensor, ops: list[str]) -> torch.Tensor:
         is_max = torch.tensor([o == "max" for o in ops], device=flat.device)
@@ -60,8 +43,9 @@ def _cross_rank(d):
     return reduce
 
 
-class Instrument:
-    """Per-layer probes for any model the trainer runs (attach with ``trainer.add_callback``)."""
+class Instrument(Callback):
+    """Per-layer probes for any model the trainer runs (attach with ``trainer.add_callback``). Its hooks
+    go on at ``train_start`` (once) and come off at ``train_end`` (idempotently)."""
 
     def __init__(self, cfg: InstrumentConfig):
         self.cfg = cfg
@@ -84,7 +68,7 @@ class Instrument:
     def on_step_start(self, trainer, step: int) -> None:
         self.probing = probe_schedule(step, self.cfg.probe_every, self.cfg.probe_early)
         if self.probing:
-            trainer.eager_step = True
+            trainer.request_eager_step()
             self.acts.clear()
             self.acts.enabled = True
 
@@ -103,7 +87,6 @@ class Instrument:
         if not self.probing:
             return
         self.probing = False
-        trainer.eager_step = False
         w, g = self._norms
         with torch.no_grad():
             upd = torch.stack(torch._foreach_norm(torch._foreach_sub([p.detach() for _, p in self.params],
@@ -118,15 +101,21 @@ class Instrument:
             self._write(trainer, layers, params)
 
     def on_train_end(self, trainer) -> None:
-        if self.stats_file is not None:
-            self.stats_file.close()
-            self.stats_file = None
+        self.close()
         if self.cfg.probes and trainer.dist.is_main:
-            from .paper_probes import collect
             x, _ = next(iter(trainer.val_loader.epoch(0)))
             data = collect(trainer.orig_model, x[:64])
             (trainer.run_dir / "figures").mkdir(exist_ok=True)
             torch.save(data, trainer.run_dir / "figures" / "probes.pt")
+
+    def close(self) -> None:
+        """Remove the hooks and close ``stats.jsonl`` (idempotent; ``train_start`` registers them again)."""
+        if self.acts is not None:
+            self.acts.remove()
+            self.acts = None
+        if self.stats_file is not None:
+            self.stats_file.close()
+            self.stats_file = None
 
     # ---------------------------------------------------------------- output
     def _write(self, trainer, layers: dict, params: dict) -> None:

@@ -13,17 +13,29 @@ hooks added or removed) with temporary forward and full backward hooks on every 
 The replay uses the same batch, the same parameters (the optimizer has not stepped) and the RNG
 state saved at the start of the step. User hooks are copied with the model, so a fault injected by
 a hook is replayed too.
+
+:class:`Tripwire` is the trainer's callback for this (the ``nonfinite`` event); ``reproscope.watch``
+calls :func:`trip` for a loop that is not ours. Both write the same reproducer, print the same
+report and log the same event fields.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from ..runtime import autocast as autocast_ctx
+from ..runtime import set_rng_state
+from ..train.callbacks import Callback
+from ..train.checkpoint import atomic_save
+from ..model.layers import first_tensor
 from .hooks import STAT_NAMES, HookHandles, tensor_stats
 
 
@@ -51,16 +63,6 @@ def _stats(x) -> dict:
     return dict(zip(STAT_NAMES, tensor_stats(x).tolist()))
 
 
-def _first(x):
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, (tuple, list)):
-        for t in x:
-            if isinstance(t, torch.Tensor):
-                return t
-    return None
-
-
 def _all_finite(xs) -> bool | None:
     ts = [t for t in (xs if isinstance(xs, (tuple, list)) else (xs,)) if isinstance(t, torch.Tensor)]
     if not ts:
@@ -83,7 +85,7 @@ def locate_nonfinite(model: nn.Module, batches: list[tuple[torch.Tensor, torch.T
     handles = HookHandles()
 
     def fwd(module, inputs, output):
-        forward_events.append((names[module], module, _first(inputs), _first(output)))
+        forward_events.append((names[module], module, first_tensor(inputs), first_tensor(output)))
 
     def bwd(module, grad_input, grad_output):
         backward_events.append((names[module], _all_finite(grad_input), _all_finite(grad_output)))
@@ -92,10 +94,8 @@ def locate_nonfinite(model: nn.Module, batches: list[tuple[torch.Tensor, torch.T
         handles.add(m.register_forward_hook(fwd))
         handles.add(m.register_full_backward_hook(bwd))
     if rng_state is not None:
-        from ..train.trainer import set_rng_state
         set_rng_state(rng_state)
     loss_value = None
-    import warnings
     with handles, warnings.catch_warnings():
         # modules whose inputs need no grad (the first conv) report output grads only; that is fine here
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -150,3 +150,49 @@ def format_report(r: NonFiniteReport) -> str:
     if r.nonfinite_grads:
         lines.append(f"  parameters with non-finite grads ({len(r.nonfinite_grads)}): {', '.join(r.nonfinite_grads[:10])}")
     return "\n".join(lines)
+
+
+def save_reproducer(path: Path, *, recipe_json: str, model_source: dict | None, num_classes: int, model: nn.Module,
+                    batches, rng: dict | None, step: int, report: NonFiniteReport, optimizer=None) -> Path:
+    """Write what ``reproscope diagnose replay`` needs (weights-only loadable) to ``path``, atomically."""
+    atomic_save({"recipe_json": recipe_json, "model_source_json": json.dumps(model_source), "num_classes": num_classes,
+                 "model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                 "batches": [(x.detach().cpu(), None if y is None else y.detach().cpu()) for x, y in batches],
+                 "rng": rng, "step": step, "report": report.to_dict()}, path)
+    return path
+
+
+def event_fields(report: NonFiniteReport, reproducer: Path) -> dict:
+    """The report as the fields of a ``nonfinite`` metrics event (the replay's loss as ``replay_loss``)."""
+    return {"reproducer": str(reproducer),
+            **{("replay_loss" if k == "loss" else k): v for k, v in report.to_dict().items() if k != "step"}}
+
+
+def trip(model: nn.Module, batches, criterion, *, step: int, run_dir: Path, write: bool, autocast=nullcontext,
+         rng_state: dict | None = None, policy: str = "", **reproducer) -> tuple[NonFiniteReport, dict]:
+    """Locate the fault of step ``step``, write ``run_dir/nonfinite-step<step>.pt`` (when ``write``: rank 0),
+    print the report; returns the report and its event fields. ``reproducer``: the keyword arguments of
+    :func:`save_reproducer` besides path, model, batches, rng, step and report."""
+    report = locate_nonfinite(model, batches, criterion, step=step, autocast=autocast, rng_state=rng_state)
+    path = Path(run_dir) / f"nonfinite-step{step}.pt"
+    if write:
+        save_reproducer(path, model=model, batches=batches, rng=rng_state, step=step, report=report, **reproducer)
+    print(format_report(report) + f"\n  reproducer: {path}  (reproscope diagnose replay {path})"
+          + (f"\n  policy: {policy}" if policy else ""), flush=True)
+    return report, event_fields(report, path)
+
+
+class Tripwire(Callback):
+    """The trainer's NaN/Inf tripwire: on the ``nonfinite`` event, name the module and phase, write the
+    reproducer and add both to the event's findings. ``report`` is the last :class:`NonFiniteReport`."""
+
+    def __init__(self):
+        self.report: NonFiniteReport | None = None
+
+    def on_nonfinite(self, trainer, decision, batches, rng_state, findings) -> None:
+        self.report, fields = trip(
+            trainer.orig_model, batches, trainer.criterion, step=decision.step, run_dir=trainer.run_dir,
+            write=trainer.dist.is_main, autocast=lambda: autocast_ctx(trainer.device, trainer.amp_dtype),
+            rng_state=rng_state, policy=decision.policy, recipe_json=json.dumps(trainer.recipe.to_dict()),
+            model_source=trainer.model_source, num_classes=trainer.num_classes, optimizer=trainer.optimizer)
+        findings.update(fields)

@@ -44,11 +44,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import InstrumentConfig, apply_overrides
-from ..train import distributed
-from ..train.checkpoint import atomic_save
+from ..recipes import get_recipe
+from ..runtime import distributed
+from ..train.guard import SpikeDetector
 from ..train.rundir import MetricsLog, NullLog, environment, write_json
-from .probe import Instrument, SpikeDetector
-from .tripwire import format_report, locate_nonfinite
+from .probe import Instrument
+from .tripwire import trip
 
 
 def _surrogate(out, _targets):
@@ -62,7 +63,9 @@ class _TrainerView:
         self.orig_model, self.run_dir, self.dist, self.log = model, run_dir, dist, log
         self.recipe = SimpleNamespace(run=SimpleNamespace(log_every=log_every))
         self.step = 0
-        self.eager_step = False  # the Instrument asks for it; in your loop your model runs as you call it
+
+    def request_eager_step(self) -> None:
+        """The Instrument asks for the uncompiled module on probe steps; in your loop your model runs as you call it."""
 
 
 class Watch:
@@ -168,21 +171,14 @@ class Watch:
         step = self.step_count + 1
         for h in self._handles:  # the replay deep-copies the model with its hooks; ours hold open files
             h.remove()
+        recipe = apply_overrides(get_recipe("quickstart"), {"data.img_size": int(x.shape[-1])}) if x is not None else None
         try:
-            report = locate_nonfinite(self.orig_model, [(x, targets)], criterion, step=step)
+            _, fields = trip(self.orig_model, [(x, targets)], criterion, step=step, run_dir=self.run_dir,
+                             write=self.dist.is_main, recipe_json=json.dumps(recipe.to_dict()) if recipe else "{}",
+                             model_source={"spec": self.model_spec}, num_classes=self.num_classes or 0)
         finally:
             self._register()
-        path = self.run_dir / f"nonfinite-step{step}.pt"
-        if self.dist.is_main:
-            recipe = apply_overrides(_base_recipe(), {"data.img_size": int(x.shape[-1])}) if x is not None else None
-            atomic_save({"recipe_json": json.dumps(recipe.to_dict()) if recipe else "{}",
-                         "model_source_json": json.dumps({"spec": self.model_spec}),
-                         "num_classes": self.num_classes or 0, "model": self.orig_model.state_dict(),
-                         "batches": [(x.detach().cpu(), None if targets is None else targets.detach().cpu())],
-                         "rng": None, "step": step, "report": report.to_dict()}, path)
-        print(format_report(report) + f"\n  reproducer: {path}  (reproscope diagnose replay {path})", flush=True)
-        self.log.log("event", step, type="nonfinite", loss=loss, grad_norm=grad_norm, reproducer=str(path),
-                     **{("replay_loss" if k == "loss" else k): v for k, v in report.to_dict().items() if k != "step"})
+        self.log.log("event", step, type="nonfinite", loss=loss, grad_norm=grad_norm, **fields)
         self.nonfinite_steps.append(step)
 
     def close(self) -> None:
@@ -196,17 +192,8 @@ class Watch:
         for h in self._handles:
             h.remove()
         self._handles = []
-        if self.instrument.acts is not None:
-            self.instrument.acts.remove()
-        if self.instrument.stats_file is not None:
-            self.instrument.stats_file.close()
-            self.instrument.stats_file = None
+        self.instrument.close()
         self.log.close()
-
-
-def _base_recipe():
-    from ..recipes import get_recipe
-    return get_recipe("quickstart")
 
 
 def _infer_spec(model: nn.Module) -> str:

@@ -53,6 +53,32 @@ class DyT(nn.Module):
                 f"learn_alpha={self.alpha.requires_grad}, channels_last={self.channels_last}")
 
 
+# |pre-activation| beyond which tanh is within 4% of +-1 (tanh(2) = 0.964): "saturated" in the
+# init-scale check and the DyT Fig. 8 probe alike (our threshold; the paper shows the curves only)
+SATURATION = 2.0
+
+
+def dyt_like(m: nn.Module) -> bool:
+    """The duck-typing rule the instruments and checks use: a module with a tensor ``alpha`` (ours, or a
+    user's DyT written from the paper) is DyT-like; its pre-activation is ``alpha * input``."""
+    return isinstance(getattr(m, "alpha", None), torch.Tensor)
+
+
+def saturated_fraction(pre: torch.Tensor) -> torch.Tensor:
+    """Fraction (0-d float tensor, no sync) of pre-activation elements with |value| > ``SATURATION``."""
+    return (pre.abs() > SATURATION).float().mean()
+
+
+def first_tensor(x):
+    """``x`` if it is a tensor, else the first element of a tuple/list when that is a tensor, else None
+    (what a module hook gets as inputs or outputs)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
+        return x[0]
+    return None
+
+
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over channels of a [B, C, H, W] map."""
 

@@ -1,6 +1,11 @@
-"""Trainer, data path, optimizer/schedule, checkpoints and run directories."""
+"""Trainer, data path, optimizer/schedule, checkpoints and run directories.
 
-from .trainer import EVENTS, Trainer, evaluate
-from .run import train
+``reproscope.launch.train`` is ``reproscope train`` in Python (the Trainer with the standard
+instruments); this package is the layer below it and imports nothing of the instruments.
+"""
 
-__all__ = ["EVENTS", "Trainer", "evaluate", "train"]
+from .callbacks import EVENTS, Callback
+from .guard import StepDecision, StepGuard
+from .trainer import Trainer, evaluate
+
+__all__ = ["EVENTS", "Callback", "StepDecision", "StepGuard", "Trainer", "evaluate"]

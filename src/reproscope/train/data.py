@@ -209,7 +209,7 @@ class BatchLoader:
 
     def epoch(self, epoch: int, start_batch: int = 0, first_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of ``epoch`` from ``start_batch``; ``first_step`` is the global step of that batch."""
-        from .distributed import shard
+        from ..runtime.distributed import shard
         for i, idx in enumerate(batch_indices(len(self.ds), self.batch_size, self.seed, epoch,
                                               start_batch, self.drop_last, shuffle=self.train)):
             if self.train and self.dist is not None:

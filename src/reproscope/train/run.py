@@ -1,20 +1,28 @@
-"""Starting and resuming a training run from a recipe (what ``reproscope train`` does)."""
+"""Starting and resuming a training run from a recipe: the train-layer half of ``reproscope train``.
+
+``open_run`` resolves the resume point and the run folder, ``start_trainer`` builds the Trainer
+(resumed, or from given weights, or on the user's ``--model``), ``stop_on_signals`` turns SIGTERM/SIGINT
+into a clean stop. ``reproscope.launch.train`` puts them together with the instruments and the figures.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 
 from ..config import Recipe, apply_overrides, recipe_from_dict
-from . import distributed
+from ..model.spec import factory_for, model_source, spec_file, spec_in_run
 from .checkpoint import (CheckpointError, listed_checkpoints, load_checkpoint, load_weights, read_manifest,
                          saved_recipe)
 from .rundir import new_run_dir, prepare_run_dir
-from .trainer import Trainer, resolve_device
+from ..runtime import distributed, resolve_device
+from .trainer import Trainer
 
 
 @contextlib.contextmanager
@@ -67,21 +75,25 @@ def find_resume_checkpoint(recipe: Recipe, run_dir: Path | None) -> Path | None:
     return None
 
 
-def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | None = None,
-          overwrite: bool = False, overrides: list[str] | None = None, callbacks=(),
-          download: bool = False, trust_pickle: bool = False,
-          weights: str | Path | None = None, model_spec: str | None = None) -> tuple[Trainer, dict]:
-    """Train ``recipe`` (or resume it). Returns the trainer and the last eval metrics.
+@dataclass(frozen=True)
+class RunStart:
+    """Where a ``train`` call starts: the recipe (the saved one when resuming), its run folder and the
+    checkpoint to resume from (None for a new run)."""
 
-    ``model_spec``: train the user's model (``package.module:factory``, ``file.py:factory``,
-    ``timm:NAME``) instead of ``model.name``; a file is copied into the run directory
-    (``model_src/``) with its sha256 in ``model_source.json``, and a resume rebuilds it from there.
-    ``weights``: start from these model weights (``.safetensors``, a state-dict ``.pt`` or a
-    checkpoint), loaded strictly. ``trust_pickle``: unpickle ``resume``/``weights`` files that a
-    weights-only load refuses (they can run code).
+    recipe: Recipe
+    run_dir: Path
+    ckpt: dict | None
+    ckpt_path: Path | None
+
+
+def open_run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | None = None,
+             overwrite: bool = False, overrides: list[str] | None = None, trust_pickle: bool = False) -> RunStart:
+    """Resolve ``--resume`` (a file, a run folder or ``auto``), read the checkpoint weights-only (or
+    unpickled with ``trust_pickle``), and create or reuse the run folder (rank 0; the others wait).
 
     Raises:
-        CheckpointError: an unreadable, unsafe or mismatching checkpoint or weights file.
+        CheckpointError: an unreadable, unsafe or mismatching checkpoint.
+        RunDirError: ``run_dir`` exists and is not empty, without ``overwrite`` or ``resume``.
     """
     ckpt_path: Path | None = None
     rd = Path(run_dir) if run_dir else None
@@ -111,13 +123,29 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     if d.is_main:
         prepare_run_dir(rd, resume=resume is not None, overwrite=overwrite)
     distributed.barrier(d)
+    return RunStart(recipe, rd, ckpt, ckpt_path)
+
+
+def start_trainer(start: RunStart, *, callbacks=(), download: bool = False, trust_pickle: bool = False,
+                  weights: str | Path | None = None, model_spec: str | None = None) -> Trainer:
+    """The Trainer for ``start``, resumed or started from ``weights``, ready to ``fit()``.
+
+    ``model_spec``: train the user's model (``package.module:factory``, ``file.py:factory``,
+    ``timm:NAME``) instead of ``model.name``; a file is copied into the run directory
+    (``model_src/``) with its sha256 in ``model_source.json``, and a resume rebuilds it from there.
+    ``weights``: start from these model weights (``.safetensors``, a state-dict ``.pt`` or a
+    checkpoint), loaded strictly.
+
+    Raises:
+        CheckpointError: unreadable, unsafe or mismatching weights.
+    """
+    recipe, rd, ckpt = start.recipe, start.run_dir, start.ckpt
     factory, source = None, None
     if model_spec is None and ckpt is not None and (rd / "model_source.json").is_file():
-        from ..model.spec import spec_in_run
         model_spec = spec_in_run(json.loads((rd / "model_source.json").read_text()), rd)
         print(f"resume: rebuilding the run's own model from {model_spec}")
     if model_spec is not None:
-        factory, source = _user_factory(model_spec, recipe, rd, d.is_main)
+        factory, source = _user_factory(model_spec, recipe, rd, distributed.from_env().is_main)
     trainer = Trainer(recipe, rd, callbacks=callbacks, download=download, model_factory=factory,
                       model_source=source)
     if ckpt is not None:
@@ -125,15 +153,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     elif weights is not None:
         load_into(trainer.orig_model, load_weights(weights, trust_pickle=trust_pickle), weights)
         print(f"weights: started from {weights}")
-    with stop_on_signals(trainer):
-        metrics = trainer.fit()
-    if recipe.instrument.enabled and recipe.instrument.probes and d.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        from ..diagnostics.figures import plot_run
-        with SummaryWriter(log_dir=str(rd / "tb")) as tb:
-            plot_run(rd, tb, trainer.step)
-    return trainer, metrics
+    return trainer
 
 
 def load_into(model, state: dict, source) -> None:
@@ -157,8 +177,6 @@ def load_into(model, state: dict, source) -> None:
 def _user_factory(spec: str, recipe: Recipe, rd: Path, is_main: bool):
     """(factory(num_classes) -> nn.Module, model_source dict) for ``--model SPEC``; a file spec is
     copied into ``rd/model_src/`` so the run can be rebuilt and replayed without the original."""
-    import shutil
-    from ..model.spec import factory_for, model_source, spec_file
     source = model_source(spec)
     f = spec_file(spec)
     if f is not None and f.is_file() and f.resolve().parent != (rd / "model_src").resolve():

@@ -1,96 +1,51 @@
 """The Trainer: one optimizer-step path, a handful of named events, exact resume.
 
 Step order (never duplicated per precision): autocast forward -> backward (accumulated over
-``optim.accum_steps`` micro-batches) -> unscale -> grad norm / clip -> step -> zero_grad ->
-EMA update. bf16/fp32 need no loss scaling; the GradScaler is enabled only for fp16, and the
-same calls run either way.
+``optim.accum_steps`` micro-batches) -> unscale -> grad norm / clip -> guard decision ->
+step -> zero_grad -> EMA update. bf16/fp32 need no loss scaling; the GradScaler is enabled only
+for fp16, and the same calls run either way.
 
-Events, fired as ``callback.on_<event>(trainer, **info)`` on every registered callback object:
+Events are the no-op methods of :class:`~reproscope.train.callbacks.Callback` (train_start,
+epoch_start, step_start, after_backward, nonfinite, spike, step_end, log, eval_end, epoch_end,
+checkpoint, train_end). Instruments attach through them without editing the loop; this module
+imports nothing of ``reproscope.instrument`` (``reproscope.launch.train`` attaches the standard
+instruments and the tripwire). ``orig_model`` is the uncompiled module: checkpoints and instruments
+always go through it.
 
-    train_start (hooks go on here, before torch.compile wraps the model), epoch_start,
-    step_start (step number about to be taken), after_backward (grads unscaled, before clipping),
-    step_end (every step; on-device tensors, no sync), log (logged steps; python floats),
-    eval_end (metrics), epoch_end, checkpoint (path), train_end
-
-Instrumentation attaches through these without editing the loop. ``orig_model`` is the
-uncompiled module: checkpoints and instruments always go through it.
+What a caller may change, and how: ``zero_grad=False`` and ``make_transform`` (constructor),
+``request_eager_step()``, ``set_lr()`` and ``request_stop()`` (methods).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
-import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.profiler import record_function
 
 from ..config import ConfigError, Recipe
-from ..model import model_info
+from ..model.build import build_model
+from ..runtime import (autocast, distributed, is_conv_model, resolve_amp, resolve_device, rng_state,
+                       seed_everything, set_rng_state)
+from ..recipes import deviation_log
 from .augment import BatchTransform, soft_cross_entropy
-from .checkpoint import atomic_save, read_manifest, save_weights, write_manifest
+from .callbacks import EVENTS, Callback
+from .checkpoint import atomic_save, load_checkpoint, read_manifest, save_weights, write_manifest
 from .data import ArrayDataset, BatchLoader, build_datasets, channel_stats, check_labels
 from .ema import ModelEma
+from .guard import StepDecision, StepGuard
 from .optim import WarmupCosine, build_optimizer
-from . import distributed
 from .rundir import MetricsLog, NullLog, environment, write_json
 
-EVENTS = ("train_start", "epoch_start", "step_start", "after_backward", "step_end", "log", "eval_end",
-          "epoch_end", "checkpoint", "nonfinite", "spike", "train_end")
-MAX_CONSECUTIVE_ROLLBACKS = 3
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("precision.device='cuda' but this machine has no usable CUDA device "
-                          f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
-                          "use --set precision.device=cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """Every RNG's state as tensors, lists and numbers only (loadable with ``torch.load(weights_only=True)``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    s = {"python": random.getstate(), "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(cached)),
-         "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
-    kind, keys, pos, has_gauss, cached = s["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def is_conv_model(model: nn.Module) -> bool:
-    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
+__all__ = ["EVENTS", "Callback", "Trainer", "evaluate"]
 
 
 @torch.no_grad()
@@ -115,48 +70,25 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp_dtype: torch.dtype | Non
     return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss_sum / n}
 
 
-def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
-    """The recipe's model, with only the options the recipe sets passed to its constructor."""
-    m = recipe.model
-    info = model_info(m.name)
-    kw: dict[str, Any] = {"num_classes": num_classes, "img_size": recipe.data.img_size,
-                          "drop_path_rate": m.drop_path}
-    if m.patch_size:
-        kw["patch_size"] = m.patch_size
-    if m.norm != "default":
-        kw.update(norm=m.norm, dyt_alpha0=m.dyt_alpha0)
-        if m.dyt_squash != "tanh":
-            kw["dyt_squash"] = m.dyt_squash
-    if m.global_pool != "default":
-        kw["global_pool"] = m.global_pool
-    if m.attn_init != "default":
-        kw["attn_init"] = m.attn_init
-    try:
-        return info.fn(**kw)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model.name={m.name!r} could not be built with {kw}: {e}") from e
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work (for timing); a no-op on CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
 class Trainer:
     """Build everything a recipe names, then ``fit()``."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, callbacks=(), tensorboard: bool = True,
                  model: nn.Module | None = None, download: bool = False,
                  datasets: tuple[ArrayDataset, ArrayDataset] | None = None,
-                 model_factory=None, model_source: dict | None = None):
+                 model_factory=None, model_source: dict | None = None,
+                 zero_grad: bool = True, make_transform=BatchTransform):
         """``model`` (a built module) or ``model_factory(num_classes) -> nn.Module`` replaces the recipe's
         registered model; ``model_source`` (e.g. ``{"spec": ..., "file": ..., "sha256": ...}``) is then
-        written to ``model_source.json`` and logged as a deviation."""
+        written to ``model_source.json`` and logged as a deviation. ``callbacks``: :class:`Callback`
+        objects, called in order. ``zero_grad=False`` never clears gradients (they accumulate across
+        steps: the bug zoo plants this). ``make_transform(cfg=, img_size=, mean=, std=, num_classes=,
+        label_smoothing=, train=)`` builds the train and val batch transforms (default
+        :class:`BatchTransform`).
+
+        Raises:
+            ConfigError: a recipe this machine or dataset cannot run (device, batch split, labels, size).
+        """
         self.recipe, self.run_dir = recipe, Path(run_dir)
         self.model_source = model_source
         self.callbacks: list[Any] = list(callbacks)
@@ -184,7 +116,8 @@ class Trainer:
         self.num_classes = r.data.num_classes or self.train_set.num_classes
         check_labels(self.train_set, self.val_set, self.num_classes)
         if model is None:
-            model = model_factory(self.num_classes) if model_factory is not None else build_model(r, self.num_classes)
+            model = (model_factory(self.num_classes) if model_factory is not None
+                     else build_model(r.model, self.num_classes, r.data.img_size))
         self.orig_model = model.to(self.device)
         cl = r.precision.channels_last
         self.channels_last = cl == "on" or (cl == "auto" and self.device.type == "cuda"
@@ -197,19 +130,20 @@ class Trainer:
             self.eager_model = DistributedDataParallel(
                 self.orig_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.model = self.eager_model  # compiled in fit(), after train_start has attached hooks
-        self.eager_step = False  # an instrument asks for the uncompiled module on probe steps
+        self._eager_requested = False  # request_eager_step(): this step runs the uncompiled module
+        self._fixed_lr: float | None = None  # set_lr(): overrides the schedule while set
+        self.zero_grad = zero_grad
         self.ema = ModelEma(self.orig_model, r.reg.ema_decay) if r.reg.ema_decay > 0 else None
 
         mean, std = channel_stats(self.train_set)
         ls = r.reg.label_smoothing
+        tf = dict(cfg=r.aug, img_size=r.data.img_size, mean=mean, std=std, num_classes=self.num_classes)
         self.train_loader = BatchLoader(
-            self.train_set, r.data.batch_size, self.device,
-            BatchTransform(r.aug, r.data.img_size, mean, std, self.num_classes, ls, train=True),
+            self.train_set, r.data.batch_size, self.device, make_transform(**tf, label_smoothing=ls, train=True),
             train=True, seed=r.run.seed, channels_last=self.channels_last, device_cache=r.data.device_cache,
             dist=self.dist)
         self.val_loader = BatchLoader(
-            self.val_set, r.data.eval_batch_size, self.device,
-            BatchTransform(r.aug, r.data.img_size, mean, std, self.num_classes, 0.0, train=False),
+            self.val_set, r.data.eval_batch_size, self.device, make_transform(**tf, label_smoothing=0.0, train=False),
             train=False, channels_last=self.channels_last, device_cache=r.data.device_cache)
         self.accum = r.optim.accum_steps
         self.steps_per_epoch = len(self.train_loader) // self.accum
@@ -228,23 +162,18 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.stop_requested = False
         self.stop_reason = ""
-        self.tripped = None  # the NonFiniteReport that stopped the run, if any
+        self.tripped: StepDecision | None = None  # the non-finite step's decision that stopped the run
+        self.last_decision: StepDecision | None = None
         self.skipped_steps = 0
         self.rollbacks = 0
-        self._consecutive_rollbacks = 0
-        self._rolled_back = False
         self.signal = None  # set by train.run.stop_on_signals when SIGTERM/SIGINT stops the run
-        from ..instrument.probe import SpikeDetector
-        ic = r.instrument
-        self.spikes = SpikeDetector(ic.spike_window, ic.spike_threshold)
-        if ic.enabled:
-            from ..instrument.probe import Instrument
-            self.callbacks.insert(0, Instrument(ic))
+        self.guard = StepGuard(r.instrument)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(self.run_dir, tensorboard=tensorboard) if self.dist.is_main else NullLog()
 
     # ------------------------------------------------------------------ setup helpers
-    def add_callback(self, cb: Any) -> None:
+    def add_callback(self, cb: Callback) -> None:
+        """Append ``cb`` (before ``fit()``, so that it sees ``train_start``)."""
         self.callbacks.append(cb)
 
     def fire(self, event: str, **info: Any) -> None:
@@ -257,6 +186,15 @@ class Trainer:
     def request_stop(self, reason: str) -> None:
         """Stop at the next step boundary, after saving a checkpoint."""
         self.stop_requested, self.stop_reason = True, reason
+
+    def request_eager_step(self) -> None:
+        """Run the step now starting (call from ``on_step_start``) on the uncompiled module, e.g. so that
+        toggled hooks fire; later steps use the compiled one again."""
+        self._eager_requested = True
+
+    def set_lr(self, lr: float | None) -> None:
+        """Every parameter group trains at ``lr`` from the next step on; None gives the schedule back."""
+        self._fixed_lr = lr
 
     @property
     def epoch(self) -> int:
@@ -277,8 +215,9 @@ class Trainer:
         """
         self.fire("step_start", step=self.step + 1)
         rng_before = rng_state()
-        lr = self.schedule.apply(self.optimizer, self.step)
-        model = self.eager_model if self.eager_step else self.model
+        lr = self._apply_lr()
+        model = self.eager_model if self._eager_requested else self.model
+        self._eager_requested = False
         loss_sum = torch.zeros((), device=self.device)
         for x, y in micro_batches:
             with record_function("forward"), autocast(self.device, self.amp_dtype):
@@ -288,6 +227,13 @@ class Trainer:
             loss_sum += loss.detach().float()
         with record_function("optimizer"):
             return self._optimizer_step(micro_batches, loss_sum, lr, rng_before)
+
+    def _apply_lr(self) -> float:
+        if self._fixed_lr is None:
+            return self.schedule.apply(self.optimizer, self.step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self._fixed_lr
+        return self._fixed_lr
 
     def _optimizer_step(self, micro_batches, loss_sum, lr, rng_before) -> dict[str, torch.Tensor]:
         self.scaler.unscale_(self.optimizer)
@@ -302,82 +248,59 @@ class Trainer:
         loss_v, gn_v, stop_v = vals.tolist()  # one sync per step
         if stop_v > 0 and not self.stop_requested:  # another rank got a signal
             self.request_stop("another process is stopping")
-        verdict = self._guard(loss_v, gn_v, micro_batches, rng_before)
-        if verdict == "step":
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        if verdict == "rollback":
-            self._rollback()
-            return {"loss": loss_mean, "grad_norm": grad_norm.detach(), "lr": torch.tensor(lr)}
-        if verdict == "step" and self.ema is not None:
-            self.ema.update(self.orig_model)
-        if verdict != "stop":
-            self.step += 1
+        decision = self._announce(self.guard.decide(loss_v, gn_v, self.step + 1), micro_batches, rng_before)
+        self._act(decision)
         return {"loss": loss_mean, "grad_norm": grad_norm.detach(), "lr": torch.tensor(lr)}
 
-    def _guard(self, loss: float, grad_norm: float, micro_batches, rng_before) -> str:
-        """'step', 'skip', 'stop' or 'rollback' for this step."""
-        ic = self.recipe.instrument
-        if math.isfinite(loss) and math.isfinite(grad_norm):
-            self._consecutive_rollbacks = 0
-            spike = self.spikes.check(loss)
-            if spike is not None:
-                last = self.train_loader.last_indices
-                idx = last.tolist() if last is not None else None
-                self.log.log("event", self.step + 1, type="loss_spike", skipped=ic.spike_skip,
-                             batch_indices=idx, **spike)
-                self.fire("spike", step=self.step + 1, **spike)
-                if ic.spike_skip:
-                    self.skipped_steps += 1
-                    return "skip"
-            return "step"
-        from ..instrument.tripwire import format_report, locate_nonfinite
-        report = locate_nonfinite(self.orig_model, micro_batches, self.criterion, step=self.step + 1,
-                                  autocast=lambda: autocast(self.device, self.amp_dtype), rng_state=rng_before)
-        path = self.write_reproducer(micro_batches, rng_before, report)
-        policy = ic.nan_policy
-        if policy == "rollback" and self._consecutive_rollbacks >= MAX_CONSECUTIVE_ROLLBACKS:
-            policy = "stop"
-        print(format_report(report) + f"\n  reproducer: {path}  (reproscope diagnose replay {path})\n"
-              f"  policy: {policy}", flush=True)
-        self.log.log("event", self.step + 1, type="nonfinite", policy=policy, loss=loss, grad_norm=grad_norm,
-                     reproducer=str(path),
-                     **{("replay_loss" if k == "loss" else k): v for k, v in report.to_dict().items() if k != "step"})
-        self.fire("nonfinite", report=report, policy=policy)
-        if policy == "skip":
+    def _announce(self, d: StepDecision, micro_batches, rng_before) -> StepDecision:
+        """Fire the decision's event and log it; returns it with the listeners' findings."""
+        if d.code == "loss-spike":
+            last = self.train_loader.last_indices
+            self.log.log("event", d.step, type="loss_spike", skipped=d.action == "skip",
+                         batch_indices=last.tolist() if last is not None else None, **d.spike)
+            self.fire("spike", decision=d)
+        elif d.code == "nonfinite":
+            findings: dict = {}
+            self.fire("nonfinite", decision=d, batches=micro_batches, rng_state=rng_before, findings=findings)
+            d = dataclasses.replace(d, findings=findings)
+            self.log.log("event", d.step, type="nonfinite", policy=d.policy, loss=d.loss, grad_norm=d.grad_norm,
+                         **findings)
+            if not findings:
+                print(f"NON-FINITE at step {d.step} (loss {d.loss}, grad norm {d.grad_norm}); policy {d.policy}. "
+                      f"Attach reproscope.instrument.Tripwire() to name the module", flush=True)
+        return d
+
+    def _act(self, d: StepDecision) -> None:
+        """The one place a decision changes the training state."""
+        self.last_decision = d
+        if d.action == "step":
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        if self.zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+        if d.action == "step":
+            if self.ema is not None:
+                self.ema.update(self.orig_model)
+            self.step += 1
+        elif d.action == "skip":
             self.skipped_steps += 1
-            return "skip"
-        if policy == "rollback":
-            return "rollback"
-        self.tripped = report
-        self.request_stop(f"non-finite loss/grad at step {self.step + 1} in {report.module or '?'} ({report.phase})")
-        return "stop"
+            self.step += 1
+        elif d.action == "rollback":
+            self._rollback()
+        elif d.action == "stop":
+            self.tripped = d
+            self.request_stop(d.reason())
 
     def _rollback(self) -> None:
-        from .checkpoint import load_checkpoint
         ckpt = load_checkpoint(self.run_dir / "last.pt", map_location=self.device)
         scale = self.schedule.scale * 0.5
         bad_step = self.step + 1
-        self.load_state_dict(ckpt)
+        self.load_state_dict(ckpt)  # the guard keeps its count of rollbacks in a row
         self.schedule.scale = scale
         self.rollbacks += 1
-        self._consecutive_rollbacks += 1
-        self._rolled_back = True
         print(f"rollback: restored step {self.step} from {self.run_dir / 'last.pt'}; lr scale now {scale:g}",
               flush=True)
         self.log.log("event", bad_step, type="rollback", restored_step=self.step, lr_scale=scale)
-
-    def write_reproducer(self, micro_batches, rng_before, report) -> Path:
-        path = self.run_dir / f"nonfinite-step{self.step + 1}.pt"
-        if not self.dist.is_main:
-            return path
-        atomic_save({"recipe_json": json.dumps(self.recipe.to_dict()),
-                     "model_source_json": json.dumps(self.model_source), "num_classes": self.num_classes,
-                     "model": self.orig_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "batches": [(x.detach().cpu(), y.detach().cpu()) for x, y in micro_batches],
-                     "rng": rng_before, "step": self.step + 1, "report": report.to_dict()}, path)
-        return path
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, float]:
@@ -385,7 +308,6 @@ class Trainer:
         if self.dist.is_main:
             write_json(self.run_dir / "config.json", r.to_dict())
             write_json(self.run_dir / "environment.json", {**environment(), "world_size": self.dist.world_size})
-            from ..recipes import deviation_log
             devs = deviation_log(r)
             if self.model_source is not None:
                 write_json(self.run_dir / "model_source.json", self.model_source)
@@ -425,12 +347,12 @@ class Trainer:
         for i in range(start, self.steps_per_epoch):
             micro = [next(batches) for _ in range(self.accum)]
             out = self._first_step_guarded(micro) if i == start else self.train_step(micro)
-            if self._rolled_back:  # restart the loop at the restored step
-                self._rolled_back = False
+            action = self.last_decision.action
+            if action == "rollback":  # restart the loop at the restored step
                 bar.n = self.step
                 bar.refresh()
                 return
-            if self.stop_requested and self.tripped is not None:
+            if action == "stop":
                 break
             window_loss += out["loss"]
             bar.update(1)
@@ -492,7 +414,7 @@ class Trainer:
             "last_eval": self.last_eval,
             "rng": rng_state(),
             "recipe_json": json.dumps(self.recipe.to_dict()),
-            "instrument": {"spike_history": list(self.spikes.history)},
+            "instrument": self.guard.state_dict(),
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
@@ -508,8 +430,7 @@ class Trainer:
         self.rollbacks = max(self.rollbacks, int(ckpt.get("rollbacks", 0)))
         self.last_eval = dict(ckpt.get("last_eval") or {})
         set_rng_state(ckpt["rng"])
-        self.spikes.history.clear()
-        self.spikes.history.extend((ckpt.get("instrument") or {}).get("spike_history", []))
+        self.guard.load_state_dict(ckpt.get("instrument") or {})
 
     def save_checkpoint(self) -> Path:
         """Write ``ckpt-step<N>.pt`` atomically, point ``last.pt`` at it, keep the last K, update best."""

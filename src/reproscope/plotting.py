@@ -1,0 +1,28 @@
+"""The plotting helpers every layer that draws shares (checks' figures, run figures, report figures).
+
+Matplotlib is imported on first use with the non-interactive Agg backend, so nothing opens a window
+and a headless machine draws the same PNGs. This module sits at the bottom of the package: it
+imports nothing of reproscope.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def pyplot():
+    """``matplotlib.pyplot`` with the Agg backend selected."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it to ``path`` (PNG by its suffix; the folder is created) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path

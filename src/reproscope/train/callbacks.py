@@ -1,0 +1,62 @@
+"""The trainer's extension points: :class:`Callback`, whose no-op methods are the events.
+
+Subclass it and override what you need; the trainer calls ``on_<event>(trainer, **info)`` on every
+callback passed as ``Trainer(callbacks=[...])`` (or ``add_callback`` before ``fit``), in order.
+A callback reads the trainer; the supported ways to change what the trainer does are its methods
+``request_stop``, ``request_eager_step`` and ``set_lr`` and its constructor arguments, never
+assignment into its attributes. (Any object with some of these methods works too; the base class
+documents the contract.)
+"""
+
+from __future__ import annotations
+
+
+class Callback:
+    """Every event the trainer fires, as a documented no-op."""
+
+    def on_train_start(self, trainer) -> None:
+        """Once per ``fit()``, before ``torch.compile`` wraps the model: register hooks on
+        ``trainer.orig_model`` here (never on the compiled module)."""
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        """Before the first step of ``epoch`` (0-based)."""
+
+    def on_step_start(self, trainer, step: int) -> None:
+        """Before optimizer step ``step`` (1-based) runs its forward; call ``trainer.request_eager_step()``
+        here to have this step run the uncompiled module."""
+
+    def on_after_backward(self, trainer) -> None:
+        """Gradients are summed over the micro-batches and unscaled, not yet clipped; the optimizer has
+        not stepped."""
+
+    def on_nonfinite(self, trainer, decision, batches, rng_state: dict, findings: dict) -> None:
+        """The loss or grad norm of ``decision.step`` is non-finite; parameters are still those the step
+        started from and ``batches`` are its micro-batches, ``rng_state`` the RNG state at its start.
+        Add what you find to ``findings`` (e.g. ``module``, ``phase``, ``reproducer``): the trainer logs
+        it with the event and names it in the stop message. ``decision.action`` is what happens next."""
+
+    def on_spike(self, trainer, decision) -> None:
+        """A loss spike (``decision.spike`` holds loss, median, MAD, score); ``decision.action`` says
+        whether the step is taken or skipped."""
+
+    def on_step_end(self, trainer, loss, grad_norm, lr) -> None:
+        """Every step that was taken or skipped: on-device scalar tensors (reading them syncs)."""
+
+    def on_log(self, trainer, **values: float) -> None:
+        """Every ``run.log_every`` steps: python floats (loss, grad_norm, lr, img_per_s, ...)."""
+
+    def on_eval_end(self, trainer, **metrics: float) -> None:
+        """After an evaluation: top1, top5 (percent) and loss."""
+
+    def on_epoch_end(self, trainer, epoch: int) -> None:
+        """After the epoch's evaluation, before its checkpoint."""
+
+    def on_checkpoint(self, trainer, path) -> None:
+        """A checkpoint was written to ``path`` (every rank, after rank 0 wrote it)."""
+
+    def on_train_end(self, trainer) -> None:
+        """``fit()`` is done (finished or stopped): remove hooks, close files. May be called again by a
+        later ``fit()``; make it idempotent."""
+
+
+EVENTS = tuple(name[3:] for name in vars(Callback) if name.startswith("on_"))

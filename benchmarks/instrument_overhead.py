@@ -45,9 +45,7 @@ def main() -> None:
             torch.manual_seed(0)
             r = apply_overrides(base, kv)
             tr = Trainer(r, f"{d}/{len(runs)}", tensorboard=True, callbacks=standard_callbacks(r))
-            tr.fire("train_start")
-            if base.precision.compile:
-                tr.model = torch.compile(tr.orig_model)
+            tr.start()
             runs[name] = {"tr": tr, "epoch": 0, "it": tr.train_loader.epoch(0), "time": 0.0, "steps": 0}
 
         def next_batch(run):

@@ -100,9 +100,7 @@ class OurStep:
                             tuple(str(i) for i in range(num_classes)), "synthetic")
         self._tmp = tempfile.TemporaryDirectory()
         self.tr = Trainer(r, self._tmp.name, tensorboard=False, datasets=(tiny, tiny), callbacks=standard_callbacks(r))
-        self.tr.fire("train_start")
-        if compile_:
-            self.tr.model = torch.compile(self.tr.eager_model)
+        self.tr.start()  # precision.compile is set above
         self.model = self.tr.orig_model
         self.channels_last = self.tr.channels_last
 

@@ -244,10 +244,10 @@ def test_input_independent_calls_a_slow_learner_a_slow_start_not_a_data_fault():
     def linear():
         return nn.Sequential(nn.Flatten(), nn.Linear(192, 10))
     r = input_independent(linear, _weak_signal(0.05), max_steps=100)
-    assert r.status == "warn" and r.codes == ["slow-start"], (r.measured, r.causes)
+    assert r.status == "warn" and r.codes[0] == "slow-start", (r.measured, r.causes)
     assert r.details["real"][1] > r.details["zeroed"][1]
     r = input_independent(linear, _weak_signal(0.0), max_steps=100)  # no signal at all: still a FAIL
-    assert r.status == "fail" and r.codes == []
+    assert r.status == "fail" and "slow-start" not in r.codes
 
 
 def test_plan_and_profile_take_your_model(tmp_path, capsys):

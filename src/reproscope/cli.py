@@ -135,7 +135,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_zoo(args) -> int:
-    from .checks.zoo import BUGS, CORRECT_RECIPES, get_bug, zoo_table
+    from .checks.zoo import BUGS, CORRECT_RECIPES, get_bug
+    from .diagnostics.zoo import zoo_table
     from .recipes import get_recipe
     bugs = [get_bug(b) for b in args.bug] if args.bug else BUGS
     recipes = () if args.no_correct else (args.correct or CORRECT_RECIPES)

@@ -23,6 +23,9 @@ import torch.nn.functional as F
 
 @dataclass
 class CheckResult:
+    """One check's verdict. ``causes[i]`` is a sentence for people and ``codes[i]`` its machine-readable
+    code (e.g. "grad-leak", "eval-mode-differs"): programs (the bug zoo, tests) match codes, never wording."""
+
     name: str
     status: str  # "pass", "warn" or "fail"
     measured: str
@@ -30,13 +33,42 @@ class CheckResult:
     explanation: str = ""
     causes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
-    codes: list[str] = field(default_factory=list)  # machine-readable causes, e.g. "eval-mode-differs"
+    codes: list[str] = field(default_factory=list)  # one per cause, in the same order
+
+    def __post_init__(self):
+        if len(self.codes) != len(self.causes):
+            raise ValueError(f"check {self.name}: {len(self.causes)} causes but {len(self.codes)} codes; "
+                             "build them with Causes.add(code, sentence)")
 
     def summary(self) -> str:
         return f"{self.status.upper():4}  {self.name:<19} {self.measured}  (expected {self.expected})"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class Causes:
+    """Cause sentences and their codes, kept in step: ``c.add("grad-leak", "the gradient ...")``, then
+    ``CheckResult(..., c.sentences, ..., codes=c.codes)``."""
+
+    def __init__(self):
+        self.sentences: list[str] = []
+        self.codes: list[str] = []
+
+    def add(self, code: str, sentence: str, *, first: bool = False) -> None:
+        i = 0 if first else len(self.codes)
+        self.codes.insert(i, code)
+        self.sentences.insert(i, sentence)
+
+    def extend(self, other: "Causes") -> None:
+        self.sentences += other.sentences
+        self.codes += other.codes
+
+    def __bool__(self) -> bool:
+        return bool(self.codes)
+
+    def __contains__(self, code: str) -> bool:
+        return code in self.codes
 
 
 @dataclass
@@ -198,5 +230,6 @@ def run_checks(make_model, data: CheckData, names: list[str] | None = None, prog
             out.append(CHECKS[name](make_model, data))
         except Exception as e:  # a check that crashes is itself a finding
             out.append(CheckResult(name, "fail", f"raised {type(e).__name__}: {e}", "no error",
-                                   "The check could not run on this model/data.", [str(e)]))
+                                   "The check could not run on this model/data.", [str(e)],
+                                   codes=["check-crashed"]))
     return out

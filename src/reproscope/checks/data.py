@@ -18,7 +18,7 @@ from collections import Counter
 import torch
 
 from ..plotting import pyplot, save_figure
-from .core import CheckData, CheckResult, check
+from .core import Causes, CheckData, CheckResult, check
 
 
 def image_hashes(images: torch.Tensor) -> list[str]:
@@ -37,14 +37,14 @@ def data_check(make_model, data: CheckData) -> CheckResult:
     x = data.x.float()
     mean = x.mean(dim=(0, 2, 3)).tolist()
     std = x.std(dim=(0, 2, 3)).tolist()
-    fails, warns, details = [], [], {"channel_mean": mean, "channel_std": std}
+    fails, warns, details = Causes(), Causes(), {"channel_mean": mean, "channel_std": std}
     worst_mean = max(abs(m) for m in mean)
     if worst_mean > 1.5 or not all(0.2 <= s <= 5 for s in std):
-        fails.append(f"the model's input is not normalised: channel mean {_fmt(mean)}, std {_fmt(std)} (expected "
+        fails.add("not-normalised", f"the model's input is not normalised: channel mean {_fmt(mean)}, std {_fmt(std)} (expected "
                      f"~0 and ~1){' - it looks like 0-255 pixels' if worst_mean > 20 else ''}: normalisation "
                      "missing or applied twice, or wrong mean/std units")
     elif worst_mean > 0.5 or not all(0.5 <= s <= 2 for s in std):
-        warns.append(f"the model's input is only roughly normalised (channel mean {_fmt(mean)}, std {_fmt(std)})")
+        warns.add("roughly-normalised", f"the model's input is only roughly normalised (channel mean {_fmt(mean)}, std {_fmt(std)})")
     src = data.source
     labels = src.train_labels if src is not None else data.y
     counts = Counter(labels.tolist())
@@ -53,12 +53,12 @@ def data_check(make_model, data: CheckData) -> CheckResult:
     missing = [c for c in range(k) if c not in counts]
     details["label_counts"] = {int(c): n for c, n in sorted(counts.items())}
     if outside:
-        fails.append(f"labels outside [0, {k}): {outside[:5]}")
+        fails.add("labels-out-of-range", f"labels outside [0, {k}): {outside[:5]}")
     if missing and src is not None:
-        fails.append(f"{len(missing)} of {k} classes have no training images (e.g. class {missing[0]})")
+        fails.add("classes-missing", f"{len(missing)} of {k} classes have no training images (e.g. class {missing[0]})")
     present = [counts[c] for c in range(k) if c in counts]
     if present and max(present) > 10 * min(present):
-        warns.append(f"classes are imbalanced {max(present) / min(present):.1f}:1")
+        warns.add("classes-imbalanced", f"classes are imbalanced {max(present) / min(present):.1f}:1")
     if src is not None:
         train_h = image_hashes(src.train_images)
         val_h = image_hashes(src.val_images)
@@ -66,22 +66,22 @@ def data_check(make_model, data: CheckData) -> CheckResult:
         n_dup = sum(h in overlap for h in val_h)
         details["val_images_in_train"] = n_dup
         if n_dup > 0.01 * len(val_h):
-            fails.append(f"{n_dup} of {len(val_h)} validation images ({n_dup / len(val_h):.1%}) are exact copies of "
+            fails.add("train-val-overlap", f"{n_dup} of {len(val_h)} validation images ({n_dup / len(val_h):.1%}) are exact copies of "
                          "training images: train/val overlap, validation accuracy will be inflated")
         elif n_dup:
-            warns.append(f"{n_dup} validation images are exact copies of training images")
+            warns.add("train-val-copies", f"{n_dup} validation images are exact copies of training images")
         n_const = constant_images(src.train_images) + constant_images(src.val_images)
         n_all = len(src.train_images) + len(src.val_images)
         details["constant_images"] = n_const
         if n_const > 0.01 * n_all:
-            fails.append(f"{n_const} of {n_all} images are a single constant value: broken decoding or padding")
+            fails.add("constant-images", f"{n_const} of {n_all} images are a single constant value: broken decoding or padding")
         elif n_const:
-            warns.append(f"{n_const} images are a single constant value")
+            warns.add("constant-images", f"{n_const} images are a single constant value")
         v1, v2 = src.val_batch(), src.val_batch()
         val_diff = (v1[0].float() - v2[0].float()).abs().max().item()
         details["val_pass_diff"] = val_diff
         if val_diff > 0:
-            fails.append(f"two passes of the validation pipeline over the same images differ (max diff {val_diff:.3g}): "
+            fails.add("val-augmented", f"two passes of the validation pipeline over the same images differ (max diff {val_diff:.3g}): "
                          "random augmentation is applied to validation data")
         sheet = contact_sheet(data)
         if sheet:
@@ -95,7 +95,7 @@ def data_check(make_model, data: CheckData) -> CheckResult:
         "normalised input, every class present, no train/val copies, no constant images, deterministic eval data",
         "The batch as the model sees it, and the datasets behind it." + (
             f" Contact sheet: {details['contact_sheet']}" if "contact_sheet" in details else ""),
-        fails + warns, details)
+        fails.sentences + warns.sentences, details, fails.codes + warns.codes)
 
 
 def _fmt(v) -> str:

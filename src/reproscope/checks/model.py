@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model.layers import dyt_like, saturated_fraction
-from .core import CheckData, CheckResult, block_modules, check, fresh
+from .core import Causes, CheckData, CheckResult, block_modules, check, fresh
 
 MAX_GAIN = 3.0
 MIN_SKIP_CORR = 0.3
@@ -42,8 +42,9 @@ def loss_at_init(make_model, data: CheckData) -> CheckResult:
     ratio = loss / expected
     scale = logits.std().item()
     status = "pass" if 0.8 <= ratio <= 1.25 else "warn" if 0.6 <= ratio <= 1.6 else "fail"
-    causes, codes = ([] if status == "pass" else ["weights initialised with too large a std (logits far from 0)",
-                                                  "a missing or wrong final normalisation"]), []
+    causes, codes = (([], []) if status == "pass" else
+                     (["weights initialised with too large a std (logits far from 0)",
+                       "a missing or wrong final normalisation"], ["init-too-large", "final-norm-wrong"]))
     head, head_gain, body_gain = _head_gain(model)
     if status == "fail" and ratio > 1.6 and head_gain > 3 and body_gain <= 3:
         # the classifier alone starts large (e.g. torchvision's EfficientNet scales its head init by
@@ -144,26 +145,26 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
     big = {n: g for n, g in gains.items() if g > MAX_GAIN}
     skip = statistics.median(corr.values()) if corr else 1.0
     saturated = {n: s for n, s in sat.items() if s > MAX_SATURATED}
-    causes = []
+    causes = Causes()
     if hi > factor or vals[0] > max_input_std or not all(math.isfinite(v) for v in vals):
-        causes.append(f"activations grow through depth (x{hi:.3g}, limit x{factor:.3g}) or enter the blocks too large "
+        causes.add("activations-grow", f"activations grow through depth (x{hi:.3g}, limit x{factor:.3g}) or enter the blocks too large "
                       f"(std {vals[0]:.3g}): weight init too large, inputs not normalised, or a dropped norm")
     if lo < 1 / factor:
-        causes.append(f"activations decay through depth (x{lo:.3g}): init too small or a residual connection dropped")
+        causes.add("activations-decay", f"activations decay through depth (x{lo:.3g}): init too small or a residual connection dropped")
     if big:
         n = max(big, key=big.get)
-        causes.append(f"{len(big)} weights start with gain std*sqrt(fan_in) > {MAX_GAIN:g} (e.g. {n}: {big[n]:.3g}; "
+        causes.add("init-std-too-large", f"{len(big)} weights start with gain std*sqrt(fan_in) > {MAX_GAIN:g} (e.g. {n}: {big[n]:.3g}; "
                       f"He init is 1.41): weight init std too large")
     skip_zeroed = None
     if skip < MIN_SKIP_CORR:  # the arbiter: a block whose branch is silenced must return its input
         skip_zeroed = _skip_with_branches_zeroed(make_model, data)
     if skip < MIN_SKIP_CORR and (skip_zeroed is None or skip_zeroed < 0.99):
-        causes.append(f"block outputs do not carry their inputs (median correlation {skip:.2f}, expected >= "
+        causes.add("residual-dropped", f"block outputs do not carry their inputs (median correlation {skip:.2f}, expected >= "
                       f"{MIN_SKIP_CORR}; {skip_zeroed if skip_zeroed is not None else float('nan'):.2f} with every "
                       f"block's parameters zeroed): a residual (skip) connection is dropped")
     if saturated:
         n = max(saturated, key=saturated.get)
-        causes.append(f"{len(saturated)} squashing layers are saturated at init (e.g. {n}: {saturated[n]:.0%} of units "
+        causes.add("squash-saturated", f"{len(saturated)} squashing layers are saturated at init (e.g. {n}: {saturated[n]:.0%} of units "
                       f"past |2|): DyT alpha0 (or the input scale) too large, gradients through them vanish")
     return CheckResult(
         "init-scale", "fail" if causes else "pass",
@@ -173,8 +174,8 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
         "At init the activation scale should stay within an order of magnitude through depth, weights should "
         "start near He/LeCun scale or below, residual blocks should pass their input through, and squashing "
         "layers (DyT, tanh) should work in their linear range.",
-        causes, {"block_std": stds, "skip_corr": corr, "saturation": sat, "large_gains": big,
-                 "skip_corr_branches_zeroed": skip_zeroed})
+        causes.sentences, {"block_std": stds, "skip_corr": corr, "saturation": sat, "large_gains": big,
+                           "skip_corr_branches_zeroed": skip_zeroed}, causes.codes)
 
 
 def _skip_corr(x: torch.Tensor, out: torch.Tensor) -> float:
@@ -228,23 +229,23 @@ def grad_flow(make_model, data: CheckData, allow_frozen: bool = False) -> CheckR
     status = "fail" if bad else "warn" if frozen else "pass"
     measured = (f"{n_trainable} trainable; {len(unused)} unused, {len(dead)} zero-grad, {len(nonfinite)} non-finite,"
                 f" {len(frozen)} frozen" + (f"; {len(late)} zero at init only" if late else ""))
-    causes = []
+    causes = Causes()
     if unused:
-        causes.append(f"parameters not used in forward (e.g. {unused[0]}): a dead branch or a layer built but not called")
+        causes.add("unused-params", f"parameters not used in forward (e.g. {unused[0]}): a dead branch or a layer built but not called")
     if dead:
-        causes.append(f"parameters whose gradient is exactly zero (e.g. {dead[0]}): a detach(), a dead ReLU "
+        causes.add("zero-grad-params", f"parameters whose gradient is exactly zero (e.g. {dead[0]}): a detach(), a dead ReLU "
                       f"region, or a branch multiplied by zero")
     if nonfinite:
-        causes.append(f"non-finite gradients (e.g. {nonfinite[0]})")
+        causes.add("nonfinite-grads", f"non-finite gradients (e.g. {nonfinite[0]})")
     if frozen:
-        causes.append(f"{len(frozen)} parameters are frozen (requires_grad=False, e.g. {frozen[0]}): a block left "
+        causes.add("frozen-params", f"{len(frozen)} parameters are frozen (requires_grad=False, e.g. {frozen[0]}): a block left "
                       f"frozen will never train")
     return CheckResult("grad-flow", status, measured, "every parameter trainable, with a finite, non-zero gradient",
                        "Backpropagation from the loss should reach every parameter of a model trained from scratch. "
                        "A gradient that is zero at init only (a zero-initialised scale downstream, e.g. the last "
                        "BatchNorm of a residual branch or a layer scale of 0) reaches the parameter after one step.",
-                       causes, {"frozen": frozen, "unused": unused, "dead": dead, "nonfinite": nonfinite,
-                                "zero_at_init_only": late})
+                       causes.sentences, {"frozen": frozen, "unused": unused, "dead": dead, "nonfinite": nonfinite,
+                                          "zero_at_init_only": late}, causes.codes)
 
 
 def _zero_at_init_only(model: nn.Module, data: CheckData, dead: list[str]) -> list[str]:
@@ -284,4 +285,4 @@ def batch_independence(make_model, data: CheckData) -> CheckResult:
         "transpose over the batch dimension." + (f" Ran in eval mode because of {norms[0]}." if norms else ""),
         ["a reshape/view/transpose that moves data across the batch dimension (mixes samples)",
          "a norm or pooling over dim 0"] if bad else [],
-        {"leak": leak, "own": own})
+        {"leak": leak, "own": own}, ["mixes-samples", "batch-dim-reduction"] if bad else [])

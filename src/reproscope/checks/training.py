@@ -14,8 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..instrument.hooks import ActivationStats, parameter_norms
 from ..plotting import pyplot, save_figure
-from .core import CheckData, CheckResult, check, fresh
+from .core import Causes, CheckData, CheckResult, check, fresh
 
 
 def _device(model) -> torch.device:
@@ -40,7 +41,6 @@ def overfit_batch(make_model, data: CheckData, steps: int = 150, batch: int = 16
     with that cause (code ``eval-mode-differs``), never a FAIL. Steps 2 and 3 also compare the gradient
     the step used with the gradient of that step's loss computed afresh: a difference means gradients
     leak between steps."""
-    from ..instrument.hooks import ActivationStats, parameter_norms
     model = fresh(make_model)
     run = data.run(model, clean=True)
     dev = _device(run.model)
@@ -75,70 +75,69 @@ def overfit_batch(make_model, data: CheckData, steps: int = 150, batch: int = 16
     leak = max(leaks, default=0.0)
     ok = math.isfinite(final) and final < 0.1 and acc == 1.0 and leak < 0.05
     status = "pass" if ok else "warn" if (math.isfinite(final) and final <= 0.5 and acc >= 0.9 and leak < 0.05) else "fail"
-    causes, codes = [], []
+    causes = Causes()
     if ok and eval_acc < 1.0:  # the optimisation path works; eval mode disagrees (a finding, not a fault)
         status = "warn"
-        causes.append(f"train-mode loss {final:.4f} and accuracy {acc:.0%}, but eval-mode accuracy {eval_acc:.0%}: "
-                      f"{eval_mode_difference(run.model)}; not an optimisation fault")
-        codes.append("eval-mode-differs")
+        causes.add("eval-mode-differs", f"train-mode loss {final:.4f} and accuracy {acc:.0%}, but eval-mode accuracy "
+                   f"{eval_acc:.0%}: {eval_mode_difference(run.model)}; not an optimisation fault")
     finite = [v for v in losses if math.isfinite(v)]
     spiked = bool(finite) and max(finite) > 3 * losses[0]
     if leak >= 0.05:
-        causes.append(f"the gradient the optimizer stepped with differs by {leak:.0%} from the gradient of that "
+        causes.add("grad-leak", f"the gradient the optimizer stepped with differs by {leak:.0%} from the gradient of that "
                       f"step's loss: gradients leak between steps (zero_grad forgotten or misplaced) or are "
                       f"rescaled wrongly (accumulation)")
     if not math.isfinite(final):
         where = f" (tripwire: first non-finite in {report.module}, {report.phase})" if getattr(report, "module", None) else ""
-        causes.append(f"the loss became non-finite at step {len(losses)}{where}: lr too high ({data.lr:g}) "
+        causes.add("loss-nonfinite", f"the loss became non-finite at step {len(losses)}{where}: lr too high ({data.lr:g}) "
                       f"or an unstable op")
     elif losses[-1] > 0.9 * losses[0] and spiked:
-        causes.append(f"the loss spiked to {max(finite):.3g} (from {losses[0]:.3g}) and never came down: lr too high "
+        causes.add("loss-spiked-stuck", f"the loss spiked to {max(finite):.3g} (from {losses[0]:.3g}) and never came down: lr too high "
                       f"({data.lr:g}) or an unstable update")
     elif losses[-1] > 0.9 * losses[0]:
-        causes.append(f"the loss stayed flat: lr too low ({data.lr:g}), gradients not reaching the weights, or "
+        causes.add("loss-flat", f"the loss stayed flat: lr too low ({data.lr:g}), gradients not reaching the weights, or "
                       "the output squashed before the loss (e.g. softmax before cross-entropy)")
     elif final >= 0.1 and acc == 1.0:
-        causes.append(f"every example is classified right but the loss is stuck at {final:.2f}: the outputs are "
+        causes.add("outputs-bounded", f"every example is classified right but the loss is stuck at {final:.2f}: the outputs are "
                       "bounded before the loss (softmax or sigmoid applied before cross-entropy) or the "
                       "targets are smoothed")
     elif final >= 0.1:
-        causes.append("the loss fell but not to ~0: too few steps for this lr, too much regularisation, "
+        causes.add("underfit", "the loss fell but not to ~0: too few steps for this lr, too much regularisation, "
                       "or labels that contradict each other")
     if zero_grad_params:
-        causes.append(f"{len(zero_grad_params)} parameters got a zero gradient at step 1 (e.g. {zero_grad_params[0]})")
-    if spiked and not any("spiked" in c for c in causes):
-        causes.append(f"the loss spiked above 3x its start (max {max(finite):.3g}): lr too high ({data.lr:g})")
-    if status != "pass" and not codes:  # (a memorised batch's logits grow by design: no scale story for eval lag)
-        causes += scale_changes(first_stats, last_stats)
+        causes.add("zero-grad-params", f"{len(zero_grad_params)} parameters got a zero gradient at step 1 (e.g. {zero_grad_params[0]})")
+    if spiked and "loss-spiked-stuck" not in causes:
+        causes.add("loss-spiked", f"the loss spiked above 3x its start (max {max(finite):.3g}): lr too high ({data.lr:g})")
+    if status != "pass" and "eval-mode-differs" not in causes:  # (a memorised batch's logits grow by design)
+        causes.extend(scale_changes(first_stats, last_stats))
     return CheckResult(
         "overfit-batch", status,
         f"loss {losses[0]:.3f} -> {final:.4f}, accuracy {acc:.0%} (train mode; eval mode {eval_acc:.0%}) after "
         f"{len(losses)} steps; step gradient vs fresh gradient {leak:.1%}",
         "loss < 0.1, 100% accuracy, step gradient = fresh gradient (< 5%)",
         f"A model that can learn anything must memorise {len(y)} examples; failing to means the "
-        "optimisation path itself is broken.", causes,
+        "optimisation path itself is broken.", causes.sentences,
         {"losses": losses[:: max(1, len(losses) // 30)], "accuracy": acc, "eval_accuracy": eval_acc,
-         "zero_grad_params": zero_grad_params, "grad_leak": leak}, codes)
+         "zero_grad_params": zero_grad_params, "grad_leak": leak}, causes.codes)
 
 
-def scale_changes(first: dict, last: dict, factor: float = 100.0) -> list[str]:
+def scale_changes(first: dict, last: dict, factor: float = 100.0) -> Causes:
     """From the instrument's per-module stats at step 1 and at the end: the layer whose output scale
     exploded or collapsed most, and the layer with the smallest output-gradient RMS at step 1."""
-    out = []
+    out = Causes()
     ratios = {n: last[n]["rms"] / first[n]["rms"] for n in first if n in last and "rms" in first[n]
               and first[n]["rms"] > 0 and math.isfinite(first[n]["rms"])}
     if ratios:
         up = max(ratios, key=lambda n: ratios[n] if math.isfinite(ratios[n]) else math.inf)
         down = min(ratios, key=ratios.get)
         if not math.isfinite(ratios[up]) or ratios[up] > factor:
-            out.append(f"the output scale of {up} exploded during training (RMS x{ratios[up]:.3g})")
+            out.add("scale-exploded", f"the output scale of {up} exploded during training (RMS x{ratios[up]:.3g})")
         if ratios[down] < 1 / factor:
-            out.append(f"the output scale of {down} collapsed during training (RMS x{ratios[down]:.3g})")
+            out.add("scale-collapsed", f"the output scale of {down} collapsed during training (RMS x{ratios[down]:.3g})")
     grads = {n: st["grad_rms"] for n, st in first.items() if "grad_rms" in st and math.isfinite(st["grad_rms"])}
     if grads:
         top, low = max(grads.values()), min(grads, key=grads.get)
         if top > 0 and grads[low] < top / 1e4:
-            out.append(f"gradients vanish at {low} at step 1 (output-gradient RMS {grads[low]:.3g}, largest layer "
+            out.add("grads-vanish", f"gradients vanish at {low} at step 1 (output-gradient RMS {grads[low]:.3g}, largest layer "
                        f"{top:.3g})")
     return out
 
@@ -230,22 +229,21 @@ def input_independent(make_model, data: CheckData, max_steps: int = 300, every: 
     ok = real[0] <= zero[0] - margin and real[1] > zero[1]
     n = max(1, min(10, len(losses) // 4))
     first, last = sum(losses[:n]) / n, sum(losses[-n:]) / n
-    causes, codes = [], []
+    causes = Causes()
     status = "pass" if ok else "fail"
     real_eval = _loss_acc(run.model, vx, vy, "eval")
     zero_eval = _loss_acc(run.model, torch.zeros_like(vx), vy, "eval")
     if ok and not (real_eval[0] <= zero_eval[0] - margin and real_eval[1] > zero_eval[1]):
         status = "warn"  # the model learned from its inputs (train mode); eval mode does not show it yet
-        causes.append(f"in train mode real inputs win (held-out loss {real[0]:.3f} vs {zero[0]:.3f}), in eval mode "
-                      f"they do not ({real_eval[0]:.3f} vs {zero_eval[0]:.3f}, accuracy {real_eval[1]:.0%}): "
-                      f"{eval_mode_difference(run.model)}; not a data fault")
-        codes.append("eval-mode-differs")
+        causes.add("eval-mode-differs", f"in train mode real inputs win (held-out loss {real[0]:.3f} vs {zero[0]:.3f}), "
+                   f"in eval mode they do not ({real_eval[0]:.3f} vs {zero_eval[0]:.3f}, accuracy {real_eval[1]:.0%}): "
+                   f"{eval_mode_difference(run.model)}; not a data fault")
     if not ok:
         if not math.isfinite(losses[-1]):
-            causes.append("the training loss became non-finite: see overfit-batch and lr-range")
+            causes.add("loss-nonfinite", "the training loss became non-finite: see overfit-batch and lr-range")
         elif (last > 0.95 * first and std0 < 1e-2
               and (std_end := _eval_logits(run.model, vx).std().item()) < 0.1):
-            causes.append(f"the training loss did not fall ({first:.3f} -> {last:.3f}) and the outputs hardly "
+            causes.add("outputs-near-zero", f"the training loss did not fall ({first:.3f} -> {last:.3f}) and the outputs hardly "
                           f"left zero (logit std {std0:.2g} at init, {std_end:.2g} after {len(losses)} steps): a "
                           "slow start that hides any data bug, if the lr is sane (see lr-range) - activations "
                           "shrink through depth at init (e.g. DyT or no normalisation where LayerNorm used to "
@@ -253,16 +251,16 @@ def input_independent(make_model, data: CheckData, max_steps: int = 300, every: 
                           "or raise the init scale (DyT alpha0, layer scale, head init); init-scale and "
                           "loss-at-init show the scales")
         elif last > 0.95 * first:
-            causes.append(f"the training loss did not fall ({first:.3f} -> {last:.3f}): the targets carry no "
+            causes.add("targets-uninformative", f"the training loss did not fall ({first:.3f} -> {last:.3f}): the targets carry no "
                           "information about the images (labels shuffled or misaligned with the images, label "
                           "smoothing near 1, all targets equal), the lr is ~0, or the input is destroyed before "
                           "the model")
         elif last > 0.9 * math.log(data.num_classes):
-            causes.append(f"the training loss only came down to about ln K ({first:.3f} -> {last:.3f}, ln K = "
+            causes.add("loss-at-ln-k", f"the training loss only came down to about ln K ({first:.3f} -> {last:.3f}, ln K = "
                           f"{math.log(data.num_classes):.3f}): the model unlearned a large initial loss but has not "
                           f"learned the task yet; train longer or check the lr (lr-range)")
         else:
-            causes.append(f"the training loss fell ({first:.3f} -> {last:.3f}) but held-out predictions do not use "
+            causes.add("labels-memorised", f"the training loss fell ({first:.3f} -> {last:.3f}) but held-out predictions do not use "
                           "the image: labels that do not match the images (shuffled or misaligned labels) were "
                           "memorised, or train and validation label the classes in different orders")
         n_val = len(vy)
@@ -270,8 +268,7 @@ def input_independent(make_model, data: CheckData, max_steps: int = 300, every: 
         se = math.sqrt(max(pooled * (1 - pooled), 1e-12) * 2 / max(n_val, 1))
         if math.isfinite(losses[-1]) and real[1] - zero[1] > 3 * se:
             status = "warn"  # the inputs clearly help held-out accuracy: a slow learner, not a data fault
-            codes.append("slow-start")
-            causes.insert(0, f"held-out accuracy with real inputs beats blank inputs ({real[1]:.0%} vs {zero[1]:.0%} "
+            causes.add("slow-start", first=True, sentence=f"held-out accuracy with real inputs beats blank inputs ({real[1]:.0%} vs {zero[1]:.0%} "
                              f"on {n_val} images, more than 3 standard errors), but the loss margin is not met after "
                              f"{len(losses)} steps: the model uses its inputs and learns slowly here (e.g. images "
                              f"small for its architecture, or a large initial loss to unlearn); not a data fault")
@@ -280,9 +277,9 @@ def input_independent(make_model, data: CheckData, max_steps: int = 300, every: 
         f"held-out loss real {real[0]:.3f} vs zeroed {zero[0]:.3f}, accuracy {real[1]:.0%} vs {zero[1]:.0%} "
         f"(train mode) after {len(losses)} steps", f"real inputs lower the loss by >= {margin:.3f} (0.05 ln K) and win in accuracy",
         "After some training, a model that uses its input must do clearly better on held-out data than the "
-        "same model fed blank (mean) images, which can only predict the label prior.", causes,
+        "same model fed blank (mean) images, which can only predict the label prior.", causes.sentences,
         {"steps": len(losses), "real": real, "zeroed": zero, "real_eval": real_eval, "zeroed_eval": zero_eval,
-         "train_losses": losses[:: max(1, len(losses) // 30)]}, codes)
+         "train_losses": losses[:: max(1, len(losses) // 30)]}, causes.codes)
 
 
 @check("determinism")
@@ -313,16 +310,16 @@ def determinism(make_model, data: CheckData, k: int = 6, resume_at: int = 3) -> 
         return max(abs(u - v) / max(abs(u), 1e-12) for u, v in zip(a, b))
 
     d_seed, d_resume = diff(la, lb), diff(la, lc)
-    causes = []
+    causes = Causes()
     if d_seed > tol:
-        causes.append(f"two runs with the same seed differ (first at step {_first(la, lb)}, rel. {d_seed:.2g}): an "
+        causes.add("seed-nondeterministic", f"two runs with the same seed differ (first at step {_first(la, lb)}, rel. {d_seed:.2g}): an "
                       "unseeded random source (data order, augmentation, dropout) or a nondeterministic kernel")
     if d_resume > tol:
-        causes.append(f"resuming at step {resume_at} does not reproduce the uninterrupted run (first difference at "
+        causes.add("resume-differs", f"resuming at step {resume_at} does not reproduce the uninterrupted run (first difference at "
                       f"step {_first(la, lc)}): state missing from the checkpoint (optimizer, schedule, RNG, data "
                       "position)")
     if eval_diff > (0 if exact else 1e-5 * max(e1.abs().max().item(), 1.0)):
-        causes.append(f"the same input gives different outputs in eval mode (max diff {eval_diff:.3g}): dropout or "
+        causes.add("eval-random", f"the same input gives different outputs in eval mode (max diff {eval_diff:.3g}): dropout or "
                       "another random op still active at evaluation (e.g. F.dropout without training=self.training)")
     return CheckResult(
         "determinism", "fail" if causes else "pass",
@@ -330,8 +327,8 @@ def determinism(make_model, data: CheckData, k: int = 6, resume_at: int = 3) -> 
         "identical losses for k steps (CPU), identical after resume, identical eval outputs" if exact
         else f"losses within {tol:g} (GPU kernels may be nondeterministic)",
         "Two runs with one seed must agree step for step, a resumed run must continue exactly where it stopped, "
-        "and evaluation must be a function of the input alone.", causes,
-        {"losses": la, "same_seed": lb, "resumed": lc, "eval_diff": eval_diff})
+        "and evaluation must be a function of the input alone.", causes.sentences,
+        {"losses": la, "same_seed": lb, "resumed": lc, "eval_diff": eval_diff}, causes.codes)
 
 
 def _first(a, b) -> int:
@@ -369,18 +366,18 @@ def lr_range(make_model, data: CheckData, steps: int = 100, lo: float = 1e-7, hi
     best = min(range(len(smooth)), key=smooth.__getitem__)
     lr_min = lrs[best]
     suggest = lr_min / 10
-    causes, warns = [], []
+    causes, warns = Causes(), Causes()
     if data.lr >= diverge / 3:
-        causes.append(f"the configured lr {data.lr:g} is {data.lr / diverge:.3g}x the lr where the sweep's loss "
+        causes.add("lr-too-high", f"the configured lr {data.lr:g} is {data.lr / diverge:.3g}x the lr where the sweep's loss "
                       f"diverged ({diverge:.2g}): lr too high, training will diverge or stall")
     elif data.lr > 3 * lr_min:
-        warns.append(f"the configured lr {data.lr:g} is {data.lr / lr_min:.3g}x past the sweep's loss minimum "
+        warns.add("lr-past-minimum", f"the configured lr {data.lr:g} is {data.lr / lr_min:.3g}x past the sweep's loss minimum "
                      f"({lr_min:.2g}; it diverged at {diverge:.2g}); the minimum of a {steps}-step sweep is noisy, "
                      "but consider a lower lr")
     ceiling = min(diverge, hi)  # a sweep that never diverged is judged against its top lr
     floor = ceiling * 1e-6
     if data.lr < floor:
-        causes.append(f"the configured lr {data.lr:g} is {ceiling / data.lr:.3g}x below the lr where the "
+        causes.add("lr-too-low", f"the configured lr {data.lr:g} is {ceiling / data.lr:.3g}x below the lr where the "
                       f"sweep diverged ({ceiling:.2g}): lr too low, training will barely move")
     fig = _plot_lr_range(data, lrs[:len(smooth)], raw, smooth, suggest, lr_min, diverge)
     return CheckResult(
@@ -391,9 +388,9 @@ def lr_range(make_model, data: CheckData, steps: int = 100, lo: float = 1e-7, hi
         f"3x the loss minimum, {3 * lr_min:.2g})",
         "An exponential lr sweep shows where training is too slow (flat loss), where it works (falling loss) and "
         "where it diverges. A configured lr near the divergence point, or decades below it, is a mistake.",
-        causes + warns,
+        causes.sentences + warns.sentences,
         {"lrs": lrs[:len(smooth)], "loss": raw, "smoothed": smooth, "suggested_lr": suggest, "min_loss_lr": lr_min,
-         "diverge_lr": diverge, "figure": str(fig) if fig else None})
+         "diverge_lr": diverge, "figure": str(fig) if fig else None}, causes.codes + warns.codes)
 
 
 def _plot_lr_range(data: CheckData, lrs, raw, smooth, suggest, lr_min, diverge):

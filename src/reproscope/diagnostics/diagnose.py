@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..checks import CHECKS, CheckData, CheckResult, recipe_audit, recipe_subject, run_checks
 from ..checks.subject import Mutation
+from ..checks.zoo import get_bug
 from ..config import ConfigError, Recipe, apply_overrides, nearest
 from ..model.build import build_model
 from ..model.spec import user_model
@@ -87,7 +88,7 @@ def format_results(results: list[CheckResult]) -> str:
     for r in results:
         if r.status != "pass":
             lines.append(f"\n{r.name}: {r.explanation}")
-            lines += [f"  - {c}" for c in r.causes]
+            lines += [f"  - [{code}] {c}" for code, c in zip(r.codes, r.causes)]
     return "\n".join(lines)
 
 
@@ -96,7 +97,6 @@ def diagnose(recipe: Recipe, which: str, model_spec: str | None = None, as_json:
     out = Path(out_dir) if out_dir else Path(recipe.run.out_dir) / f"diagnose-{recipe.name}"
     mutation = None
     if bug:
-        from ..checks.zoo import get_bug
         mutation = get_bug(bug).mutation
         print(f"planted bug {bug!r}: {get_bug(bug).what}")
     t0 = time.perf_counter()

@@ -33,9 +33,7 @@ def run_profile(recipe: Recipe, run_dir: Path, steps: int = 5, warmup: int = 2, 
     out = run_dir / "profile"
     out.mkdir(parents=True, exist_ok=True)
     tr = Trainer(recipe, run_dir, tensorboard=False, model_factory=model_factory, callbacks=standard_callbacks(recipe))
-    tr.fire("train_start")
-    if recipe.precision.compile:
-        tr.model = torch.compile(tr.orig_model)
+    tr.start()
     cuda = tr.device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     batches = tr.train_loader.epoch(0)

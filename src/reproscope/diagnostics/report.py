@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
+from ..model import list_models, model_info
+from ..recipes import get_recipe
+from .report_figures import plot_curves, plot_grad_norms
 from .runs import Group, RunRecord, group_runs, is_science, load_run, welch
 
 
@@ -52,8 +55,6 @@ def find_claim(groups: list[Group], paper_key: str) -> Claim | None:
 
 def paper_facts(run: RunRecord) -> dict:
     """The parent paper recipe's setup and the paper's top-1 for this run's model family."""
-    from ..model import list_models, model_info
-    from ..recipes import get_recipe
     parent = run.config.get("parent") or ""
     try:
         p = get_recipe(parent) if parent else None
@@ -75,7 +76,6 @@ def paper_facts(run: RunRecord) -> dict:
 
 def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
     """The report as blocks: ('h', text), ('p', text), ('table', header, rows), ('img', path, caption), ('code', lines)."""
-    from .report_figures import plot_curves, plot_grad_norms
     runs = [r for g in groups for r in g.runs]
     first = runs[0]
     claim = find_claim(groups, first.recipe.split("-")[0])

@@ -11,6 +11,7 @@ import inspect
 from pathlib import Path
 
 from ..config import ConfigError, nearest
+from .registry import list_models, model_info
 
 
 def load_factory(spec: str):
@@ -26,7 +27,6 @@ def load_factory(spec: str):
             line, no such module or factory, timm not installed or no such timm model).
     """
     if ":" not in spec:
-        from .registry import list_models, model_info
         if spec in list_models():
             return model_info(spec).fn
         raise ConfigError(f"--model {spec!r}: expected a registered model name{nearest(spec, list_models())}, "

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import AugConfig
+from .data import random_crop_flip
 
 
 def random_resized_crop_flip(x: torch.Tensor, out_size: int, scale_min: float, hflip: float,
@@ -284,12 +285,13 @@ class BatchTransform:
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.mix = MixCut(num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob, cfg.mix_switch_prob)
 
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] floats -> (x - mean) / std per channel (a subclass may override it, e.g. the bug zoo's)."""
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None):
         if not self.train:
-            return self._normalise(center_crop(x, self.size).float() / 255), y
+            return self.normalise(center_crop(x, self.size).float() / 255), y
         c = self.cfg
         if c.randaug_n > 0:  # photometric ops on uint8, before the geometric crop (same distribution)
             x = rand_augment(x, c.randaug_n, c.randaug_m, c.randaug_mstd)
@@ -298,11 +300,10 @@ class BatchTransform:
             mode = "bicubic" if c.interpolation == "bicubic" else "bilinear"
             xf = random_resized_crop_flip(xf, self.size, c.rrc_scale_min, c.hflip, mode=mode).clamp(0, 1)
         else:
-            from .data import random_crop_flip
             xf = random_crop_flip(center_crop(xf, self.size), c.crop_pad, c.hflip, gen)
         if c.color_jitter > 0 and c.randaug_n == 0:
             xf = color_jitter(xf, c.color_jitter)
-        xf = self._normalise(xf)
+        xf = self.normalise(xf)
         if c.random_erasing > 0:
             xf = random_erasing(xf, c.random_erasing)
         if self.mix.active:

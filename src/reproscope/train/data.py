@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, DataConfig, nearest
+from ..runtime.distributed import shard
 from . import shapes
 
 
@@ -209,7 +210,6 @@ class BatchLoader:
 
     def epoch(self, epoch: int, start_batch: int = 0, first_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of ``epoch`` from ``start_batch``; ``first_step`` is the global step of that batch."""
-        from ..runtime.distributed import shard
         for i, idx in enumerate(batch_indices(len(self.ds), self.batch_size, self.seed, epoch,
                                               start_batch, self.drop_last, shuffle=self.train)):
             if self.train and self.dist is not None:

@@ -133,6 +133,7 @@ class Trainer:
         self._eager_requested = False  # request_eager_step(): this step runs the uncompiled module
         self._fixed_lr: float | None = None  # set_lr(): overrides the schedule while set
         self.zero_grad = zero_grad
+        self._started = False  # start() ran (train_start fired) and fit() has not ended
         self.ema = ModelEma(self.orig_model, r.reg.ema_decay) if r.reg.ema_decay > 0 else None
 
         mean, std = channel_stats(self.train_set)
@@ -303,6 +304,17 @@ class Trainer:
         self.log.log("event", bad_step, type="rollback", restored_step=self.step, lr_scale=scale)
 
     # ------------------------------------------------------------------ loop
+    def start(self) -> None:
+        """Fire ``train_start``, then wrap the model in ``torch.compile`` (``precision.compile``): the order
+        that puts hooks on the uncompiled module. ``fit()`` calls it; call it yourself before driving
+        ``train_step`` directly. Once until ``fit()`` ends (``train_end``)."""
+        if self._started:
+            return
+        self._started = True
+        self.fire("train_start")
+        if self.recipe.precision.compile and self.model is self.eager_model:
+            self.model = torch.compile(self.eager_model)
+
     def fit(self) -> dict[str, float]:
         r = self.recipe
         if self.dist.is_main:
@@ -314,9 +326,7 @@ class Trainer:
                 devs = [{"key": "model.name", "parent": r.model.name, "value": self.model_source["spec"],
                          "reason": "the user's own model (--model); model.* keys do not apply to it"}, *devs]
             write_json(self.run_dir / "deviations.json", {"recipe": r.name, "parent": r.parent, "deviations": devs})
-        self.fire("train_start")
-        if r.precision.compile and self.model is self.eager_model:
-            self.model = torch.compile(self.eager_model)
+        self.start()
         if r.instrument.nan_policy == "rollback" and not (self.run_dir / "last.pt").exists():
             self.save_checkpoint()  # something to roll back to before the first epoch ends
         bar = _progress(r.run.progress and self.dist.is_main, total=self.total_steps, initial=self.step)
@@ -331,6 +341,7 @@ class Trainer:
             bar.close()
             self.log.flush()
         self.fire("train_end")
+        self._started = False
         if self.dist.is_main:  # the final weights in the ecosystem's safe format
             save_weights(self.orig_model.state_dict(), self.run_dir / "model.safetensors")
         self.log.close()

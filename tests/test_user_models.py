@@ -179,6 +179,13 @@ def test_train_your_own_model_from_a_file_and_resume_without_it(tmp_path, capsys
     capsys.readouterr()
     assert main(["train", "--resume", str(rd), "--set", "sched.epochs=2", "--no-progress"]) == 0
     assert "rebuilding the run's own model" in capsys.readouterr().out
+    # report and compare name the user's model (spec and file hash), not the recipe's model.name
+    from reproscope.diagnostics.runs import group_runs, load_run
+    run = load_run(rd)
+    assert run.model == f"{src}:make (sha256 {source['sha256'][:12]})"
+    assert group_runs([run])[0].label.startswith(f"{src}:make")
+    assert main(["compare", str(rd), str(rd), "--out", str(tmp_path / "cmp")]) == 0
+    assert f"(model {src}:make (sha256" in capsys.readouterr().out
 
 
 def test_nan_in_your_own_model_is_located_and_replayed(tmp_path, capsys):
@@ -258,3 +265,40 @@ def test_plan_and_profile_take_your_model(tmp_path, capsys):
     rd = tmp_path / "prof"
     assert main(["profile", "--model", f"{src}:make", "--steps", "1", "--run-dir", str(rd), *small]) == 0
     assert "aten::" in capsys.readouterr().out and (rd / "profile").is_dir()
+
+
+BLOCKNET = """
+    import torch.nn as nn
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv = nn.Conv2d(c, c, 3, 1, 1)
+            self.norm = nn.BatchNorm2d(c)
+        def forward(self, x):
+            return x + self.norm(self.conv(x)).relu()
+    class Net(nn.Module):
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 4, 4)
+            self.blocks = nn.Sequential(*[Block(16) for _ in range(3)])
+            self.head = nn.Linear(16, num_classes)
+        def forward(self, x):
+            return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+    def make(num_classes):
+        return Net(num_classes)
+"""
+
+
+def test_zoo_plants_the_bugs_in_your_model(tmp_path, capsys):
+    """zoo --model: a baseline row for the unplanted model, the bugs planted in it, the ViT-only ones named."""
+    from reproscope.cli import main
+    spec = f"{_file(tmp_path, BLOCKNET)}:make"
+    rc = main(["zoo", "--model", spec, "--bug", "frozen-block", "--bug", "zero-grad-forgotten",
+               "--bug", "residual-dropped", "--set", "run.threads=1"])
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[1:-1]]
+            for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")}
+    assert rows[f"none (your model `{spec}`)"][4] == "-"  # a correct model: nothing fails unplanted
+    assert rows["`frozen-block`"][3] == "yes" and "`frozen-params`" in rows["`frozen-block`"][5]
+    assert rows["`zero-grad-forgotten`"][3] == "yes" and "`grad-leak`" in rows["`zero-grad-forgotten`"][5]
+    assert rows["`residual-dropped`"][3] == "not plantable in your model"
+    assert rc == 0  # every bug that could be planted was caught (not plantable is no failure)

@@ -142,7 +142,7 @@ def cmd_zoo(args) -> int:
     recipes = () if args.no_correct else (args.correct or CORRECT_RECIPES)
     for name in recipes:  # a misspelt --correct fails now, not after the bug rows have run
         get_recipe(name)
-    table, ok = zoo_table(bugs, recipes)
+    table, ok = zoo_table(bugs, recipes, model_spec=args.model, overrides=args.overrides)
     print(table)
     return 0 if ok else 1
 
@@ -240,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "e.g. dyt-convnext_tiny's slow start, must show exactly that finding)")
     z.add_argument("--bug", action="append", default=None, metavar="NAME", help="only these bugs (repeatable)")
     z.add_argument("--no-correct", action="store_true", help="skip the correct recipes")
+    z.add_argument("--model", default=None, metavar="SPEC",
+                   help="plant the bugs in your model (file.py:factory, module:factory, timm:NAME) on the zoo's data; "
+                        "the first row is your model with nothing planted")
+    z.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field for every row, e.g. --set data.img_size=64 (repeatable)")
     z.add_argument("--correct", action="append", default=None, metavar="RECIPE",
                    help="only these built-in recipes (repeatable; default: every built-in-data recipe)")
     z.set_defaults(fn=cmd_zoo)

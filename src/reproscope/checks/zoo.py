@@ -20,7 +20,12 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, nearest
 from ..train.augment import BatchTransform
+from .core import block_modules
 from .subject import Mutation
+
+
+class NotPlantable(ValueError):
+    """A bug that cannot be planted in this model (it lacks the part the bug changes)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class Bug:
     expect: str  # the check that must fail
     code: str  # a cause code that check must report
     recipe: str = "quickstart"
+    any_model: bool = True  # plantable in a user's model (zoo --model); False: it rewrites our ViT's code
 
 
 # ----------------------------------------------------------------------------- model mutations
@@ -41,7 +47,10 @@ def _softmax_before_ce(m: nn.Module) -> nn.Module:
 
 
 def _freeze_block(m: nn.Module) -> nn.Module:
-    for p in m.blocks[1].parameters():
+    blocks = block_modules(m)
+    if len(blocks) < 2:
+        raise NotPlantable("frozen-block needs repeated blocks (blocks.N or stages.N.M modules)")
+    for p in blocks[1][1].parameters():  # blocks.1 of a ViT
         p.requires_grad_(False)
     return m
 
@@ -68,12 +77,16 @@ def _drop_residual(m: nn.Module) -> nn.Module:
 def _mix_samples(m: nn.Module) -> nn.Module:
     def hook(mod, i, out):  # [B, N, C] -> [N, B, C] -> reshaped back as if it were [B, N, C]
         return out.transpose(0, 1).reshape(out.shape)
-    m.patch_embed.register_forward_hook(hook)
+    next(iter(m.children())).register_forward_hook(hook)  # the stem: a ViT's patch_embed
     return m
 
 
 def _dropout_at_eval(m: nn.Module) -> nn.Module:
-    m.head.register_forward_pre_hook(lambda mod, args: (F.dropout(args[0], 0.2),))  # F.dropout defaults to training=True
+    linears = [mod for mod in m.modules() if isinstance(mod, nn.Linear)]
+    if not linears:
+        raise NotPlantable("dropout-at-eval needs a Linear classifier")
+    # before the last Linear (a ViT's head); F.dropout defaults to training=True
+    linears[-1].register_forward_pre_hook(lambda mod, args: (F.dropout(args[0], 0.2),))
     return m
 
 
@@ -118,7 +131,7 @@ BUGS: list[Bug] = [
     Bug("init-10x", "every Linear/Conv weight initialised with 10x the std", Mutation(model=_init_times_10),
         "init-scale", "init-std-too-large"),
     Bug("residual-dropped", "each block computes x = f(x) instead of x = x + f(x)", Mutation(model=_drop_residual),
-        "init-scale", "residual-dropped"),
+        "init-scale", "residual-dropped", any_model=False),
     Bug("mix-samples-reshape", "patch tokens reshaped [B, N, C] -> [N, B, C] -> viewed back as [B, N, C]",
         Mutation(model=_mix_samples), "batch-independence", "mixes-samples"),
     Bug("augment-val", "the training augmentation applied to validation data", Mutation(trainer={"make_transform": _augment_val}), "data", "val-augmented"),
@@ -129,7 +142,7 @@ BUGS: list[Bug] = [
     Bug("label-smoothing-1", "reg.label_smoothing=1.0: uniform targets", Mutation(recipe={"reg.label_smoothing": 1.0}),
         "input-independent", "targets-uninformative"),
     Bug("dyt-alpha0-50", "DyT alpha0 = 50 instead of 0.5", Mutation(recipe={"model.dyt_alpha0": 50.0}),
-        "init-scale", "squash-saturated", recipe="quickstart-dyt"),
+        "init-scale", "squash-saturated", recipe="quickstart-dyt", any_model=False),
 ]
 
 ZOO_RECIPE_OVERRIDES = {"data.train_size": 2000, "data.val_size": 300, "data.batch_size": 64}  # shapes10 shrunk

@@ -46,7 +46,7 @@ def _metrics(r: RunRecord) -> dict[str, str]:
 def compare(run_a: str, run_b: str, rtol: float = 1e-3, out: str | None = None) -> int:
     a, b = load_run(run_a), load_run(run_b)
     diff = config_diff(a, b)
-    print(f"A: {a.path}\nB: {b.path}\n")
+    print(f"A: {a.path}  (model {a.model})\nB: {b.path}  (model {b.model})\n")
     print(f"config: {len(diff)} fields differ" + (":" if diff else ""))
     w = max((len(k) for k, _, _ in diff), default=0)
     for k, x, y in diff:

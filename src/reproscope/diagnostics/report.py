@@ -96,7 +96,7 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
         rows.append([label, str(paper_val), str(ours)])
     d = first.config["data"]
     both("data", f"{p.data.dataset} (1.28M train images)" if p else "-", f"{d['dataset']} ({d['root'] or 'built-in'})")
-    both("model", p.model.name if p else "-", ", ".join(sorted({g.first.config['model']['name'] for g in groups})))
+    both("model", p.model.name if p else "-", ", ".join(sorted({g.first.model for g in groups})))
     both("resolution (px)", p.data.img_size if p else "-", d["img_size"])
     both("epochs", p.sched.epochs if p else "-", first.config["sched"]["epochs"])
     both("batch", p.data.batch_size if p else "-", d["batch_size"])

@@ -33,6 +33,15 @@ class RunRecord:
     events: list[dict]  # kind == "event" rows (nonfinite, loss_spike, rollback)
     epoch_times: list[float] = field(default_factory=list)
     epoch_end_steps: list[int] = field(default_factory=list)
+    model_source: dict | None = None  # model_source.json: the user's --model spec, file sha256 and copy
+
+    @property
+    def model(self) -> str:
+        """The model trained: the user's ``--model`` spec (with the file's short sha256), else ``model.name``."""
+        if self.model_source:
+            sha = self.model_source.get("sha256")
+            return self.model_source.get("spec", "?") + (f" (sha256 {sha[:12]})" if sha else "")
+        return self.config.get("model", {}).get("name", "?")
 
     @property
     def name(self) -> str:
@@ -89,11 +98,15 @@ class RunRecord:
         return "reproscope " + " ".join(argv[1:]) if argv else f"reproscope train --recipe {self.recipe}"
 
     def flat_config(self) -> dict:
+        """``section.key -> value``; a user's model adds ``model.source`` (its spec and file hash), so that
+        two runs of different model files never count as one variant."""
         out = {}
         for section, vals in self.config.items():
             if isinstance(vals, dict) and section not in ("sources", "deviations"):
                 for k, v in vals.items():
                     out[f"{section}.{k}"] = v
+        if self.model_source:
+            out["model.source"] = self.model
         return out
 
     def variant_key(self) -> tuple:
@@ -130,7 +143,8 @@ def load_run(path: str | Path) -> RunRecord:
         deviations=_read_json(p / "deviations.json", {}).get("deviations", []), train=train,
         val=[r for r in rows if r.get("kind") == "val"], events=[r for r in rows if r.get("kind") == "event"],
         epoch_times=[r["epoch_time_s"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
-        epoch_end_steps=[r["step"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r])
+        epoch_end_steps=[r["step"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
+        model_source=_read_json(p / "model_source.json", None))
 
 
 @dataclass
@@ -165,9 +179,9 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
     flat = [g.first.flat_config() for g in out]
     varying = sorted({k for f in flat for k in f if is_science(k) and len({json.dumps(x.get(k)) for x in flat}) > 1})
     for g, f in zip(out, flat):
-        m = f.get("model.name", "?")
-        norm = f.get("model.norm", "default")
-        extra = [f"{k.split('.')[-1]}={f.get(k)}" for k in varying if k not in ("model.name", "model.norm")
+        m = f.get("model.source") or f.get("model.name", "?")
+        norm = f.get("model.norm", "default") if "model.source" not in f else "default"
+        extra = [f"{k.split('.')[-1]}={f.get(k)}" for k in varying if k not in ("model.name", "model.norm", "model.source")
                  and not (k.startswith("model.dyt_") and norm != "dyt")]  # DyT settings mean nothing for LN
         g.label = f"{m}" + (f" ({norm})" if norm != "default" else "") + (f" [{', '.join(extra)}]" if extra else "")
     return out

@@ -142,9 +142,11 @@ def start_trainer(start: RunStart, *, callbacks=(), download: bool = False, trus
     recipe, rd, ckpt = start.recipe, start.run_dir, start.ckpt
     factory, source = None, None
     if model_spec is None and ckpt is not None and (rd / "model_source.json").is_file():
-        model_spec = spec_in_run(json.loads((rd / "model_source.json").read_text()), rd)
-        print(f"resume: rebuilding the run's own model from {model_spec}")
-    if model_spec is not None:
+        source = json.loads((rd / "model_source.json").read_text())  # kept as written: the original spec
+        spec = spec_in_run(source, rd)
+        print(f"resume: rebuilding the run's own model from {spec}")
+        factory = factory_for(spec, recipe.data.img_size)
+    elif model_spec is not None:
         factory, source = _user_factory(model_spec, recipe, rd, distributed.from_env().is_main)
     trainer = Trainer(recipe, rd, callbacks=callbacks, download=download, model_factory=factory,
                       model_source=source)

@@ -134,6 +134,21 @@ def cmd_compare(args) -> int:
     return compare(args.run_a, args.run_b, args.rtol, args.out)
 
 
+def cmd_align(args) -> int:
+    import json
+
+    from .diagnostics.align import align, format_result
+    r = align(args.mine, args.ref, img_size=args.img_size, num_classes=args.num_classes, batch=args.batch,
+              seed=args.seed, atol=args.atol, rtol=args.rtol, train_mode=args.train_mode, map_path=args.map,
+              out_dir=args.out, float32=args.float32)
+    if args.json:
+        print(json.dumps({**r.to_dict(), "agree": r.agree}, indent=1, default=str))
+    else:
+        print(format_result(r, args.mine, args.ref))
+        print(f"mapping: {args.out}/map.json (edit it and pass it back with --map)")
+    return 0 if r.agree else 1
+
+
 def cmd_zoo(args) -> int:
     from .checks.zoo import BUGS, CORRECT_RECIPES, get_bug
     from .diagnostics.zoo import zoo_table
@@ -234,6 +249,28 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance on the logged training loss")
     cp.add_argument("--out", default=None, metavar="DIR", help="where compare.png goes (default ./compare)")
     cp.set_defaults(fn=cmd_compare)
+
+    al = sub.add_parser("align", help="hold your model against the reference layer by layer: match and copy weights, "
+                                      "first module whose output differs, first gradient that differs")
+    al.add_argument("mine", metavar="MINE", help="your model: file.py:factory, package.module:factory, timm:NAME or a "
+                                                 "registered name")
+    al.add_argument("ref", metavar="REF", help="the reference model, in the same forms")
+    al.add_argument("--img-size", type=int, default=224)
+    al.add_argument("--num-classes", type=int, default=1000)
+    al.add_argument("--batch", type=int, default=2)
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--atol", type=float, default=None, help="agree when max|a-b| <= atol + rtol * max|b| (default "
+                                                              "1e-10 in float64, 1e-6 with --float32)")
+    al.add_argument("--rtol", type=float, default=None, help="(default 1e-8 in float64, 1e-5 with --float32)")
+    al.add_argument("--float32", action="store_true", help="keep the models in float32 (default: both in float64, so "
+                                                           "rounding noise is ~1e-15)")
+    al.add_argument("--train-mode", action="store_true", help="compare in train mode (the seed is reset before each "
+                                                              "forward, so dropout masks match where drawn alike)")
+    al.add_argument("--map", default=None, metavar="FILE.json", help="use this MINE -> REF tensor mapping (as written "
+                                                                     "to --out, edited)")
+    al.add_argument("--out", default="align", metavar="DIR", help="where map.json goes (default ./align)")
+    al.add_argument("--json", action="store_true", help="machine-readable result")
+    al.set_defaults(fn=cmd_align)
 
     z = sub.add_parser("zoo", help="plant each classic bug in a correct recipe, run `diagnose all`, print the "
                                     "detection table (and check the built-in recipes for false alarms; a recipe with a known finding, "

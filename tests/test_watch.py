@@ -74,6 +74,19 @@ def test_a_clean_loop_gets_probes_and_metrics_and_leaves_no_hooks(tmp_path):
     w.close()  # idempotent
 
 
+
+def test_a_watched_run_is_a_run_directory_report_and_compare_read(tmp_path, capsys):
+    mod = _load(tmp_path)
+    _loop(mod.Net(), tmp_path / "run")
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["data"]["batch_size"] == 8 and cfg["data"]["img_size"] == 16 and cfg["optim"]["lr"] == 1e-3
+    assert cfg["sched"]["epochs"] == 1 and cfg["user_config"] == {"lr": 1e-3}
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "usernet.py:Net" in md and "12.50" in md
+    assert main(["compare", str(tmp_path / "run"), str(tmp_path / "run"), "--out", str(tmp_path / "cmp")]) == 0
+
+
 def test_forward_nan_is_located_and_replayed(tmp_path, capsys):
     mod = _load(tmp_path)
     w, ok = _loop(mod.Net(fault="forward"), tmp_path / "run", steps=2)

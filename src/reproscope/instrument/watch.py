@@ -36,6 +36,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -98,8 +99,14 @@ class Watch:
         self._armed = False
         self._handles = []
         self._closed = False
+        self.user_config = config or {}
+        self._train_shape: tuple | None = None  # of the first input seen by step(): a training batch
+        self.evals = 0
+        self._t_eval = time.perf_counter()
+        self._steps_at_eval: list[int] = []
         if self.dist.is_main:
-            write_json(self.run_dir / "user_config.json", config or {})
+            write_json(self.run_dir / "user_config.json", self.user_config)
+            self._write_config()
             write_json(self.run_dir / "environment.json", {**environment(), "world_size": self.dist.world_size})
             write_json(self.run_dir / "model_source.json", {"spec": self.model_spec})
 
@@ -141,6 +148,8 @@ class Watch:
         gn_t = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
         lv, gn = torch.stack([loss.detach().float(), gn_t.float().to(loss.device)]).tolist()  # one sync
         self._view.step = self.step_count
+        if self._train_shape is None and self.last_input is not None:  # the first training batch's shape
+            self._train_shape = tuple(self.last_input.shape)  # (a last partial batch is smaller)
         self.instrument.on_after_backward(self._view)
         ok = math.isfinite(lv) and math.isfinite(gn)
         if not ok and self.scaler is not None and self.scaler.is_enabled() and math.isfinite(lv):
@@ -162,8 +171,35 @@ class Watch:
         return ok
 
     def evaluate(self, **metrics: float) -> None:
-        """Log evaluation metrics (e.g. ``top1=``, ``top5=``, ``loss=``) at the current step."""
-        self.log.log("val", self.step_count, **metrics)
+        """Log evaluation metrics (e.g. ``top1=``, ``top5=``, ``loss=``) at the current step; one call per
+        epoch makes the run directory's epochs (``reproscope report`` counts them)."""
+        now = time.perf_counter()
+        self.log.log("train", self.step_count, epoch_time_s=now - self._t_eval)
+        self.log.log("val", self.step_count, epoch=self.evals, **metrics)
+        self._t_eval = now
+        self.evals += 1
+        if self.dist.is_main:
+            self._write_config()
+
+    def _write_config(self) -> None:
+        """``config.json`` in the recipe's shape, with what a watched loop tells us (batch and image size
+        from the last input, lr and weight decay from the optimizer, epochs = ``evaluate`` calls), so
+        ``report`` and ``compare`` read the run; the keys a loop does not expose are absent, and your own
+        ``config`` dict is kept whole under ``user_config``."""
+        x = self._train_shape
+        g = self.optimizer.param_groups[0] if self.optimizer is not None and self.optimizer.param_groups else {}
+        cfg = {"name": "watch", "parent": "", "user_config": self.user_config,
+               "model": {"name": self.model_spec},
+               "data": {"dataset": "your loop", "root": "-", "batch_size": int(x[0]) if x else 0,
+                        "img_size": int(x[-1]) if x and len(x) == 4 else 0,
+                        "num_classes": self.num_classes or 0},
+               "optim": {"name": type(self.optimizer).__name__ if self.optimizer is not None else "-",
+                         "lr": g.get("lr"), "weight_decay": g.get("weight_decay"), "accum_steps": 1},
+               "sched": {"epochs": max(self.evals, 1)},
+               "precision": {"amp": "fp16 (GradScaler)" if self.scaler is not None and self.scaler.is_enabled()
+                             else "as in your loop"},
+               "run": {"log_every": self.log_every}}
+        write_json(self.run_dir / "config.json", cfg)
 
     def _nonfinite(self, loss: float, grad_norm: float, targets) -> None:
         x = self.last_input
@@ -193,6 +229,8 @@ class Watch:
             h.remove()
         self._handles = []
         self.instrument.close()
+        if self.dist.is_main:
+            self._write_config()
         self.log.close()
 
 

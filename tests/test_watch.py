@@ -1,7 +1,10 @@
 """reproscope.watch: the instruments in a plain, user-written training loop."""
 
 import json
+import os
 import textwrap
+
+import pytest
 
 import torch
 import torch.nn.functional as F
@@ -135,3 +138,59 @@ def test_the_example_loop_runs_and_learns(tmp_path):
     last = [line for line in out.stdout.splitlines() if line.startswith("epoch 3")][0]
     assert float(last.split("top-1 ")[1].rstrip("%")) > 50
     assert (tmp_path / "runs" / "own-loop" / "stats.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_watch_on_a_compiled_model(tmp_path):
+    """Hooks on the original module; probes and metrics as in eager; no hook left on exit."""
+    mod = _load(tmp_path)
+    model = mod.Net()
+    compiled = torch.compile(model)
+    w, ok = _loop(compiled, tmp_path / "run")
+    assert all(ok) and w.orig_model is model
+    stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in stats] == [1, 2, 4] and "conv" in stats[0]["layers"]
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+DDP_LOOP = """
+import os, sys, json
+import torch, torch.nn.functional as F, torch.distributed as dist
+sys.path.insert(0, {here!r})
+import reproscope, usernet
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = usernet.Net()
+ddp = torch.nn.parallel.DistributedDataParallel(model)
+opt = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
+g = torch.Generator().manual_seed(rank)
+with reproscope.watch(ddp, opt, run_dir={run!r}, config={{"world": 2}}) as w:
+    assert w.orig_model is model
+    for _ in range(6):
+        x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+        loss = F.cross_entropy(ddp(x), y)
+        loss.backward()
+        assert w.step(loss, targets=y)
+        opt.step()
+        opt.zero_grad()
+    w.evaluate(top1=10.0)
+assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_watch_under_ddp_two_processes(tmp_path):
+    import subprocess
+    import sys
+    _load(tmp_path)  # writes usernet.py
+    script = tmp_path / "ddp_loop.py"
+    script.write_text(DDP_LOOP.format(here=str(tmp_path), run=str(tmp_path / "run")))
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+                          str(script)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in stats] == [1, 2, 4]  # rank 0 alone writes, statistics reduced over ranks
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert env["world_size"] == 2

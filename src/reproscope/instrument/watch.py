@@ -19,7 +19,8 @@ reproducer ``nonfinite-stepN.pt`` for ``reproscope diagnose replay``.
 How it fits a loop that is not ours: ``step`` is called after ``backward`` and before
 ``optimizer.step()``, so the update of step N is measured when the next forward starts (a forward
 pre-hook on the model) or when the ``with`` block ends. Hooks go on the uncompiled module
-(``model._orig_mod`` for a ``torch.compile``d model), registered once and removed on exit.
+(``model._orig_mod`` for a ``torch.compile``d model, ``model.module`` under DDP), registered once
+and removed on exit.
 With gradient accumulation call ``step`` on optimizer steps only. A ``GradScaler`` passed as
 ``scaler=``: a step whose loss is finite but whose (scaled) gradients overflow is the scaler's to skip and
 back off; it is counted (``scaler_skips``) and logged, not reported as a NaN. The grad norm is logged
@@ -77,7 +78,7 @@ class Watch:
                  *, instrument: InstrumentConfig | None = None, log_every: int = 10, criterion=None, scaler=None,
                  model_spec: str | None = None, tensorboard: bool = True):
         self.model = model
-        self.orig_model = getattr(model, "_orig_mod", model)
+        self.orig_model = unwrap(model)
         self.optimizer, self.scaler, self.criterion = optimizer, scaler, criterion
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -232,6 +233,17 @@ class Watch:
         if self.dist.is_main:
             self._write_config()
         self.log.close()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's own module inside ``torch.compile`` (``_orig_mod``) and DDP (``module``) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
+            inner = model.module
+        if inner is None:
+            return model
+        model = inner
 
 
 def _infer_spec(model: nn.Module) -> str:

@@ -265,3 +265,80 @@ def test_sample_elements_strides_over_every_channel():
     big = torch.randn(64, 50, 192)
     s = sample_elements(big, 16, 8192)
     assert abs(s.std().item() - big[:16].std().item()) < 0.03
+
+
+class _GradInf:
+    """Callback + hook: on the given steps every gradient reaching ``module``'s input becomes inf (the loss stays finite)."""
+
+    def __init__(self, module, steps):
+        self.steps, self.now = set(steps), 0
+        module.register_full_backward_hook(
+            lambda m, gi, go: tuple(None if g is None else g * float("inf") for g in gi) if self.now in self.steps else None)
+
+    def on_step_start(self, trainer, step):
+        self.now = step
+
+
+def test_fp16_scaler_overflow_steps_are_skipped_and_counted_not_a_nan(tiny_recipe, tmp_path):
+    from reproscope.train.trainer import Trainer
+    model = create_model("vit_quick", num_classes=10)
+    r = apply_overrides(tiny_recipe, {"precision.amp": "fp16", "instrument.enabled": False})
+    trainer = Trainer(r, tmp_path / "run", model=model, tensorboard=False,
+                      callbacks=[_GradInf(model.blocks[1].mlp.fc2, {3, 4}), Tripwire()])
+    trainer.fit()
+    assert trainer.tripped is None and trainer.step == trainer.total_steps and trainer.scaler_skips == 2
+    events = [e for e in read_metrics(tmp_path / "run") if e["kind"] == "event"]
+    assert [e["type"] for e in events] == ["scaler_skip", "scaler_skip"] and events[1]["in_a_row"] == 2
+
+
+def test_fp16_scaler_that_cannot_recover_is_a_nan_stop(tiny_recipe, tmp_path):
+    from reproscope.train.guard import MAX_SCALER_OVERFLOWS
+    from reproscope.train.trainer import Trainer
+    model = create_model("vit_quick", num_classes=10)
+    r = apply_overrides(tiny_recipe, {"precision.amp": "fp16", "instrument.enabled": False, "sched.epochs": 4})
+    trainer = Trainer(r, tmp_path / "run", model=model, tensorboard=False,
+                      callbacks=[_GradInf(model.blocks[1].mlp.fc2, range(2, 100))])
+    trainer.fit()
+    assert trainer.tripped is not None and trainer.tripped.code == "nonfinite"
+    assert trainer.tripped.step == 2 + MAX_SCALER_OVERFLOWS and trainer.scaler_skips == MAX_SCALER_OVERFLOWS
+
+
+def test_a_grad_norm_that_overflows_with_finite_gradients_is_divergence(tiny_recipe, tmp_path, capsys):
+    """Logits scaled by 1e20: the loss and every gradient are finite, their global norm overflows float32."""
+    from reproscope.cli import main
+    from reproscope.train.trainer import Trainer
+    model = create_model("vit_quick", num_classes=10)
+    model.head.register_forward_hook(lambda m, i, o: o * 1e20)
+    trainer = Trainer(_recipe(tiny_recipe, **{"instrument.enabled": False}), tmp_path / "run", model=model,
+                      tensorboard=False, callbacks=[Tripwire()])
+    trainer.fit()
+    d = trainer.tripped
+    assert (d.action, d.code, d.step) == ("stop", "divergence", 1)
+    assert d.findings["grad_norm_fp64"] ** 2 > 3.4e38 and d.findings["largest_grads"][0][0] == "head.weight"
+    out = capsys.readouterr().out
+    assert "DIVERGED" in out and "resume with" not in out and "not reproducible" not in out
+    ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "divergence"]
+    assert ev and ev[0]["largest_grads"][0][0] == "head.weight"
+
+
+def test_divergence_without_nan_is_an_event_and_said_at_the_end(tiny_recipe, tmp_path, capsys):
+    """From step 15 on the logits are scaled up 1000x: the loss climbs far above ln K, all finite."""
+    from reproscope.train.trainer import Trainer
+
+    class Blowup:
+        def __init__(self, model):
+            self.now = 0
+            model.head.register_forward_hook(lambda m, i, o: o * 1000 if self.now >= 15 else None)
+
+        def on_step_start(self, trainer, step):
+            self.now = step
+
+    model = create_model("vit_quick", num_classes=10)
+    r = apply_overrides(tiny_recipe, {"instrument.enabled": False, "optim.grad_clip": 1.0})
+    trainer = Trainer(r, tmp_path / "run", model=model, tensorboard=False, callbacks=[Blowup(model)])
+    trainer.fit()
+    assert trainer.tripped is None and trainer.step == trainer.total_steps
+    ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "divergence"]
+    assert len(ev) == 1 and ev[0]["step"] == 15 and ev[0]["loss"] > 4 * math.log(10)
+    out = capsys.readouterr().out
+    assert "DIVERGING at step 15" in out and "this run diverged at step 15" in out

@@ -39,8 +39,9 @@ def _metrics(r: RunRecord) -> dict[str, str]:
             "steps": str(r.steps), "epochs evaluated": str(len(r.val)),
             "img/s (median)": f"{sorted(ips)[len(ips) // 2]:.0f}" if ips else "-",
             "device-hours": f"{r.device_hours:.3f}", "device": r.device,
-            "non-finite / spike events": f"{sum(e.get('type') == 'nonfinite' for e in r.events)} / "
-                                         f"{sum(e.get('type') == 'loss_spike' for e in r.events)}"}
+            "non-finite / divergence / spike events": f"{sum(e.get('type') == 'nonfinite' for e in r.events)} / "
+                                                      f"{sum(e.get('type') == 'divergence' for e in r.events)} / "
+                                                      f"{sum(e.get('type') == 'loss_spike' for e in r.events)}"}
 
 
 def compare(run_a: str, run_b: str, rtol: float = 1e-3, out: str | None = None) -> int:

@@ -146,10 +146,14 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
         for e in r.events:
             kinds[e.get("type", "?")] = kinds.get(e.get("type", "?"), 0) + 1
         first_ev = next((e for e in r.events if e.get("type") == "nonfinite"), None)
-        where = f"first non-finite at step {first_ev['step']} in {first_ev.get('module') or '?'}" if first_ev else ""
-        ev_rows.append([r.name, str(kinds.get("nonfinite", 0)), str(kinds.get("loss_spike", 0)),
-                        str(kinds.get("rollback", 0)), where])
-    blocks.append(("table", ["run", "non-finite", "loss spikes", "rollbacks", "note"], ev_rows))
+        div = next((e for e in r.events if e.get("type") == "divergence"), None)
+        notes = ([f"first non-finite at step {first_ev['step']} in {first_ev.get('module') or '?'}"] if first_ev else []) \
+            + ([f"diverging from step {div['step']}: {div.get('reason', '')}"] if div else [])
+        ev_rows.append([r.name, str(kinds.get("nonfinite", 0)), str(kinds.get("divergence", 0)),
+                        str(kinds.get("loss_spike", 0)), str(kinds.get("scaler_skip", 0)),
+                        str(kinds.get("rollback", 0)), "; ".join(notes)])
+    blocks.append(("table", ["run", "non-finite", "divergence", "loss spikes", "fp16 skips", "rollbacks", "note"],
+                   ev_rows))
     blocks.append(("img", gn, "Global gradient norm (before clipping), mean over seeds."))
     probe_groups = ([g for g in groups if claim and (_matches(g, claim.method) or _matches(g, claim.baseline))]
                     or groups)[:2]  # the method and its baseline: keeps the PDF within its page limit

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from ..config import InstrumentConfig, apply_overrides
 from ..recipes import get_recipe
 from ..runtime import distributed
-from ..train.guard import SpikeDetector
+from ..train.guard import DivergenceWatch, SpikeDetector
 from ..train.rundir import MetricsLog, NullLog, environment, write_json
 from .probe import Instrument
 from .tripwire import trip
@@ -90,6 +90,7 @@ class Watch:
         self.cfg = instrument or InstrumentConfig()
         self.instrument = Instrument(self.cfg)
         self.spikes = SpikeDetector(self.cfg.spike_window, self.cfg.spike_threshold)
+        self.divergence: DivergenceWatch | None = None  # made once the number of classes is known
         self.nonfinite_steps: list[int] = []
         self.scaler_skips = 0
         self.spike_count = 0
@@ -164,12 +165,21 @@ class Watch:
             if spike is not None:
                 self.spike_count += 1
                 self.log.log("event", self.step_count + 1, type="loss_spike", **spike)
+            self._watch_divergence(lv, gn)
         self.step_count += 1
         self._view.step = self.step_count
         if self.step_count % self.log_every == 0 or self.step_count == 1:
             self.log.log("train", self.step_count, loss=lv, grad_norm=gn)
         self._pending_end, self._armed = True, False
         return ok
+
+    def _watch_divergence(self, loss: float, grad_norm: float) -> None:
+        if self.divergence is None:
+            self.divergence = DivergenceWatch(self.num_classes or 2)
+        ev = self.divergence.check(loss, grad_norm, self.step_count + 1)
+        if ev is not None and ev["step"] == self.step_count + 1:
+            self.log.log("event", ev["step"], type="divergence", **{k: v for k, v in ev.items() if k != "step"})
+            print(f"DIVERGING at step {ev['step']}: {ev['reason']} (still finite)", flush=True)
 
     def evaluate(self, **metrics: float) -> None:
         """Log evaluation metrics (e.g. ``top1=``, ``top5=``, ``loss=``) at the current step; one call per

@@ -5,11 +5,19 @@ logging) and decides, from ``instrument.nan_policy`` and the loss-spike detector
 
     finite, no spike          -> step       code "ok"
     finite, spike             -> step, or skip with ``instrument.spike_skip``     code "loss-spike"
+    fp16: loss finite, grads not -> step (the GradScaler skips it and backs off)  code "scaler-overflow"
+    grad norm overflows, every gradient finite -> stop                           code "divergence"
     loss or grad non-finite   -> stop | skip | rollback (``nan_policy``)          code "nonfinite"
 
 A rollback turns into a stop after ``MAX_CONSECUTIVE_ROLLBACKS`` rollbacks without a finite step in
-between (restoring the same state again would fail the same way). Locating the faulty module is not
-the guard's job: the trainer fires the ``nonfinite`` event and the instrument layer's tripwire does it.
+between (restoring the same state again would fail the same way); scaler overflows count as a NaN
+after ``MAX_SCALER_OVERFLOWS`` in a row (the scale has then fallen by 2^25 and still overflows).
+Locating the faulty module is not the guard's job: the trainer fires the ``nonfinite`` event and the
+instrument layer's tripwire does it.
+
+:class:`DivergenceWatch` flags, once per run, a loss that has grown far above where it started, or
+a grad norm grown by decades, while everything is still finite; the trainer logs it as a
+``divergence`` event and says so at the end of the run.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from dataclasses import dataclass, field
 from ..config import InstrumentConfig
 
 MAX_CONSECUTIVE_ROLLBACKS = 3
+MAX_SCALER_OVERFLOWS = 25
 ACTIONS = ("step", "skip", "stop", "rollback")
+CODES = ("ok", "loss-spike", "scaler-overflow", "divergence", "nonfinite")
 
 
 class SpikeDetector:
@@ -55,8 +65,7 @@ class StepDecision:
     """What happens to optimizer step ``step`` (1-based) and why.
 
     ``action``: "step", "skip" (no update, the step counts), "stop" (no update, the run ends after a
-    checkpoint) or "rollback" (restore ``last.pt``, halve the lr). ``code``: "ok", "loss-spike" or
-    "nonfinite". ``spike``: the detector's numbers on a spike. ``findings``: what the ``nonfinite``
+    checkpoint) or "rollback" (restore ``last.pt``, halve the lr). ``code``: one of ``CODES``. ``spike``: the detector's numbers on a spike. ``findings``: what the ``nonfinite``
     event's listeners found (e.g. the tripwire's ``module``, ``phase``, ``reproducer``).
     """
 
@@ -71,6 +80,11 @@ class StepDecision:
 
     def reason(self) -> str:
         """One line for the stop message and the log."""
+        if self.code == "divergence":
+            top = ", ".join(f"{n} {v:.3g}" for n, v in self.findings.get("largest_grads", [])[:3])
+            return (f"diverged at step {self.step}: the gradient norm overflowed float32 ("
+                    f"{self.findings.get('grad_norm_fp64', float('inf')):.3g} in float64) while every gradient is finite"
+                    + (f"; largest: {top}" if top else "") + "; lower optim.lr or add optim.grad_clip")
         if self.code != "nonfinite":
             return f"{self.code} at step {self.step}"
         where = self.findings.get("module")
@@ -82,12 +96,23 @@ class StepGuard:
     """Turns (loss, grad norm) into a :class:`StepDecision`; its state (spike window, rollbacks in a row)
     goes into checkpoints through ``state_dict``."""
 
-    def __init__(self, cfg: InstrumentConfig):
-        self.nan_policy, self.spike_skip = cfg.nan_policy, cfg.spike_skip
+    def __init__(self, cfg: InstrumentConfig, *, scaler: bool = False):
+        self.nan_policy, self.spike_skip, self.scaler = cfg.nan_policy, cfg.spike_skip, scaler
         self.spikes = SpikeDetector(cfg.spike_window, cfg.spike_threshold)
         self.consecutive_rollbacks = 0
+        self.scaler_overflows = 0  # in a row
 
-    def decide(self, loss: float, grad_norm: float, step: int) -> StepDecision:
+    def decide(self, loss: float, grad_norm: float, step: int, *, grads_finite: bool | None = None) -> StepDecision:
+        """``grads_finite``: whether every gradient is finite, when the caller checked (it does when the
+        grad norm is not finite: a norm can overflow while every gradient is finite)."""
+        if self.scaler and math.isfinite(loss) and not math.isfinite(grad_norm):
+            self.scaler_overflows += 1
+            if self.scaler_overflows <= MAX_SCALER_OVERFLOWS:
+                return StepDecision("step", "scaler-overflow", step, loss, grad_norm)
+        elif math.isfinite(grad_norm):
+            self.scaler_overflows = 0
+        if math.isfinite(loss) and not math.isfinite(grad_norm) and grads_finite and not self.scaler:
+            return StepDecision("stop", "divergence", step, loss, grad_norm, policy="stop")
         if math.isfinite(loss) and math.isfinite(grad_norm):
             self.consecutive_rollbacks = 0
             spike = self.spikes.check(loss)
@@ -102,8 +127,53 @@ class StepGuard:
         return StepDecision(policy, "nonfinite", step, loss, grad_norm, policy=policy)
 
     def state_dict(self) -> dict:
-        return {"spike_history": list(self.spikes.history)}
+        return {"spike_history": list(self.spikes.history), "scaler_overflows": self.scaler_overflows}
 
     def load_state_dict(self, state: dict) -> None:
         self.spikes.history.clear()
         self.spikes.history.extend(state.get("spike_history", []))
+        self.scaler_overflows = int(state.get("scaler_overflows", 0))
+
+
+class DivergenceWatch:
+    """A finite run that is diverging, flagged once (our thresholds, no paper gives them):
+
+    - the loss has risen above ``loss_factor`` x its start and above ``loss_factor`` x ln K (the loss
+      of uniform predictions), where the start is the median of the first ``warm`` finite losses;
+    - or the grad norm has grown ``grad_factor`` x (four decades) above the median of the first ``warm``.
+    """
+
+    def __init__(self, num_classes: int, warm: int = 10, loss_factor: float = 4.0, grad_factor: float = 1e4):
+        self.ln_k = math.log(max(num_classes, 2))
+        self.warm, self.loss_factor, self.grad_factor = warm, loss_factor, grad_factor
+        self.losses: list[float] = []
+        self.norms: list[float] = []
+        self.flagged: dict | None = None
+
+    def check(self, loss: float, grad_norm: float, step: int) -> dict | None:
+        """The event (step, reason, loss, grad_norm, references) the first time the run diverges, else None."""
+        if self.flagged is not None or not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return None
+        if len(self.losses) < self.warm:
+            self.losses.append(loss)
+            self.norms.append(grad_norm)
+            return None
+        l0, g0 = statistics.median(self.losses), statistics.median(self.norms)
+        reason = ""
+        if loss > self.loss_factor * max(l0, self.ln_k):
+            reason = (f"the loss {loss:.4g} is {loss / l0:.3g}x its start ({l0:.3g}) and {loss / self.ln_k:.3g}x "
+                      f"ln K ({self.ln_k:.3g})")
+        elif grad_norm > self.grad_factor * max(g0, 1e-12):
+            reason = f"the grad norm {grad_norm:.3g} is {grad_norm / g0:.3g}x its start ({g0:.3g})"
+        if reason:
+            self.flagged = {"step": step, "reason": reason, "loss": loss, "grad_norm": grad_norm,
+                            "loss_start": l0, "grad_norm_start": g0}
+        return self.flagged
+
+    def state_dict(self) -> dict:
+        return {"losses": self.losses, "norms": self.norms, "flagged": self.flagged}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = list(state.get("losses", []))
+        self.norms = list(state.get("norms", []))
+        self.flagged = state.get("flagged")

@@ -1,7 +1,7 @@
 """The Trainer: one optimizer-step path, a handful of named events, exact resume.
 
 Step order (never duplicated per precision): autocast forward -> backward (accumulated over
-``optim.accum_steps`` micro-batches) -> unscale -> grad norm / clip -> guard decision ->
+``optim.accum_steps`` micro-batches) -> unscale -> grad norm -> guard decision -> clip ->
 step -> zero_grad -> EMA update. bf16/fp32 need no loss scaling; the GradScaler is enabled only
 for fp16, and the same calls run either way.
 
@@ -41,7 +41,7 @@ from .callbacks import EVENTS, Callback
 from .checkpoint import atomic_save, load_checkpoint, read_manifest, save_weights, write_manifest
 from .data import ArrayDataset, BatchLoader, build_datasets, channel_stats, check_labels
 from .ema import ModelEma
-from .guard import StepDecision, StepGuard
+from .guard import DivergenceWatch, StepDecision, StepGuard
 from .optim import WarmupCosine, build_optimizer
 from .rundir import MetricsLog, NullLog, environment, write_json
 
@@ -156,7 +156,8 @@ class Trainer:
         self.schedule = WarmupCosine.from_config(r.optim, r.sched, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.criterion = functools.partial(soft_cross_entropy, label_smoothing=r.reg.label_smoothing)
-        self.params = [p for p in self.orig_model.parameters() if p.requires_grad]
+        self.named_params = [(n, p) for n, p in self.orig_model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named_params]
 
         self.step = 0  # optimizer steps taken
         self.best_top1 = -1.0
@@ -168,7 +169,9 @@ class Trainer:
         self.skipped_steps = 0
         self.rollbacks = 0
         self.signal = None  # set by train.run.stop_on_signals when SIGTERM/SIGINT stops the run
-        self.guard = StepGuard(r.instrument)
+        self.guard = StepGuard(r.instrument, scaler=self.scaler.is_enabled())
+        self.divergence = DivergenceWatch(self.num_classes)
+        self.scaler_skips = 0  # fp16 steps the GradScaler skipped (overflow) and backed off from
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log = MetricsLog(self.run_dir, tensorboard=tensorboard) if self.dist.is_main else NullLog()
 
@@ -239,8 +242,9 @@ class Trainer:
     def _optimizer_step(self, micro_batches, loss_sum, lr, rng_before) -> dict[str, torch.Tensor]:
         self.scaler.unscale_(self.optimizer)
         self.fire("after_backward")
-        clip = self.recipe.optim.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf)
+        # the norm now, the clipping after the guard's decision: clipping a norm that overflowed would turn
+        # finite gradients into NaN (inf / inf) and hide a divergence behind a "non-finite" report
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
         loss_mean = loss_sum / len(micro_batches)
         flag = torch.tensor(float(self.stop_requested), device=self.device)
         vals = distributed.all_reduce_sum(torch.stack([loss_mean, grad_norm.detach().float(), flag]), self.dist)
@@ -249,13 +253,44 @@ class Trainer:
         loss_v, gn_v, stop_v = vals.tolist()  # one sync per step
         if stop_v > 0 and not self.stop_requested:  # another rank got a signal
             self.request_stop("another process is stopping")
-        decision = self._announce(self.guard.decide(loss_v, gn_v, self.step + 1), micro_batches, rng_before)
-        self._act(decision)
+        grads_finite = None
+        if math.isfinite(loss_v) and not math.isfinite(gn_v) and not self.scaler.is_enabled():
+            grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None)
+        decision = self.guard.decide(loss_v, gn_v, self.step + 1, grads_finite=grads_finite)
+        decision = self._announce(decision, micro_batches, rng_before)
+        self._act(decision, grad_norm)
+        if decision.action == "step" and decision.code != "scaler-overflow":
+            self._watch_divergence(loss_v, gn_v, decision.step)
         return {"loss": loss_mean, "grad_norm": grad_norm.detach(), "lr": torch.tensor(lr)}
+
+    def _largest_grads(self, k: int = 3) -> list[tuple[str, float]]:
+        """The k largest per-parameter gradient norms, computed in float64 (they may overflow float32)."""
+        norms = [(n, torch.linalg.vector_norm(p.grad.double()).item()) for n, p in self.named_params
+                 if p.grad is not None]
+        return sorted(norms, key=lambda t: -t[1])[:k]
+
+    def _watch_divergence(self, loss: float, grad_norm: float, step: int) -> None:
+        ev = self.divergence.check(loss, grad_norm, step)
+        if ev is not None and ev["step"] == step:  # the first time only
+            self.log.log("event", step, type="divergence", **{k: v for k, v in ev.items() if k != "step"})
+            print(f"DIVERGING at step {step}: {ev['reason']} (still finite; lower optim.lr, add warmup or "
+                  f"optim.grad_clip)", flush=True)
 
     def _announce(self, d: StepDecision, micro_batches, rng_before) -> StepDecision:
         """Fire the decision's event and log it; returns it with the listeners' findings."""
-        if d.code == "loss-spike":
+        if d.code == "scaler-overflow":
+            self.scaler_skips += 1
+            self.log.log("event", d.step, type="scaler_skip", scale=float(self.scaler.get_scale()),
+                         in_a_row=self.guard.scaler_overflows)
+        elif d.code == "divergence":
+            top = self._largest_grads()
+            norm64 = math.sqrt(sum(torch.linalg.vector_norm(p.grad.double()).item() ** 2
+                                   for p in self.params if p.grad is not None))
+            d = dataclasses.replace(d, findings={"grad_norm_fp64": norm64, "largest_grads": top})
+            self.log.log("event", d.step, type="divergence", reason="grad norm overflow", loss=d.loss,
+                         grad_norm_fp64=norm64, largest_grads=[[n, v] for n, v in top])
+            print(f"DIVERGED: {d.reason()}", flush=True)
+        elif d.code == "loss-spike":
             last = self.train_loader.last_indices
             self.log.log("event", d.step, type="loss_spike", skipped=d.action == "skip",
                          batch_indices=last.tolist() if last is not None else None, **d.spike)
@@ -271,10 +306,13 @@ class Trainer:
                       f"Attach reproscope.instrument.Tripwire() to name the module", flush=True)
         return d
 
-    def _act(self, d: StepDecision) -> None:
+    def _act(self, d: StepDecision, grad_norm: torch.Tensor) -> None:
         """The one place a decision changes the training state."""
         self.last_decision = d
+        clip = self.recipe.optim.grad_clip
         if d.action == "step":
+            if clip > 0 and d.code != "scaler-overflow":
+                torch.nn.utils.clip_grads_with_norm_(self.params, clip, grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         if self.zero_grad:
@@ -335,13 +373,21 @@ class Trainer:
                 self._train_epoch(bar)
             if self.stop_requested:
                 path = self.save_checkpoint()
-                bar.write(f"stopped at step {self.step} ({self.stop_reason}); checkpoint {path}\n"
-                          f"resume with: reproscope train --resume {self.run_dir}")
+                diverged = self.tripped is not None and self.tripped.code == "divergence"
+                bar.write(f"stopped at step {self.step} ({self.stop_reason}); checkpoint {path}"
+                          + ("" if diverged else f"\nresume with: reproscope train --resume {self.run_dir}"))
         finally:
             bar.close()
             self.log.flush()
         self.fire("train_end")
         self._started = False
+        if self.divergence.flagged is not None and self.dist.is_main:
+            ev = self.divergence.flagged
+            print(f"this run diverged at step {ev['step']}: {ev['reason']}; see the divergence event in "
+                  f"{self.run_dir / 'metrics.jsonl'}", flush=True)
+        if self.scaler_skips and self.dist.is_main:
+            print(f"fp16: the GradScaler skipped {self.scaler_skips} overflowing steps (scale now "
+                  f"{self.scaler.get_scale():g})", flush=True)
         if self.dist.is_main:  # the final weights in the ecosystem's safe format
             save_weights(self.orig_model.state_dict(), self.run_dir / "model.safetensors")
         self.log.close()
@@ -425,7 +471,8 @@ class Trainer:
             "last_eval": self.last_eval,
             "rng": rng_state(),
             "recipe_json": json.dumps(self.recipe.to_dict()),
-            "instrument": self.guard.state_dict(),
+            "instrument": {**self.guard.state_dict(), "divergence": self.divergence.state_dict(),
+                           "scaler_skips": self.scaler_skips},
         }
 
     def load_state_dict(self, ckpt: dict) -> None:
@@ -441,7 +488,10 @@ class Trainer:
         self.rollbacks = max(self.rollbacks, int(ckpt.get("rollbacks", 0)))
         self.last_eval = dict(ckpt.get("last_eval") or {})
         set_rng_state(ckpt["rng"])
-        self.guard.load_state_dict(ckpt.get("instrument") or {})
+        inst = ckpt.get("instrument") or {}
+        self.guard.load_state_dict(inst)
+        self.divergence.load_state_dict(inst.get("divergence") or {})
+        self.scaler_skips = int(inst.get("scaler_skips", 0))
 
     def save_checkpoint(self) -> Path:
         """Write ``ckpt-step<N>.pt`` atomically, point ``last.pt`` at it, keep the last K, update best."""

@@ -172,3 +172,17 @@ def test_recipe_checks_leave_no_temporary_folders():
 def test_zoo_refuses_an_unknown_recipe_before_running(capsys):
     assert main(["zoo", "--bug", "frozen-block", "--correct", "dyt-convnext_tny"]) == 2
     assert "did you mean 'dyt-convnext_tiny'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("over, flagged", [({"data.batch_size": 128}, True),
+                                           ({"data.batch_size": 128, "optim.accum_steps": 32}, False),
+                                           ({"data.batch_size": 128, "optim.lr": 1.25e-4}, False),
+                                           ({}, False)])
+def test_recipe_audit_holds_lr_against_the_effective_batch(over, flagged):
+    """The issue's input: the DyT paper recipe at batch 128 keeps lr 4e-3 (32x the paper's lr per image);
+    with accumulation 32 (effective batch 4096) or the linearly scaled lr it is right."""
+    from reproscope.checks import recipe_audit
+    r = recipe_audit(apply_overrides(get_recipe("dyt-vit_base-paper"), over))
+    assert ("lr-batch-ratio" in r.codes) == flagged, r.causes
+    if flagged:
+        assert r.status == "fail" and "32x" in r.causes[r.codes.index("lr-batch-ratio")]

@@ -80,3 +80,20 @@ def test_note_to_pdf(tmp_path, capsys):
     assert blocks[3][1:] == (["a", "b"], [["1", "2"]])
     assert main(["note", str(note)]) == 0
     assert (tmp_path / "note.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_raw_and_ema_weights_are_both_evaluated_and_reported(tmp_path, capsys):
+    """The issue's input: an EMA whose horizon (1 / (1 - 0.9999) = 10k steps) dwarfs the run: warned,
+    both evaluated, logged and put in the report."""
+    from reproscope.cli import main
+    from reproscope.train.rundir import read_metrics
+    rd = tmp_path / "run"
+    assert main(["train", "--run-dir", str(rd), "--no-progress", "--set", "data.train_size=256",
+                 "--set", "data.val_size=64", "--set", "data.batch_size=32", "--set", "sched.epochs=2",
+                 "--set", "reg.ema_decay=0.9999", "--set", "reg.eval_ema=true", "--set", "run.threads=1"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: reg.ema_decay=0.9999 averages over ~10000 steps" in out and "reported: EMA" in out
+    val = [r for r in read_metrics(rd) if r["kind"] == "val"][-1]
+    assert val["top1"] == val["ema_top1"] and "raw_top1" in val
+    assert main(["report", str(rd), "--out", str(tmp_path / "rep")]) == 0
+    assert "| raw top-1 | EMA top-1 |" in (tmp_path / "rep" / "report.md").read_text()

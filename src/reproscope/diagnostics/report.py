@@ -9,6 +9,7 @@ directories.
 from __future__ import annotations
 
 import math
+import statistics
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,13 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
     verdict = _verdict(groups, claim)
     if verdict:
         blocks.append(("p", verdict))
+    ema_rows = [[g.label, f"{statistics.fmean(g.metric('raw_top1')):.2f}", f"{statistics.fmean(g.metric('ema_top1')):.2f}",
+                 "EMA" if g.first.config.get("reg", {}).get("eval_ema") else "raw"]
+                for g in groups if g.metric("raw_top1") and g.metric("ema_top1")]
+    if ema_rows:
+        blocks += [("p", "Raw and EMA weights, both evaluated at the end (mean over seeds; the results above "
+                         "report the one reg.eval_ema names). A large gap means the EMA lags the run."),
+                   ("table", ["variant", "raw top-1", "EMA top-1", "reported"], ema_rows)]
 
     # curves
     out.mkdir(parents=True, exist_ok=True)

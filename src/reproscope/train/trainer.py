@@ -365,6 +365,7 @@ class Trainer:
                          "reason": "the user's own model (--model); model.* keys do not apply to it"}, *devs]
             write_json(self.run_dir / "deviations.json", {"recipe": r.name, "parent": r.parent, "deviations": devs})
         self.start()
+        self._warn_ema_horizon()
         if r.instrument.nan_policy == "rollback" and not (self.run_dir / "last.pt").exists():
             self.save_checkpoint()  # something to roll back to before the first epoch ends
         bar = _progress(r.run.progress and self.dist.is_main, total=self.total_steps, initial=self.step)
@@ -392,6 +393,16 @@ class Trainer:
             save_weights(self.orig_model.state_dict(), self.run_dir / "model.safetensors")
         self.log.close()
         return self.last_eval
+
+    def _warn_ema_horizon(self) -> None:
+        """EMA averages over ~1 / (1 - decay) steps; more than half the run means its weights lag far behind."""
+        d = self.recipe.reg.ema_decay
+        if self.ema is None or not self.dist.is_main or 1 / (1 - d) <= self.total_steps / 2:
+            return
+        msg = (f"reg.ema_decay={d} averages over ~{1 / (1 - d):.0f} steps, more than half of this run's "
+               f"{self.total_steps} steps: the EMA weights will lag the raw ones (both are evaluated and logged)")
+        print(f"warning: {msg}", flush=True)
+        self.log.log("event", self.step, type="ema_horizon", horizon_steps=1 / (1 - d), total_steps=self.total_steps)
 
     def _train_epoch(self, bar) -> None:
         r = self.recipe
@@ -446,12 +457,19 @@ class Trainer:
         r = self.recipe
         self.log.log("train", self.step, epoch_time_s=seconds)
         if (epoch + 1) % r.run.eval_every == 0 or self.step >= self.total_steps:
-            eval_model = self.ema.module if (self.ema is not None and r.reg.eval_ema) else self.model
-            self.last_eval = evaluate(eval_model, self.val_loader, self.amp_dtype)
-            self.log.log("val", self.step, epoch=epoch, **self.last_eval)
+            raw = evaluate(self.model, self.val_loader, self.amp_dtype)
+            both = {}
+            if self.ema is not None:  # both weights, always: an EMA that lags the run shows as a gap
+                ema = evaluate(self.ema.module, self.val_loader, self.amp_dtype)
+                both = {**{f"raw_{k}": v for k, v in raw.items()}, **{f"ema_{k}": v for k, v in ema.items()}}
+                raw = ema if r.reg.eval_ema else raw
+            self.last_eval = raw
+            self.log.log("val", self.step, epoch=epoch, **self.last_eval, **both)
             self.fire("eval_end", **self.last_eval)
+            extra = (f"  (raw {both['raw_top1']:.2f}, EMA {both['ema_top1']:.2f}; reported: "
+                     f"{'EMA' if r.reg.eval_ema else 'raw'})" if both else "")
             bar.write(f"epoch {epoch + 1}/{r.sched.epochs}  val top-1 {self.last_eval['top1']:.2f}  "
-                      f"top-5 {self.last_eval['top5']:.2f}  loss {self.last_eval['loss']:.4f}  ({seconds:.1f}s)")
+                      f"top-5 {self.last_eval['top5']:.2f}  loss {self.last_eval['loss']:.4f}  ({seconds:.1f}s){extra}")
         self.fire("epoch_end", epoch=epoch)
         self.save_checkpoint()
 

@@ -342,3 +342,33 @@ def test_divergence_without_nan_is_an_event_and_said_at_the_end(tiny_recipe, tmp
     assert len(ev) == 1 and ev[0]["step"] == 15 and ev[0]["loss"] > 4 * math.log(10)
     out = capsys.readouterr().out
     assert "DIVERGING at step 15" in out and "this run diverged at step 15" in out
+
+
+class _Between(torch.nn.Module):
+    """b1 -> b2 -> (functional code in Net.forward) -> head: the NaN is born between b2 and head."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+        self.b1, self.b2, self.head = torch.nn.Linear(12, 16), torch.nn.Linear(16, 16), torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.b2(torch.relu(self.b1(x.flatten(1))))  # [B, 3, 2, 2] -> [B, 12] -> [B, 16]
+        if self.mode == "forward":
+            h = torch.sqrt(h)  # negative entries -> NaN, in the parent's own code
+        else:  # forward finite; the untaken sqrt branch's gradient is NaN
+            h = torch.where(h > 0, torch.sqrt(h), torch.zeros_like(h))
+        return self.head(h)
+
+
+@pytest.mark.parametrize("mode, phase, between", [("forward", "forward", ["b2", "head"]),
+                                                  ("backward", "backward", ["head", "b2"])])
+def test_a_nan_born_between_modules_is_named_as_the_gap(mode, phase, between):
+    from reproscope.instrument.tripwire import format_report, locate_nonfinite
+    torch.manual_seed(0)
+    model = _Between(mode)
+    x, y = torch.randn(8, 3, 2, 2), torch.randint(0, 10, (8,))
+    rep = locate_nonfinite(model, [(x, y)], torch.nn.functional.cross_entropy, step=1)
+    assert (rep.phase, rep.between, rep.module, rep.module_type) == (phase, between, "", "_Between")
+    text = format_report(rep)
+    assert f"born between '{between[0]}'" in text and "_Between.forward ('<model>')" in text

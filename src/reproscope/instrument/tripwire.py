@@ -5,9 +5,16 @@ step is replayed on a deep copy of the model (so the live, possibly compiled, mo
 hooks added or removed) with temporary forward and full backward hooks on every module:
 
 - forward: the first module, in execution order, whose output is non-finite (hooks fire when a
-  module finishes, so an inner module is named before the block that contains it);
+  module finishes, so an inner module is named before the block that contains it); when that
+  module's input was already non-finite, the value was born in code no module owns (``torch.sqrt``
+  in a parent's ``forward``): the report names the gap, "between A (finite output) and B
+  (non-finite input)", and the innermost module whose input was still finite, whose ``forward``
+  holds that code;
 - backward, if the forward was clean: the first module whose gradient w.r.t. its input became
   non-finite while the gradient it received (w.r.t. its output) was finite;
+- when no module qualifies, the first module that received a non-finite gradient, with the last
+  one that passed back a finite gradient before it: the gap between them, in the backward of a
+  parent's own code;
 - otherwise the first module holding a non-finite parameter gradient.
 
 The replay uses the same batch, the same parameters (the optimizer has not stepped) and the RNG
@@ -52,6 +59,7 @@ class NonFiniteReport:
     nonfinite_params: list[str] = field(default_factory=list)
     nonfinite_grads: list[str] = field(default_factory=list)
     loss: float | None = None
+    between: list[str] = field(default_factory=list)  # [finite side, non-finite side] when born between modules
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,13 +92,24 @@ def locate_nonfinite(model: nn.Module, batches: list[tuple[torch.Tensor, torch.T
     backward_events: list[tuple[str, bool | None, bool | None]] = []
     handles = HookHandles()
 
+    starts: dict[str, int] = {}
+    ends: dict[str, int] = {}
+    clock = [0]
+
+    def pre(module, inputs):
+        clock[0] += 1
+        starts.setdefault(names[module], clock[0])
+
     def fwd(module, inputs, output):
+        clock[0] += 1
+        ends.setdefault(names[module], clock[0])
         forward_events.append((names[module], module, first_tensor(inputs), first_tensor(output)))
 
     def bwd(module, grad_input, grad_output):
         backward_events.append((names[module], _all_finite(grad_input), _all_finite(grad_output)))
 
     for m in names:
+        handles.add(m.register_forward_pre_hook(pre))
         handles.add(m.register_forward_hook(fwd))
         handles.add(m.register_full_backward_hook(bwd))
     if rng_state is not None:
@@ -113,10 +132,20 @@ def locate_nonfinite(model: nn.Module, batches: list[tuple[torch.Tensor, torch.T
     report.nonfinite_params = [n for n, p in replica.named_parameters() if not torch.isfinite(p).all()]
     report.nonfinite_grads = [n for n, p in replica.named_parameters()
                               if p.grad is not None and not torch.isfinite(p.grad).all()]
+    modules = dict(replica.named_modules())
+    inputs_finite = {n: inp is None or not inp.is_floating_point() or bool(torch.isfinite(inp).all())
+                     for n, _, inp, _ in forward_events}
     for name, module, inp, out in forward_events:
         if isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
-            report.phase, report.module, report.module_type = "forward", name, type(module).__name__
+            report.phase = "forward"
             report.input_stats, report.output_stats = _stats(inp), _stats(out)
+            if inputs_finite[name]:
+                report.module, report.module_type = name, type(module).__name__
+                return report
+            done = [n for n, _, _, _ in forward_events if ends[n] < starts.get(name, 0)]
+            owner = _owner(name, inputs_finite)
+            report.between = [done[-1] if done else "<input>", name]
+            report.module, report.module_type = owner, type(modules[owner]).__name__
             return report
     for name, gin_ok, gout_ok in backward_events:
         if gin_ok is False and gout_ok is not False:
@@ -128,23 +157,60 @@ def locate_nonfinite(model: nn.Module, batches: list[tuple[torch.Tensor, torch.T
             if ev is not None:
                 report.input_stats, report.output_stats = _stats(ev[2]), _stats(ev[3])
             return report
+    for i, (name, gin_ok, gout_ok) in enumerate(backward_events):
+        if gout_ok is False:  # the first module handed a non-finite gradient by code no module owns
+            ok_before = [n for n, gi, _ in backward_events[:i] if gi]
+            prev = ok_before[-1] if ok_before else "<loss>"
+            owner = _common(name, prev if ok_before else "")
+            report.phase, report.between = "backward", [prev, name]
+            report.module, report.module_type = owner, type(modules[owner]).__name__
+            report.grad_output_finite, report.grad_input_finite = gout_ok, gin_ok
+            return report
     if report.nonfinite_grads:
         first = report.nonfinite_grads[0]
         report.phase, report.module = "parameters", first.rsplit(".", 1)[0]
     return report
 
 
+def _owner(name: str, inputs_finite: dict[str, bool]) -> str:
+    """The innermost ancestor of ``name`` whose input was finite ("" = the model): its forward made the value."""
+    parts = name.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        anc = ".".join(parts[:k])
+        if inputs_finite.get(anc):
+            return anc
+    return ""
+
+
+def _common(a: str, b: str) -> str:
+    """The innermost module containing both ``a`` and ``b`` ("" = the model)."""
+    common = []
+    for x, y in zip(a.split(".")[:-1], b.split(".")[:-1]):
+        if x != y:
+            break
+        common.append(x)
+    return ".".join(common)
+
+
 def format_report(r: NonFiniteReport) -> str:
     lines = [f"NON-FINITE at step {r.step}: phase {r.phase}, module '{r.module}' ({r.module_type})"]
+    code = f"{r.module_type}.forward ('{r.module or '<model>'}'), in code no submodule owns"
+    if r.between and r.phase == "forward":
+        lines = [f"NON-FINITE at step {r.step}: phase forward, born between '{r.between[0]}' (finite output) and "
+                 f"'{r.between[1]}' (non-finite input): in {code}"]
+    elif r.between:
+        lines = [f"NON-FINITE at step {r.step}: phase backward, born between '{r.between[0]}' (passed back a finite "
+                 f"gradient) and '{r.between[1]}' (received a non-finite one), in the backward of {code}"]
     if r.phase == "none":
         lines = [f"NON-FINITE at step {r.step}, but the replay was finite everywhere (loss {r.loss}): the fault "
                  f"is not reproducible from this state (non-deterministic kernel, or a transient input)"]
-    if r.phase == "backward":
+    if r.phase == "backward" and not r.between:
         lines.append(f"  the gradient it received was finite ({r.grad_output_finite}); the gradient it passed back "
                      f"was not: the fault is in this module's backward")
+    who = f"'{r.between[1]}' " if r.between else ""
     for label, st in (("input", r.input_stats), ("output", r.output_stats)):
         if st:
-            lines.append(f"  {label:<6} " + "  ".join(f"{k} {v:.4g}" for k, v in st.items()))
+            lines.append(f"  {who}{label:<6} " + "  ".join(f"{k} {v:.4g}" for k, v in st.items()))
     if r.nonfinite_params:
         lines.append(f"  parameters with non-finite values: {', '.join(r.nonfinite_params[:10])}")
     if r.nonfinite_grads:

@@ -87,7 +87,9 @@ class StepDecision:
                     + (f"; largest: {top}" if top else "") + "; lower optim.lr or add optim.grad_clip")
         if self.code != "nonfinite":
             return f"{self.code} at step {self.step}"
-        where = self.findings.get("module")
+        where, between = self.findings.get("module"), self.findings.get("between")
+        if between:  # born in code no module owns: the gap and the forward that holds it
+            where = f"between {between[0]} and {between[1]}, in {where or '<model>'}.forward"
         return (f"non-finite loss/grad at step {self.step}"
                 + (f" in {where} ({self.findings.get('phase', '?')})" if where else "") + f"; nan_policy={self.policy}")
 

@@ -186,3 +186,34 @@ def test_recipe_audit_holds_lr_against_the_effective_batch(over, flagged):
     assert ("lr-batch-ratio" in r.codes) == flagged, r.causes
     if flagged:
         assert r.status == "fail" and "32x" in r.causes[r.codes.index("lr-batch-ratio")]
+
+
+class _NaNNet(torch.nn.Module):
+    """A conv net whose parent forward emits NaN (forward), or whose untaken sqrt branch has a NaN gradient."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+        self.blocks = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.blocks(x).mean((2, 3))  # [B, 16, H, W] -> [B, 16]
+        if self.mode == "forward":
+            h = h * float("nan")
+        else:
+            h = torch.where(h > 0.05, torch.sqrt(h - 0.05), torch.zeros_like(h))
+        return self.head(h)
+
+
+@pytest.mark.parametrize("mode", ["forward", "backward"])
+def test_checks_on_a_model_that_emits_nan_say_so_and_never_raise(shapes, mode):
+    results = run_checks(lambda: _NaNNet(mode), CheckData(shapes.x, shapes.y, 10, lr=1e-3))
+    by = {r.name: r for r in results}
+    assert by["data"].status == "pass"  # the data pipeline does not depend on the model
+    measured_anyway = {"data"} | ({"loss-at-init", "init-scale"} if mode == "backward" else set())
+    for r in results:
+        if r.name not in measured_anyway:
+            assert r.status == "fail" and r.codes == ["nonfinite-model"], (r.name, r.codes)
+            assert f"non-finite {mode}" in r.causes[0] and "'head'" in r.causes[0]
+        assert "check-crashed" not in r.codes

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..instrument.tripwire import format_report, locate_nonfinite
+
 
 @dataclass
 class CheckResult:
@@ -219,13 +221,50 @@ def block_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
+MODEL_FREE = ("data",)  # checks that measure the data pipeline, not the model
+FORWARD_ONLY = ("loss-at-init", "init-scale")  # still measurable when only the backward is non-finite
+
+
+def nonfinite_at_init(make_model, data: CheckData, n: int = 16):
+    """The tripwire's report (``NonFiniteReport``) when a fresh model's forward or backward on ``n``
+    check images is non-finite, else None."""
+    model = fresh(make_model).train()
+    x, y = data.x[:n], data.y[:n]
+    out = model(x)
+    F.cross_entropy(out.float(), y).backward()
+    grads_ok = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+    if bool(torch.isfinite(out).all()) and grads_ok:
+        return None
+    return locate_nonfinite(fresh(make_model).train(), [(x, y)], F.cross_entropy, step=0)
+
+
+def _not_measured(name: str, report) -> CheckResult:
+    where = format_report(report).splitlines()[0].replace("NON-FINITE at step 0: ", "")
+    return CheckResult(name, "fail", f"not measured: the fresh model's {report.phase} pass is non-finite",
+                       "finite outputs and gradients", "Every quantity this check measures would be NaN or inf; "
+                       "the tripwire located where the first non-finite value is born (fix that first).",
+                       [f"non-finite {report.phase} at init, {where}"], {"tripwire": report.to_dict()},
+                       ["nonfinite-model"])
+
+
 def run_checks(make_model, data: CheckData, names: list[str] | None = None, progress: bool = False) -> list[CheckResult]:
-    """Run the model/data checks (all by default) and return their results."""
+    """Run the model/data checks (all by default) and return their results. A model whose forward or
+    backward is non-finite at init is located once with the tripwire, and every check that measures
+    the model reports that (code ``nonfinite-model``) instead of measuring NaNs."""
     out = []
     names = list(CHECKS) if names is None else names
+    report = None
+    if any(n not in MODEL_FREE for n in names):
+        try:
+            report = nonfinite_at_init(make_model, data)
+        except Exception:  # a model that cannot run at all: each check says so (check-crashed)
+            report = None
     for name in names:
         if progress:
             print(f"  running {name} ...", flush=True)
+        if report is not None and name not in MODEL_FREE and not (report.phase == "backward" and name in FORWARD_ONLY):
+            out.append(_not_measured(name, report))
+            continue
         try:
             out.append(CHECKS[name](make_model, data))
         except Exception as e:  # a check that crashes is itself a finding

@@ -363,6 +363,12 @@ def lr_range(make_model, data: CheckData, steps: int = 100, lo: float = 1e-7, hi
             diverge = min(diverge, lr)
         if i > 10 and smooth[-1] > 4 * min(smooth):
             break
+    if not smooth:  # non-finite at the very first lr: nothing to sweep
+        return CheckResult("lr-range", "fail", f"the loss is non-finite already at lr {lo:g}", "a finite loss to sweep",
+                           "An lr sweep needs a finite loss at its smallest lr.",
+                           [f"the loss is non-finite at the sweep's smallest lr ({lo:g}): the model or its data "
+                            "produce NaN/inf regardless of the lr (see grad-flow and the tripwire)"],
+                           {"lrs": lrs[:1], "loss": []}, ["loss-nonfinite"])
     best = min(range(len(smooth)), key=smooth.__getitem__)
     lr_min = lrs[best]
     suggest = lr_min / 10

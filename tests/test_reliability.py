@@ -133,3 +133,27 @@ def test_oom_at_first_step_suggests_a_batch_size(tiny_recipe, tmp_path, monkeypa
     monkeypatch.setattr(tr.orig_model, "forward", oom)
     with pytest.raises(ConfigError, match=r"out of memory at step 1 with data.batch_size=32 .* try --set data.batch_size=16"):
         tr.fit()
+
+
+def test_extending_a_finished_run_warns_records_and_keeps_the_original_config(tmp_path, capsys):
+    """The issue's input: a finished 3-epoch run resumed with sched.epochs=5."""
+    import json
+
+    from reproscope.cli import main
+    from reproscope.train.rundir import read_metrics
+    rd = tmp_path / "run"
+    base = ["--no-progress", "--set", "data.train_size=256", "--set", "data.val_size=32", "--set", "data.batch_size=32",
+            "--set", "run.threads=1", "--set", "run.log_every=1", "--set", "sched.warmup_epochs=1"]
+    assert main(["train", "--run-dir", str(rd), "--set", "sched.epochs=3", *base]) == 0
+    with open(rd / "metrics.jsonl", "a") as f:  # a row logged after the last checkpoint, as after a crash
+        f.write(json.dumps({"kind": "train", "step": 99, "loss": 1.0}) + "\n")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(rd), "--set", "sched.epochs=5", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: resuming with changed settings (sched.epochs 3 -> 5); the lr at step 24 jumps" in out
+    assert "dropped 1 metrics.jsonl rows logged after step 24" in out
+    assert json.loads((rd / "config.json").read_text())["sched"]["epochs"] == 3
+    devs = json.loads((rd / "deviations.json").read_text())["deviations"]
+    assert any(d["key"] == "sched.epochs" and d["value"] == 5 and "from step 24" in d["reason"] for d in devs)
+    steps = [r["step"] for r in read_metrics(rd) if r["kind"] == "train" and "loss" in r]
+    assert len(steps) == len(set(steps)) == 40 and max(steps) == 40

@@ -20,7 +20,7 @@ from ..config import Recipe, apply_overrides, recipe_from_dict
 from ..model.spec import factory_for, model_source, spec_file, spec_in_run
 from .checkpoint import (CheckpointError, listed_checkpoints, load_checkpoint, load_weights, read_manifest,
                          saved_recipe)
-from .rundir import new_run_dir, prepare_run_dir
+from .rundir import new_run_dir, prepare_run_dir, truncate_metrics
 from ..runtime import distributed, resolve_device
 from .trainer import Trainer
 
@@ -108,8 +108,10 @@ def open_run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str |
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path, trust_pickle=trust_pickle)
         rd = ckpt_path.parent
-        saved = rd / "config.json"
-        recipe = recipe_from_dict(json.loads(saved.read_text()) if saved.is_file() else saved_recipe(ckpt))
+        try:  # the recipe the checkpoint was trained with (config.json keeps the run's original one)
+            recipe = recipe_from_dict(saved_recipe(ckpt))
+        except KeyError:
+            recipe = recipe_from_dict(json.loads((rd / "config.json").read_text()))
         if overrides:
             recipe = apply_overrides(recipe, overrides)
             print(f"resume: applying overrides on top of the saved config: {' '.join(overrides)}")
@@ -122,6 +124,11 @@ def open_run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str |
         rd = Path(distributed.broadcast_object(str(rd), d))  # rank 0's timestamped name
     if d.is_main:
         prepare_run_dir(rd, resume=resume is not None, overwrite=overwrite)
+        if ckpt is not None:
+            dropped = truncate_metrics(rd, int(ckpt["step"]))
+            if dropped:
+                print(f"resume: dropped {dropped} metrics.jsonl rows logged after step {ckpt['step']} (they are "
+                      f"logged again as the run repeats those steps)")
     distributed.barrier(d)
     return RunStart(recipe, rd, ckpt, ckpt_path)
 

@@ -124,6 +124,30 @@ class NullLog:
         pass
 
 
+def truncate_metrics(run_dir: Path, step: int) -> int:
+    """Drop the ``metrics.jsonl`` rows logged after ``step`` (a run resumed from a checkpoint at ``step``
+    logs those steps again); returns how many were dropped. A torn last line is dropped too."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if rec.get("step", 0) > step:
+            dropped += 1
+        else:
+            keep.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(x + "\n" for x in keep))
+        os.replace(tmp, path)
+    return dropped
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     out = []

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from ..config import ConfigError, Recipe
+from ..config import ConfigError, Recipe, recipe_from_dict
 from ..model.build import build_model
 from ..runtime import (autocast, distributed, is_conv_model, resolve_amp, resolve_device, rng_state,
                        seed_everything, set_rng_state)
@@ -170,6 +170,7 @@ class Trainer:
         self.rollbacks = 0
         self.signal = None  # set by train.run.stop_on_signals when SIGTERM/SIGINT stops the run
         self.guard = StepGuard(r.instrument, scaler=self.scaler.is_enabled())
+        self.resume_changes: list[dict] = []  # keys changed on resume (see _note_resume_changes)
         self.divergence = DivergenceWatch(self.num_classes)
         self.scaler_skips = 0  # fp16 steps the GradScaler skipped (overflow) and backed off from
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -356,9 +357,10 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         r = self.recipe
         if self.dist.is_main:
-            write_json(self.run_dir / "config.json", r.to_dict())
+            if not (self.run_dir / "config.json").exists():  # the run's original config; changes on resume
+                write_json(self.run_dir / "config.json", r.to_dict())  # go to deviations.json with their step
             write_json(self.run_dir / "environment.json", {**environment(), "world_size": self.dist.world_size})
-            devs = deviation_log(r)
+            devs = deviation_log(r) + self._resume_deviations()
             if self.model_source is not None:
                 write_json(self.run_dir / "model_source.json", self.model_source)
                 devs = [{"key": "model.name", "parent": r.model.name, "value": self.model_source["spec"],
@@ -493,7 +495,46 @@ class Trainer:
                            "scaler_skips": self.scaler_skips},
         }
 
+    def _resume_deviations(self) -> list[dict]:
+        """Keys changed when this run was resumed, each with the step from which it applies (kept across
+        resumes in ``resume_changes.json``)."""
+        path = self.run_dir / "resume_changes.json"
+        old = json.loads(path.read_text()) if path.is_file() else []
+        new = [c for c in self.resume_changes if c not in old]
+        if new:
+            write_json(path, old + new)
+        return [{"key": c["key"], "parent": c["was"], "value": c["now"],
+                 "reason": f"changed on resume from step {c['from_step']} (the steps before it ran with the parent value)"}
+                for c in old + new]
+
+    def _note_resume_changes(self, ckpt: dict) -> None:
+        """Compare the checkpoint's recipe with this one: changed keys are recorded, and a schedule that
+        jumps at the resumed step is warned about (the lr of the step under both schedules)."""
+        try:
+            saved = json.loads(ckpt["recipe_json"]) if isinstance(ckpt.get("recipe_json"), str) else None
+        except json.JSONDecodeError:
+            saved = None
+        if not saved:
+            return
+        now, step = self.recipe.to_dict(), int(ckpt["step"])
+        skip = ("run", "instrument")
+        self.resume_changes = [{"key": f"{sec}.{k}", "was": v, "now": now.get(sec, {}).get(k), "from_step": step}
+                               for sec, vals in saved.items() if isinstance(vals, dict) and sec not in skip
+                               for k, v in vals.items() if now.get(sec, {}).get(k) != v]
+        if not self.resume_changes:
+            return
+        old = recipe_from_dict(saved)
+        before = WarmupCosine.from_config(old.optim, old.sched, self.steps_per_epoch)(step)
+        after = self.schedule(step)
+        keys = ", ".join(f"{c['key']} {c['was']} -> {c['now']}" for c in self.resume_changes)
+        jump = f"; the lr at step {step} jumps {after / max(before, 1e-30):.3g}x ({before:.3g} -> {after:.3g})" \
+            if not 0.8 <= after / max(before, 1e-30) <= 1.25 else ""
+        print(f"warning: resuming with changed settings ({keys}){jump}; recorded as deviations from step {step}, "
+              f"config.json keeps the run's original settings", flush=True)
+
     def load_state_dict(self, ckpt: dict) -> None:
+        if ckpt is not None and self.run_dir.joinpath("config.json").exists() and "recipe_json" in ckpt:
+            self._note_resume_changes(ckpt)
         self.orig_model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])

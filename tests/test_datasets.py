@@ -202,3 +202,46 @@ def test_labels_beyond_num_classes_are_refused_once_before_anything_runs(tmp_pat
     err = capsys.readouterr().err
     assert err.count("data.num_classes=2") == 1 and "cat, dog, fox" in err and "--set data.num_classes=3" in err
     assert "Traceback" not in err
+
+
+def _gradient_modes(tmp_path):
+    """One 16x16 image per Pillow mode, each a left-to-right ramp, with the 8-bit value it must decode to."""
+    from PIL import Image
+    ramp = np.tile(np.linspace(0, 1, 16), (16, 1))  # [16, 16] in [0, 1]
+    out = {}
+    im16 = Image.fromarray((ramp * 65535).astype(np.uint16))  # mode I;16
+    out["I;16"] = (im16, ramp)
+    out["I"] = (Image.fromarray((ramp * 65535).astype(np.int32), "I"), ramp)
+    out["F"] = (Image.fromarray(ramp.astype(np.float32), "F"), ramp)
+    out["L"] = (Image.fromarray((ramp * 255).astype(np.uint8), "L"), ramp)
+    out["LA"] = (out["L"][0].convert("LA"), ramp)
+    out["1"] = (Image.fromarray(ramp >= 0.5), (ramp >= 0.5).astype(float))
+    pal = out["L"][0].convert("P")
+    pal.info["transparency"] = 0
+    out["P+transparency"] = (pal, ramp)
+    rgb = Image.fromarray(np.stack([(ramp * 255).astype(np.uint8)] * 3, -1), "RGB")
+    out["CMYK"] = (rgb.convert("CMYK"), ramp)
+    out["YCbCr"] = (rgb.convert("YCbCr"), ramp)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "L", "LA", "1", "P+transparency", "CMYK", "YCbCr"])
+def test_every_pillow_mode_decodes_to_the_right_8bit_rgb(tmp_path, mode):
+    from reproscope.train.folders import decode_image
+    im, want = _gradient_modes(tmp_path)[mode]
+    path = tmp_path / ("img.tiff" if mode in ("I", "F", "CMYK", "YCbCr", "LA") else "img.png")
+    if mode == "YCbCr":
+        path = tmp_path / "img.jpg"
+    im.save(path)
+    got = decode_image(str(path), 16).astype(float)  # [3, 16, 16]
+    assert got.shape == (3, 16, 16)
+    tol = 12 if mode == "YCbCr" else 2  # JPEG is lossy
+    assert np.abs(got - want[None] * 255).max() <= tol, (mode, got[0, 0])
+
+
+def test_constant_images_are_refused_before_training(tmp_path):
+    from reproscope.config import ConfigError
+    from reproscope.train.data import ArrayDataset, channel_stats
+    ds = ArrayDataset(torch.full((8, 3, 4, 4), 255, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), ("a",), "x/train")
+    with pytest.raises(ConfigError, match=r"x/train: channel std .* 8 of 8 images are a single constant value"):
+        channel_stats(ds)

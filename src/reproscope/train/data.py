@@ -127,10 +127,22 @@ def build_datasets(cfg: DataConfig, *, download: bool = False, progress: bool = 
 
 
 def channel_stats(ds: ArrayDataset, max_images: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std in [0, 1] units, from (a deterministic prefix of) the data."""
+    """Per-channel mean and std in [0, 1] units, from (a deterministic prefix of) the data.
+
+    Raises:
+        ConfigError: a channel whose std is 0 (every image constant, or decoded to one value): the
+            normalisation would divide by zero and train on NaN.
+    """
     step = max(1, len(ds) // max_images)  # a strided subset: folder datasets are sorted by class
     x = ds.images[::step][:max_images].float().div_(255)
-    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
+    mean, std = x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+    if len(ds) and min(std) < 1e-6:
+        flat = ds.images.flatten(1)
+        constant = int((flat.amax(1) == flat.amin(1)).sum())
+        raise ConfigError(f"{ds.name or 'dataset'}: channel std {[round(s, 6) for s in std]} (0 means no variation): "
+                          f"{constant} of {len(ds)} images are a single constant value; normalising would divide by 0. "
+                          "Check the files (a 16-bit or float image read as 8-bit, blank exports) or the data.root")
+    return tuple(mean), tuple(std)
 
 
 # ----------------------------------------------------------------------------- order

@@ -34,7 +34,7 @@ import torch
 from ..config import ConfigError
 
 IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: 16-bit, 32-bit and float images scaled to 8 bits (were clipped)
 
 
 class DataError(ConfigError):
@@ -149,14 +149,36 @@ def imagenet100_classes() -> list[str]:
 
 # ----------------------------------------------------------------------------- decoding
 
+def to_rgb8(im):
+    """Any Pillow mode as 8-bit RGB. 16-bit integer images (``I;16*``) are scaled by 255/65535, 32-bit
+    integer (``I``) by 255/65535 when they fit 16 bits (PNG's 16-bit grey opens as ``I``), else by their
+    maximum, float (``F``) by 255 when in [0, 1], else clipped to [0, 255]; Pillow's own ``convert``
+    would clip them all to 255 (white). 1-bit, palette (transparency dropped), L, LA, RGBA, CMYK and
+    YCbCr go through ``convert("RGB")``."""
+    from PIL import Image
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = float(a.max()) if a.size else 0.0
+        if im.mode == "F":
+            a = a * 255 if hi <= 1.0 else a
+        elif im.mode.startswith("I;16") or hi <= 65535:
+            a = a * (255 / 65535)
+        else:
+            a = a * (255 / hi)
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # Pillow's advice for palette transparency; the alpha is then dropped
+    return im.convert("RGB")
+
+
 def decode_image(path: str, size: int) -> np.ndarray:
-    """Decode to RGB (grayscale, CMYK, palette and RGBA converted), resize the shorter side to
-    ``size`` (bicubic) and centre-crop a square. Returns uint8 [3, size, size]."""
+    """Decode to 8-bit RGB (``to_rgb8``: every Pillow mode), resize the shorter side to ``size``
+    (bicubic) and centre-crop a square. Returns uint8 [3, size, size]."""
     from PIL import Image
     with Image.open(path) as im:
         if im.format == "JPEG":
             im.draft("RGB", (size, size))  # decode at reduced scale when much larger than needed
-        im = im.convert("RGB")
+        im = to_rgb8(im)
         w, h = im.size
         s = size / min(w, h)
         nw, nh = max(size, round(w * s)), max(size, round(h * s))

@@ -168,11 +168,14 @@ def test_all_bad_files_listed_and_skip_corrupt(tmp_path, capsys):
     root = _folder(tmp_path / "d")
     (root / "train" / "a" / "bad1.jpg").write_bytes(b"nope")
     (root / "train" / "b" / "bad2.jpg").write_bytes(b"nope")
-    with pytest.raises(DataError) as e:
+    (root / "val" / "a" / "bad3.jpg").write_bytes(b"nope")
+    with pytest.raises(DataError) as e:  # both splits named in one pass
         build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False)
-    assert "2 unreadable" in str(e.value) and "bad1.jpg" in str(e.value) and "bad2.jpg" in str(e.value)
-    tr, _ = build_datasets(_cfg(tmp_path, "imagefolder", root, skip_corrupt=True), progress=False)
-    assert len(tr) == 6 and "skipped 2 unreadable" in capsys.readouterr().out
+    msg = str(e.value)
+    assert "2 of 8 image files in imagefolder/train are unreadable" in msg and "1 of 7 image files in imagefolder/val" in msg
+    assert all(f"bad{i}.jpg" in msg for i in (1, 2, 3))
+    tr, va = build_datasets(_cfg(tmp_path, "imagefolder", root, skip_corrupt=True), progress=False)
+    assert len(tr) == 6 and tr.skipped == 2 and va.skipped == 1 and "skipped 2 unreadable" in capsys.readouterr().out
 
 
 def test_cli_bad_root_is_a_message_not_a_traceback(tmp_path, capsys):

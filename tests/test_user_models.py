@@ -173,6 +173,8 @@ def test_train_your_own_model_from_a_file_and_resume_without_it(tmp_path, capsys
     source = json.loads((rd / "model_source.json").read_text())
     assert source["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     assert '"body.2"' in (rd / "stats.jsonl").read_text()  # the user's module names, probed
+    data = json.loads((rd / "data.json").read_text())
+    assert data["train"]["images"] == 256 and data["val"]["skipped_unreadable"] == 0
     devs = json.loads((rd / "deviations.json").read_text())["deviations"]
     assert devs[0]["key"] == "model.name" and devs[0]["value"] == f"{src}:make"
     src.unlink()  # the run rebuilds the model from its own copy

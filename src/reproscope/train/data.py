@@ -29,6 +29,7 @@ class ArrayDataset:
     labels: torch.Tensor  # int64 [N]
     classes: tuple[str, ...]
     name: str = ""
+    skipped: int = 0  # unreadable source files left out (--skip-corrupt)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -118,11 +119,17 @@ def build_datasets(cfg: DataConfig, *, download: bool = False, progress: bool = 
         files = folders.imagefolder(root, cfg.dataset, skip_bad=skip)
     res = cfg.cache_res or round(cfg.img_size / cfg.eval_crop_pct)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else folders.default_cache_dir()
-    out = []
-    for fl in files:
-        x, y, _ = folders.load_or_build_cache(fl, res, cache_dir, skip_corrupt=skip, workers=cfg.workers,
-                                              progress=progress)
-        out.append(ArrayDataset(x, y, fl.classes, fl.name))
+    out, errors = [], []
+    for fl in files:  # both splits are read before any error is raised: one pass names every bad file
+        try:
+            x, y, man = folders.load_or_build_cache(fl, res, cache_dir, skip_corrupt=skip, workers=cfg.workers,
+                                                    progress=progress)
+        except folders.DataError as e:
+            errors.append(str(e))
+            continue
+        out.append(ArrayDataset(x, y, fl.classes, fl.name, skipped=int(man.get("skipped", 0))))
+    if errors:
+        raise folders.DataError("\n".join(errors))
     return out[0], out[1]
 
 

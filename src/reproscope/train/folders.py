@@ -243,8 +243,12 @@ def load_or_build_cache(files: FileList, size: int, cache_dir: Path, *, skip_cor
         arr.flush()
         del arr
         tmp_images.unlink(missing_ok=True)
-        raise DataError(f"{len(bad)} unreadable image files in {files.name} (corrupt, truncated or not images):\n  "
-                        + "\n  ".join(bad) + "\nfix or remove them, or pass --skip-corrupt to skip them")
+        listing = d / "unreadable.txt"  # every one, for a set with thousands
+        listing.write_text("\n".join(bad) + "\n")
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(f"{len(bad)} of {n} image files in {files.name} are unreadable (corrupt, truncated or not "
+                        f"images); all of them are listed in {listing}:\n  " + "\n  ".join(bad[:20]) + more
+                        + "\nfix or remove them, or pass --skip-corrupt to skip them")
     labels = np.asarray(files.labels, dtype=np.int64)
     if bad:
         print(f"{files.name}: skipped {len(bad)} unreadable files (--skip-corrupt)")

@@ -360,6 +360,9 @@ class Trainer:
             if not (self.run_dir / "config.json").exists():  # the run's original config; changes on resume
                 write_json(self.run_dir / "config.json", r.to_dict())  # go to deviations.json with their step
             write_json(self.run_dir / "environment.json", {**environment(), "world_size": self.dist.world_size})
+            write_json(self.run_dir / "data.json", {  # what was trained and evaluated on, and what was left out
+                split: {"name": ds.name, "images": len(ds), "classes": len(ds.classes),
+                        "skipped_unreadable": ds.skipped} for split, ds in (("train", self.train_set), ("val", self.val_set))})
             devs = deviation_log(r) + self._resume_deviations()
             if self.model_source is not None:
                 write_json(self.run_dir / "model_source.json", self.model_source)

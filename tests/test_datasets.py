@@ -76,6 +76,38 @@ def test_tiny_imagenet_official_layout(tmp_path):
     assert len(tr) == 4 and va.labels.tolist() == [1, 0, 1]
 
 
+@pytest.mark.parametrize("val_sub, train_sub", [("images", "images"), ("", "images"), ("images", ""), ("", "")])
+def test_tiny_imagenet_reorganised_layouts(tmp_path, capsys, val_sub, train_sub):
+    """The layouts people reorganise Tiny-ImageNet into: val/<wnid>/images/*.JPEG or val/<wnid>/*.JPEG
+    (with or without val_annotations.txt left behind), and train without the images/ level."""
+    root = tmp_path / "tiny-imagenet-200"
+    for ci, c in enumerate(("n01", "n02")):
+        for i in range(2):
+            _img(root / "train" / c / train_sub / f"{c}_{i}.JPEG", seed=ci + i)
+        for i in range(ci + 1):
+            _img(root / "val" / c / val_sub / f"val_{c}_{i}.JPEG", seed=20 + ci + i)
+    (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01\t0\t0\t10\t10\n")  # left behind, stale
+    tr, va = build_datasets(_cfg(tmp_path, "tiny-imagenet", tmp_path), progress=False)
+    assert len(tr) == 4 and sorted(va.labels.tolist()) == [0, 1, 1] and va.classes == ("n01", "n02")
+    assert f"val reorganised as val/<wnid>/{val_sub + '/' if val_sub else ''}*" in capsys.readouterr().out
+
+
+def test_flat_validation_folder_is_named_as_such(tmp_path):
+    root = _folder(tmp_path / "d", splits=("train",))
+    for i in range(3):
+        _img(root / "val" / f"ILSVRC2012_val_{i:08d}.JPEG", seed=i)
+    with pytest.raises(DataError, match=r"holds 3 image files but no class folders: a flat validation folder"):
+        build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False)
+
+
+def test_an_empty_split_after_skipping_is_refused(tmp_path):
+    root = _folder(tmp_path / "d", n=1)
+    for c in ("a", "b"):
+        (root / "val" / c / "0.jpg").write_bytes(b"nope")
+    with pytest.raises(DataError, match=r"imagefolder/val has no readable images left \(2 skipped"):
+        build_datasets(_cfg(tmp_path, "imagefolder", root, skip_corrupt=True), progress=False)
+
+
 def _fake_cifar10(base):
     base.mkdir(parents=True)
     rng = np.random.default_rng(0)

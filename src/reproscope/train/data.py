@@ -130,6 +130,10 @@ def build_datasets(cfg: DataConfig, *, download: bool = False, progress: bool = 
         out.append(ArrayDataset(x, y, fl.classes, fl.name, skipped=int(man.get("skipped", 0))))
     if errors:
         raise folders.DataError("\n".join(errors))
+    for ds in out:
+        if len(ds) == 0:
+            raise folders.DataError(f"{ds.name} has no readable images left ({ds.skipped} skipped as unreadable): "
+                                    f"nothing to train or evaluate on; check data.root")
     return out[0], out[1]
 
 

@@ -60,6 +60,12 @@ def _need_dir(path: Path, what: str, hint: str = "") -> Path:
 def _scan_class_dirs(split: Path, name: str, classes: list[str] | None = None, sub: str = "",
                      skip_bad: bool = False) -> FileList:
     dirs = sorted(d.name for d in split.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not dirs and classes is None:
+        flat = [f for f in split.iterdir() if f.is_file() and f.suffix.lower() in IMG_EXT]
+        if flat:
+            raise DataError(f"{split} holds {len(flat)} image files but no class folders: a flat validation folder "
+                            f"(ImageNet's val ships this way, its labels in a separate file); reproscope reads "
+                            f"{split}/<class>/<images>: move each image into the folder of its class first")
     if classes is not None:
         missing = [c for c in classes if c not in dirs]
         if missing:
@@ -120,13 +126,33 @@ def imagenette(root: Path, skip_bad: bool = False):
     return imagefolder(root, "imagenette", skip_bad=skip_bad)
 
 
+def _has_images_sub(split: Path) -> bool:
+    """Class folders that hold their images in an ``images/`` subfolder (Tiny-ImageNet's train layout)."""
+    first = next((d for d in sorted(split.iterdir()) if d.is_dir() and not d.name.startswith(".")), None)
+    return first is not None and (first / "images").is_dir()
+
+
 def tiny_imagenet(root: Path, skip_bad: bool = False):
+    """Tiny-ImageNet-200 in any of the layouts people store it in (the one found is printed):
+    train/<wnid>/images/* (official) or train/<wnid>/*; val/images/* labelled by
+    val/val_annotations.txt (official), or reorganised as val/<wnid>/images/* or val/<wnid>/*."""
     if (root / "tiny-imagenet-200").is_dir():
         root = root / "tiny-imagenet-200"
-    train = _scan_class_dirs(_split_dir(root, ("train",)), "tiny-imagenet/train", sub="images", skip_bad=skip_bad)
-    ann = root / "val" / "val_annotations.txt"
-    if not ann.is_file():
-        raise DataError(f"{ann} is missing: the official Tiny-ImageNet val split is labelled by it")
+    tr = _split_dir(root, ("train",))
+    train = _scan_class_dirs(tr, "tiny-imagenet/train", sub="images" if _has_images_sub(tr) else "",
+                             skip_bad=skip_bad)
+    val_dir = _split_dir(root, ("val",))
+    ann = val_dir / "val_annotations.txt"
+    official = ann.is_file() and (val_dir / "images").is_dir() and any((val_dir / "images").iterdir())
+    if not official:
+        if not any(d.is_dir() and d.name in train.classes for d in val_dir.iterdir()):
+            raise DataError(f"{val_dir}: neither the official layout (val/images/ labelled by val_annotations.txt) nor "
+                            f"class folders val/<wnid>/ (reorganised); found {sorted(p.name for p in val_dir.iterdir())[:5]}")
+        sub = "images" if _has_images_sub(val_dir) else ""
+        print(f"tiny-imagenet: train {tr.name}/<wnid>/{'images/' if _has_images_sub(tr) else ''}*, "
+              f"val reorganised as val/<wnid>/{sub + '/' if sub else ''}*")
+        val = _scan_class_dirs(val_dir, "tiny-imagenet/val", list(train.classes), sub=sub, skip_bad=skip_bad)
+        return train, val
     index = {c: i for i, c in enumerate(train.classes)}
     paths, labels = [], []
     for n, line in enumerate(ann.read_text().splitlines(), 1):

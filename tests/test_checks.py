@@ -217,3 +217,44 @@ def test_checks_on_a_model_that_emits_nan_say_so_and_never_raise(shapes, mode):
             assert r.status == "fail" and r.codes == ["nonfinite-model"], (r.name, r.codes)
             assert f"non-finite {mode}" in r.causes[0] and "'head'" in r.causes[0]
         assert "check-crashed" not in r.codes
+
+
+def _resaved(img: torch.Tensor, resize: int | None) -> torch.Tensor:
+    """A uint8 [3, H, W] image re-saved as JPEG q75 (and first resized down and back when ``resize``)."""
+    import io
+
+    from PIL import Image
+    im = Image.fromarray(img.permute(1, 2, 0).numpy())
+    size = im.size
+    if resize:
+        im = im.resize((resize, resize), Image.BICUBIC).resize(size, Image.BICUBIC)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=75)
+    buf.seek(0)
+    return torch.from_numpy(__import__("numpy").asarray(Image.open(buf).convert("RGB")).copy()).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("share, status", [(0.03, "warn"), (0.2, "fail"), (0.0, "pass")])
+def test_near_duplicate_leakage_is_found_beside_exact_copies(tmp_path, share, status):
+    """The issue's input: validation images that are training images re-saved as JPEG or resized. shapes10
+    itself (similar procedural images) must give no near duplicates."""
+    import dataclasses
+
+    from reproscope.checks.subject import Mutation
+
+    def leak(train, val):
+        n = int(share * len(val))
+        images = val.images.clone()
+        for i in range(n):
+            images[i] = _resaved(train.images[i], 24 if i % 2 else None)
+        return train, dataclasses.replace(val, images=images)
+    r = run_diagnosis(apply_overrides(get_recipe("quickstart"), SMALL_DATA), "data", mutation=Mutation(datasets=leak),
+                      out_dir=tmp_path)[0]
+    assert r.status == status, r.causes
+    assert r.details["val_images_in_train"] == 0  # none is an exact copy
+    if share:
+        planted = int(share * 300)  # JPEG q75 re-saves and 24 px round trips: nearly all are found, none extra
+        assert 0.8 * planted <= r.details["val_near_duplicates"] <= planted and "train-val-near-duplicates" in r.codes
+        assert (tmp_path / "near_duplicates.png").is_file()
+    else:
+        assert r.details["val_near_duplicates"] == 0

@@ -4,6 +4,11 @@
   is beyond 1.5 or the std beyond [0.2, 5]: a 0-255 input has mean ~120);
 - label distribution: every class present, no label outside [0, K), imbalance reported;
 - exact duplicates between train and val, by a hash of the stored uint8 image (fail above 1% of val);
+- near duplicates (a training image re-saved as JPEG, resized): a perceptual hash (``imagehash.phash``,
+  64 bits) within Hamming distance 6 proposes a training image for each checked val image, and a
+  pixel correlation >= 0.9 confirms it (ours: on the built-in shapes10 at 32 px, correct pairs proposed
+  by the hash correlate at most 0.88, and JPEG q75 / 24 px-resized copies at least 0.90); warn, and
+  fail above 10% of the checked val images; up to 8 pairs drawn in near_duplicates.png;
 - all-constant images (fail above 1%);
 - the validation pipeline must be deterministic (two passes over the same images are identical:
   random augmentation applied at evaluation makes them differ);
@@ -15,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
+import numpy as np
 import torch
 
 from ..plotting import pyplot, save_figure
@@ -25,6 +31,43 @@ def image_hashes(images: torch.Tensor) -> list[str]:
     """One blake2b digest per stored image [N, C, H, W] (exact-duplicate detection)."""
     arr = images.contiguous().numpy()
     return [hashlib.blake2b(a.tobytes(), digest_size=12).hexdigest() for a in arr]
+
+
+NEAR_HAMMING, NEAR_CORR = 6, 0.9
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def phashes(images: torch.Tensor) -> np.ndarray:
+    """64-bit perceptual hashes (``imagehash.phash``) of uint8 images [N, 3, H, W], as uint64 [N]."""
+    import imagehash
+    from PIL import Image
+    return np.array([int(str(imagehash.phash(Image.fromarray(a.transpose(1, 2, 0)))), 16)
+                     for a in images.numpy()], dtype=np.uint64)
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float().flatten(), b.float().flatten()
+    a, b = a - a.mean(), b - b.mean()
+    return float(a @ b / (a.norm() * b.norm() + 1e-8))
+
+
+def near_duplicates(train: torch.Tensor, val: torch.Tensor, max_train: int = 20000, max_val: int = 2000):
+    """(pairs [(val index, train index, hamming, correlation)], val images checked): validation images
+    that are near copies of a training image (see the module docstring), on strided subsets of at most
+    ``max_val`` val and ``max_train`` train images."""
+    ti = torch.linspace(0, len(train) - 1, min(len(train), max_train)).round().long().unique()
+    vi = torch.linspace(0, len(val) - 1, min(len(val), max_val)).round().long().unique()
+    ht, hv = phashes(train[ti]), phashes(val[vi])
+    tb = ht.view(np.uint8).reshape(len(ht), 8)
+    pairs = []
+    for k, h in enumerate(hv):
+        d = _POPCOUNT[np.bitwise_xor(tb, np.frombuffer(np.uint64(h).tobytes(), dtype=np.uint8))].sum(1)
+        j = int(d.argmin())
+        if d[j] <= NEAR_HAMMING:
+            c = _corr(val[vi[k]], train[ti[j]])
+            if c >= NEAR_CORR:
+                pairs.append((int(vi[k]), int(ti[j]), int(d[j]), c))
+    return pairs, len(vi)
 
 
 def constant_images(images: torch.Tensor) -> int:
@@ -70,6 +113,19 @@ def data_check(make_model, data: CheckData) -> CheckResult:
                          "training images: train/val overlap, validation accuracy will be inflated")
         elif n_dup:
             warns.add("train-val-copies", f"{n_dup} validation images are exact copies of training images")
+        near, checked = near_duplicates(src.train_images, src.val_images)
+        near = [p for p in near if val_h[p[0]] not in overlap]  # exact copies are counted above
+        details["val_near_duplicates"] = len(near)
+        details["near_duplicates_checked"] = checked
+        if near:
+            fig = near_duplicate_sheet(data, near)
+            if fig:
+                details["near_duplicates_figure"] = str(fig)
+            what = (f"{len(near)} of {checked} checked validation images are near copies of training images "
+                    f"(perceptual hash + pixel correlation >= {NEAR_CORR}; re-saved or resized; e.g. val "
+                    f"{near[0][0]} ~ train {near[0][1]}, correlation {near[0][3]:.3f})")
+            (fails if len(near) > 0.1 * checked else warns).add(
+                "train-val-near-duplicates", what + ": validation accuracy is inflated by that much at most")
         n_const = constant_images(src.train_images) + constant_images(src.val_images)
         n_all = len(src.train_images) + len(src.val_images)
         details["constant_images"] = n_const
@@ -90,7 +146,8 @@ def data_check(make_model, data: CheckData) -> CheckResult:
     return CheckResult(
         "data", status,
         f"input mean {_fmt(mean)} std {_fmt(std)}; {len(counts)} classes; " + (
-            f"{details['val_images_in_train']} val images in train; {details['constant_images']} constant images"
+            f"{details['val_images_in_train']} val images in train (exact), {details['val_near_duplicates']} of "
+            f"{details['near_duplicates_checked']} checked near copies; {details['constant_images']} constant images"
             if src is not None else "duplicates, constant images and the val pipeline not checked (only a batch given)"),
         "normalised input, every class present, no train/val copies, no constant images, deterministic eval data",
         "The batch as the model sees it, and the datasets behind it." + (
@@ -100,6 +157,23 @@ def data_check(make_model, data: CheckData) -> CheckResult:
 
 def _fmt(v) -> str:
     return "[" + ", ".join(f"{a:.3g}" for a in v) + "]"
+
+
+def near_duplicate_sheet(data: CheckData, pairs, n: int = 8):
+    """PNG of up to ``n`` (val, train) near-duplicate pairs, side by side."""
+    if data.out_dir is None or data.source is None or not pairs:
+        return None
+    pairs = pairs[:n]
+    fig, axes = pyplot().subplots(2, len(pairs), figsize=(1.4 * len(pairs), 3.0), squeeze=False)
+    for k, (v, t, d, c) in enumerate(pairs):
+        for row, (img, label) in enumerate(((data.source.val_images[v], f"val {v}"),
+                                            (data.source.train_images[t], f"train {t}\nr={c:.3f}"))):
+            ax = axes[row][k]
+            ax.imshow(img.permute(1, 2, 0).numpy())
+            ax.set_title(label, fontsize=6)
+            ax.axis("off")
+    fig.suptitle("validation images (top) and their near copies in train (bottom)", fontsize=8)
+    return save_figure(fig, data.out_dir / "near_duplicates.png", dpi=100)
 
 
 def contact_sheet(data: CheckData, n: int = 32):

@@ -97,3 +97,44 @@ def test_big_model_output_shape(name):
     with torch.no_grad():
         out = m(torch.randn(1, 3, 32, 32))
     assert out.shape == (1, 3) and torch.isfinite(out).all()
+
+
+class _RefLayerNorm(nn.Module):
+    """The ConvNeXt reference's LayerNorm: not an nn.LayerNorm, channels given by data_format."""
+
+    def __init__(self, c, eps=1e-6, data_format="channels_last"):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+        self.eps, self.data_format, self.normalized_shape = eps, data_format, (c,)
+
+    def forward(self, x):
+        if self.data_format == "channels_last":
+            return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class _ChannelsFirstLN(nn.LayerNorm):
+    """A channels-first LayerNorm whose class name does not end in 2d."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # [B, C, H, W] <-> [B, H, W, C]
+
+
+def test_convert_norm_to_dyt_finds_the_axis_and_says_what_it_left():
+    """The issue's inputs: GroupNorm(1, C) (MetaFormer), the ConvNeXt reference's channels-first LayerNorm,
+    a channels-first subclass not named *2d; BatchNorm and GroupNorm(4, C) left alone with reasons."""
+    m = nn.Sequential(nn.GroupNorm(1, 8), _RefLayerNorm(8, data_format="channels_first"), _ChannelsFirstLN(8),
+                      nn.BatchNorm2d(8), nn.GroupNorm(4, 8), nn.Flatten(2), nn.LayerNorm((8, 8)))
+    out = convert_norm_to_dyt(m)
+    assert [n for n, _ in out] == ["0", "1", "2"]
+    assert all(isinstance(m[i], DyT) and not m[i].channels_last for i in range(3))
+    left = {n: why for n, _, why in out.left_alone}
+    assert set(left) == {"3", "4", "6"} and "BatchNorm" in left["3"] and "4 groups" in left["4"]
+    x = torch.randn(2, 8, 5, 7)
+    assert m[2](x).shape == x.shape  # a channels-first DyT on [B, C, H, W] (8 is neither 5 nor 7)
+    last = nn.Sequential(_RefLayerNorm(8), _ChannelsFirstLN(6))
+    convert_norm_to_dyt(last)
+    assert last[0].channels_last and not last[1].channels_last

@@ -214,28 +214,82 @@ def norm_factory(norm: str = "ln", *, alpha0: float = 0.5, eps: float = 1e-6, sq
     raise ValueError(f"norm={norm!r}: choose 'ln' or 'dyt'")
 
 
-def convert_norm_to_dyt(model: nn.Module, alpha0: float = 0.5, *, squash: str = "tanh",
-                        learn_alpha: bool = True) -> list[tuple[str, str]]:
-    """Swap every LayerNorm in ``model`` (in place) for a fresh DyT; returns [(name, old type)].
+class Conversion(list):
+    """The norms ``convert_norm_to_dyt`` swapped, as [(name, old type)], with ``left_alone``:
+    [(name, type, reason)] for the norm layers it did not convert."""
 
-    Channels-first LayerNorms (class names ending in "2d", e.g. ours and timm's LayerNorm2d) get
-    a channels-first DyT. BatchNorm, GroupNorm and other norms are left alone: the DyT paper
-    reports that replacing BatchNorm fails (ResNet-50 76.2 -> 68.9).
+    def __init__(self):
+        super().__init__()
+        self.left_alone: list[tuple[str, str, str]] = []
+
+
+def _norm_axis(m: nn.Module, channels: int) -> str | None:
+    """Which axis a LayerNorm-like module normalises: "last" ([..., C]), "first" ([B, C, H, W]) or None.
+    From ``data_format`` (the ConvNeXt reference's LayerNorm), else by a probe forward on both layouts
+    with spatial sizes that differ from C (the class name is not trusted)."""
+    fmt = getattr(m, "data_format", None)
+    if fmt in ("channels_last", "channels_first"):
+        return "last" if fmt == "channels_last" else "first"
+    h, w = [s for s in range(2, channels + 6) if s != channels][:2]
+    ok = {}
+    p = next(iter(m.parameters()), None)
+    kw = {"device": p.device, "dtype": p.dtype} if p is not None else {}
+    for axis, shape in (("last", (2, h, w, channels)), ("first", (2, channels, h, w))):
+        try:
+            with torch.no_grad():
+                ok[axis] = m(torch.randn(*shape, **kw)).shape == shape
+        except Exception:  # the layout this module does not take
+            ok[axis] = False
+    if ok["last"] != ok["first"]:
+        return "last" if ok["last"] else "first"
+    return None
+
+
+def convert_norm_to_dyt(model: nn.Module, alpha0: float = 0.5, *, squash: str = "tanh",
+                        learn_alpha: bool = True) -> Conversion:
+    """Swap every LayerNorm-like layer in ``model`` (in place) for a fresh DyT; returns the swapped
+    [(name, old type)] with ``.left_alone`` [(name, type, reason)].
+
+    Converted: ``nn.LayerNorm`` and its subclasses over one dimension, any module with a 1-D
+    ``normalized_shape`` (e.g. the ConvNeXt reference's LayerNorm with ``data_format``), and
+    ``GroupNorm(1, C)`` (MetaFormer's LayerNorm over [C, H, W], DyT Sec. 4 applies DyT per channel
+    there). The normalised axis is read from ``data_format`` or found by a probe forward, so a
+    channels-first LayerNorm gets a channels-first DyT whatever its class is called. Left alone,
+    with the reason: BatchNorm (the DyT paper reports that replacing it fails: ResNet-50 76.2 ->
+    68.9), GroupNorm with more than one group, LayerNorm over more than one dimension, and layers
+    whose axis cannot be told.
     """
-    swapped: list[tuple[str, str]] = []
+    out = Conversion()
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if not isinstance(child, nn.LayerNorm):
-                continue
-            if len(child.normalized_shape) != 1:
-                raise ValueError(f"convert_norm_to_dyt: {parent_name}.{child_name} normalises over "
-                                 f"{tuple(child.normalized_shape)}; only 1-D LayerNorm is supported")
-            channels_last = not type(child).__name__.lower().endswith("2d")
-            dyt = DyT(child.normalized_shape[0], alpha0, squash=squash, learn_alpha=learn_alpha,
-                      channels_last=channels_last)
-            if child.weight is not None:
-                dyt = dyt.to(device=child.weight.device, dtype=child.weight.dtype)
-            setattr(parent, child_name, dyt)
             full = f"{parent_name}.{child_name}" if parent_name else child_name
-            swapped.append((full, type(child).__name__))
-    return swapped
+            kind = type(child).__name__
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                out.left_alone.append((full, kind, "BatchNorm: the DyT paper reports replacing it fails (ResNet-50 "
+                                                   "76.2 -> 68.9)"))
+                continue
+            if isinstance(child, nn.GroupNorm):
+                if child.num_groups != 1:
+                    out.left_alone.append((full, kind, f"GroupNorm with {child.num_groups} groups is not a LayerNorm"))
+                    continue
+                channels, axis = child.num_channels, "first"
+            elif isinstance(child, nn.LayerNorm) or isinstance(getattr(child, "normalized_shape", None),
+                                                                  (tuple, list, torch.Size, int)):
+                shape = child.normalized_shape
+                shape = (shape,) if isinstance(shape, int) else tuple(shape)
+                if len(shape) != 1:
+                    out.left_alone.append((full, kind, f"normalises over {shape}: only 1-D LayerNorm has a DyT twin"))
+                    continue
+                channels, axis = shape[0], _norm_axis(child, shape[0])
+                if axis is None:
+                    out.left_alone.append((full, kind, "its normalised axis could not be told from a probe forward"))
+                    continue
+            else:
+                continue
+            dyt = DyT(channels, alpha0, squash=squash, learn_alpha=learn_alpha, channels_last=axis == "last")
+            p = next(iter(child.parameters()), None)
+            if p is not None:
+                dyt = dyt.to(device=p.device, dtype=p.dtype)
+            setattr(parent, child_name, dyt)
+            out.append((full, kind))
+    return out

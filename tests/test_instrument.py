@@ -372,3 +372,38 @@ def test_a_nan_born_between_modules_is_named_as_the_gap(mode, phase, between):
     assert (rep.phase, rep.between, rep.module, rep.module_type) == (phase, between, "", "_Between")
     text = format_report(rep)
     assert f"born between '{between[0]}'" in text and "_Between.forward ('<model>')" in text
+
+
+def test_paper_figure_probes_are_duck_typed_for_your_own_layers():
+    """A user's DyT (any module with a tensor alpha) and rational (class name with "Rational") are probed."""
+    from reproscope.instrument.paper_probes import collect
+
+    class MyDyT(torch.nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.alpha, self.g = torch.nn.Parameter(torch.tensor(0.7)), torch.nn.Parameter(torch.ones(d))
+
+        def forward(self, x):
+            return torch.tanh(self.alpha * x) * self.g
+
+    class MyRational(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p, self.q = torch.nn.Parameter(torch.tensor([0.0, 1.0])), torch.nn.Parameter(torch.tensor([0.5]))
+
+        def forward(self, x):
+            return (self.p[0] + self.p[1] * x) / (1 + (self.q * x).abs())
+
+    class KANish(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act, self.fc = MyRational(), torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.fc(self.act(x))
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), MyDyT(8), KANish(), torch.nn.Linear(8, 3))
+    out = collect(model, torch.randn(32, 4) * 5)
+    assert list(out["norm_curves"]) == ["1"] and out["norm_curves"]["1"]["kind"] == "DyT (alpha 0.7)"
+    rec = out["kat"]["2"]
+    assert rec["fit_range"] == (-3.0, 3.0) and -1 <= rec["in_min"] < rec["in_max"] <= 1 and rec["var_ratio"] > 0

@@ -17,8 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..model.kat import GroupRational, KANLinear
-from ..model.layers import DyT
+from ..model.layers import dyt_like
 from ..model.mambaout import GatedCNNBlock
 from .hooks import HookHandles
 
@@ -33,9 +32,20 @@ def _sample(t: torch.Tensor, n: int = MAX_POINTS, seed: int = 0) -> torch.Tensor
     return t.cpu()[torch.randperm(t.numel(), generator=g)[:n]]
 
 
+def rational_like(m: nn.Module) -> bool:
+    """KAT-like: a module whose class name contains "Rational" and that has parameters (ours, or a
+    user's rational written from the paper)."""
+    return "rational" in type(m).__name__.lower() and any(True for _ in m.parameters(recurse=False))
+
+
 @torch.no_grad()
 def collect(model: nn.Module, x: torch.Tensor) -> dict:
-    norms = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.LayerNorm, DyT))]
+    """The paper-figure probes on one batch ``x``. Duck-typed, so a user's own layers count: DyT-like is
+    any module with a tensor ``alpha`` (``layers.dyt_like``; its curve is tanh(alpha x) unless it says
+    ``squash`` otherwise), KAT-like any ``rational_like`` module (its input range against the [-3, 3] fit
+    range) and its parent (the output/input variance ratio of that GR-KAN layer), MambaOut-like our
+    ``GatedCNNBlock``."""
+    norms = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.LayerNorm) or dyt_like(m)]
     chosen = {n for n, _ in (norms[:1] + norms[len(norms) // 2:len(norms) // 2 + 1] + norms[-1:])} if norms else set()
     out: dict = {"norm_curves": {}, "kat": {}, "mambaout_gates": {}}
     handles = HookHandles()
@@ -44,9 +54,12 @@ def collect(model: nn.Module, x: torch.Tensor) -> dict:
     def norm_hook(name):
         def hook(m, inputs, output):
             xi = inputs[0].float()
-            if isinstance(m, DyT):
-                y = torch.tanh(m.alpha.float() * xi) if m.squash == "tanh" else (output.float() - m.bias) / m.weight
-                kind = f"DyT (alpha {m.alpha.item():.3g})"
+            if dyt_like(m):
+                if getattr(m, "squash", "tanh") == "tanh":
+                    y = torch.tanh(m.alpha.float() * xi)
+                else:
+                    y = (output.float() - m.bias) / m.weight
+                kind = f"DyT (alpha {m.alpha.float().mean().item():.3g})"
             else:
                 y = F.layer_norm(xi, m.normalized_shape, eps=m.eps)
                 kind = "LayerNorm"
@@ -57,11 +70,11 @@ def collect(model: nn.Module, x: torch.Tensor) -> dict:
     def kat_hook(name):
         def hook(m, inputs, output):
             xi = inputs[0].float()
-            rec = out["kat"].setdefault(name.rsplit(".rational", 1)[0], {})
-            if isinstance(m, GroupRational):
+            rec = out["kat"].setdefault(name.rsplit(".", 1)[0] if rational_like(m) and "." in name else name, {})
+            if rational_like(m):
                 q = torch.quantile(_sample(xi, 20000), torch.tensor([0.001, 0.999]))
                 rec.update(in_min=xi.min().item(), in_max=xi.max().item(), in_p001=q[0].item(), in_p999=q[1].item(),
-                           fit_range=(-3.0, 3.0), init=m.init)
+                           fit_range=(-3.0, 3.0), init=getattr(m, "init", "?"))
             else:
                 rec["var_ratio"] = (output.float().var() / xi.var().clamp(min=1e-12)).item()
         return hook
@@ -74,7 +87,7 @@ def collect(model: nn.Module, x: torch.Tensor) -> dict:
     for name, m in model.named_modules():
         if name in chosen:
             handles.add(m.register_forward_hook(norm_hook(name)))
-        if isinstance(m, (GroupRational, KANLinear)):
+        if rational_like(m) or any(rational_like(c) for c in m.children()):
             handles.add(m.register_forward_hook(kat_hook(name)))
         if isinstance(m, GatedCNNBlock):
             stage = ".".join(name.split(".")[:2])

@@ -194,3 +194,24 @@ def test_watch_under_ddp_two_processes(tmp_path):
     assert [s["step"] for s in stats] == [1, 2, 4]  # rank 0 alone writes, statistics reduced over ranks
     env = json.loads((tmp_path / "run" / "environment.json").read_text())
     assert env["world_size"] == 2
+
+
+def test_an_exception_inside_the_block_leaves_valid_files_and_no_hooks(tmp_path):
+    mod = _load(tmp_path)
+    model = mod.Net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with pytest.raises(RuntimeError, match="user bug"):
+        with reproscope.watch(model, opt, run_dir=tmp_path / "run") as w:
+            for i in range(3):
+                x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+                F.cross_entropy(model(x), y).backward()
+                w.step(F.cross_entropy(model(x), y).detach(), targets=y)
+                opt.step()
+                opt.zero_grad()
+                if i == 2:
+                    raise RuntimeError("user bug")
+    for f in ("metrics.jsonl", "stats.jsonl"):
+        lines = (tmp_path / "run" / f).read_text().splitlines()
+        assert lines and all(json.loads(line) for line in lines)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["batch_size"] == 8
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

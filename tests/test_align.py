@@ -244,6 +244,7 @@ def test_align_cli_exit_status_and_bad_spec(tmp_path, capsys):
     assert '"module": "layers.0.ln_a"' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ours, ref, size", [("vit_tiny", "timm:vit_tiny_patch16_224", 224),
                                              ("convnext_tiny", "timm:convnext_tiny", 64),
                                              ("mambaout_femto", "timm:mambaout_femto", 64)])
@@ -251,3 +252,14 @@ def test_our_models_align_with_timm(ours, ref, size):
     torch.set_num_threads(2)
     r = align(ours, ref, img_size=size, num_classes=10)
     assert r.agree and not r.init, (r.forward, r.backward, r.init)
+
+
+@pytest.mark.slow
+def test_torchvision_and_timm_twins_align_and_init_differences_are_named():
+    """Inputs this was not written for: torchvision's ConvNeXt-T (layer scale [C, 1, 1], other names) against
+    timm's ([C]), and torchvision's ResNet-18 against timm's, whose last BatchNorm of each residual
+    branch starts at 0 (timm's zero_init_last) where torchvision's starts at 1."""
+    r = align("torchvision.models:convnext_tiny", "timm:convnext_tiny", img_size=64, num_classes=10)
+    assert r.agree and not r.init
+    r = align("torchvision.models:resnet18", "timm:resnet18", img_size=64, num_classes=10)
+    assert r.agree and r.init[0].startswith("layer1.0.bn2.weight mean 1 std 0 vs REF layer1.0.bn2.weight mean 0")

@@ -185,14 +185,19 @@ def _units(model: nn.Module, used: dict[str, int]) -> list[tuple[str, list[tuple
     return sorted(out, key=lambda u: min(used.get(f, never) for f, _, _ in u[1]))
 
 
+def _sq(t: torch.Tensor) -> tuple:
+    """A tensor's shape without its size-1 dims: a layer scale [C, 1, 1] and [C] are one shape here."""
+    return tuple(n for n in t.shape if n != 1)
+
+
 def _pair_within(mu, ru, mapping: dict) -> bool:
-    """Pair the tensors of one MINE and one REF module with the same multiset of shapes: by shape, then by
-    name similarity among tensors of one shape. False when the shapes differ."""
-    if sorted(tuple(t.shape) for _, _, t in mu) != sorted(tuple(t.shape) for _, _, t in ru):
+    """Pair the tensors of one MINE and one REF module with the same multiset of shapes (size-1 dims
+    ignored): by shape, then by name similarity among tensors of one shape. False when they differ."""
+    if sorted(_sq(t) for _, _, t in mu) != sorted(_sq(t) for _, _, t in ru):
         return False
     left = list(ru)
     for full, local, t in mu:
-        cands = [r for r in left if tuple(r[2].shape) == tuple(t.shape)]
+        cands = [r for r in left if _sq(r[2]) == _sq(t)]
         best = max(cands, key=lambda r: (difflib.SequenceMatcher(None, local, r[1]).ratio(), -cands.index(r)))
         mapping[full] = best[0]
         left.remove(best)
@@ -251,10 +256,10 @@ def match_tensors(mine_units, ref_units):
     rest_r: dict[tuple, list[str]] = {}  # what was set aside: by shape, in order
     for _, ts in left_r:
         for full, _, t in ts:
-            rest_r.setdefault(tuple(t.shape), []).append(full)
+            rest_r.setdefault(_sq(t), []).append(full)
     for _, ts in left_m:
         for full, _, t in ts:
-            cands = rest_r.get(tuple(t.shape))
+            cands = rest_r.get(_sq(t))
             if cands:
                 mapping[full] = cands.pop(0)
     used = {x for v in _refs_of(mapping).values() for x in v}
@@ -266,7 +271,7 @@ def match_tensors(mine_units, ref_units):
 def _resync(mu, ru, i, j) -> tuple[int, int]:
     """(a, b): skip a MINE and b REF modules (a + b smallest, >= 1) after which shapes match again."""
     def sig(u):
-        return sorted(tuple(t.shape) for _, _, t in u[1])
+        return sorted(_sq(t) for _, _, t in u[1])
     for total in range(1, 7):
         for a in range(0, min(total, 3) + 1):
             b = total - a
@@ -287,7 +292,7 @@ def init_differences(mine: nn.Module, ref: nn.Module, mapping: dict, limit: int 
     for m, r in mapping.items():
         if not isinstance(r, str) or not mt[m].is_floating_point():
             continue
-        a, b = mt[m].detach().double(), rt[r].detach().double()
+        a, b = mt[m].detach().double().flatten(), rt[r].detach().double().flatten()
         ma, mb = a.mean().item(), b.mean().item()
         sa = a.std().item() if a.numel() > 1 else 0.0
         sb = b.std().item() if b.numel() > 1 else 0.0
@@ -322,9 +327,9 @@ def copy_weights(mine: nn.Module, ref: nn.Module, mapping: dict) -> None:
                 src = rt[r[0]].chunk(r[2], dim=0)[r[1]]
             else:
                 src = torch.cat([rt[x] for x in r], dim=0)
-            if src.shape != mt[m].shape:
+            if src.numel() != mt[m].numel() or _sq(src) != _sq(mt[m]):
                 raise ConfigError(f"--map: {m} {tuple(mt[m].shape)} cannot take {r} {tuple(src.shape)}")
-            mt[m].copy_(src)
+            mt[m].copy_(src.reshape(mt[m].shape))
 
 
 # ----------------------------------------------------------------------------- forward / backward
@@ -485,7 +490,7 @@ def first_backward_divergence(mine, ref, mapping, order: dict[str, int], x, y, a
             g_ref = torch.cat([gr[x] for x in r], 0) if all(x in gr for x in r) else None
         if g_ref is None:
             continue
-        ok, d, rel = _close(gm[n], g_ref, atol, rtol)
+        ok, d, rel = _close(gm[n], g_ref.reshape(gm[n].shape), atol, rtol)
         if not ok:
             return Divergence("gradient", n, str(r), d, rel, (tuple(gm[n].shape),))
     return None

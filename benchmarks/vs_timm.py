@@ -96,7 +96,11 @@ class OurStep:
             "data.batch_size": batch, "data.num_classes": num_classes, "optim.lr": lr,
             "precision.device": device.type, "precision.amp": "auto", "precision.compile": compile_,
             "instrument.enabled": False, "run.progress": False, "reg.label_smoothing": 0.1})
-        tiny = ArrayDataset(torch.zeros(batch, 3, img, img, dtype=torch.uint8), torch.zeros(batch, dtype=torch.long),
+        # a placeholder the Trainer is built on (the timed steps get their own batches); not constant, so
+        # its channel std is not 0
+        tiny = ArrayDataset(torch.randint(0, 256, (batch, 3, img, img), dtype=torch.uint8,
+                                          generator=torch.Generator().manual_seed(0)),
+                            torch.zeros(batch, dtype=torch.long),
                             tuple(str(i) for i in range(num_classes)), "synthetic")
         self._tmp = tempfile.TemporaryDirectory()
         self.tr = Trainer(r, self._tmp.name, tensorboard=False, datasets=(tiny, tiny), callbacks=standard_callbacks(r))

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..instrument.tripwire import format_report, locate_nonfinite
-from ..runtime import rng_state, set_rng_state
+from ..runtime import rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -270,6 +270,7 @@ def run_checks(make_model, data: CheckData, names: list[str] | None = None, prog
         if report is not None and name not in MODEL_FREE and not (report.phase == "backward" and name in FORWARD_ONLY):
             out.append(_not_measured(name, report))
             continue
+        seed_everything(0)  # every check starts from the same random state, whatever ran before it
         try:
             out.append(CHECKS[name](make_model, data))
         except Exception as e:  # a check that crashes is itself a finding

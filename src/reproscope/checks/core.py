@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..instrument.tripwire import format_report, locate_nonfinite
-from ..runtime import rng_state, seed_everything, set_rng_state
+from ..runtime import seed_everything
 
 
 @dataclass
@@ -229,18 +229,14 @@ FORWARD_ONLY = ("loss-at-init", "init-scale")  # still measurable when only the 
 def nonfinite_at_init(make_model, data: CheckData, n: int = 16):
     """The tripwire's report (``NonFiniteReport``) when a fresh model's forward or backward on ``n``
     check images is non-finite, else None."""
-    saved = rng_state()  # the checks that follow see the same random streams as without this probe
-    try:
-        model = fresh(make_model).train()
-        x, y = data.x[:n], data.y[:n]
-        out = model(x)
-        F.cross_entropy(out.float(), y).backward()
-        grads_ok = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
-        if bool(torch.isfinite(out).all()) and grads_ok:
-            return None
-        return locate_nonfinite(fresh(make_model).train(), [(x, y)], F.cross_entropy, step=0)
-    finally:
-        set_rng_state(saved)
+    model = fresh(make_model).train()
+    x, y = data.x[:n], data.y[:n]
+    out = model(x)
+    F.cross_entropy(out.float(), y).backward()
+    grads_ok = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+    if bool(torch.isfinite(out).all()) and grads_ok:
+        return None
+    return locate_nonfinite(fresh(make_model).train(), [(x, y)], F.cross_entropy, step=0)
 
 
 def _not_measured(name: str, report) -> CheckResult:

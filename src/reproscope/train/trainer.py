@@ -38,7 +38,7 @@ from ..runtime import (autocast, distributed, is_conv_model, resolve_amp, resolv
 from ..recipes import deviation_log
 from .augment import BatchTransform, soft_cross_entropy
 from .callbacks import EVENTS, Callback
-from .checkpoint import atomic_save, load_checkpoint, read_manifest, save_weights, write_manifest
+from .checkpoint import atomic_save, load_checkpoint, read_manifest, saved_recipe, save_weights, write_manifest
 from .data import ArrayDataset, BatchLoader, build_datasets, channel_stats, check_labels
 from .ema import ModelEma
 from .guard import DivergenceWatch, StepDecision, StepGuard
@@ -264,11 +264,11 @@ class Trainer:
             self._watch_divergence(loss_v, gn_v, decision.step)
         return {"loss": loss_mean, "grad_norm": grad_norm.detach(), "lr": torch.tensor(lr)}
 
-    def _largest_grads(self, k: int = 3) -> list[tuple[str, float]]:
-        """The k largest per-parameter gradient norms, computed in float64 (they may overflow float32)."""
+    def _grad_norms_fp64(self) -> list[tuple[str, float]]:
+        """Every parameter's gradient norm in float64 (they may overflow float32), largest first."""
         norms = [(n, torch.linalg.vector_norm(p.grad.double()).item()) for n, p in self.named_params
                  if p.grad is not None]
-        return sorted(norms, key=lambda t: -t[1])[:k]
+        return sorted(norms, key=lambda t: -t[1])
 
     def _watch_divergence(self, loss: float, grad_norm: float, step: int) -> None:
         ev = self.divergence.check(loss, grad_norm, step)
@@ -284,9 +284,8 @@ class Trainer:
             self.log.log("event", d.step, type="scaler_skip", scale=float(self.scaler.get_scale()),
                          in_a_row=self.guard.scaler_overflows)
         elif d.code == "divergence":
-            top = self._largest_grads()
-            norm64 = math.sqrt(sum(torch.linalg.vector_norm(p.grad.double()).item() ** 2
-                                   for p in self.params if p.grad is not None))
+            norms = self._grad_norms_fp64()  # one pass gives the total and the largest
+            norm64, top = math.sqrt(sum(v ** 2 for _, v in norms)), norms[:3]
             d = dataclasses.replace(d, findings={"grad_norm_fp64": norm64, "largest_grads": top})
             self.log.log("event", d.step, type="divergence", reason="grad norm overflow", loss=d.loss,
                          grad_norm_fp64=norm64, largest_grads=[[n, v] for n, v in top])
@@ -514,8 +513,8 @@ class Trainer:
         """Compare the checkpoint's recipe with this one: changed keys are recorded, and a schedule that
         jumps at the resumed step is warned about (the lr of the step under both schedules)."""
         try:
-            saved = json.loads(ckpt["recipe_json"]) if isinstance(ckpt.get("recipe_json"), str) else None
-        except json.JSONDecodeError:
+            saved = saved_recipe(ckpt)
+        except (KeyError, json.JSONDecodeError):
             saved = None
         if not saved:
             return

@@ -257,6 +257,8 @@ def test_input_independent_calls_a_slow_learner_a_slow_start_not_a_data_fault():
     assert r.details["real"][1] > r.details["zeroed"][1]
     r = input_independent(linear, _weak_signal(0.0), max_steps=100)  # no signal at all: still a FAIL
     assert r.status == "fail" and "slow-start" not in r.codes
+    assert r.details["steps"] == 100  # and no second look: real inputs do not lower the held-out loss
+    assert r.details["z_scores"][0] < 2  # accuracy against chance, not against the blank inputs' one class
 
 
 def test_plan_and_profile_take_your_model(tmp_path, capsys):

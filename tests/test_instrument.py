@@ -321,14 +321,16 @@ def test_a_grad_norm_that_overflows_with_finite_gradients_is_divergence(tiny_rec
     assert ev and ev[0]["largest_grads"][0][0] == "head.weight"
 
 
-def test_divergence_without_nan_is_an_event_and_said_at_the_end(tiny_recipe, tmp_path, capsys):
-    """From step 15 on the logits are scaled up 1000x: the loss climbs far above ln K, all finite."""
+@pytest.mark.parametrize("at", [2, 15])
+def test_divergence_without_nan_is_an_event_and_said_at_the_end(at, tiny_recipe, tmp_path, capsys):
+    """From step ``at`` on the logits are scaled up 1000x: the loss climbs far above ln K, all finite.
+    Step 2 is the earliest a blow-up can show (step 1 is the start it is measured against)."""
     from reproscope.train.trainer import Trainer
 
     class Blowup:
         def __init__(self, model):
             self.now = 0
-            model.head.register_forward_hook(lambda m, i, o: o * 1000 if self.now >= 15 else None)
+            model.head.register_forward_hook(lambda m, i, o: o * 1000 if self.now >= at else None)
 
         def on_step_start(self, trainer, step):
             self.now = step
@@ -339,9 +341,28 @@ def test_divergence_without_nan_is_an_event_and_said_at_the_end(tiny_recipe, tmp
     trainer.fit()
     assert trainer.tripped is None and trainer.step == trainer.total_steps
     ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "divergence"]
-    assert len(ev) == 1 and ev[0]["step"] == 15 and ev[0]["loss"] > 4 * math.log(10)
+    assert len(ev) == 1 and ev[0]["step"] == at and ev[0]["loss"] > 4 * math.log(10)
     out = capsys.readouterr().out
-    assert "DIVERGING at step 15" in out and "this run diverged at step 15" in out
+    assert f"DIVERGING at step {at}" in out and f"this run diverged at step {at}" in out
+
+
+def test_a_kat_run_diverging_at_step_2_shows_the_rational_range_then(tiny_recipe, tmp_path, capsys):
+    """Issue 16 item 5: KAT-T at lr 1.0 without warmup blows up within its first steps, all finite. The
+    divergence is flagged at once, the paper-figure probes taken then say how far the rationals' inputs
+    left their [-3, 3] fit range, the end of the run repeats it, and the report shows the figure."""
+    from reproscope.diagnostics.report import report
+    r = apply_overrides(tiny_recipe, {"model.name": "kat_tiny", "optim.lr": 1.0, "sched.warmup_epochs": 0,
+                                      "optim.grad_clip": 0.0, "run.progress": False})
+    train(r, run_dir=tmp_path / "run")
+    ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "divergence"]
+    assert len(ev) == 1 and ev[0]["step"] <= 3, ev
+    kat = ev[0]["findings"]["kat-range"]
+    assert kat["code"] == "kat-range" and kat["max_abs_input"] > 30 and kat["layers_outside"] >= 1
+    assert (tmp_path / "run" / "figures" / "kat_ranges_at_divergence.png").is_file()
+    out = capsys.readouterr().out
+    assert f"at step {ev[0]['step']}: rational activations see inputs of magnitude up to" in out
+    assert report([str(tmp_path / "run")], str(tmp_path / "report")) == 0
+    assert "kat_ranges_at_divergence.png" in (tmp_path / "report" / "report.md").read_text()
 
 
 class _Between(torch.nn.Module):

@@ -14,7 +14,7 @@ from ..plotting import pyplot, save_figure
 from ..train.checkpoint import load_file
 
 
-def plot_norm_curves(curves: dict, path: Path) -> Path | None:
+def plot_norm_curves(curves: dict, path: Path, when: str = "") -> Path | None:
     if not curves:
         return None
     plt = pyplot()
@@ -26,7 +26,7 @@ def plot_norm_curves(curves: dict, path: Path) -> Path | None:
         ax.axhline(0, color="grey", lw=0.5)
         ax.axvline(0, color="grey", lw=0.5)
     axes[0][0].set_ylabel("output (before affine)")
-    fig.suptitle("DyT Fig. 2/4: norm-layer input vs output on one batch", fontsize=10)
+    fig.suptitle(f"DyT Fig. 2/4: norm-layer input vs output on one batch{when}", fontsize=10)
     return save_figure(fig, path)
 
 
@@ -66,7 +66,7 @@ def plot_alpha(series: dict, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def plot_kat(kat: dict, path: Path) -> Path | None:
+def plot_kat(kat: dict, path: Path, when: str = "") -> Path | None:
     rows = {k: v for k, v in kat.items() if "in_min" in v}
     if not rows:
         return None
@@ -80,14 +80,20 @@ def plot_kat(kat: dict, path: Path) -> Path | None:
     a1.axhspan(-3, 3, color="tab:green", alpha=0.1, label="fit range [-3, 3]")
     a1.set_xticks(range(len(names)), [n.replace("blocks.", "b").replace(".mlp.", ".") for n in names],
                   rotation=90, fontsize=6)
+    if max(max(abs(r["in_min"]), abs(r["in_max"])) for r in rows.values()) > 30:
+        a1.set_yscale("symlog", linthresh=3)  # linear inside the fit range, decades outside it
     a1.set_title("rational input range (p0.1-p99.9 blue, min-max grey)", fontsize=9)
     a1.legend(fontsize=7)
     ratios = [kat[n].get("var_ratio", float("nan")) for n in names]
     a2.bar(range(len(names)), ratios)
     a2.axhline(1.0, color="k", lw=0.5)
+    if max((v for v in ratios if v == v), default=1.0) > 100:
+        a2.set_yscale("log")
     a2.set_xticks(range(len(names)), [n.replace("blocks.", "b").replace(".mlp.", ".") for n in names],
                   rotation=90, fontsize=6)
     a2.set_title("GR-KAN layer Var[out] / Var[in]", fontsize=9)
+    if when:
+        fig.suptitle(f"KAT{when}", fontsize=10)
     return save_figure(fig, path)
 
 
@@ -111,6 +117,11 @@ def plot_run(run_dir: str | Path, tb_writer=None, step: int = 0) -> list[Path]:
             plot_alpha(alpha_vs_inv_std(run_dir / "stats.jsonl"), fig_dir / "dyt_fig8_alpha.png"),
             plot_kat(probes.get("kat", {}), fig_dir / "kat_ranges.png"),
             plot_gates(probes.get("mambaout_gates", {}), fig_dir / "mambaout_gates.png")]
+    if (fig_dir / "probes_at_divergence.pt").is_file():  # the same probes at the step the run was flagged
+        at = load_file(fig_dir / "probes_at_divergence.pt", what="probe dump")
+        when = " - at the step the run was flagged as diverging"
+        made += [plot_norm_curves(at.get("norm_curves", {}), fig_dir / "dyt_fig2_norm_curves_at_divergence.png", when),
+                 plot_kat(at.get("kat", {}), fig_dir / "kat_ranges_at_divergence.png", when)]
     made = [p for p in made if p is not None]
     if tb_writer is not None:
         import numpy as np

@@ -156,13 +156,24 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
         first_ev = next((e for e in r.events if e.get("type") == "nonfinite"), None)
         div = next((e for e in r.events if e.get("type") == "divergence"), None)
         notes = ([f"first non-finite at step {first_ev['step']} in {first_ev.get('module') or '?'}"] if first_ev else []) \
-            + ([f"diverging from step {div['step']}: {div.get('reason', '')}"] if div else [])
+            + ([f"diverging from step {div['step']}: {div.get('reason', '')}"] if div else []) \
+            + [f.get("sentence", "") for f in ((div or {}).get("findings") or {}).values()]
         ev_rows.append([r.name, str(kinds.get("nonfinite", 0)), str(kinds.get("divergence", 0)),
                         str(kinds.get("loss_spike", 0)), str(kinds.get("scaler_skip", 0)),
                         str(kinds.get("rollback", 0)), "; ".join(notes)])
     blocks.append(("table", ["run", "non-finite", "divergence", "loss spikes", "fp16 skips", "rollbacks", "note"],
                    ev_rows))
     blocks.append(("img", gn, "Global gradient norm (before clipping), mean over seeds."))
+    diverged = [r for r in runs if any(e.get("type") == "divergence" for e in r.events)]
+    for r in diverged[:2]:  # the paper-figure probes taken when the run was flagged: what blew up
+        step = next(e["step"] for e in r.events if e.get("type") == "divergence")
+        for fig in ("kat_ranges_at_divergence.png", "dyt_fig2_norm_curves_at_divergence.png"):
+            src = r.path / "figures" / fig
+            if src.exists():
+                dst = out / f"{_slug(r.name)}-{fig}"
+                shutil.copyfile(src, dst)
+                blocks.append(("img", dst, f"{r.name}: {_FIG_CAPTIONS[fig]}, at step {step}, when the run was "
+                                            f"flagged as diverging"))
     probe_groups = ([g for g in groups if claim and (_matches(g, claim.method) or _matches(g, claim.baseline))]
                     or groups)[:2]  # the method and its baseline: keeps the PDF within its page limit
     for g in probe_groups:
@@ -207,7 +218,10 @@ def _commits(runs: list[RunRecord]) -> str:
 
 
 _FIG_CAPTIONS = {"dyt_fig8_alpha.png": "DyT alpha against 1/std of each DyT layer's input over training (DyT Fig. 8)",
-                 "dyt_fig2_norm_curves.png": "norm-layer input vs output at the end of training (DyT Fig. 2/4)"}
+                 "dyt_fig2_norm_curves.png": "norm-layer input vs output at the end of training (DyT Fig. 2/4)",
+                 "dyt_fig2_norm_curves_at_divergence.png": "norm-layer input vs output (DyT Fig. 2/4)",
+                 "kat_ranges_at_divergence.png": "rational input range against the [-3, 3] fit range, and GR-KAN "
+                                                 "Var[out]/Var[in] (KAT)"}
 
 
 def _slug(s: str) -> str:

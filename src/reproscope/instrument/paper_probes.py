@@ -99,3 +99,35 @@ def collect(model: nn.Module, x: torch.Tensor) -> dict:
     model.train(was)
     out["mambaout_gates"] = {k: torch.stack(v).mean().item() for k, v in gates.items()}
     return out
+
+
+SATURATED = 0.99  # |tanh(alpha x)| above this: the DyT output no longer follows its input (our threshold)
+
+
+def probe_findings(data: dict) -> dict:
+    """What ``collect``'s output measures that can explain a diverging run, as
+    ``{name: {"code", "sentence", <numbers>}}`` (empty when the model has no such layers):
+
+    - ``kat-range``: the largest |input| any rational sees, against the [-3, 3] fit range (KAT
+      Sec. 4: outside it the rational is an unfitted ratio of polynomials), and how many rational
+      layers have their p0.1-p99.9 range outside it;
+    - ``dyt-saturation``: the share of DyT outputs |tanh(alpha x)| > ``SATURATED`` in the probed DyT
+      layers (DyT Sec. 3 / Fig. 2: only a few extreme values should land in the flat part).
+    """
+    out: dict = {}
+    kat = [v for v in data.get("kat", {}).values() if "in_min" in v]
+    if kat:
+        peak = max(max(abs(v["in_min"]), abs(v["in_max"])) for v in kat)
+        outside = sum(1 for v in kat if v["in_p001"] < -3 or v["in_p999"] > 3)
+        out["kat-range"] = {"code": "kat-range", "max_abs_input": peak, "layers_outside": outside, "layers": len(kat),
+                            "sentence": f"rational activations see inputs of magnitude up to {peak:.3g} against their [-3, 3] "
+                                        f"fit range ({outside}/{len(kat)} layers have p0.1-p99.9 outside it)"}
+    dyt = {n: c for n, c in data.get("norm_curves", {}).items() if str(c.get("kind", "")).startswith("DyT")}
+    if dyt:
+        share = {n: (c["y"].abs() > SATURATED).float().mean().item() for n, c in dyt.items()}
+        worst = max(share, key=share.get)
+        out["dyt-saturation"] = {"code": "dyt-saturation", "saturated": share,
+                                 "sentence": f"DyT outputs saturated (|tanh(alpha x)| > {SATURATED}): "
+                                             + ", ".join(f"{n} {v:.0%}" for n, v in share.items())
+                                             + f" (worst {worst})"}
+    return out

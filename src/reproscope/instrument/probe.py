@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import torch
 
 from ..config import InstrumentConfig
-from ..runtime import distributed
+from ..runtime import distributed, rng_state, set_rng_state
 from ..train.callbacks import Callback
 from ..train.guard import SpikeDetector
 from .hooks import ActivationStats, parameter_norms
-from .paper_probes import collect
+from .paper_probes import collect, probe_findings
 
 __all__ = ["Instrument", "SpikeDetector", "probe_schedule"]
 
@@ -100,13 +101,36 @@ class Instrument(Callback):
         if trainer.dist.is_main:
             self._write(trainer, layers, params)
 
+    def on_divergence(self, trainer, flagged: dict, findings: dict) -> None:
+        """The paper-figure probes at the step the run was flagged, on the first 64 validation images:
+        see ``probe_now``."""
+        if self.cfg.probes and trainer.dist.is_main:
+            findings.update(self.probe_now(trainer.orig_model, self._val_batch(trainer), trainer.run_dir,
+                                           "probes_at_divergence.pt"))
+
     def on_train_end(self, trainer) -> None:
         self.close()
         if self.cfg.probes and trainer.dist.is_main:
+            self.probe_now(trainer.orig_model, self._val_batch(trainer), trainer.run_dir, "probes.pt")
+
+    @staticmethod
+    def _val_batch(trainer) -> torch.Tensor:
+        saved = rng_state()  # a mid-run read leaves the run's random streams as they were
+        try:
             x, _ = next(iter(trainer.val_loader.epoch(0)))
-            data = collect(trainer.orig_model, x[:64])
-            (trainer.run_dir / "figures").mkdir(exist_ok=True)
-            torch.save(data, trainer.run_dir / "figures" / "probes.pt")
+        finally:
+            set_rng_state(saved)
+        return x[:64]
+
+    @staticmethod
+    def probe_now(model, x: torch.Tensor, run_dir, name: str) -> dict:
+        """Collect the paper-figure probes of ``model`` on ``x`` ([B, C, H, W]), save them as
+        ``run_dir/figures/<name>`` (``reproscope.diagnostics.figures.plot_run`` draws them) and return
+        what they measure (``paper_probes.probe_findings``)."""
+        data = collect(model, x)
+        (Path(run_dir) / "figures").mkdir(exist_ok=True)
+        torch.save(data, Path(run_dir) / "figures" / name)
+        return probe_findings(data)
 
     def close(self) -> None:
         """Remove the hooks and close ``stats.jsonl`` (idempotent; ``train_start`` registers them again)."""

@@ -178,8 +178,15 @@ class Watch:
             self.divergence = DivergenceWatch(self.num_classes or 2)
         ev = self.divergence.check(loss, grad_norm, self.step_count + 1)
         if ev is not None and ev["step"] == self.step_count + 1:
+            findings = {}
+            if self.cfg.probes and self.dist.is_main and self.last_input is not None:  # the paper-figure probes now
+                findings = self.instrument.probe_now(self.orig_model, self.last_input[:64].detach(), self.run_dir,
+                                                     "probes_at_divergence.pt")
+            ev["findings"] = findings
             self.log.log("event", ev["step"], type="divergence", **{k: v for k, v in ev.items() if k != "step"})
             print(f"DIVERGING at step {ev['step']}: {ev['reason']} (still finite)", flush=True)
+            for f in findings.values():
+                print(f"  {f['sentence']}", flush=True)
 
     def evaluate(self, **metrics: float) -> None:
         """Log evaluation metrics (e.g. ``top1=``, ``top5=``, ``loss=``) at the current step; one call per

@@ -39,6 +39,12 @@ class Callback:
         """A loss spike (``decision.spike`` holds loss, median, MAD, score); ``decision.action`` says
         whether the step is taken or skipped."""
 
+    def on_divergence(self, trainer, flagged: dict, findings: dict) -> None:
+        """A finite run was flagged as diverging (``guard.DivergenceWatch``; ``flagged`` holds step, reason,
+        loss, grad_norm and their starts), once per run, after the step. Add what explains it to
+        ``findings`` as ``{name: {"code": ..., "sentence": ..., <numbers>}}`` (e.g. what the paper-figure
+        probes see now): the trainer logs it with the event and repeats each sentence at the end."""
+
     def on_step_end(self, trainer, loss, grad_norm, lr) -> None:
         """Every step that was taken or skipped: on-device scalar tensors (reading them syncs)."""
 

@@ -138,17 +138,21 @@ class StepGuard:
 
 
 class DivergenceWatch:
-    """A finite run that is diverging, flagged once (our thresholds, no paper gives them):
+    """A finite run that is diverging, flagged once, from the second step on (our thresholds, no paper
+    gives them):
 
     - the loss has risen above ``loss_factor`` x its start and above ``loss_factor`` x ln K (the loss
-      of uniform predictions), where the start is the median of the first ``warm`` finite losses;
-    - or the grad norm has grown ``grad_factor`` x (four decades) above the median of the first ``warm``.
+      of uniform predictions);
+    - or the grad norm has grown ``grad_factor`` x (four decades) above its start.
+
+    The start is the first finite step: a run can blow up within its first few steps (lr 1.0 without
+    warmup does by step 2), so a median over a warm-up window would already hold the diverged values.
     """
 
-    def __init__(self, num_classes: int, warm: int = 10, loss_factor: float = 4.0, grad_factor: float = 1e4):
+    def __init__(self, num_classes: int, loss_factor: float = 4.0, grad_factor: float = 1e4):
         self.ln_k = math.log(max(num_classes, 2))
-        self.warm, self.loss_factor, self.grad_factor = warm, loss_factor, grad_factor
-        self.losses: list[float] = []
+        self.loss_factor, self.grad_factor = loss_factor, grad_factor
+        self.losses: list[float] = []  # the start: the first finite (loss, grad norm)
         self.norms: list[float] = []
         self.flagged: dict | None = None
 
@@ -156,11 +160,11 @@ class DivergenceWatch:
         """The event (step, reason, loss, grad_norm, references) the first time the run diverges, else None."""
         if self.flagged is not None or not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return None
-        if len(self.losses) < self.warm:
+        if not self.losses:
             self.losses.append(loss)
             self.norms.append(grad_norm)
             return None
-        l0, g0 = statistics.median(self.losses), statistics.median(self.norms)
+        l0, g0 = self.losses[0], self.norms[0]
         reason = ""
         if loss > self.loss_factor * max(l0, self.ln_k):
             reason = (f"the loss {loss:.4g} is {loss / l0:.3g}x its start ({l0:.3g}) and {loss / self.ln_k:.3g}x "

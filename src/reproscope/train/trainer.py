@@ -273,9 +273,14 @@ class Trainer:
     def _watch_divergence(self, loss: float, grad_norm: float, step: int) -> None:
         ev = self.divergence.check(loss, grad_norm, step)
         if ev is not None and ev["step"] == step:  # the first time only
+            findings: dict = {}
+            self.fire("divergence", flagged=dict(ev), findings=findings)
+            ev["findings"] = findings
             self.log.log("event", step, type="divergence", **{k: v for k, v in ev.items() if k != "step"})
             print(f"DIVERGING at step {step}: {ev['reason']} (still finite; lower optim.lr, add warmup or "
                   f"optim.grad_clip)", flush=True)
+            for f in findings.values():
+                print(f"  {f.get('sentence', f)}", flush=True)
 
     def _announce(self, d: StepDecision, micro_batches, rng_before) -> StepDecision:
         """Fire the decision's event and log it; returns it with the listeners' findings."""
@@ -390,6 +395,8 @@ class Trainer:
             ev = self.divergence.flagged
             print(f"this run diverged at step {ev['step']}: {ev['reason']}; see the divergence event in "
                   f"{self.run_dir / 'metrics.jsonl'}", flush=True)
+            for f in (ev.get("findings") or {}).values():
+                print(f"  at step {ev['step']}: {f.get('sentence', f)}", flush=True)
         if self.scaler_skips and self.dist.is_main:
             print(f"fp16: the GradScaler skipped {self.scaler_skips} overflowing steps (scale now "
                   f"{self.scaler.get_scale():g})", flush=True)

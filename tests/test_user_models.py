@@ -306,3 +306,73 @@ def test_zoo_plants_the_bugs_in_your_model(tmp_path, capsys):
     assert rows["`zero-grad-forgotten`"][3] == "yes" and "`grad-leak`" in rows["`zero-grad-forgotten`"][5]
     assert rows["`residual-dropped`"][3] == "not plantable in your model"
     assert rc == 0  # every bug that could be planted was caught (not plantable is no failure)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c: int, skip: bool = True):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.skip = skip
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(x + y if self.skip else y)
+
+
+class _UnnamedBlocksNet(nn.Module):
+    """A student's CNN whose blocks sit in ``self.body``: no 'blocks.N' or 'stages.N' names."""
+
+    def __init__(self, skip: bool = True, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.body = nn.Sequential(*[_ResBlock(16, skip) for _ in range(4)])
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)).mean((2, 3)))
+
+
+def test_blocks_are_found_by_structure_whatever_their_names():
+    """Issue 16 item 15: torchvision's ``layer1.0`` / ``features.N`` and a student's ``body.N``."""
+    tv = pytest.importorskip("torchvision.models")
+    from reproscope.checks.core import block_modules
+    names = [n for n, _ in block_modules(tv.resnet18())]
+    assert names == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    assert [n for n, _ in block_modules(tv.mobilenet_v3_small())] == [f"features.{i}" for i in range(1, 12)]
+    eff = [n for n, _ in block_modules(tv.efficientnet_b0())]
+    assert len(eff) == 16 and eff[0] == "features.1.0" and eff[-1] == "features.7.0"
+    swin = [n for n, _ in block_modules(tv.swin_t())]  # its PatchMerging layers between stages are not blocks
+    assert len(swin) == 12 and "features.2" not in swin
+    assert [n for n, _ in block_modules(_UnnamedBlocksNet())] == [f"body.{i}" for i in range(4)]
+    assert block_modules(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))) == []
+
+
+def test_init_scale_measures_structurally_found_blocks():
+    from reproscope.checks.model import init_scale
+    data = CheckData(torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,)), num_classes=10)
+    ok = init_scale(lambda: _UnnamedBlocksNet(), data)
+    assert ok.status == "pass" and set(ok.details["skip_corr"]) == {f"body.{i}" for i in range(4)}
+    bad = init_scale(lambda: _UnnamedBlocksNet(skip=False), data)
+    assert bad.status == "fail" and "residual-dropped" in bad.codes
+
+    def big():
+        m = _UnnamedBlocksNet()
+        with torch.no_grad():
+            for p in m.body.parameters():
+                if p.ndim == 4:
+                    p.mul_(10)
+        return m
+    assert "init-std-too-large" in init_scale(big, data).codes
+    flat = init_scale(lambda: nn.Sequential(nn.Flatten(), nn.Linear(768, 10)), data)
+    assert flat.status == "warn" and flat.codes == ["no-blocks"]
+
+
+def test_he_fan_out_init_of_a_bottleneck_is_not_too_large():
+    """torchvision inits convs with He in fan_out mode: a squeeze layer (fan_in 96 -> 4 outputs) then has a
+    fan_in gain of sqrt(2 * 96 / 4) ~ 6.9 and a fan_out gain of sqrt(2): correct, by He et al. Sec. 2.2."""
+    from reproscope.checks.model import weight_gains
+    squeeze = nn.Conv2d(96, 4, 1)
+    nn.init.kaiming_normal_(squeeze.weight, mode="fan_out", nonlinearity="relu")
+    g_in, g_out = weight_gains(squeeze)[".weight"], weight_gains(squeeze, "out")[".weight"]
+    assert g_in > 5 and abs(g_out - 2 ** 0.5) < 0.3

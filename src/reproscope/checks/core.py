@@ -212,14 +212,53 @@ def fresh(make_model, seed: int = 0, dropout: bool = False) -> nn.Module:
     return m if dropout else no_dropout(m)
 
 
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
 def block_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The repeated residual blocks, in order: ``blocks.N`` (ViT-style) or ``stages.N.M`` / ``stages.N.blocks.M``."""
+    """The repeated residual blocks, in order. By name first: ``blocks.N`` (ViT-style) or
+    ``stages.N.M`` / ``stages.N.blocks.M``. Otherwise by structure (``structural_blocks``), so
+    torchvision's ``layer1.0`` and ``features.3`` are found too."""
     out = [(n, m) for n, m in model.named_modules()
            if len(n.split(".")) >= 2 and n.split(".")[-1].isdigit() and n.split(".")[-2] == "blocks"]
     if not out:
         out = [(n, m) for n, m in model.named_modules() if n.count(".") == 2 and n.startswith("stages.")
                and n.split(".")[-1].isdigit()]
-    return out
+    return out or structural_blocks(model)
+
+
+def structural_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Blocks found by structure, whatever their names: the outermost modules that (1) are children of
+    a ``Sequential`` / ``ModuleList`` / ``ModuleDict``, (2) have submodules of their own and are not
+    themselves such containers (a ``Sequential`` subclass such as torchvision's ``Conv2dNormActivation``
+    is a layer group, not a block), and (3) are of a class with at least two such instances in the
+    model and at least half as many as the most repeated class (so Swin's three ``PatchMerging`` layers
+    between stages are not blocks), the class that occurs most in its container. E.g. ResNet ``layer1.0``..``layer4.1`` (BasicBlock),
+    MobileNetV3 ``features.1``..``features.11`` (InvertedResidual), EfficientNet
+    ``features.1.0``..``features.7.0`` (MBConv)."""
+    def candidate(m: nn.Module) -> bool:
+        return not isinstance(m, _CONTAINERS) and any(True for _ in m.children())
+
+    counts: dict[type, int] = {}
+    for parent in model.modules():
+        if isinstance(parent, _CONTAINERS):
+            for c in parent.children():
+                if candidate(c):
+                    counts[type(c)] = counts.get(type(c), 0) + 1
+    top = max(counts.values(), default=0)
+    repeated = {t for t, k in counts.items() if k >= 2 and 2 * k >= top}  # not a downsampling layer between stages
+    chosen: dict[str, nn.Module] = {}
+    for name, parent in model.named_modules():
+        if not isinstance(parent, _CONTAINERS) or any(name.startswith(b + ".") or name == b for b in chosen):
+            continue
+        kids = [(f"{name}.{k}" if name else k, c) for k, c in parent.named_children()
+                if candidate(c) and type(c) in repeated]
+        if not kids:
+            continue
+        main = max({type(c) for _, c in kids}, key=lambda t: sum(1 for _, c in kids if type(c) is t))
+        chosen.update((n, c) for n, c in kids if type(c) is main)
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    return sorted(chosen.items(), key=lambda t: order[t[0]])
 
 
 MODEL_FREE = ("data",)  # checks that measure the data pipeline, not the model

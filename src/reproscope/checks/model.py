@@ -79,13 +79,17 @@ def _stage(name: str) -> str:
     return prefix[: -len(".blocks")] if prefix.endswith(".blocks") else prefix
 
 
-def weight_gains(model: nn.Module) -> dict[str, float]:
-    """std(W) * sqrt(fan_in) of every Linear / Conv weight: 1 for LeCun init, sqrt(2) for He init."""
+def weight_gains(model: nn.Module, fan: str = "in") -> dict[str, float]:
+    """std(W) * sqrt(fan) of every Linear / Conv weight, ``fan`` "in" (inputs per output unit) or
+    "out" (outputs per input unit, torch's convention: out_channels x kernel size, groups ignored):
+    1 for LeCun init, sqrt(2) for He init (He et al. 2015, Sec. 2.2: either fan preserves a variance,
+    fan_in the forward one, fan_out the backward one)."""
     out = {}
     for n, m in model.named_modules():
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and m.weight.numel() > 1:
             w = m.weight.detach().float()
-            out[f"{n}.weight"] = w.std().item() * math.sqrt(w[0].numel())
+            n_fan = w[0].numel() if fan == "in" else w.shape[0] * w[0, 0].numel()
+            out[f"{n}.weight"] = w.std().item() * math.sqrt(n_fan)
     return out
 
 
@@ -109,16 +113,27 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
     blocks = block_modules(model)
     if len(blocks) < 2:
         return CheckResult("init-scale", "warn", f"{len(blocks)} blocks found", ">= 2 blocks",
-                           "No repeated blocks were found to compare (looked for 'blocks.N' / 'stages.N' modules).")
+                           "Scale through depth is measured at the model's repeated blocks.",
+                           ["no repeated blocks found to compare (looked for 'blocks.N' / 'stages.N' modules, then "
+                            "for two or more modules of one class inside nn.Sequential / nn.ModuleList / "
+                            "nn.ModuleDict): keep your blocks in one of these containers to have them measured"],
+                           {}, ["no-blocks"])
     stds: dict[str, float] = {}
     corr: dict[str, float] = {}
     sat: dict[str, float] = {}
 
     def block_hook(mod, args, out, n):
+        x, out = _first_tensor(args), _first_tensor(out)
+        if out is None:
+            return
         stds[n] = out.float().std().item()
-        x = args[0]
-        if x.shape == out.shape:  # how much of the block's input comes straight through
+        if x is not None and x.shape == out.shape:  # how much of the block's input comes straight through
             corr[n] = _skip_corr(x, out)
+
+    def stage_hook(mod, args, st):
+        x = _first_tensor(args)
+        if x is not None:
+            inputs[st] = x.float().std().item()
 
     # stages (conv nets) change width and resolution between groups of blocks: compare each block with
     # the stream entering its own stage; a ViT has one stage
@@ -127,22 +142,30 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
     for n, m in blocks:
         firsts.setdefault(stage[n], (n, m))
     inputs: dict[str, float] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args, st=st: inputs.__setitem__(st, args[0].float().std().item()))
-             for st, (_, m) in firsts.items()]
+    hooks = [m.register_forward_pre_hook(lambda m, args, st=st: stage_hook(m, args, st)) for st, (_, m) in firsts.items()]
     hooks += [m.register_forward_hook(lambda m, i, o, n=n: block_hook(m, i, o, n)) for n, m in blocks]
     hooks += _saturation_hooks(model, sat)
     with torch.no_grad():
         model(data.x)
     for h in hooks:
         h.remove()
-    first_in = inputs[stage[blocks[0][0]]]
+    measured = [n for n, _ in blocks if n in stds and stage[n] in inputs]  # blocks that saw and gave tensors
+    if len(measured) < 2:
+        return CheckResult("init-scale", "warn", f"{len(measured)} of {len(blocks)} blocks took and gave tensors",
+                           ">= 2 blocks", "Scale through depth is measured at the model's repeated blocks.",
+                           [f"the blocks found ({blocks[0][0]}, ...) did not take and return tensors, so their "
+                            "scale could not be measured"], {}, ["no-blocks"])
+    first_in = inputs[stage[measured[0]]]
     vals = [first_in] + list(stds.values())
-    ratios = [stds[n] / max(inputs[stage[n]], 1e-12) for n, _ in blocks]
+    ratios = [stds[n] / max(inputs[stage[n]], 1e-12) for n in measured]
     lo, hi = min(ratios), max(ratios)
-    factor = 3 * math.sqrt(max(sum(1 for n, _ in blocks if stage[n] == st) for st in firsts))
+    factor = 3 * math.sqrt(max(sum(1 for n in measured if stage[n] == st) for st in firsts))
     stds = {"<input>": first_in, **stds}
-    gains = weight_gains(model)
-    big = {n: g for n, g in gains.items() if g > MAX_GAIN}
+    gains, gains_out = weight_gains(model), weight_gains(model, "out")
+    # too large by both fans: He init in fan_out mode (torchvision's convs) gives a bottleneck layer
+    # (fan_in >> fan_out, e.g. a squeeze-excitation reduction) a large fan_in gain, and is correct
+    gain = {n: min(g, gains_out[n]) for n, g in gains.items()}  # the better of the two fans
+    big = {n: gains[n] for n, g in gain.items() if g > MAX_GAIN}
     skip = statistics.median(corr.values()) if corr else 1.0
     saturated = {n: s for n, s in sat.items() if s > MAX_SATURATED}
     causes = Causes()
@@ -153,7 +176,8 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
         causes.add("activations-decay", f"activations decay through depth (x{lo:.3g}): init too small or a residual connection dropped")
     if big:
         n = max(big, key=big.get)
-        causes.add("init-std-too-large", f"{len(big)} weights start with gain std*sqrt(fan_in) > {MAX_GAIN:g} (e.g. {n}: {big[n]:.3g}; "
+        causes.add("init-std-too-large", f"{len(big)} weights start with gain std*sqrt(fan) > {MAX_GAIN:g} by fan_in and by fan_out "
+                      f"(e.g. {n}: {big[n]:.3g} by fan_in; "
                       f"He init is 1.41): weight init std too large")
     skip_zeroed = None
     if skip < MIN_SKIP_CORR:  # the arbiter: a block whose branch is silenced must return its input
@@ -168,7 +192,7 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
                       f"past |2|): DyT alpha0 (or the input scale) too large, gradients through them vanish")
     return CheckResult(
         "init-scale", "fail" if causes else "pass",
-        f"block std x{lo:.3g}..x{hi:.3g} of input std {vals[0]:.3g}; max gain {max(gains.values(), default=0):.3g}; "
+        f"block std x{lo:.3g}..x{hi:.3g} of input std {vals[0]:.3g}; max gain {max(gain.values(), default=0):.3g}; "
         f"skip corr {skip:.2f}; max saturation {max(sat.values(), default=0):.0%}",
         f"within x{factor:.3g}; gain <= {MAX_GAIN:g}; skip corr >= {MIN_SKIP_CORR}; saturation <= {MAX_SATURATED:.0%}",
         "At init the activation scale should stay within an order of magnitude through depth, weights should "
@@ -176,6 +200,16 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
         "layers (DyT, tanh) should work in their linear range.",
         causes.sentences, {"block_std": stds, "skip_corr": corr, "saturation": sat, "large_gains": big,
                            "skip_corr_branches_zeroed": skip_zeroed}, causes.codes)
+
+
+def _first_tensor(obj) -> torch.Tensor | None:
+    """``obj`` if it is a tensor, else the first tensor in a tuple/list (a hook's ``args``, or a block
+    that takes a list of feature maps, as DenseNet's layers do), else None."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (tuple, list)):
+        return next((t for t in (_first_tensor(o) for o in obj) if t is not None), None)
+    return None
 
 
 def _skip_corr(x: torch.Tensor, out: torch.Tensor) -> float:

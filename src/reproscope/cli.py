@@ -10,8 +10,9 @@ from .config import ConfigError, all_keys, apply_overrides
 from .recipes import DEFAULT_RECIPE, get_recipe, list_recipes
 
 
-def _add_recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"registered recipe (default: {DEFAULT_RECIPE})")
+def _add_recipe_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_RECIPE,
+                     default_help: str = f"default: {DEFAULT_RECIPE}") -> None:
+    p.add_argument("--recipe", default=default, help=f"registered recipe ({default_help})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set optim.lr=1e-3 (repeatable)")
 
@@ -110,6 +111,18 @@ def cmd_profile(args) -> int:
 
 
 def cmd_diagnose(args) -> int:
+    if args.check == "eval":
+        from .diagnostics.evaluate import diagnose_eval
+        if not args.checkpoint:
+            raise ConfigError("usage: reproscope diagnose eval --checkpoint PATH [--recipe NAME] [--model SPEC] "
+                              "[--data DIR]")
+        overrides = list(args.overrides)
+        if args.data:
+            overrides += ["data.dataset=imagefolder", f"data.root={args.data}"]
+        recipe = get_recipe(args.recipe) if args.recipe else None  # None: the recipe the checkpoint carries
+        return diagnose_eval(recipe, args.checkpoint, model_spec=args.model, overrides=overrides,
+                             trust_pickle=args.trust_pickle, as_json=args.json)
+    args.recipe = args.recipe or DEFAULT_RECIPE
     if args.check == "replay":
         from .diagnostics.replay import replay
         if not args.path:
@@ -216,11 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     dg = sub.add_parser("diagnose", help="run checks (`diagnose all`, `diagnose overfit-batch`, ...) or "
                                          "`diagnose replay PATH` to rerun a NaN reproducer")
-    dg.add_argument("check", help="a check name, all, or replay")
+    dg.add_argument("check", help="a check name, all, replay (a NaN reproducer) or eval (a trained checkpoint "
+                                  "that scores near chance)")
     dg.add_argument("path", nargs="?", help="reproducer file for replay")
+    dg.add_argument("--checkpoint", default=None, metavar="PATH",
+                    help="for eval: the trained weights (reproscope checkpoint, state dict .pt/.pth, .safetensors)")
     dg.add_argument("--trust-pickle", action="store_true",
-                    help="unpickle a reproducer that a weights-only load refuses (can run code)")
-    _add_recipe_args(dg)
+                    help="unpickle a reproducer or checkpoint that a weights-only load refuses (can run code)")
+    _add_recipe_args(dg, None, f"default: {DEFAULT_RECIPE}; for eval, the recipe the checkpoint carries")
     dg.add_argument("--model", default=None, metavar="package.module:factory", help="diagnose your own model")
     dg.add_argument("--json", action="store_true", help="machine-readable output")
     dg.add_argument("--data", default=None, metavar="DIR|FILE.pt",

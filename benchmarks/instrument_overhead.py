@@ -64,8 +64,7 @@ def main() -> None:
                 sync(tr.device)
                 t0 = time.perf_counter()
                 for b in batches:
-                    tr.train_step([b])
-                    tr.fire("step_end")
+                    tr.fire("step_end", **tr.train_step([b]))
                 sync(tr.device)
                 if c > 0:
                     run["time"] += time.perf_counter() - t0

@@ -33,3 +33,24 @@ def test_vs_timm_tiny_end_to_end(tmp_path):
                                   "--data-root", str(IMAGENETTE), "--json", str(out)]) == 0
     e2e = json.loads(out.read_text())["end_to_end"]
     assert [r["pipeline"] for r in e2e] == ["timm pipeline", "reproscope cached device path"]
+
+
+@pytest.mark.slow
+def test_gpu_session_cpu_smoke(tmp_path):
+    """benchmarks/gpu_session.py --cpu-smoke: every stage runs through the same code on CPU, and the
+    files a GPU session brings back are there (issue 19; docs/gpu.md)."""
+    out = tmp_path / "out"
+    rc = _load("gpu_session").main(["--out", str(out), "--cpu-smoke", "--budget-s", "900"])
+    session = json.loads((out / "session.json").read_text())
+    assert {s["stage"]: s["status"] for s in session["stages"]} == {
+        "smoke": "ok", "speed": "ok", "overhead": "ok", "data": "ok", "campaign": "ok"}, session
+    assert rc == 0
+    smoke = json.loads((out / "smoke.json").read_text())["cases"]
+    assert all(c["ok"] for c in smoke), [c for c in smoke if not c["ok"]]
+    assert any(c["case"] == "tripwire names a planted NaN" for c in smoke)
+    assert {p.name for p in out.iterdir()} <= {"session.json", "session.log", "smoke.json", "vs_timm.json",
+                                              "campaign.tar.gz", "environment.json"}
+    import tarfile
+    with tarfile.open(out / "campaign.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("report/report.md") for n in names) and any(n.endswith("metrics.jsonl") for n in names)

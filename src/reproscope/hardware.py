@@ -35,6 +35,20 @@ def lookup(device_name: str) -> GPU | None:
 
 
 def peak_flops(gpu: GPU, amp: str, tf32: bool = True) -> float:
-    if amp in ("bf16", "fp16"):
+    """Dense peak FLOP/s of ``gpu`` for ``amp`` ("bf16"/"fp16"; "auto" means bf16 on a GPU; "fp32" is the
+    TF32 tensor-core peak when ``tf32``, else plain FP32)."""
+    if amp in ("bf16", "fp16", "auto"):
         return gpu.bf16
     return gpu.tf32 if tf32 else gpu.fp32
+
+
+def mfu(device_name: str, flops_per_step: float, step_s: float, amp: str, tf32: bool = True
+        ) -> tuple[float, float] | tuple[None, None]:
+    """(model FLOP utilisation, the peak it is measured against) for ``flops_per_step`` training FLOPs
+    (3 x forward) done in ``step_s`` seconds on the GPU named ``device_name``; (None, None) when the
+    name is not in ``KNOWN_GPUS``."""
+    gpu = lookup(device_name)
+    if gpu is None or step_s <= 0:
+        return None, None
+    peak = peak_flops(gpu, amp, tf32)
+    return flops_per_step / step_s / peak, peak

@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 from ..config import Recipe
-from ..hardware import lookup, peak_flops
+from ..hardware import mfu
 from ..instrument import standard_callbacks
 from ..train.trainer import Trainer
 from .models_table import count_flops_of_copy
@@ -91,12 +91,8 @@ def summarise(prof, tr, wall: list[float], out: Path, cuda: bool) -> dict:
         "model_flops_per_step": flops_step, "mfu": None,
     }
     if cuda:
-        gpu = lookup(summary["device"])
-        if gpu is not None:
-            amp = tr.recipe.precision.amp
-            amp = "bf16" if amp == "auto" else amp
-            summary["mfu"] = flops_step / step_s / peak_flops(gpu, amp, tr.recipe.precision.tf32)
-            summary["peak_flops"] = peak_flops(gpu, amp, tr.recipe.precision.tf32)
+        summary["mfu"], summary["peak_flops"] = mfu(summary["device"], flops_step, step_s, tr.recipe.precision.amp,
+                                                    tr.recipe.precision.tf32)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

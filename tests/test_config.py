@@ -80,3 +80,14 @@ def test_cli_recipes_and_errors(capsys):
     assert json.loads(capsys.readouterr().out)["optim"]["lr"] == 0.01
     assert main(["train", "--set", "optim.lrr=1"]) == 2
     assert "did you mean 'optim.lr'" in capsys.readouterr().err
+
+
+def test_keys_lists_type_default_and_accepted_values(capsys):
+    from reproscope.cli import main
+    assert main(["keys"]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    assert "one of auto, bf16, fp16, fp32" in lines["precision.amp"] and "default 'auto'" in lines["precision.amp"]
+    assert "float > 0" in lines["optim.lr"] and "default" in lines["optim.lr"]
+    assert main(["keys", "--names"]) == 0
+    from reproscope.config import all_keys
+    assert capsys.readouterr().out.split() == all_keys()

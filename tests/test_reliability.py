@@ -72,7 +72,7 @@ def test_sigterm_sigint_checkpoint_and_exit_status(tmp_path, sig, code):
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == code, out
-    assert "resume with:  reproscope train --resume" in out
+    assert out.count("resume with:") == 1 and f"reproscope train --resume {run}" in out  # said once
     ck = load_checkpoint(run / "last.pt")
     assert 3 <= ck["step"] < 500
 

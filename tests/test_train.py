@@ -9,7 +9,7 @@ from reproscope.launch import train
 from reproscope.train.rundir import read_metrics
 from reproscope.train.trainer import Trainer
 
-from conftest import assert_weights_match
+from conftest import TINY, assert_weights_match
 
 
 def test_one_epoch_smoke_run(tiny_recipe, tmp_path):
@@ -131,3 +131,40 @@ def test_compiled_training_checkpoints_the_uncompiled_module(tiny_recipe, tmp_pa
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
     assert set(ckpt["model"]) == set(trainer.orig_model.state_dict())
     assert 0 <= metrics["top1"] <= 100
+
+
+def test_end_of_run_summary_is_printed_and_written(tiny_recipe, tmp_path, capsys):
+    """#18: best and final top-1 with their epochs, steps, images, time, events, where things are."""
+    from reproscope.cli import main
+    args = ["train", "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    for k, v in {**TINY, "instrument.enabled": False}.items():
+        args += ["--set", f"{k}={v}"]
+    assert main(args) == 0
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    vals = [r for r in read_metrics(tmp_path / "run") if r.get("kind") == "val"]
+    assert s["final_top1"] == vals[-1]["top1"] and s["best_top1"] == max(v["top1"] for v in vals)
+    assert s["final_epoch"] == 2 and s["steps"] == 20 and s["images_seen"] == 20 * 32 and s["img_per_s"] > 0
+    assert s["events"] == {} and s["run_dir"] == str(tmp_path / "run")
+    out = capsys.readouterr().out
+    assert f"best {s['best_top1']:.2f}% (epoch {s['best_epoch']})" in out and "events: none" in out
+
+
+def test_max_steps_is_a_smoke_run_with_one_eval_and_one_checkpoint(tiny_recipe, tmp_path):
+    from reproscope.train.checkpoint import load_checkpoint
+    r = apply_overrides(tiny_recipe, {"sched.max_steps": 3, "instrument.enabled": False})
+    trainer, metrics = train(r, run_dir=tmp_path / "run")
+    assert trainer.step == 3 and "top1" in metrics
+    assert [m["step"] for m in read_metrics(tmp_path / "run") if m.get("kind") == "val"] == [3]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
+    full = Trainer(apply_overrides(r, {"sched.max_steps": 0}), tmp_path / "full", tensorboard=False)
+    assert trainer.schedule(2) == full.schedule(2)  # the lr follows the whole schedule's curve
+
+
+def test_progress_is_plain_lines_when_not_a_terminal(tiny_recipe, tmp_path, capsys):
+    """#18: a redirected log gets a few readable lines, not carriage-return frames."""
+    r = apply_overrides(tiny_recipe, {"run.progress": True, "instrument.enabled": False})
+    train(r, run_dir=tmp_path / "run")
+    cap = capsys.readouterr()
+    assert "\r" not in cap.out + cap.err
+    lines = [ln for ln in cap.out.splitlines() if ": step " in ln]
+    assert 5 <= len(lines) <= 12 and lines[-1].startswith("epoch 2/2: step 20/20 (100 %)"), lines

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError, all_keys, apply_overrides
+from .config import ConfigError, all_keys, apply_overrides, key_table
 from .recipes import DEFAULT_RECIPE, get_recipe, list_recipes
 
 
@@ -36,12 +36,14 @@ def cmd_train(args) -> int:
         print(f"run stopped: {trainer.stop_reason}; see the report above and {rd / 'metrics.jsonl'}")
         return 3
     import signal
-    if trainer.signal is not None:
-        print(f"run directory: {rd}\nresume with:  reproscope train --resume {rd}")
+    if trainer.signal is not None:  # the trainer printed the checkpoint and the resume command
         return 130 if trainer.signal == signal.SIGINT else 0
-    if metrics:
+    from .train.run import format_summary
+    if (rd / "summary.json").is_file():
+        import json
+        print(format_summary(json.loads((rd / "summary.json").read_text())))
+    elif metrics:  # not the main process
         print(f"final val top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
-    print(f"run directory: {rd}")
     print(f"view it with:  tensorboard --logdir {rd.parent}")
     return 0
 
@@ -160,6 +162,17 @@ def cmd_align(args) -> int:
         print(format_result(r, args.mine, args.ref))
         print(f"mapping: {args.out}/map.json (edit it and pass it back with --map)")
     return 0 if r.agree else 1
+
+
+def cmd_keys(args) -> int:
+    if args.names:
+        print("\n".join(all_keys()))
+        return 0
+    rows = key_table()
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    for key, accepted, default, help_ in rows:
+        print(f"{key:<{w[0]}}  {accepted:<{w[1]}}  default {default:<{w[2]}}  {help_}")
+    return 0
 
 
 def cmd_zoo(args) -> int:
@@ -302,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these built-in recipes (repeatable; default: every built-in-data recipe)")
     z.set_defaults(fn=cmd_zoo)
 
-    k = sub.add_parser("keys", help="every configurable key with its accepted values")
-    k.set_defaults(fn=lambda a: print("\n".join(all_keys())) or 0)
+    k = sub.add_parser("keys", help="every configurable key with its accepted values, default and meaning")
+    k.add_argument("--names", action="store_true", help="the key names only, one per line")
+    k.set_defaults(fn=cmd_keys)
     return p
 
 

@@ -84,6 +84,9 @@ class ScheduleConfig:
     epochs: int = _f(12, "training epochs", min=1)
     warmup_epochs: float = _f(1.0, "linear warmup from 0, per iteration", min=0)
     min_lr: float = _f(1e-5, "final lr of the per-iteration cosine decay", min=0)
+    max_steps: int = _f(0, "stop after this many optimizer steps with one evaluation and one checkpoint: a "
+                           "smoke run of your code (Lightning's fast_dev_run); the lr follows the whole "
+                           "schedule's curve; 0 = off", min=0)
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,12 @@ def validate(recipe: Recipe) -> Recipe:
 
 def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def key_table() -> list[tuple[str, str, str, str]]:
+    """(key, accepted values with the type, default, help) for every configurable key, in order."""
+    return [(f"{s}.{f.name}", _describe(f, _field_type(cls, f.name)), repr(f.default), f.metadata.get("help", ""))
+            for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
 def parse_scalar(text: str, typ: type, key: str) -> Any:

@@ -7,12 +7,14 @@ probes and the NaN/Inf tripwire, ``diagnostics.figures`` draws the paper-figure 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from .config import Recipe
 from .diagnostics.figures import plot_run
 from .instrument import standard_callbacks
-from .train.run import open_run, start_trainer, stop_on_signals
+from .train.run import open_run, run_summary, start_trainer, stop_on_signals
+from .train.rundir import write_json
 from .train.trainer import Trainer
 
 
@@ -35,8 +37,11 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     recipe = start.recipe
     trainer = start_trainer(start, callbacks=[*standard_callbacks(recipe), *callbacks], download=download,
                             trust_pickle=trust_pickle, weights=weights, model_spec=model_spec)
+    t0, steps_before = time.perf_counter(), trainer.step
     with stop_on_signals(trainer):
         metrics = trainer.fit()
+    if trainer.dist.is_main:
+        write_json(start.run_dir / "summary.json", run_summary(trainer, time.perf_counter() - t0, steps_before))
     if recipe.instrument.enabled and recipe.instrument.probes and trainer.dist.is_main:
         from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import; only here
         with SummaryWriter(log_dir=str(start.run_dir / "tb")) as tb:

@@ -20,7 +20,7 @@ from ..config import Recipe, apply_overrides, recipe_from_dict
 from ..model.spec import factory_for, model_source, spec_file, spec_in_run
 from .checkpoint import (CheckpointError, listed_checkpoints, load_checkpoint, load_weights, read_manifest,
                          saved_recipe)
-from .rundir import new_run_dir, prepare_run_dir, truncate_metrics
+from .rundir import new_run_dir, prepare_run_dir, read_metrics, truncate_metrics
 from ..runtime import distributed, resolve_device
 from .trainer import Trainer
 
@@ -196,3 +196,43 @@ def _user_factory(spec: str, recipe: Recipe, rd: Path, is_main: bool):
         source["copy"] = f"model_src/{f.name}:{spec.rsplit(':', 1)[1]}"
 
     return factory_for(spec, recipe.data.img_size), source
+
+
+def run_summary(trainer, wall_s: float, steps_before: int = 0) -> dict:
+    """The end-of-run summary (written as ``summary.json`` by ``reproscope.launch.train``): final and
+    best val top-1 with their epochs (1-based), steps, images seen, this process's wall time (s) and
+    images/s over the steps it ran (``steps_before``: the step it resumed at), counts of each event
+    type in ``metrics.jsonl``, and where the run's files are."""
+    rows = read_metrics(trainer.run_dir) if (trainer.run_dir / "metrics.jsonl").is_file() else []
+    vals = [r for r in rows if r.get("kind") == "val" and "top1" in r]
+    events: dict[str, int] = {}
+    for r in rows:
+        if r.get("kind") == "event":
+            events[r.get("type", "?")] = events.get(r.get("type", "?"), 0) + 1
+    best = max(vals, key=lambda r: r["top1"]) if vals else None
+    per_step = trainer.recipe.data.batch_size * trainer.recipe.optim.accum_steps
+    images = trainer.step * per_step
+    return {
+        "final_top1": vals[-1]["top1"] if vals else None, "final_epoch": vals[-1].get("epoch", 0) + 1 if vals else None,
+        "best_top1": best["top1"] if best else None, "best_epoch": best.get("epoch", 0) + 1 if best else None,
+        "steps": trainer.step, "images_seen": images, "wall_s": round(wall_s, 1),
+        "img_per_s": round((trainer.step - steps_before) * per_step / wall_s, 1) if wall_s > 0 else None,
+        "resumed_at_step": steps_before or None, "events": events,
+        "stopped": trainer.stop_reason if trainer.stop_requested else None,
+        "run_dir": str(trainer.run_dir), "tensorboard": str(trainer.run_dir / "tb"),
+        "figures": str(trainer.run_dir / "figures"),
+    }
+
+
+def format_summary(s: dict) -> str:
+    """The summary as the few lines printed at the end of ``reproscope train``."""
+    ev = ", ".join(f"{k} {v}" for k, v in sorted(s["events"].items())) or "none"
+    lines = []
+    if s["final_top1"] is not None:
+        lines.append(f"final val top-1 {s['final_top1']:.2f}% (epoch {s['final_epoch']}), best {s['best_top1']:.2f}% "
+                     f"(epoch {s['best_epoch']})")
+    since = f" since the resume at step {s['resumed_at_step']}" if s.get("resumed_at_step") else ""
+    lines += [f"{s['steps']} steps, {s['images_seen']:,} images; {s['wall_s']:.0f} s{since} ({s['img_per_s'] or 0:,.0f} "
+              f"img/s, evaluation and checkpoints included); events: {ev}",
+              f"run directory: {s['run_dir']}  (summary.json, metrics.jsonl, figures/, tb/)"]
+    return "\n".join(lines)

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,8 @@ class Trainer:
             raise ConfigError(f"optim.accum_steps={self.accum} x data.batch_size={r.data.batch_size} is larger "
                               f"than one epoch of {len(self.train_set)} images; lower one of them")
         self.total_steps = r.sched.epochs * self.steps_per_epoch
+        if r.sched.max_steps:  # a smoke run: the first max_steps of the real schedule, then eval + checkpoint
+            self.total_steps = min(self.total_steps, r.sched.max_steps)
         self.optimizer = build_optimizer(self.orig_model, r.optim)
         self.schedule = WarmupCosine.from_config(r.optim, r.sched, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -356,6 +359,8 @@ class Trainer:
         self._started = True
         self.fire("train_start")
         if self.recipe.precision.compile and self.model is self.eager_model:
+            if self.dist.is_main and self.recipe.run.progress:  # the first steps wait for the compiler
+                print("torch.compile: the first steps compile the model (about a minute on a CPU)", flush=True)
             self.model = torch.compile(self.eager_model)
 
     def fit(self) -> dict[str, float]:
@@ -418,6 +423,7 @@ class Trainer:
     def _train_epoch(self, bar) -> None:
         r = self.recipe
         epoch, start = self.epoch, self.step % self.steps_per_epoch
+        bar.set_description(f"epoch {epoch + 1}/{r.sched.epochs}")
         self.fire("epoch_start", epoch=epoch)
         self.model.train()
         t_epoch = t_log = time.perf_counter()
@@ -448,6 +454,9 @@ class Trainer:
                 logged_at, window_loss, t_log = self.step, window_loss.zero_(), now
             if self.stop_requested:
                 break
+            if self.step >= self.total_steps:  # the last step (sched.max_steps may end an epoch early)
+                self._end_epoch(epoch, time.perf_counter() - t_epoch, bar)
+                return
             ckpt_every = r.run.ckpt_every
             if ckpt_every and self.step % ckpt_every == 0 and i < self.steps_per_epoch - 1:
                 self.save_checkpoint()
@@ -599,7 +608,48 @@ def _atomic_link(target: Path, link: Path) -> None:
     os.replace(tmp, link)
 
 
+class LineProgress:
+    """Progress as plain lines, for output that is not a terminal (a log file, a pipe): one line per
+    ``every`` (10 %) of the run or per ``seconds`` (60 s), whichever comes first, instead of tqdm's
+    carriage-return frames. Offers the part of tqdm's interface the trainer uses."""
+
+    def __init__(self, total: int, initial: int = 0, every: float = 0.1, seconds: float = 60.0):
+        self.total, self.n, self.postfix, self.desc = total, initial, {}, "train"
+        self.step_every, self.seconds = max(1, round(every * total)), seconds
+        self._t0 = self._last_t = time.perf_counter()
+        self._last_n, self._n0 = initial, initial
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        now = time.perf_counter()
+        if self.n - self._last_n >= self.step_every or now - self._last_t >= self.seconds or self.n == self.total:
+            rate = (self.n - self._n0) / max(now - self._t0, 1e-9)
+            eta = (self.total - self.n) / rate if rate > 0 else float("nan")
+            post = "  ".join(f"{k} {v}" for k, v in self.postfix.items())
+            print(f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f} %)  "
+                  f"{rate:.2f} step/s  eta {eta:.0f} s  {post}".rstrip(), flush=True)
+            self._last_n, self._last_t = self.n, now
+
+    def set_postfix(self, refresh: bool = False, **kw) -> None:
+        self.postfix = kw
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+
+    def write(self, text: str) -> None:
+        print(text, flush=True)
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(enabled: bool, total: int, initial: int):
+    """tqdm on a terminal; plain lines (``LineProgress``) when stderr is redirected."""
     from tqdm.auto import tqdm
+    if enabled and not sys.stderr.isatty():
+        return LineProgress(total, initial)
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
                 desc="train", smoothing=0.05)

@@ -102,9 +102,28 @@ def test_a_correct_checkpoint_passes(trained, tmp_path):
 
 
 def test_a_ddp_prefix_is_stripped_and_named(trained, tmp_path):
+    from reproscope.diagnostics.evaluate import verdict
     res = _run(trained, {f"module.{k}": v for k, v in trained[1].items()}, tmp_path)
     assert res["checkpoint-keys"].status == "warn" and res["checkpoint-keys"].codes == ["keys-prefix"]
     assert res["class-mapping"].details["top1"] > 0.7  # loaded after all
+    assert "[keys-prefix]" in verdict(list(res.values()))  # the likely cause for a loader that does not strip it
+
+
+def test_an_ema_under_timms_key_in_a_run_without_ema(trained, tmp_path):
+    src, sd, r, mod = trained
+    torch.manual_seed(1)
+    res = _run(trained, {"state_dict": sd, "state_dict_ema": mod.make().state_dict()}, tmp_path)
+    ema = res["raw-vs-ema"]  # quickstart has reg.ema_decay 0: no horizon to speak of
+    assert ema.codes == ["ema-lags"] and "nan" not in ema.causes[0] and "no EMA" in ema.causes[0]
+
+
+def test_what_is_not_a_checkpoint_is_named(tmp_path):
+    from reproscope.train.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="without a last.pt"):
+        run_eval_diagnosis(get_recipe("quickstart"), tmp_path)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a PyTorch file"):
+        run_eval_diagnosis(get_recipe("quickstart"), tmp_path / "notes.txt")
 
 
 def test_missing_keys_are_a_fail_strict_false_would_hide(trained, tmp_path):
@@ -186,3 +205,10 @@ def test_the_cli(trained, tmp_path, capsys):
     assert "--checkpoint PATH" in capsys.readouterr().err
     assert main(["diagnose", "eval", "--checkpoint", str(tmp_path / "c.pt")]) == 2  # a state dict carries no recipe
     assert "pass --recipe NAME" in capsys.readouterr().err
+
+
+def test_an_untrained_model_is_a_training_fault_not_an_evaluation_fault(trained, tmp_path):
+    from reproscope.diagnostics.evaluate import verdict
+    torch.manual_seed(3)
+    res = _run(trained, trained[3].make().state_dict(), tmp_path)
+    assert "has not learned the task" in verdict(list(res.values()))

@@ -168,3 +168,16 @@ def test_progress_is_plain_lines_when_not_a_terminal(tiny_recipe, tmp_path, caps
     assert "\r" not in cap.out + cap.err
     lines = [ln for ln in cap.out.splitlines() if ": step " in ln]
     assert 5 <= len(lines) <= 12 and lines[-1].startswith("epoch 2/2: step 20/20 (100 %)"), lines
+
+
+def test_tensorboard_gets_the_config_deviations_and_hparams(tiny_recipe, tmp_path):
+    """#18: the resolved config and deviation log in the TEXT tab, final metrics in the HPARAMS tab."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    r = apply_overrides(tiny_recipe, {"instrument.enabled": False, "sched.epochs": 1})
+    train(r, run_dir=tmp_path / "run")
+    tags = set()
+    for f in (tmp_path / "run" / "tb").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(f), size_guidance={"tensors": 0})
+        acc.Reload()
+        tags |= set(acc.Tags().get("tensors", [])) | set(acc.Tags().get("scalars", []))
+    assert {"config/text_summary", "deviations/text_summary", "hparam/final_top1"} <= tags, tags

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import Recipe
+from .config import SECTIONS, Recipe
 from .diagnostics.figures import plot_run
 from .instrument import standard_callbacks
 from .train.run import open_run, run_summary, start_trainer, stop_on_signals
@@ -40,10 +40,31 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     t0, steps_before = time.perf_counter(), trainer.step
     with stop_on_signals(trainer):
         metrics = trainer.fit()
-    if trainer.dist.is_main:
-        write_json(start.run_dir / "summary.json", run_summary(trainer, time.perf_counter() - t0, steps_before))
-    if recipe.instrument.enabled and recipe.instrument.probes and trainer.dist.is_main:
+    if not trainer.dist.is_main:
+        return trainer, metrics
+    summary = run_summary(trainer, time.perf_counter() - t0, steps_before)
+    write_json(start.run_dir / "summary.json", summary)
+    if trainer.log.tb is not None:
         from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import; only here
         with SummaryWriter(log_dir=str(start.run_dir / "tb")) as tb:
-            plot_run(start.run_dir, tb, trainer.step)
+            if recipe.instrument.enabled and recipe.instrument.probes:
+                plot_run(start.run_dir, tb, trainer.step)
+            tensorboard_summary(tb, recipe, start.run_dir, summary, trainer.step)
     return trainer, metrics
+
+
+def tensorboard_summary(tb, recipe: Recipe, run_dir: Path, summary: dict, step: int) -> None:
+    """The resolved config and the deviation log as TensorBoard text (TEXT tab), and the recipe's
+    scalar settings with the final and best top-1 for the HPARAMS tab (runs side by side)."""
+    import json
+    tb.add_text("config", "```\n" + json.dumps(recipe.to_dict(), indent=1) + "\n```", step)
+    devs_file = run_dir / "deviations.json"
+    devs = json.loads(devs_file.read_text()).get("deviations", []) if devs_file.is_file() else []
+    rows = [f"| {d.get('key')} | {d.get('parent')} | {d.get('value')} | {d.get('reason', '')} |" for d in devs]
+    tb.add_text("deviations", "| field | paper | ours | reason |\n|---|---|---|---|\n" + "\n".join(rows)
+                if rows else "no deviations from the parent recipe", step)
+    flat = {f"{sec}.{k}": v for sec, fields in recipe.to_dict().items() if sec in SECTIONS for k, v in fields.items()}
+    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}
+    metrics = {f"hparam/{k}": summary[k] for k in ("final_top1", "best_top1") if summary.get(k) is not None}
+    if metrics:
+        tb.add_hparams(hparams, metrics, run_name=".", global_step=step)

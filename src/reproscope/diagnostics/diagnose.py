@@ -94,7 +94,7 @@ def format_results(results: list[CheckResult]) -> str:
 
 def diagnose(recipe: Recipe, which: str, model_spec: str | None = None, as_json: bool = False,
              out_dir: str | None = None, bug: str | None = None, data_path: str | None = None) -> int:
-    out = Path(out_dir) if out_dir else Path(recipe.run.out_dir) / f"diagnose-{recipe.name}"
+    out = Path(out_dir) if out_dir else Path(recipe.run.out_dir) / f"diagnose-{recipe.name}{f'-{bug}' if bug else ''}"
     mutation = None
     if bug:
         mutation = get_bug(bug).mutation
@@ -106,5 +106,6 @@ def diagnose(recipe: Recipe, which: str, model_spec: str | None = None, as_json:
         print(json.dumps([r.to_dict() for r in results], indent=1, default=str))
     else:
         print(format_results(results))
-        print(f"\n{len(results)} checks in {time.perf_counter() - t0:.0f} s; figures in {out}")
+        wrote = out.is_dir() and any(out.iterdir())
+        print(f"\n{len(results)} checks in {time.perf_counter() - t0:.0f} s" + (f"; figures in {out}" if wrote else ""))
     return 1 if any(r.status == "fail" for r in results) else 0

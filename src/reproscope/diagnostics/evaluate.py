@@ -45,6 +45,7 @@ from ..train.folders import DataError
 
 GAIN = 0.2  # top-1 (fraction) a hypothesis must add over the configured evaluation to explain it
 PREFIXES = ("module.", "_orig_mod.", "model.")
+EMA_KEYS = ("ema", "model_ema", "state_dict_ema", "ema_state_dict")  # ours, and common names elsewhere (timm's)
 
 
 @dataclass
@@ -60,13 +61,18 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoint:
-    """A reproscope checkpoint, a ``{"state_dict": ...}`` / ``{"model": ...}`` file, a plain state dict
-    or a ``.safetensors`` file.
+    """A reproscope checkpoint, a ``{"state_dict": ...}`` / ``{"model": ...}`` file (with an EMA under
+    one of ``EMA_KEYS``), a plain state dict, a ``.safetensors`` file, or a run directory (its
+    ``last.pt``). Without a recipe inside, the recipe is the run's ``config.json`` beside the file.
 
     Raises:
         CheckpointError: unreadable file, or no state dict of tensors inside.
     """
     path = Path(path)
+    if path.is_dir():  # a run directory: its last checkpoint
+        if not (path / "last.pt").is_file():
+            raise CheckpointError(f"{path} is a directory without a last.pt; give the checkpoint file itself")
+        path = path / "last.pt"
     obj = load_file(path, trust_pickle=trust_pickle)
     recipe = None
     if isinstance(obj, dict):
@@ -74,11 +80,16 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoi
             recipe = saved_recipe(obj)
         except (KeyError, ValueError):
             recipe = None
+    if recipe is None and (path.parent / "config.json").is_file():  # weights inside a run directory
+        recipe = json.loads((path.parent / "config.json").read_text())
     sd, ema, step = obj, None, None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        sd, ema, step = obj["model"], obj.get("ema"), obj.get("step")
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        sd = obj["state_dict"]
+    if isinstance(obj, dict):
+        step = obj.get("step") if isinstance(obj.get("step"), int) else None
+        ema = next((obj[k] for k in EMA_KEYS if isinstance(obj.get(k), dict)), None)
+        if isinstance(obj.get("model"), dict):
+            sd = obj["model"]
+        elif isinstance(obj.get("state_dict"), dict):
+            sd = obj["state_dict"]
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"checkpoint {path} holds no state dict of tensors (expected {{name: tensor}}, or a "
                               f"dict with a 'model' or 'state_dict' entry)")
@@ -195,7 +206,7 @@ def class_mapping(pred: torch.Tensor, y: torch.Tensor, k: int, classes: list[str
                        f"no relabelling gains >= {GAIN:.0%}",
                        "A model that learned the classes under one index order scores near chance when val "
                        "uses another; the confusion matrix then has its mass off the diagonal, in a permutation.",
-                       causes, {"top1": acc, "permuted_top1": perm_acc, "relabelling": moved}, codes)
+                       causes, {"top1": acc, "permuted_top1": perm_acc, "relabelling": moved, "num_classes": k}, codes)
 
 
 def folder_mismatch(err: DataError) -> CheckResult:
@@ -235,7 +246,8 @@ def preprocessing(model: nn.Module, variants: dict[str, torch.Tensor], y: torch.
                       f"with the training transform (same scale, mean/std, channel order)")
         codes.append("preprocessing-mismatch")
     return CheckResult("preprocessing", "fail" if causes else "pass",
-                       "; ".join(f"{n} {a:.1%}" for n, a in accs.items()), "the configured transform is the best",
+                       "; ".join(f"{n} {a:.1%}" for n, a in accs.items()),
+                       f"no variant beats the configured transform by >= {GAIN:.0%}",
                        "Validation must prepare images as training did; a different scale, normalisation or "
                        "channel order feeds the model inputs it never saw.", causes, {"top1": accs}, codes)
 
@@ -256,9 +268,12 @@ def raw_vs_ema(model: nn.Module, ema: dict, x: torch.Tensor, y: torch.Tensor, de
     causes, codes = [], []
     if raw_acc - ema_acc >= GAIN:
         trained = f"{steps} steps trained" if steps is not None else "the steps trained unknown"
-        causes.append(f"the EMA weights score {ema_acc:.1%}, the raw weights {raw_acc:.1%}: the EMA averages over "
-                      f"~{horizon:.0f} steps (decay {decay:g}) against {trained}, so it still holds the early "
-                      f"weights; evaluate the raw weights, or lower reg.ema_decay for a short run")
+        why = (f"the EMA averages over ~{horizon:.0f} steps (decay {decay:g}) against {trained}, so it still holds "
+               f"the early weights; evaluate the raw weights, or lower reg.ema_decay for a short run"
+               if 0 < decay < 1 else
+               f"the recipe has no EMA (reg.ema_decay {decay:g}), so these EMA weights were not averaged over this "
+               f"run; evaluate the raw weights")
+        causes.append(f"the EMA weights score {ema_acc:.1%}, the raw weights {raw_acc:.1%}: {why}")
         codes.append("ema-lags")
     return CheckResult("raw-vs-ema", "warn" if causes else "pass", f"raw {raw_acc:.1%}, EMA {ema_acc:.1%}",
                        f"EMA within {GAIN:.0%} of raw", "An EMA of the weights helps only once the run is many "
@@ -303,7 +318,7 @@ def _make_model(recipe: Recipe, model_spec: str | None, ckpt: Checkpoint, k: int
     src = ckpt.path.parent / "model_source.json"
     if src.is_file():
         spec = spec_in_run(json.loads(src.read_text()), ckpt.path.parent)
-        print(f"eval: rebuilding the run's model from {spec}")
+        print(f"eval: rebuilding the run's model from {spec} (the run trained it; --model chooses another)")
         return user_model(spec, k, img_size=recipe.data.img_size, in_chans=in_chans)()
     return build_model(recipe.model, k, recipe.data.img_size)
 
@@ -361,11 +376,23 @@ def _not_measured(name: str) -> CheckResult:
                        {}, ["not-measured"])
 
 
+SUSPECT_WARNS = ("keys-prefix", "ema-lags", "train-mode-eval")  # handled here, but a user's loader may not
+
+
 def verdict(results: list[CheckResult]) -> str:
     """One line: the first failing cause's code, or that none of the causes checked explains it."""
     for r in results:
         if r.status == "fail":
             return f"verdict: {r.name} [{r.codes[0] if r.codes else r.status}] - fix it first, then run this again"
+    cm = next((r for r in results if r.name == "class-mapping" and "train_top1" in r.details), None)
+    if cm is not None and cm.details["train_top1"] < 2 / cm.details["num_classes"]:  # under twice chance
+        return (f"verdict: the weights score {cm.details['train_top1']:.1%} on training images too (val "
+                f"{cm.details['top1']:.1%}): the model has not learned the task, so the fault is in training, not in "
+                f"the evaluation; train longer, or run `reproscope diagnose all --model ...` on the training setup")
+    warns = [f"{r.name} [{c}]" for r in results if r.status == "warn" for c in r.codes if c in SUSPECT_WARNS]
+    if warns:
+        return (f"verdict: these weights evaluate correctly here; if your own evaluation scores near chance, "
+                f"look at {', '.join(warns)} above: each one breaks an evaluation that does not handle it")
     return ("verdict: no cause checked here explains a low validation score (keys, class order, preprocessing, "
             "EMA, eval mode); compare your evaluation loop with `reproscope train`'s, or run `reproscope diagnose "
             "all --model ...` on the training setup")

@@ -143,6 +143,11 @@ def load_file(path: str | os.PathLike, map_location="cpu", *, trust_pickle: bool
             return st_load(str(path), device=str(map_location))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{what} {path} is not a readable .safetensors file ({e})") from e
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip archive; legacy: a pickle
+        raise CheckpointError(f"{what} {path} is not a PyTorch file (it starts with {head!r}; torch.save writes a zip "
+                              f"archive): give a file written by torch.save (.pt/.pth/.bin) or a .safetensors file")
     if trust_pickle:
         print(f"WARNING: --trust-pickle: unpickling {path} with full pickle; a malicious file can run "
               f"arbitrary code on this machine", file=sys.stderr, flush=True)

@@ -167,8 +167,9 @@ class DivergenceWatch:
         l0, g0 = self.losses[0], self.norms[0]
         reason = ""
         if loss > self.loss_factor * max(l0, self.ln_k):
-            reason = (f"the loss {loss:.4g} is {loss / l0:.3g}x its start ({l0:.3g}) and {loss / self.ln_k:.3g}x "
-                      f"ln K ({self.ln_k:.3g})")
+            reason = (f"the loss {loss:.4g} is {loss / l0:.3g}x its start ({l0:.3g}"
+                      + (", about ln K)" if abs(l0 - self.ln_k) < 0.05 * self.ln_k else
+                         f") and {loss / self.ln_k:.3g}x ln K ({self.ln_k:.3g})"))
         elif grad_norm > self.grad_factor * max(g0, 1e-12):
             reason = f"the grad norm {grad_norm:.3g} is {grad_norm / g0:.3g}x its start ({g0:.3g})"
         if reason:

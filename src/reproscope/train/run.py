@@ -218,7 +218,9 @@ def run_summary(trainer, wall_s: float, steps_before: int = 0) -> dict:
         "steps": trainer.step, "images_seen": images, "wall_s": round(wall_s, 1),
         "img_per_s": round((trainer.step - steps_before) * per_step / wall_s, 1) if wall_s > 0 else None,
         "resumed_at_step": steps_before or None, "events": events,
-        "stopped": trainer.stop_reason if trainer.stop_requested else None,
+        "stopped": trainer.stop_reason if trainer.stop_requested else (
+            f"sched.max_steps={trainer.recipe.sched.max_steps}" if trainer.recipe.sched.max_steps
+            and trainer.step >= trainer.recipe.sched.max_steps else None),
         "run_dir": str(trainer.run_dir), "tensorboard": str(trainer.run_dir / "tb"),
         "figures": str(trainer.run_dir / "figures"),
     }

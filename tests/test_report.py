@@ -36,7 +36,7 @@ def test_report_groups_seeds_and_writes_md_and_pdf(runs, tmp_path, capsys):
     assert len(rows) == 2 and all("| 2 |" in r for r in rows), rows
     assert "Measured difference, vit_quick (dyt) minus vit_quick (ln)" in md
     assert "95% CI" in md and "CPU-scale" in md
-    for section in ("Claim under test", "Setup: paper vs ours", "Curves", "Instrumentation highlights",
+    for section in ("Scope of reproducibility", "Methodology", "Setup: paper vs ours", "Reproducibility checklist", "Curves", "Instrumentation highlights",
                     "Deviation log", "Environment", "Commands that reproduce every number"):
         assert f"## {section}" in md
     pdf = (out / "report.pdf").read_bytes()

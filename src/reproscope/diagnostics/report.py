@@ -86,8 +86,9 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
     if not any(r.env.get("gpus") for r in runs):
         scale_note = (" All runs here were trained on a CPU: this is a CPU-scale reproduction (smaller model, "
                       "resolution and schedule than the paper), not a GPU-scale one.")
-    blocks += [("h", "Claim under test"), ("p", (claim.text if claim else "(no registered claim for this paper)")
-                                           + scale_note)]
+    blocks += [("h", "Scope of reproducibility"), ("p", "The claim tested: " + (claim.text if claim else
+                                                    "(no registered claim for this paper)") + scale_note),
+               ("h", "Methodology"), ("p", _methodology(runs))]
 
     # setup: paper vs ours
     p = facts.get("recipe")
@@ -138,6 +139,13 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
         blocks += [("p", "Raw and EMA weights, both evaluated at the end (mean over seeds; the results above "
                          "report the one reg.eval_ema names). A large gap means the EMA lags the run."),
                    ("table", ["variant", "raw top-1", "EMA top-1", "reported"], ema_rows)]
+
+    blocks += [("h", "Reproducibility checklist"),
+               ("table", ["item (NeurIPS / ACL checklists)", "this campaign"], _checklist(groups, runs))]
+    blocks += [("h", "What was easy, what was difficult, communication with the authors"),
+               ("p", "(fill in before sharing: edit report.md, then `reproscope note report.md` renders it. What "
+                     "was easy to reproduce; what was difficult and why; whether the authors were contacted and "
+                     "what they said; the development effort in plain words.)")]
 
     # curves
     out.mkdir(parents=True, exist_ok=True)
@@ -208,6 +216,55 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
     blocks += [("h", "Commands that reproduce every number"),
                ("code", [r.command for r in runs] + [command])]
     return blocks
+
+
+def _methodology(runs: list[RunRecord]) -> str:
+    """Code used, reference consulted, data splits and preprocessing, from the run directories."""
+    user = sorted({r.model for r in runs if r.model_source})
+    ours = sorted({r.config.get("model", {}).get("name", "?") for r in runs if not r.model_source})
+    code = "; ".join(([f"reproscope's {', '.join(ours)}, written from the paper (the model file's docstring lists "
+                       f"where it deviates)"] if ours else [])
+                     + ([f"the user's own model {', '.join(user)}"] if user else []))
+    d = runs[0].config["data"]
+    split = ("the built-in shapes10 (train and val drawn from disjoint seeds)" if d["dataset"] == "shapes10" else
+             f"{d['dataset']}, its standard train split for training and its standard validation split for every "
+             f"number here")
+    return (f"Code: {code}, trained by reproscope's Trainer. Reference repository consulted: (fill in: which, and "
+            f"when). Data: {split}. Preprocessing: images resized to "
+            f"{d.get('cache_res') or round(d['img_size'] / d.get('eval_crop_pct', 0.875))} px once (uint8 cache), "
+            f"centre crop to {d['img_size']} px for evaluation, normalised by the training set's channel mean and "
+            f"std; training augmentation as in config.json (aug.*).")
+
+
+def _checklist(groups: list[Group], runs: list[RunRecord]) -> list[list[str]]:
+    """The rows of the NeurIPS / ACL reproducibility checklists that the run directories answer."""
+    params = []
+    for g in groups:
+        name = g.first.config.get("model", {}).get("name")
+        if g.first.model_source is None and name in list_models():
+            import torch
+            from ..model.build import build_model
+            from ..config import recipe_from_dict
+            try:
+                r = recipe_from_dict(g.first.config)
+                with torch.device("meta"):
+                    m = build_model(r.model, r.data.num_classes or 10, r.data.img_size)
+                params.append(f"{g.label}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M")
+            except Exception:  # an old or hand-edited config: leave the count out rather than fail the report
+                params.append(f"{g.label}: ?")
+        else:
+            params.append(f"{g.label}: see the model file")
+    hours = sum(r.device_hours for r in runs)
+    seeds = "; ".join(f"{g.label}: {len(g.runs)} (seeds {', '.join(str(r.seed) for r in g.runs)})" for g in groups)
+    n_dev = len({dv["key"] for r in runs for dv in r.deviations if is_science(dv["key"])})
+    return [["model parameters", "; ".join(params)],
+            ["compute (all runs)", f"{hours:.2f} device-hours on {runs[0].device}; "
+                                   f"{sum(r.images_seen for r in runs) / 1e6:.2f}M images seen"],
+            ["number of runs", seeds],
+            ["statistics", "mean +- standard deviation over seeds; the difference with a 95 % Welch interval"],
+            ["splits", "train / val as in Methodology; no test set is used for any choice"],
+            ["hyperparameters", f"the paper recipe's, {n_dev} changed (deviation log, with reasons); "
+                                f"search: (fill in: none, or its bounds and trials)"]]
 
 
 def _commits(runs: list[RunRecord]) -> str:

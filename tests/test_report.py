@@ -97,3 +97,14 @@ def test_raw_and_ema_weights_are_both_evaluated_and_reported(tmp_path, capsys):
     assert val["top1"] == val["ema_top1"] and "raw_top1" in val
     assert main(["report", str(rd), "--out", str(tmp_path / "rep")]) == 0
     assert "| raw top-1 | EMA top-1 |" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_note_embeds_the_figures_it_references(tmp_path, capsys):
+    """#18: a line holding only ![caption](file.png) becomes the figure in the PDF, not its path."""
+    from PIL import Image
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "fig.png")
+    note = tmp_path / "note.md"
+    note.write_text("# A note\n\nSome text.\n\n![the red figure](fig.png)\n\n![gone](missing.png)\n")
+    assert main(["note", str(note)]) == 0
+    pdf = (tmp_path / "note.pdf").read_bytes()
+    assert pdf.count(b"/Subtype /Image") == 1  # the missing file stays as its caption

@@ -395,10 +395,13 @@ def _latin1(s: str) -> str:
     return s.encode("latin-1", "replace").decode("latin-1")
 
 
-def markdown_blocks(text: str) -> list[tuple]:
+def markdown_blocks(text: str, base: Path | None = None) -> list[tuple]:
     """The subset of Markdown our notes use -> report blocks: '#'/'##' headings, paragraphs and
-    bullets, pipe tables, fenced code. Emphasis markers and links are flattened to plain text."""
+    bullets, pipe tables, fenced code, and a line holding only ``![caption](file.png)`` as the figure
+    itself (``file`` relative to ``base``, the note's folder; a missing file stays as its caption).
+    Emphasis markers and links are flattened to plain text."""
     import re
+    figure = re.compile(r"^\s*!\[([^\]]*)\]\(([^)\s]+)\)\s*$")
 
     def plain(t: str) -> str:
         t = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", t)  # [text](link) -> text
@@ -440,6 +443,9 @@ def markdown_blocks(text: str) -> list[tuple]:
             table.append(line)
         elif not line.strip():
             flush()
+        elif (fig := figure.match(line)) and base is not None and (base / fig.group(2)).is_file():
+            flush()
+            blocks.append(("img", base / fig.group(2), plain(fig.group(1))))
         elif line.startswith("- "):
             flush()
             para.append("- " + line[2:].strip())
@@ -457,7 +463,7 @@ def note_to_pdf(md_path: str) -> int:
     if not src.exists():
         raise ConfigError(f"{src}: no such note")
     out = src.with_suffix(".pdf")
-    pages = to_pdf(markdown_blocks(src.read_text()), out, max_pages=None)
+    pages = to_pdf(markdown_blocks(src.read_text(), base=src.parent), out, max_pages=None)
     print(f"{out} ({pages} pages)")
     return 0
 

@@ -376,3 +376,9 @@ def test_he_fan_out_init_of_a_bottleneck_is_not_too_large():
     nn.init.kaiming_normal_(squeeze.weight, mode="fan_out", nonlinearity="relu")
     g_in, g_out = weight_gains(squeeze)[".weight"], weight_gains(squeeze, "out")[".weight"]
     assert g_in > 5 and abs(g_out - 2 ** 0.5) < 0.3
+
+
+def test_diagnose_names_a_figures_folder_only_when_it_wrote_one(tmp_path, capsys):
+    rc = main(["diagnose", "loss-at-init", "--set", "data.train_size=256", "--set", "data.batch_size=32",
+               "--out", str(tmp_path / "d")])
+    assert rc in (0, 1) and "figures in" not in capsys.readouterr().out

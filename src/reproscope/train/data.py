@@ -85,6 +85,9 @@ def build_datasets(cfg: DataConfig, *, download: bool = False, progress: bool = 
     """(train, val) uint8 datasets for the configured dataset (decoded once into a cache)."""
     if cfg.dataset == "shapes10":
         # train and val come from disjoint seeds so they never share an image
+        if progress:
+            print(f"generating shapes10: {cfg.train_size:,} train + {cfg.val_size:,} val images at {cfg.img_size} px",
+                  flush=True)
         xtr, ytr = shapes.generate_shapes(cfg.train_size, cfg.img_size, seed=2 * cfg.data_seed)
         xva, yva = shapes.generate_shapes(cfg.val_size, cfg.img_size, seed=2 * cfg.data_seed + 1)
         return (ArrayDataset(xtr, ytr, shapes.CLASSES, "shapes10/train"),

@@ -119,6 +119,9 @@ def cmd_diagnose(args) -> int:
             raise ConfigError("usage: reproscope diagnose eval --checkpoint PATH [--recipe NAME] [--model SPEC] "
                               "[--data DIR]")
         overrides = list(args.overrides)
+        if args.data and args.data.endswith(".pt"):
+            raise ConfigError(f"--data {args.data}: diagnose eval needs the images themselves (an image folder with "
+                              f"train/ and val/ class folders), not a tensor file")
         if args.data:
             overrides += ["data.dataset=imagefolder", f"data.root={args.data}"]
         recipe = get_recipe(args.recipe) if args.recipe else None  # None: the recipe the checkpoint carries
@@ -246,10 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   "that scores near chance)")
     dg.add_argument("path", nargs="?", help="reproducer file for replay")
     dg.add_argument("--checkpoint", default=None, metavar="PATH",
-                    help="for eval: the trained weights (reproscope checkpoint, state dict .pt/.pth, .safetensors)")
+                    help="for eval: the trained weights (reproscope checkpoint or run directory, state dict "
+                         ".pt/.pth, .safetensors)")
     dg.add_argument("--trust-pickle", action="store_true",
                     help="unpickle a reproducer or checkpoint that a weights-only load refuses (can run code)")
-    _add_recipe_args(dg, None, f"default: {DEFAULT_RECIPE}; for eval, the recipe the checkpoint carries")
+    _add_recipe_args(dg, None, f"default: {DEFAULT_RECIPE}; for eval, the recipe the checkpoint or its run's "
+                                "config.json carries")
     dg.add_argument("--model", default=None, metavar="package.module:factory", help="diagnose your own model")
     dg.add_argument("--json", action="store_true", help="machine-readable output")
     dg.add_argument("--data", default=None, metavar="DIR|FILE.pt",

@@ -85,3 +85,21 @@ def test_compile_with_the_instruments_and_tripwire_per_family(name, tmp_path):
     trainer, metrics = train(r, run_dir=tmp_path / "run")
     assert trainer.model is not trainer.orig_model and math.isfinite(metrics["loss"])
     assert (tmp_path / "run" / "stats.jsonl").read_text().count("\n") == 3  # probes at steps 1, 2, 4
+
+
+def test_the_host_cache_copy_branch_gives_the_same_batches():
+    """On CUDA a cache too big for the GPU stays in host memory and each batch is copied over
+    (``non_blocking``); a device-resident cache is indexed on the device. ``cpu:0`` is a device that
+    is not ``cpu`` to the loader, so the copy branch runs here: both give the same augmented batches."""
+    from reproscope.config import AugConfig
+    from reproscope.train.augment import BatchTransform
+    from reproscope.train.data import ArrayDataset, BatchLoader
+    g = torch.Generator().manual_seed(0)
+    ds = ArrayDataset(torch.randint(0, 256, (64, 3, 36, 36), dtype=torch.uint8, generator=g), torch.arange(64) % 10,
+                      tuple("abcdefghij"), "t")
+    tf = BatchTransform(AugConfig(), 32, (0.5,) * 3, (0.25,) * 3, 10, 0.0, train=True)
+    resident = BatchLoader(ds, 16, torch.device("cpu"), tf, train=True)
+    copied = BatchLoader(ds, 16, torch.device("cpu", 0), tf, train=True, device_cache="off")
+    assert copied.images.device != copied.device  # the copy branch
+    for (xa, ya), (xb, yb) in zip(resident.epoch(1), copied.epoch(1)):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

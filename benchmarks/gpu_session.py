@@ -12,14 +12,16 @@ recorded and the next still runs; a stage whose share no longer fits in what is 
    it), then one checkpoint + resume and one planted NaN that the tripwire must name -> ``smoke.json``;
 2. ``speed``: ``benchmarks/vs_timm.py`` (ours vs timm, compile off/on, MFU) -> ``vs_timm.json``;
 3. ``overhead``: ``benchmarks/instrument_overhead.py`` with compile on (printed to the log);
-4. ``data``: ``benchmarks/data_throughput.py`` on Imagenette at 128 px (printed to the log);
+4. ``data``: ``benchmarks/data_throughput.py`` on Imagenette at 128 px (printed to the log), and
+   ``e2e``: ``benchmarks/vs_timm.py --end-to-end``, our cached device path against timm's own loader
+   -> ``vs_timm_e2e.json`` (skipped when ``--data-root`` does not exist);
 5. ``campaign``: ``dyt-vit_tiny_ln-imagenette`` vs ``dyt-vit_tiny-imagenette`` at ``--epochs``,
    seeds alternating until the budget runs out, then ``reproscope report`` ->
    ``campaign.tar.gz`` (the run folders' small files and the report).
 
-Writes at most 6 files into ``--out``: ``session.json`` (rewritten after every stage: status,
+Writes at most 7 files into ``--out``: ``session.json`` (rewritten after every stage: status,
 seconds, the tail of the output), ``session.log`` (everything printed), ``smoke.json``,
-``vs_timm.json``, ``campaign.tar.gz`` and ``environment.json``.
+``vs_timm.json``, ``vs_timm_e2e.json``, ``campaign.tar.gz`` and ``environment.json``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # (name, share of the budget in seconds on a GPU; on --cpu-smoke)
-STAGES = (("smoke", 60, 150), ("speed", 180, 60), ("overhead", 45, 60), ("data", 45, 40), ("campaign", None, 90))
+STAGES = (("smoke", 60, 150), ("speed", 180, 60), ("overhead", 45, 60), ("data", 45, 40), ("e2e", 60, 90),
+          ("campaign", None, 90))
 FAMILIES = ("quickstart", "quickstart-dyt", "dyt-convnext_tiny", "kat-kat_tiny", "mambaout-mambaout_femto")
 
 
@@ -182,6 +185,13 @@ def stage_command(name: str, args, out: Path) -> list[str]:
         extra = (["--steps", "4", "--chunk", "2", "--set", "data.train_size=256", "--set", "data.batch_size=32"]
                  if args.cpu_smoke else ["--steps", "200", "--set", "precision.compile=true"])
         return [py, str(bench / "instrument_overhead.py"), *extra]
+    if name == "e2e":  # our cached device path against timm's own loader, end to end
+        if not Path(args.data_root).is_dir():
+            return None
+        extra = (["--tiny", "--workers", "0", "--e2e-img", "32"] if args.cpu_smoke else
+                 ["--models", "vit_tiny_p8_64", "--e2e-img", "128", "--steps", "20", "--rounds", "1", "--compile", "on"])
+        return [py, str(bench / "vs_timm.py"), *extra, "--end-to-end", "--data-root", args.data_root,
+                "--json", str(out / "vs_timm_e2e.json")]
     if name == "data":
         extra = (["--recipe", "quickstart", "--set", "data.train_size=256", "--set", "data.batch_size=32",
                   "--steps", "2"] if args.cpu_smoke else
@@ -207,6 +217,9 @@ def run_session(args) -> int:
             continue
         limit = min(share, left - 5)
         cmd = stage_command(name, argparse.Namespace(**{**vars(args), "stage_budget_s": limit - 10}), out)
+        if cmd is None:
+            results.append({"stage": name, "status": "skipped", "reason": f"no data at {args.data_root}"})
+            continue
         log.write(f"\n===== {name} (limit {limit:.0f} s): {' '.join(cmd)}\n")
         t0 = time.perf_counter()
         try:

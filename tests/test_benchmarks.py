@@ -42,14 +42,14 @@ def test_gpu_session_cpu_smoke(tmp_path):
     out = tmp_path / "out"
     rc = _load("gpu_session").main(["--out", str(out), "--cpu-smoke", "--budget-s", "900"])
     session = json.loads((out / "session.json").read_text())
-    assert {s["stage"]: s["status"] for s in session["stages"]} == {
-        "smoke": "ok", "speed": "ok", "overhead": "ok", "data": "ok", "campaign": "ok"}, session
+    assert {s["stage"]: s["status"] for s in session["stages"]} == {  # e2e: no --data-root given here
+        "smoke": "ok", "speed": "ok", "overhead": "ok", "data": "ok", "e2e": "skipped", "campaign": "ok"}, session
     assert rc == 0
     smoke = json.loads((out / "smoke.json").read_text())["cases"]
     assert all(c["ok"] for c in smoke), [c for c in smoke if not c["ok"]]
     assert any(c["case"] == "tripwire names a planted NaN" for c in smoke)
     assert {p.name for p in out.iterdir()} <= {"session.json", "session.log", "smoke.json", "vs_timm.json",
-                                              "campaign.tar.gz", "environment.json"}
+                                              "vs_timm_e2e.json", "campaign.tar.gz", "environment.json"}
     import tarfile
     with tarfile.open(out / "campaign.tar.gz") as tar:
         names = tar.getnames()

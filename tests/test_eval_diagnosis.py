@@ -212,3 +212,12 @@ def test_an_untrained_model_is_a_training_fault_not_an_evaluation_fault(trained,
     torch.manual_seed(3)
     res = _run(trained, trained[3].make().state_dict(), tmp_path)
     assert "has not learned the task" in verdict(list(res.values()))
+
+
+def test_the_crop_variant_resizes_the_whole_image():
+    raw = torch.zeros(2, 3, 40, 40, dtype=torch.uint8)
+    raw[:, :, :4] = 255  # a band the 32 px centre crop cuts away
+    v = preprocessing_variants(raw, 32, (0.5,) * 3, (0.25,) * 3)
+    whole, crop = v["resized whole image, no centre crop"], v["configured"]
+    assert whole.shape == crop.shape == (2, 3, 32, 32)
+    assert crop.max() == (0 - 0.5) / 0.25 and whole.max() > 0  # the band survives only the resize

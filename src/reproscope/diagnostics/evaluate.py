@@ -12,7 +12,8 @@ by evaluating the same weights under the hypothesis that explains it:
    confusion matrix on val: when a permutation of the predicted classes (Hungarian assignment) is
    far more accurate than the diagonal, the model was trained with another class order.
 3. ``preprocessing``: the val images under the configured transform and under the usual mistakes
-   (no mean/std, 0-255 instead of 0-1, 0-255 normalised, BGR channel order); a variant far better
+   (no mean/std, 0-255 instead of 0-1, 0-255 normalised, BGR channel order, the whole image resized
+   instead of centre-cropped, ImageNet's mean/std); a variant far better
    than the configured one is how the model was trained.
 4. ``raw-vs-ema``: both sets of weights when the checkpoint holds an EMA; an EMA whose horizon
    1/(1 - decay) is long against the steps trained still averages in the random init.
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..checks.core import CheckResult
 from ..config import ConfigError, Recipe, apply_overrides, recipe_from_dict
@@ -225,7 +227,10 @@ def preprocessing_variants(raw: torch.Tensor, size: int, mean, std) -> dict[str,
     the usual mistakes; keys name each variant."""
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     x01 = center_crop(raw, size).float() / 255
+    squashed = F.interpolate(raw.float() / 255, size=(size, size), mode="bilinear", antialias=True,
+                             align_corners=False)  # the whole image resized: no centre crop
     return {"configured": (x01 - m) / s,
+            "resized whole image, no centre crop": (squashed - m) / s,
             "no mean/std (0-1)": x01,
             "0-255, no mean/std": x01 * 255,
             "0-255 normalised with 0-1 mean/std": (x01 * 255 - m) / s,

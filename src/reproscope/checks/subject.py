@@ -73,7 +73,7 @@ class TrainerRun:
         self.trainer.load_state_dict(state)
 
 
-def _strided(n: int, k: int) -> torch.Tensor:
+def strided_indices(n: int, k: int) -> torch.Tensor:
     """k indices spread over [0, n) (folder datasets are sorted by class)."""
     return torch.linspace(0, n - 1, min(n, k)).round().long().unique()
 
@@ -109,7 +109,7 @@ def recipe_subject(recipe: Recipe, *, mutation: Mutation | None = None, make_mod
 
     probe = runner(factory())  # its loaders are the recipe's pipeline (mutations included)
     t = probe.trainer
-    tr_idx, val_idx = _strided(len(train), n), _strided(len(val), n_val)
+    tr_idx, val_idx = strided_indices(len(train), n), strided_indices(len(val), n_val)
     x, y = t.val_loader.transform(*t.train_loader.raw_batch(tr_idx))  # training images, evaluation transform
     val_x, val_y = t.val_loader.make_batch(val_idx)
     source = DataSource(train.images, train.labels, val.images, val.labels,

@@ -37,6 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checks.core import CheckResult
+from ..checks.subject import strided_indices
+from ..checks.training import frozen_norm_statistics
 from ..config import ConfigError, Recipe, apply_overrides, recipe_from_dict
 from ..model.build import build_model
 from ..model.spec import spec_in_run, user_model
@@ -154,16 +156,12 @@ def predict(model: nn.Module, x: torch.Tensor, batch: int = 256, train_mode: boo
     """Predicted class per image, [N] int64, for model inputs ``x`` [N, C, H, W]. ``train_mode`` runs the
     model in train mode (batch statistics, dropout) without moving BatchNorm running statistics."""
     was = model.training
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [{n: b.clone() for n, b in m.named_buffers(recurse=False) if b is not None} for m in bns]
     model.train(train_mode)
     try:
-        return torch.cat([model(x[i:i + batch]).float().argmax(1) for i in range(0, len(x), batch)])
+        with frozen_norm_statistics(model):
+            return torch.cat([model(x[i:i + batch]).float().argmax(1) for i in range(0, len(x), batch)])
     finally:
         model.train(was)
-        for m, bufs in zip(bns, saved):
-            for n, b in bufs.items():
-                getattr(m, n).copy_(b)
 
 
 def top1(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -222,11 +220,14 @@ def folder_mismatch(err: DataError) -> CheckResult:
 
 # ----------------------------------------------------------------------------- 3. preprocessing
 
-def preprocessing_variants(raw: torch.Tensor, size: int, mean, std) -> dict[str, torch.Tensor]:
+def preprocessing_variants(raw: torch.Tensor, size: int, mean, std, only_configured: bool = False
+                           ) -> dict[str, torch.Tensor]:
     """The val images ``raw`` (uint8 [N, 3, H, W]) as model inputs under the configured transform and
-    the usual mistakes; keys name each variant."""
+    the usual mistakes; keys name each variant (``only_configured``: the configured one alone)."""
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    x01 = center_crop(raw, size).float() / 255
+    x01 = center_crop(raw, size).float() / 255  # as the validation BatchTransform prepares it
+    if only_configured:
+        return {"configured": (x01 - m) / s}
     squashed = F.interpolate(raw.float() / 255, size=(size, size), mode="bilinear", antialias=True,
                              align_corners=False)  # the whole image resized: no centre crop
     return {"configured": (x01 - m) / s,
@@ -313,10 +314,6 @@ def eval_mode(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, batch:
 
 # ----------------------------------------------------------------------------- the command
 
-def _strided(n: int, k: int) -> torch.Tensor:
-    return torch.linspace(0, n - 1, min(n, k)).round().long().unique()
-
-
 def _make_model(recipe: Recipe, model_spec: str | None, ckpt: Checkpoint, k: int, in_chans: int):
     if model_spec:
         return user_model(model_spec, k, img_size=recipe.data.img_size, in_chans=in_chans)()
@@ -354,14 +351,14 @@ def run_eval_diagnosis(recipe: Recipe | None, checkpoint: str | Path, *, model_s
     results.append(load_and_check_keys(model, ckpt.model))
     model.eval()
     mean, std = channel_stats(train)
-    vi = _strided(len(val), n_val)
-    variants = preprocessing_variants(val.images[vi], recipe.data.img_size, mean, std)
-    vy = val.labels[vi].long()
-    ti = _strided(len(train), n_train)
-    tx = preprocessing_variants(train.images[ti], recipe.data.img_size, mean, std)["configured"]
-    train_acc = top1(predict(model, tx), train.labels[ti].long())
+    vi = strided_indices(len(val), n_val)
     if results[0].status == "fail":  # weights left at init: every accuracy below would be of a random model
         return results + [_not_measured(n) for n in ("class-mapping", "preprocessing", "eval-mode")]
+    variants = preprocessing_variants(val.images[vi], recipe.data.img_size, mean, std)
+    vy = val.labels[vi].long()
+    ti = strided_indices(len(train), n_train)
+    tx = preprocessing_variants(train.images[ti], recipe.data.img_size, mean, std, only_configured=True)["configured"]
+    train_acc = top1(predict(model, tx), train.labels[ti].long())
     pred = predict(model, variants["configured"])
     mapping = class_mapping(pred, vy, k, list(val.classes), train_acc)
     mapping.details["train_top1"] = train_acc

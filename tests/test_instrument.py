@@ -216,6 +216,16 @@ def test_paper_figure_probes_write_pngs(tmp_path, recipe_name, png):
         assert set(probes["mambaout_gates"]) == {"stages.0", "stages.1", "stages.2", "stages.3"}
     if recipe_name == "quickstart":
         assert len(probes["norm_curves"]) == 3
+    rows = [json.loads(line) for line in (tmp_path / "run" / "paper_probes.jsonl").read_text().splitlines()] \
+        if recipe_name != "quickstart" else []  # LayerNorm only: nothing to follow over training
+    if rows:  # at initialisation (epoch -1) and after each epoch
+        assert [r["epoch"] for r in rows] == [-1, 0]
+        assert (tmp_path / "run" / "figures" / "paper_probes_over_training.png").stat().st_size > 5000
+    if recipe_name.startswith("kat"):
+        init = rows[0]["kat"]["blocks.0.mlp.layer1"]
+        assert init["in_p001"] < 0 < init["in_p999"] and 0.5 < init["var_ratio"] < 2  # variance-preserving init
+    if recipe_name.startswith("mambaout"):
+        assert set(rows[-1]["mambaout_gates"]) == {"stages.0", "stages.1", "stages.2", "stages.3"}
 
 
 def test_profile_writes_traces_and_summary(tmp_path, capsys):

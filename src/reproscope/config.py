@@ -45,6 +45,9 @@ class ModelConfig:
                           choices=("default", "token", "avg"))
     attn_init: str = _f("default", "ViT/KAT attention init: the model's own, trunc_normal(0.02) or mimetic "
                         "(Trockman and Kolter 2023)", choices=("default", "trunc_normal", "mimetic"))
+    denominator: str = _f("default", "KAT rational denominator: the model's own, the paper's 1+|sum b_i x^i|, "
+                          "the public GPU kernel's 1+sum |b_i||x|^i, or its CPU fallback's 1+sum |b_i| x^i",
+                          choices=("default", "paper", "abs_terms", "signed_terms"))
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class InstrumentConfig:
     spike_window: int = _f(100, "loss-spike detector window (steps)", min=5)
     spike_threshold: float = _f(8.0, "a spike is loss > median + threshold x MAD of the window", gt=0)
     spike_skip: bool = _f(False, "skip the optimizer step on a loss spike")
-    probes: bool = _f(True, "paper-figure probes (DyT curves and alpha, KAT ranges, MambaOut gates) at the end")
+    probes: bool = _f(True, "paper-figure probes (DyT curves and alpha, KAT ranges, MambaOut gates): numbers every epoch, figures at the end")
 
 
 SECTIONS: dict[str, type] = {

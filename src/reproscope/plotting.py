@@ -23,6 +23,6 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")  # legends placed outside the axes stay in
     pyplot().close(fig)
     return path

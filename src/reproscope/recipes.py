@@ -284,31 +284,50 @@ for _subset in _SUBSETS:
 # shrunk again until 3 seeds x 2 variants train on 2 CPU cores in about an hour. Labelled CPU scale
 # everywhere it is used; the GPU-scale runs are the `*-imagenette` recipes above.
 
-def _cpu_scale(reduced: Recipe) -> Recipe:
-    changes = {"model.name": "vit_quick", "model.patch_size": 4, "model.drop_path": 0.0, "data.img_size": 32,
+def _cpu_scale(reduced: Recipe, model: str = "vit_quick", model_reason: str = "", name: str = "",
+               lr_reason: str = "") -> Recipe:
+    """``reduced`` shrunk to the CPU campaigns' common footing (32 px Imagenette, a 0.47-0.56M-parameter
+    model, batch 128, lr 4e-4, 15 epochs, no mixing or EMA, fp32), so the DyT, KAT and MambaOut CPU
+    campaigns are comparable; ``model`` replaces the reduced recipe's model."""
+    parent = get_recipe(reduced.parent)
+    changes = {"model.name": model, "model.patch_size": 4, "model.drop_path": 0.0, "data.img_size": 32,
                "data.batch_size": 128, "optim.lr": 4e-4, "sched.epochs": 15, "sched.warmup_epochs": 1.0,
                "aug.mix_prob": 0.0, "reg.ema_decay": 0.0, "reg.eval_ema": False, "precision.amp": "fp32"}
+    linear = parent.optim.lr * 128 / parent.data.batch_size
     reasons = {
-        "model.name": "CPU scale: ViT width 96, depth 4, 4 heads (0.56M parameters) instead of ViT-Ti",
+        "model.name": model_reason or "CPU scale: ViT width 96, depth 4, 4 heads (0.56M parameters) instead of ViT-Ti",
         "model.patch_size": "patch 4 at 32 px keeps an 8x8 token grid (64 tokens, as ViT-Ti/16 at 128 px)",
         "model.drop_path": "a 4-block model trained for 15 epochs underfits; stochastic depth would only slow it",
         "data.img_size": "CPU scale: 32 px (cache built from the shared 224 px copy)",
         "data.batch_size": "CPU scale: batch 128 gives ~74 optimizer steps per Imagenette epoch",
-        "optim.lr": "3.2x the linear-scaling lr (4e-3 x 128/4096 = 1.25e-4): a 15-epoch run needs a larger step",
+        "optim.lr": lr_reason or (f"{4e-4 / linear:.1f}x the linear-scaling lr ({parent.optim.lr:g} x 128/"
+                                  f"{parent.data.batch_size} = {linear:.3g}): a 15-epoch run needs a larger step"),
         "sched.epochs": "CPU scale: 15 epochs (~1100 steps) so 6 runs fit in about an hour on 2 cores",
-        "sched.warmup_epochs": "warmup shortened in proportion to training (paper: 20 of 300 epochs)",
-        "aug.mix_prob": "mixup/cutmix off: at 15 epochs a 0.56M-parameter model underfits, and mixing only "
+        "sched.warmup_epochs": (f"warmup shortened in proportion to training (paper: {parent.sched.warmup_epochs:g} "
+                                f"of {parent.sched.epochs} epochs)") if parent.sched.warmup_epochs >= 15 else (
+                                f"1 warmup epoch (~74 steps), the CPU campaigns' common footing (paper: "
+                                f"{parent.sched.warmup_epochs:g} of {parent.sched.epochs} epochs)"),
+        "aug.mix_prob": "mixup/cutmix off: at 15 epochs a sub-1M-parameter model underfits, and mixing only "
                         "lowers both variants' accuracy",
         "reg.ema_decay": "EMA off: ~1100 steps are too few for a useful weight average",
         "reg.eval_ema": "no EMA to evaluate",
+        "precision.amp": "CPU: fp32 (the paper's mixed precision is a GPU speed-up; bf16 autocast on CPU is slower)",
         "data.root": reduced.deviations["data.root"], "data.dataset": reduced.deviations["data.dataset"],
     }
     base = apply_overrides(reduced, changes)
-    name = reduced.name.replace("vit_tiny", "vit_quick") + "-cpu"
+    name = name or reduced.name.replace(reduced.model.name, model) + "-cpu"
     return register_recipe(dataclasses.replace(
-        base, name=name, deviations={k: reasons[k] for k in recipe_diff(get_recipe(reduced.parent), base)},
-        description=f"{reduced.parent} at CPU scale on Imagenette 32 px (vit_quick, 15 epochs)"))
+        base, name=name, deviations={k: reasons[k] for k in recipe_diff(parent, base)},
+        description=f"{reduced.parent} at CPU scale on Imagenette 32 px ({model}, 15 epochs)"))
 
 
 for _reduced_name in ("dyt-vit_tiny-imagenette", "dyt-vit_tiny_ln-imagenette"):
-    _cpu_scale(get_recipe(_reduced_name))
+    _cpu_scale(get_recipe(_reduced_name), lr_reason="3.2x the linear-scaling lr (4e-3 x 128/4096 = 1.25e-4): "
+                                                    "a 15-epoch run needs a larger step")
+# KAT (docs/reproductions/kat.md): KAT-T's GR-KAN block at vit_quick's size vs the same ViT with its GELU MLP,
+# both on the KAT paper's (DeiT) recipe: the paper's Table 5 comparison, KAT-T vs DeiT-T.
+_cpu_scale(get_recipe("kat-kat_tiny-imagenette"), "kat_quick",
+           "CPU scale: KAT width 96, depth 4, 4 heads, 8 rational groups (0.47M parameters) instead of KAT-T")
+_cpu_scale(get_recipe("kat-kat_tiny-imagenette"), "vit_quick",
+           "the paper's baseline (DeiT-T: the same ViT with a GELU MLP) at CPU scale: vit_quick, 0.47M parameters",
+           name="kat-vit_quick-imagenette-cpu")

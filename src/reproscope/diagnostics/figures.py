@@ -108,6 +108,52 @@ def plot_gates(gates: dict, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def read_paper_probes(path: Path) -> list[dict]:
+    """The lines of ``paper_probes.jsonl`` (one per epoch, ``instrument.paper_probes.summary``); [] if absent."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_probes_over_training(rows: list[dict], path: Path) -> Path | None:
+    """KAT: each rational layer's widest input quantile max(|p0.1|, |p99.9|) against the [-3, 3] fit
+    range, and each GR-KAN layer's Var[out]/Var[in], per epoch; MambaOut: each stage's near-zero gate
+    share per epoch. None when the run has neither. Legends sit outside the axes."""
+    kat_rows = [r for r in rows if r.get("kat")]
+    gate_rows = [r for r in rows if r.get("mambaout_gates")]
+    panels = ([("kat_range", kat_rows), ("kat_var", kat_rows)] if kat_rows else []) + (
+        [("gates", gate_rows)] if gate_rows else [])
+    if not panels:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.6, 3.4), squeeze=False)
+    for ax, (kind, rs) in zip(axes[0], panels):
+        epochs = [r["epoch"] + 1 for r in rs]
+        key = "mambaout_gates" if kind == "gates" else "kat"
+        names = list(rs[-1][key])
+        for n in names:
+            if kind == "kat_range":
+                ys = [max(abs(r["kat"][n].get("in_p001", 0)), abs(r["kat"][n].get("in_p999", 0)))
+                      if n in r["kat"] else float("nan") for r in rs]
+            elif kind == "kat_var":
+                ys = [r["kat"].get(n, {}).get("var_ratio", float("nan")) for r in rs]
+            else:
+                ys = [r["mambaout_gates"].get(n, float("nan")) for r in rs]
+            ax.plot(epochs, ys, marker=".", lw=1, label=n.replace("blocks.", "b").replace(".mlp", ""))
+        ax.set_xlabel("epoch")
+        if kind == "kat_range":
+            ax.axhline(3.0, color="tab:green", ls="--", lw=1, label="fit range edge (3)")
+            ax.set_title("rational input: max(|p0.1|, |p99.9|)", fontsize=9)
+        elif kind == "kat_var":
+            ax.axhline(1.0, color="k", lw=0.5)
+            ax.set_title("GR-KAN layer Var[out] / Var[in]", fontsize=9)
+        else:
+            ax.set_title("MambaOut: share of |GELU(g)| < 0.01", fontsize=9)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle("paper-figure probes over training (first 64 val images, each epoch)", fontsize=10)
+    return save_figure(fig, path)
+
+
 def plot_run(run_dir: str | Path, tb_writer=None, step: int = 0) -> list[Path]:
     run_dir = Path(run_dir)
     fig_dir = run_dir / "figures"
@@ -116,7 +162,9 @@ def plot_run(run_dir: str | Path, tb_writer=None, step: int = 0) -> list[Path]:
     made = [plot_norm_curves(probes.get("norm_curves", {}), fig_dir / "dyt_fig2_norm_curves.png"),
             plot_alpha(alpha_vs_inv_std(run_dir / "stats.jsonl"), fig_dir / "dyt_fig8_alpha.png"),
             plot_kat(probes.get("kat", {}), fig_dir / "kat_ranges.png"),
-            plot_gates(probes.get("mambaout_gates", {}), fig_dir / "mambaout_gates.png")]
+            plot_gates(probes.get("mambaout_gates", {}), fig_dir / "mambaout_gates.png"),
+            plot_probes_over_training(read_paper_probes(run_dir / "paper_probes.jsonl"),
+                                      fig_dir / "paper_probes_over_training.png")]
     if (fig_dir / "probes_at_divergence.pt").is_file():  # the same probes at the step the run was flagged
         at = load_file(fig_dir / "probes_at_divergence.pt", what="probe dump")
         when = " - at the step the run was flagged as diverging"

@@ -101,6 +101,19 @@ def collect(model: nn.Module, x: torch.Tensor) -> dict:
     return out
 
 
+def summary(data: dict) -> dict:
+    """``collect``'s output reduced to numbers, one small dict per call (a line of
+    ``paper_probes.jsonl``): per rational layer its input p0.1/p99.9, min/max and the GR-KAN layer's
+    variance ratio; per MambaOut stage the near-zero gate share; per probed DyT layer the share of
+    saturated outputs (``SATURATED``)."""
+    kat = {n: {k: v[k] for k in ("in_min", "in_max", "in_p001", "in_p999", "var_ratio") if k in v}
+           for n, v in data.get("kat", {}).items()}
+    dyt = {n: (c["y"].abs() > SATURATED).float().mean().item()
+           for n, c in data.get("norm_curves", {}).items() if str(c.get("kind", "")).startswith("DyT")}
+    return {k: v for k, v in (("kat", kat), ("mambaout_gates", data.get("mambaout_gates", {})),
+                              ("dyt_saturated", dyt)) if v}
+
+
 SATURATED = 0.99  # |tanh(alpha x)| above this: the DyT output no longer follows its input (our threshold)
 
 

@@ -20,7 +20,7 @@ from ..runtime import distributed, rng_state, set_rng_state
 from ..train.callbacks import Callback
 from ..train.guard import SpikeDetector
 from .hooks import ActivationStats, parameter_norms
-from .paper_probes import collect, probe_findings
+from .paper_probes import collect, probe_findings, summary
 
 __all__ = ["Instrument", "SpikeDetector", "probe_schedule"]
 
@@ -65,6 +65,8 @@ class Instrument(Callback):
                                         samples=self.cfg.stat_samples, elements=self.cfg.stat_elements)
         self.params = [(n, p) for n, p in trainer.orig_model.named_parameters() if p.requires_grad]
         self.stats_file = open(trainer.run_dir / "stats.jsonl", "a", buffering=1) if trainer.dist.is_main else None
+        if trainer.step == 0:  # the paper-figure probes at initialisation: epoch -1 in paper_probes.jsonl
+            self.on_epoch_end(trainer, -1)
 
     def on_step_start(self, trainer, step: int) -> None:
         self.probing = probe_schedule(step, self.cfg.probe_every, self.cfg.probe_early)
@@ -107,6 +109,17 @@ class Instrument(Callback):
         if self.cfg.probes and trainer.dist.is_main:
             findings.update(self.probe_now(trainer.orig_model, self._val_batch(trainer), trainer.run_dir,
                                            "probes_at_divergence.pt"))
+
+    def on_epoch_end(self, trainer, epoch: int) -> None:
+        """The paper-figure probes' numbers on the first 64 validation images, one line per epoch in
+        ``paper_probes.jsonl`` (KAT ranges, MambaOut gates, DyT saturation over training); epoch -1 is
+        the model at initialisation."""
+        if not (self.cfg.probes and trainer.dist.is_main):
+            return
+        line = summary(collect(trainer.orig_model, self._val_batch(trainer)))
+        if line:
+            with open(trainer.run_dir / "paper_probes.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": epoch, "step": trainer.step, **line}) + "\n")
 
     def on_train_end(self, trainer) -> None:
         self.close()

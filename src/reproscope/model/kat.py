@@ -253,6 +253,15 @@ def kat_base(**kw):
     return _kat(768, 12, 12, **kw)
 
 
+@register_model(paper="reproscope (CPU campaign size; KAT-T's block at vit_quick's width)", default_img_size=32)
+def kat_quick(**kw):
+    """KAT at ``vit_quick``'s size (width 96, depth 4, 4 heads, 8 rational groups of 12 channels), patch 8
+    at 32 px: the CPU-scale KAT campaign (docs/reproductions/kat.md) against ``vit_quick``'s GELU MLP."""
+    kw.setdefault("img_size", 32)
+    kw.setdefault("patch_size", 8)
+    return _kat(96, 4, 4, **kw)
+
+
 @register_model(paper="KAT (Table 5; the public code's training path)", paper_params_m=5.7, paper_top1=74.6)
 def kat_tiny_public(**kw):
     """KAT-T as the authors' public code trains it (``PUBLIC``: |b_i| |x|^i denominators, a shared

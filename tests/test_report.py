@@ -99,6 +99,57 @@ def test_raw_and_ema_weights_are_both_evaluated_and_reported(tmp_path, capsys):
     assert "| raw top-1 | EMA top-1 |" in (tmp_path / "rep" / "report.md").read_text()
 
 
+def _pdf_text_codepoints(pdf: bytes) -> set[int]:
+    """The Unicode code points the ToUnicode maps of a PDF name (each stream read by its /Length, inflated)."""
+    import re
+    import zlib
+    points = set()
+    for m in re.finditer(rb"<<[^>]*?/Length (\d+)[^>]*>>\s*stream\r?\n", pdf):
+        raw = pdf[m.end():m.end() + int(m.group(1))]
+        try:
+            text = zlib.decompress(raw)
+        except zlib.error:
+            text = raw
+        if b"beginbfchar" in text:
+            points |= {int(h, 16) for h in re.findall(rb"<[0-9A-Fa-f]{4}>\s*<([0-9A-Fa-f]{4})>", text)}
+    return points
+
+
+def test_note_prints_greek_and_math_symbols_as_such(tmp_path, capsys):
+    """#18: ±, →, ≤, α, β, γ in a note print as those characters (DejaVu from matplotlib), not as '?'."""
+    note = tmp_path / "note.md"
+    note.write_text("# Note\n\nDyT(x) = γ · tanh(α x) + β; 46.99 ± 0.99; 82.3 → 82.5; lr ≤ 4e-3.\n")
+    assert main(["note", str(note)]) == 0
+    points = _pdf_text_codepoints((tmp_path / "note.pdf").read_bytes())
+    assert {ord(c) for c in "±→≤αβγ"} <= points
+
+
+def test_long_commands_wrap_at_argument_boundaries():
+    from reproscope.diagnostics.report import wrap_command
+    line = ("reproscope train --recipe dyt-vit_quick-imagenette-cpu --run-dir runs/dyt-cpu/a-long-name "
+            "--no-progress --set run.threads=1 --set model.dyt_alpha0=1.0")
+    assert wrap_command("reproscope train", 40) == ["reproscope train"]
+    parts = wrap_command(line, 48)
+    assert len(parts) > 1 and all(len(p) <= 48 for p in parts)
+    assert all(p.endswith(" \\") for p in parts[:-1]) and all(p.startswith("    ") for p in parts[1:])
+    assert " ".join(p.removesuffix(" \\").strip() for p in parts).split() == line.split()  # nothing lost or split
+    for p in parts[1:]:  # every continuation starts with an option, never with an option's value
+        assert p.strip().startswith("-")
+
+
+def test_a_heading_never_ends_a_page(tmp_path):
+    """#18: a heading that would sit alone at the bottom of a page moves to the next one, with what follows."""
+    from reproscope.diagnostics.report import to_pdf
+    text = "A sentence that fills some of the line with words. " * 6
+    for filler in range(30, 60):  # headings land at many heights on the first page
+        blocks = [("title", "T")] + [("p", text)] * filler + [("h", "A heading"), ("p", text), ("h", "B"), ("p", "x")]
+        layout: list = []
+        to_pdf(blocks, tmp_path / "a.pdf", max_pages=None, layout=layout)
+        for (kind, page, _), (_, next_page, _) in zip(layout, layout[1:]):
+            if kind == "h":
+                assert page == next_page, f"filler {filler}: heading on page {page}, its text on {next_page}"
+
+
 def test_note_embeds_the_figures_it_references(tmp_path, capsys):
     """#18: a line holding only ![caption](file.png) becomes the figure in the PDF, not its path."""
     from PIL import Image

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..instrument.hooks import ActivationStats, parameter_norms
-from ..plotting import pyplot, save_figure
+from ..plotting import legend_outside, pyplot, save_figure
 from .core import Causes, CheckData, CheckResult, check, fresh
 
 
@@ -467,5 +467,5 @@ def _plot_lr_range(data: CheckData, lrs, raw, smooth, suggest, lr_min, diverge):
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.set_title("lr range test")
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     return save_figure(fig, data.out_dir / "lr_range.png")

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 
-from ..plotting import pyplot, save_figure
+from ..plotting import legend_outside, pyplot, save_figure
 from ..train.checkpoint import load_file
 
 
@@ -56,7 +56,7 @@ def plot_alpha(series: dict, path: Path) -> Path | None:
         a1.plot([p[0] for p in s], [p[2] for p in s], ls="--", color=line.get_color())
     a1.set_xlabel("step")
     a1.set_title("alpha (solid) and 1/std of input (dashed)", fontsize=9)
-    a1.legend(fontsize=6)
+    legend_outside(a1)
     last = [series[n][-1] for n in names]
     a2.scatter([p[2] for p in last], [p[1] for p in last], s=12)
     a2.set_xlabel("1/std of input (last probe)")
@@ -83,7 +83,7 @@ def plot_kat(kat: dict, path: Path, when: str = "") -> Path | None:
     if max(max(abs(r["in_min"]), abs(r["in_max"])) for r in rows.values()) > 30:
         a1.set_yscale("symlog", linthresh=3)  # linear inside the fit range, decades outside it
     a1.set_title("rational input range (p0.1-p99.9 blue, min-max grey)", fontsize=9)
-    a1.legend(fontsize=7)
+    legend_outside(a1)
     ratios = [kat[n].get("var_ratio", float("nan")) for n in names]
     a2.bar(range(len(names)), ratios)
     a2.axhline(1.0, color="k", lw=0.5)
@@ -149,7 +149,7 @@ def plot_probes_over_training(rows: list[dict], path: Path) -> Path | None:
             ax.set_title("GR-KAN layer Var[out] / Var[in]", fontsize=9)
         else:
             ax.set_title("MambaOut: share of |GELU(g)| < 0.01", fontsize=9)
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        legend_outside(ax)
     fig.suptitle("paper-figure probes over training (first 64 val images, each epoch)", fontsize=10)
     return save_figure(fig, path)
 

@@ -24,26 +24,35 @@ from .runs import Group, RunRecord, group_runs, is_science, load_run, welch
 @dataclass(frozen=True)
 class Claim:
     text: str
-    method: dict  # config values that select the method's groups
+    method: dict  # config values that select the method's groups (a tuple value: any of them)
     baseline: dict  # ... and its baseline's
+    paper_top1: tuple[float, float] | None = None  # the paper's (method, baseline) top-1; None: per norm (DyT)
+    paper_models: str = ""  # the paper's models behind paper_top1, for the column header
 
 
 CLAIMS = {
-    "dyt": Claim("Replacing every normalization layer with DyT(x) = gamma * tanh(alpha x) + beta matches or beats "
-                 "LayerNorm (paper, Table 1: ViT-B 82.3 -> 82.5, ViT-L 83.1 -> 83.6 ImageNet-1K top-1).",
+    "dyt": Claim("Replacing every normalization layer with DyT(x) = γ · tanh(α x) + β matches or beats "
+                 "LayerNorm (paper, Table 1: ViT-B 82.3 → 82.5, ViT-L 83.1 → 83.6 ImageNet-1K top-1).",
                  {"model.norm": "dyt", "model.dyt_squash": "tanh", "model.dyt_alpha0": 0.5}, {"model.norm": "ln"}),
-    "kat": Claim("GR-KAN MLPs beat the GELU MLP of a ViT of the same size (paper, Table 5: DeiT-T 72.2 -> KAT-T 74.6).",
-                 {"model.name": "kat_tiny"}, {"model.name": "vit_tiny"}),
+    "kat": Claim("GR-KAN MLPs beat the GELU MLP of a ViT of the same size (paper, Table 5: DeiT-T 72.2 → KAT-T 74.6).",
+                 {"model.name": ("kat_tiny", "kat_quick"), "model.denominator": ("default", "paper")},
+                 {"model.name": ("vit_tiny", "vit_quick"), "model.norm": ("default", "ln")},
+                 (74.6, 72.2), "KAT-T / DeiT-T"),
     "mambaout": Claim("Gated CNN blocks without SSM (MambaOut-Femto, 78.9) beat DeiT-T (72.2) at similar size "
-                      "(paper, Table 1).", {"model.name": "mambaout_femto"}, {"model.name": "vit_tiny"}),
+                      "(paper, Table 1).", {"model.name": ("mambaout_femto", "mambaout_quick")},
+                      {"model.name": ("vit_tiny", "vit_quick"), "model.norm": ("default", "ln")},
+                      (78.9, 72.2), "MambaOut-Femto / DeiT-T"),
 }
 MAX_PAGES = 3
 NL = {"new_x": "LMARGIN", "new_y": "NEXT"}  # fpdf2: every paragraph starts at the left margin on a new line
 
 
+_UNSET = {"model.dyt_squash": "tanh", "model.denominator": "default"}  # keys older runs' configs lack
+
+
 def _matches(g: Group, sel: dict) -> bool:
     f = g.first.flat_config()
-    return all(f.get(k, "tanh" if k == "model.dyt_squash" else None) == v for k, v in sel.items())
+    return all(f.get(k, _UNSET.get(k)) in (v if isinstance(v, tuple) else (v,)) for k, v in sel.items())
 
 
 def find_claim(groups: list[Group], paper_key: str) -> Claim | None:
@@ -116,7 +125,11 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
     for g in groups:
         m, s, n = g.mean_std("top1")
         norm = g.first.config["model"].get("norm", "default")
-        paper_top1 = facts.get("top1", {}).get(norm) if norm in ("ln", "dyt") else None
+        if claim is not None and claim.paper_top1 is not None:  # the paper's method and baseline rows only
+            paper_top1 = (claim.paper_top1[0] if _matches(g, claim.method) else
+                          claim.paper_top1[1] if _matches(g, claim.baseline) else None)
+        else:
+            paper_top1 = facts.get("top1", {}).get(norm) if norm in ("ln", "dyt") else None
         if g.first.config["model"].get("dyt_squash", "tanh") != "tanh":
             paper_top1 = None
         seeds = ", ".join(f"{v:.2f}" for v in g.metric("top1"))
@@ -125,10 +138,11 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
             seeds += f" ({len(incomplete)} run(s) incomplete: last eval at epoch " \
                      f"{incomplete[0].val[-1]['epoch'] + 1 if incomplete[0].val else 0})"
         res_rows.append([g.label, f"{paper_top1:.1f}" if paper_top1 else "-",
-                         f"{m:.2f} +- {s:.2f}" if n else "no eval", str(n), seeds])
-    paper_col = f"paper {facts['model']} (IN-1K)" if facts else "paper"
+                         f"{m:.2f} ± {s:.2f}" if n else "no eval", str(n), seeds])
+    paper_col = (f"paper {claim.paper_models} (IN-1K)" if claim is not None and claim.paper_models else
+                 f"paper {facts['model']} (IN-1K)" if facts else "paper")
     blocks += [("h", "Results (val top-1, %)"),
-               ("table", ["variant", paper_col, "ours: mean +- std", "n", "per seed"], res_rows)]
+               ("table", ["variant", paper_col, "ours: mean ± std", "n", "per seed"], res_rows)]
     verdict = _verdict(groups, claim)
     if verdict:
         blocks.append(("p", verdict))
@@ -261,7 +275,7 @@ def _checklist(groups: list[Group], runs: list[RunRecord]) -> list[list[str]]:
             ["compute (all runs)", f"{hours:.2f} device-hours on {runs[0].device}; "
                                    f"{sum(r.images_seen for r in runs) / 1e6:.2f}M images seen"],
             ["number of runs", seeds],
-            ["statistics", "mean +- standard deviation over seeds; the difference with a 95 % Welch interval"],
+            ["statistics", "mean ± standard deviation over seeds; the difference with a 95 % Welch interval"],
             ["splits", "train / val as in Methodology; no test set is used for any choice"],
             ["hyperparameters", f"the paper recipe's, {n_dev} changed (deviation log, with reasons); "
                                 f"search: (fill in: none, or its bounds and trials)"]]
@@ -335,48 +349,124 @@ def to_markdown(blocks: list[tuple], out: Path) -> str:
     return "\n".join(lines)
 
 
-def to_pdf(blocks: list[tuple], path: Path, font_size: float = 8.5, max_pages: int | None = MAX_PAGES) -> int:
-    """Render with fpdf2; returns the page count (shrinks the text while it runs past ``max_pages``)."""
+def _fonts(pdf) -> tuple[str, str]:
+    """Register DejaVu Sans and Sans Mono from matplotlib's own font folder (a dependency, so nothing is
+    downloaded): Unicode text (±, →, ≤, α, β, γ) prints as such. Returns (sans, mono) family names."""
+    import matplotlib
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    for family, stem in (("DejaVu", "DejaVuSans"), ("DejaVuMono", "DejaVuSansMono")):
+        for style, suffix in (("", ""), ("B", "-Bold"), ("I", "-Oblique")):
+            pdf.add_font(family, style, str(ttf / f"{stem}{suffix}.ttf"))
+    return "DejaVu", "DejaVuMono"
+
+
+def wrap_command(line: str, max_chars: int, indent: int = 4) -> list[str]:
+    """A code line too long for ``max_chars`` characters, wrapped the way a shell reader expects: only
+    at spaces, before an option (``-x``/``--key``) where possible so that an option stays with its
+    value, each broken line ending in `` \\`` and continued with ``indent`` spaces. A single word
+    longer than the line is kept whole (the caller shrinks the font for it). Lines that fit come back
+    unchanged."""
+    if len(line) <= max_chars:
+        return [line]
+    lead = len(line) - len(line.lstrip())
+    words = line.split()
+    pieces: list[str] = []  # options glued to their values: "--set model.x=1"
+    for w in words:
+        if pieces and not w.startswith("-") and pieces[-1].startswith("-") and " " not in pieces[-1]:
+            pieces[-1] += " " + w
+        else:
+            pieces.append(w)
+    out, cur = [], " " * lead + pieces[0]
+    for p in pieces[1:]:
+        if len(cur) + 1 + len(p) + 2 <= max_chars:
+            cur += " " + p
+        else:
+            out.append(cur + " \\")
+            cur = " " * (lead + indent) + p
+    return out + [cur]
+
+
+def _block_height(pdf, b: tuple, width: float, font_size: float) -> float:
+    """A rough height (mm) of the first part of block ``b``: what must fit below a heading."""
+    if b[0] == "img" and b[1] is not None:
+        from PIL import Image
+        with Image.open(b[1]) as im:
+            w, h = im.size
+        return width * _img_frac(w / h) * h / w + 6
+    return font_size * 0.45 * 3  # three lines of text or table rows
+
+
+def _img_frac(aspect: float) -> float:
+    """The share of the text width a figure of ``aspect`` (width / height) gets: wide multi-panel
+    figures the most, so their 7 pt labels print at about 6 pt."""
+    return 0.8 if aspect > 2.2 else 0.55
+
+
+def to_pdf(blocks: list[tuple], path: Path, font_size: float = 8.5, max_pages: int | None = MAX_PAGES,
+           layout: list | None = None) -> int:
+    """Render with fpdf2; returns the page count (shrinks the text while it runs past ``max_pages``).
+
+    Text is set left-aligned (monospace is never justified) in DejaVu Sans / Sans Mono; long commands
+    wrap at argument boundaries (``wrap_command``); a heading moves to the next page when the start of
+    what follows it (three lines, or the whole figure) would not fit below it. ``layout``, if given,
+    receives one ``(kind, page, y_mm)`` per block, where the block starts."""
     from fpdf import FPDF
     from fpdf.fonts import FontFace
     pdf = FPDF(format="A4")
+    sans, mono = _fonts(pdf)
     pdf.set_margins(12, 10, 12)
     pdf.set_auto_page_break(True, margin=10)
     pdf.add_page()
     width = pdf.w - pdf.l_margin - pdf.r_margin
-    for b in blocks:
+    for i, b in enumerate(blocks):
         kind = b[0]
+        if kind in ("title", "h") and i + 1 < len(blocks):  # keep a heading with what follows it
+            need = 7 + _block_height(pdf, blocks[i + 1], width, font_size)
+            if pdf.get_y() + need > pdf.page_break_trigger:
+                pdf.add_page()
+        if layout is not None:
+            layout.append((kind, pdf.page, pdf.get_y()))
         if kind == "title":
-            pdf.set_font("Helvetica", "B", font_size + 5)
-            pdf.multi_cell(width, 7, _latin1(b[1]), align="L", **NL)
+            pdf.set_font(sans, "B", font_size + 5)
+            pdf.multi_cell(width, 7, b[1], align="L", **NL)
         elif kind == "h":
             pdf.ln(1.5)
-            pdf.set_font("Helvetica", "B", font_size + 2)
-            pdf.multi_cell(width, 5.5, _latin1(b[1]), align="L", **NL)
+            pdf.set_font(sans, "B", font_size + 2)
+            pdf.multi_cell(width, 5.5, b[1], align="L", **NL)
         elif kind == "p":
             pdf.ln(0.8)
-            pdf.set_font("Helvetica", "", font_size)
-            pdf.multi_cell(width, font_size * 0.45, _latin1(b[1]), align="L", **NL)
+            pdf.set_font(sans, "", font_size)
+            pdf.multi_cell(width, font_size * 0.45, b[1], align="L", **NL)
         elif kind == "table":
-            pdf.set_font("Helvetica", "", font_size - 1)
+            pdf.set_font(sans, "", font_size - 1)
             widths = _col_widths([b[1], *b[2]])
             with pdf.table(headings_style=FontFace(emphasis="BOLD"), line_height=font_size * 0.45,
                            text_align="LEFT", padding=0.8, col_widths=widths) as t:
                 for row in [b[1], *b[2]]:
                     r = t.row()
                     for c in row:
-                        r.cell(_latin1(str(c)))
+                        r.cell(str(c))
         elif kind == "img" and b[1] is not None:
-            w = width * (0.8 if "curves" in Path(b[1]).name else 0.5)
+            from PIL import Image
+            with Image.open(b[1]) as im:
+                w = width * _img_frac(im.size[0] / im.size[1])
             pdf.image(str(b[1]), w=w, x=pdf.l_margin + (width - w) / 2)
-            pdf.set_font("Helvetica", "I", font_size - 1)
-            pdf.multi_cell(width, font_size * 0.42, _latin1(b[2]), **NL)
+            pdf.set_font(sans, "I", font_size - 1)
+            pdf.multi_cell(width, font_size * 0.42, b[2], align="L", **NL)
         elif kind == "code":
-            pdf.set_font("Courier", "", font_size - 2)
+            size = font_size - 2
+            pdf.set_font(mono, "", size)
+            max_chars = int(width / pdf.get_string_width("m"))
             for line in b[1]:
-                pdf.multi_cell(width, font_size * 0.4, _latin1(line), **NL)
+                for part in wrap_command(line, max_chars):
+                    fit = min(size, size * width / max(pdf.get_string_width(part) * 1.01, 1e-6))
+                    pdf.set_font(mono, "", fit)  # a single word wider than the line: smaller, never split
+                    pdf.cell(width, font_size * 0.4, part, align="L", **NL)
+                    pdf.set_font(mono, "", size)
     if max_pages and pdf.pages_count > max_pages and font_size > 6.5:
-        return to_pdf(blocks, path, font_size - 1, max_pages)
+        if layout is not None:
+            layout.clear()
+        return to_pdf(blocks, path, font_size - 1, max_pages, layout)
     pdf.output(str(path))
     return pdf.pages_count
 
@@ -385,14 +475,6 @@ def _col_widths(rows: list[list[str]]) -> tuple[float, ...]:
     """Column widths in proportion to the longest cell (capped, so one long reason does not squeeze the rest)."""
     n = len(rows[0])
     return tuple(min(60, max(6, max(len(str(r[i])) for r in rows))) for i in range(n))
-
-
-def _latin1(s: str) -> str:
-    """The core PDF fonts are Latin-1: map the few non-Latin-1 characters we print."""
-    for a, b in {"\u2192": "->", "\u2212": "-", "\u00b1": "+-", "\u2264": "<=", "\u2265": ">=", "\u2248": "~",
-                 "\u03b1": "alpha", "\u03b3": "gamma", "\u03b2": "beta", "\u2014": "-", "\u2013": "-"}.items():
-        s = s.replace(a, b)
-    return s.encode("latin-1", "replace").decode("latin-1")
 
 
 def markdown_blocks(text: str, base: Path | None = None) -> list[tuple]:

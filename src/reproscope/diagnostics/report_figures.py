@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plotting import pyplot, save_figure
+from ..plotting import legend_outside, pyplot, save_figure
 from .runs import Group
 
 
@@ -33,12 +33,12 @@ def plot_curves(groups: list[Group], path: Path, vline: int | None = None) -> Pa
               g.label, c)
     if vline is not None:
         a.axvline(vline, color="k", ls=":", lw=1, label=f"first divergence (step {vline})")
-        a.legend(fontsize=7)
+        legend_outside(a)
     a.set_xlabel("step")
     a.set_ylabel("train loss")
     b.set_xlabel("epoch")
     b.set_ylabel("val top-1 (%)")
-    b.legend(fontsize=7)
+    legend_outside(b)
     for ax in (a, b):
         ax.grid(alpha=0.3)
     return save_figure(fig, path)
@@ -53,6 +53,6 @@ def plot_grad_norms(groups: list[Group], path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("grad norm")
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from reproscope.config import apply_overrides
+from reproscope.recipes import get_recipe
 from reproscope.instrument.hooks import ActivationStats, HookHandles
 from reproscope.instrument import Tripwire
 from reproscope.instrument.probe import SpikeDetector, probe_schedule
@@ -47,6 +48,22 @@ def test_probes_write_stats_and_tensorboard(tiny_recipe, tmp_path):
     assert "layers/blocks.0.mlp.fc1/std" in acc.Tags()["scalars"]
     assert "nonfinite/weights/head.weight" in acc.Tags()["scalars"]
     assert any(t.startswith("grads/") for t in acc.Tags()["histograms"])
+
+
+def test_histograms_are_on_by_default_at_a_sparse_schedule(tiny_recipe, tmp_path):
+    """#18: gradient/weight/activation histograms without asking, on the first probe step and then at the
+    first probe step hist_every steps later; activations are held only for those steps."""
+    r = apply_overrides(tiny_recipe, {**SMALL, "sched.epochs": 3, "instrument.probe_every": 2,
+                                      "instrument.hist_every": 4})  # 12 steps; probes at 1, 2, 4, 6, 8, 10, 12
+    assert get_recipe("quickstart").instrument.histograms is True
+    trainer, _ = train(r, run_dir=tmp_path / "run")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()["histograms"]
+    assert {"grads/head.weight", "weights/head.weight"} <= set(tags) and any(t.startswith("activations/") for t in tags)
+    for tag in ("grads/head.weight", "weights/head.weight"):
+        assert [e.step for e in acc.Histograms(tag)] == [1, 6, 10]
 
 
 def test_hooks_toggle_and_handles_are_idempotent():

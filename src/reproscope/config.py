@@ -146,7 +146,9 @@ class InstrumentConfig:
     enabled: bool = _f(True, "per-layer probes (activation/gradient/parameter stats)")
     probe_every: int = _f(200, "probe every N optimizer steps", min=1)
     probe_early: bool = _f(True, "also probe at log-spaced early steps (1, 2, 4, 8, ...)")
-    histograms: bool = _f(False, "TensorBoard histograms of weights, grads and activations on probe steps")
+    histograms: bool = _f(True, "TensorBoard histograms of weights, grads and activations, on the first probe step "
+                                "and then every instrument.hist_every steps (at the next probe step)")
+    hist_every: int = _f(1000, "steps between two histogram sets (sparse: each set serialises every tensor)", min=1)
     stat_samples: int = _f(16, "per-module stats use the first N samples of the batch (0 = all); "
                                "the NaN tripwire always checks everything", min=0)
     stat_elements: int = _f(8192, "per-module stats use at most N elements of those samples, an evenly strided "

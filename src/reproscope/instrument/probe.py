@@ -57,11 +57,13 @@ class Instrument(Callback):
         self.stats_file = None
         self.n_probes = 0
         self._tb_written_at = -10**9
+        self._hist_written_at: int | None = None
+        self._hist_now = False
 
     # ---------------------------------------------------------------- events
     def on_train_start(self, trainer) -> None:
         if self.acts is None:  # registered once, before torch.compile wraps the model
-            self.acts = ActivationStats(trainer.orig_model, keep_outputs=self.cfg.histograms,
+            self.acts = ActivationStats(trainer.orig_model,
                                         samples=self.cfg.stat_samples, elements=self.cfg.stat_elements)
         self.params = [(n, p) for n, p in trainer.orig_model.named_parameters() if p.requires_grad]
         self.stats_file = open(trainer.run_dir / "stats.jsonl", "a", buffering=1) if trainer.dist.is_main else None
@@ -71,6 +73,9 @@ class Instrument(Callback):
     def on_step_start(self, trainer, step: int) -> None:
         self.probing = probe_schedule(step, self.cfg.probe_every, self.cfg.probe_early)
         if self.probing:
+            self._hist_now = self.cfg.histograms and trainer.log.tb is not None and (
+                self._hist_written_at is None or step - self._hist_written_at >= self.cfg.hist_every)
+            self.acts.keep_outputs = self._hist_now  # activations are held only for a histogram step
             trainer.request_eager_step()
             self.acts.clear()
             self.acts.enabled = True
@@ -81,7 +86,7 @@ class Instrument(Callback):
         self.acts.enabled = False
         self._norms = parameter_norms(self.params)
         self._snapshot = [p.detach().clone() for _, p in self.params]
-        if self.cfg.histograms and trainer.log.tb is not None:  # grads are gone after the step
+        if self._hist_now:  # grads are gone after the step
             for n, p in self.params:
                 if p.grad is not None:
                     self._hist(trainer.log.tb, f"grads/{n}", p.grad, trainer.step + 1)
@@ -160,6 +165,10 @@ class Instrument(Callback):
         self.n_probes += 1
         self.stats_file.write(json.dumps({"step": step, "layers": layers, "params": params}) + "\n")
         tb = trainer.log.tb
+        if self._hist_now:
+            self._hist_now, self._hist_written_at = False, step
+            self._histograms(tb, step)
+            self.acts.outputs = {}
         # TensorBoard gets per-layer scalars at most once per run.log_every steps (serialising
         # hundreds of scalars costs more than a small step); stats.jsonl keeps every probe
         if tb is None or step - self._tb_written_at < trainer.recipe.run.log_every:
@@ -172,8 +181,6 @@ class Instrument(Callback):
             for k, v in st.items():
                 if math.isfinite(v):
                     tb.add_scalar(f"params/{name}/{k}", v, step)
-        if self.cfg.histograms:
-            self._histograms(tb, step)
 
     @staticmethod
     def _hist(tb, tag: str, t: torch.Tensor, step: int) -> None:

@@ -255,9 +255,29 @@ def test_profile_writes_traces_and_summary(tmp_path, capsys):
     summ = json.loads((rd / "profile" / "summary.json").read_text())
     assert set(summ["split_ms_per_step"]) == {"data", "forward", "backward", "optimizer"}
     assert summ["img_per_s"] > 0 and summ["model_flops_per_step"] > 0
-    trace = json.loads((rd / "profile" / "trace.json").read_text())
-    assert trace["traceEvents"]
-    assert list((rd / "profile").glob("*.pt.trace.json"))  # the TensorBoard plugin's format
+    import gzip
+    traces = list((rd / "profile").glob("*.pt.trace.json.gz"))  # the TensorBoard plugin's name, gzipped
+    assert len(traces) == 1 and (rd / "profile" / "trace.json.gz").stat().st_ino == traces[0].stat().st_ino
+    assert not list((rd / "profile").glob("*trace.json"))  # written once, compressed
+    trace = json.loads(gzip.open(traces[0]).read())
+    assert any(e.get("cat") == "python_function" for e in trace["traceEvents"])  # with_stack: call stacks
+    # the plugin's own parser sees our batch loading as DataLoader time (not "DataLoader 0")
+    from torch_tb_profiler.profiler.data import RunProfileData
+    from torch_tb_profiler.profiler.event_parser import ProfileRole
+    data = RunProfileData.from_json("worker", None, trace)
+    data.process()
+    assert data.avg_costs.costs[ProfileRole.DataLoader] > 0
+
+
+def test_profile_prints_no_cuda_lines_on_a_cpu(tmp_path):
+    """#18: kineto's "gpuGetDeviceCount failed" and profiler_start/stop lines are not shown on a CPU."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "reproscope", "profile", "--steps", "1", "--run-dir", str(tmp_path / "p"),
+                        "--set", "data.train_size=64", "--set", "data.val_size=20", "--set", "data.batch_size=16"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "gpuGetDeviceCount" not in r.stderr and "USDT" not in r.stderr and "profiler_start" not in r.stderr
 
 
 def test_loss_spike_is_logged_with_step_and_batch_indices(tiny_recipe, tmp_path):

@@ -2,8 +2,10 @@
 
 Writes into ``<run_dir>/profile/``:
 - the trace for TensorBoard's PyTorch Profiler plugin (torch-tb-profiler): ``tensorboard --logdir <run_dir>/profile``;
-- ``trace.json``, a Chrome/Perfetto trace (open in https://ui.perfetto.dev or chrome://tracing),
-  because the TensorBoard plugin is deprecated upstream;
+- one gzipped Chrome trace with call stacks (``with_stack``), read by the plugin and also reachable as
+  ``trace.json.gz`` (a hard link, not a copy) to open in https://ui.perfetto.dev, because the plugin is
+  deprecated upstream and its web page fetches its chart library from the internet; our batch
+  loading is recorded under the name the plugin counts as DataLoader time;
 - ``summary.json``, the numbers printed: top ops by self time on CPU and GPU, the step split into
   data wait / forward / backward / optimizer (from the trainer's ``record_function`` ranges), img/s,
   peak memory, model FLOPs per step (torch's FLOP counter) and MFU against the known-GPU table.
@@ -12,13 +14,13 @@ Writes into ``<run_dir>/profile/``:
 from __future__ import annotations
 
 import json
+import os
 import resource
-import shutil
 import time
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+from torch.profiler import ProfilerActivity, profile, schedule
 
 from ..config import Recipe
 from ..hardware import mfu
@@ -27,6 +29,9 @@ from ..train.trainer import Trainer
 from .models_table import count_flops_of_copy
 
 RANGES = ("data", "forward", "backward", "optimizer")
+# the name torch-tb-profiler counts as data loading ("enumerate(DataLoader)#...__next__"), so its overview
+# shows our batch loading as DataLoader time (our loaders are not torch DataLoaders)
+DATA_RANGE = "enumerate(DataLoader)#reproscope.batches.__next__"
 
 
 def run_profile(recipe: Recipe, run_dir: Path, steps: int = 5, warmup: int = 2, model_factory=None) -> dict:
@@ -35,23 +40,21 @@ def run_profile(recipe: Recipe, run_dir: Path, steps: int = 5, warmup: int = 2, 
     tr = Trainer(recipe, run_dir, tensorboard=False, model_factory=model_factory, callbacks=standard_callbacks(recipe))
     tr.start()
     cuda = tr.device.type == "cuda"
+    if not cuda:  # kineto's "gpuGetDeviceCount failed" and profiler_start/stop lines mean nothing on a CPU
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     batches = tr.train_loader.epoch(0)
     if cuda:
         torch.cuda.reset_peak_memory_stats(tr.device)
     wall = []
-    tb_handler = tensorboard_trace_handler(str(out))
-
-    def on_ready(p):  # the plugin's file is Chrome-trace JSON too; keep a plainly named copy for Perfetto
-        tb_handler(p)
-        newest = max(out.glob("*.pt.trace.json"), key=lambda f: f.stat().st_mtime)
-        shutil.copyfile(newest, out / "trace.json")
+    for old in [*out.glob("*.pt.trace.json*"), out / "trace.json.gz"]:  # one trace per profile folder
+        old.unlink(missing_ok=True)
 
     with profile(activities=acts, schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1),
-                 on_trace_ready=on_ready, record_shapes=True, profile_memory=True) as prof:
+                 on_trace_ready=lambda p: write_trace(p, out), record_shapes=True, profile_memory=True, with_stack=True) as prof:
         for i in range(warmup + steps):
             t0 = time.perf_counter()
-            with torch.profiler.record_function("data"):
+            with torch.profiler.record_function(DATA_RANGE):
                 micro = [next(batches) for _ in range(tr.accum)]
             tr.train_step(micro)
             if cuda:
@@ -62,20 +65,42 @@ def run_profile(recipe: Recipe, run_dir: Path, steps: int = 5, warmup: int = 2, 
     return summarise(prof, tr, wall, out, cuda)
 
 
+def write_trace(prof, out: Path) -> Path:
+    """The trace, once, gzipped, as ``<host>_<pid>.<ns>.pt.trace.json.gz`` (the name the TensorBoard
+    plugin looks for) plus ``trace.json.gz``, a hard link to it for Perfetto. The ``DATA_RANGE`` events
+    get category ``cpu_op``: current torch files ``record_function`` ranges as ``user_annotation``,
+    which the plugin skips, so its overview would show DataLoader 0 without this."""
+    import gzip
+    import socket
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        prof.export_chrome_trace(f"{d}/t.json")
+        trace = json.loads(Path(f"{d}/t.json").read_text())
+    for e in trace.get("traceEvents", []):
+        if e.get("name") == DATA_RANGE:
+            e["cat"] = "cpu_op"
+    path = out / f"{socket.gethostname()}_{os.getpid()}.{time.time_ns()}.pt.trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump(trace, f)
+    os.link(path, out / "trace.json.gz")
+    return path
+
+
 def summarise(prof, tr, wall: list[float], out: Path, cuda: bool) -> dict:
     events = prof.key_averages()
     n = max(1, len(wall))
 
     def top(attr: str, k: int = 10):
         rows = [e for e in events if getattr(e, attr, 0) > 0 and not e.key.startswith("ProfilerStep")
-                and e.key not in RANGES]
+                and e.key not in RANGES and e.key != DATA_RANGE]
         rows.sort(key=lambda e: getattr(e, attr), reverse=True)
         return [{"op": e.key, "self_ms_per_step": getattr(e, attr) / 1000 / n, "calls": e.count} for e in rows[:k]]
 
     split = {}
     for e in events:
-        if e.key in RANGES:
-            split[e.key] = (e.device_time_total if cuda and e.key != "data" else e.cpu_time_total) / 1000 / n
+        key = "data" if e.key == DATA_RANGE else e.key
+        if key in RANGES:
+            split[key] = (e.device_time_total if cuda and key != "data" else e.cpu_time_total) / 1000 / n
     step_s = sum(wall) / n
     batch = tr.recipe.data.batch_size * tr.accum
     fwd = count_flops_of_copy(tr.orig_model, tr.recipe.data.img_size)
@@ -110,4 +135,5 @@ def print_summary(s: dict, out: Path) -> None:
             print(f"top ops by self {label} time:")
             for r in s[key]:
                 print(f"  {r['self_ms_per_step']:8.2f} ms/step  {r['calls']:6d} calls  {r['op']}")
-    print(f"traces: {out}  (tensorboard --logdir {out}; {out / 'trace.json'} in ui.perfetto.dev)")
+    print(f"trace: {out / 'trace.json.gz'}  (TensorBoard's profiler plugin: tensorboard --logdir {out}; "
+          f"or open the file in https://ui.perfetto.dev)")

@@ -44,13 +44,16 @@ def _cfg(tmp_path, dataset, root, **kw):
 def test_imagefolder_and_cache_reuse(tmp_path, capsys):
     root = _folder(tmp_path / "data")
     tr, va = build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False)
+    out = capsys.readouterr().out  # #18: never silent while the cache is built, even without a bar
+    assert "caching imagefolder/train at 9px: decoding 6 images" in out and "6 images cached in" in out
     assert tr.images.shape == (6, 3, 9, 9) and tr.images.dtype == torch.uint8  # cache_res = 8 / 0.875
     assert tr.classes == ("a", "b") and sorted(tr.labels.tolist()) == [0, 0, 0, 1, 1, 1]
     man = json.loads(next((tmp_path / "cache").glob("imagefolder-train-*/manifest.json")).read_text())
     assert man["complete"] and man["n"] == 6
     tr2, _ = build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False)
     assert torch.equal(tr.images, tr2.images)
-    assert "rebuilding" not in capsys.readouterr().out  # reused
+    out = capsys.readouterr().out
+    assert "rebuilding" not in out and "caching" not in out  # reused
     _img(root / "train" / "a" / "new.jpg", seed=99)
     tr3, _ = build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False)
     assert len(tr3) == 7 and "source changed" in capsys.readouterr().out

@@ -167,7 +167,29 @@ def test_progress_is_plain_lines_when_not_a_terminal(tiny_recipe, tmp_path, caps
     cap = capsys.readouterr()
     assert "\r" not in cap.out + cap.err
     lines = [ln for ln in cap.out.splitlines() if ": step " in ln]
-    assert 5 <= len(lines) <= 12 and lines[-1].startswith("epoch 2/2: step 20/20 (100 %)"), lines
+    assert 1 <= len(lines) <= 12 and lines[-1].startswith("epoch 2/2: step 20/20 (100 %)"), lines
+
+
+def test_line_progress_cadence(capsys):
+    """A line per 10 % when lines are at least min_seconds apart, and always the last one, once."""
+    from reproscope.runtime.progress import LineProgress
+    bar = LineProgress(100, desc="x", unit="img", min_seconds=0)
+    for _ in range(100):
+        bar.update()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("x: img 100/100 (100 %)")
+    bar = LineProgress(100, desc="fast")  # done well within 5 s: only the last line
+    for _ in range(100):
+        bar.update()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fast: step 100/100 (100 %)"), lines
+
+
+def test_max_steps_runs_say_so_instead_of_the_full_epoch_count(tiny_recipe, tmp_path, capsys):
+    r = apply_overrides(tiny_recipe, {"sched.max_steps": 3, "instrument.enabled": False})
+    train(r, run_dir=tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "epoch 1 (max_steps 3 of the 2-epoch schedule)  val top-1" in out and "epoch 1/2" not in out
 
 
 def test_tensorboard_gets_the_config_deviations_and_hparams(tiny_recipe, tmp_path):

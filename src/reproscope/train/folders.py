@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
+from ..runtime.progress import progress as progress_bar
 
 IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
 CACHE_VERSION = 2  # 2: 16-bit, 32-bit and float images scaled to 8 bits (were clipped)
@@ -254,17 +255,21 @@ def load_or_build_cache(files: FileList, size: int, cache_dir: Path, *, skip_cor
     arr = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(n, 3, size, size))
     ok = np.zeros(n, dtype=bool)
     bad: list[str] = []
-    from tqdm.auto import tqdm
     workers = workers or min(8, os.cpu_count() or 1)
+    desc = f"caching {files.name} at {size}px"
+    # a line even without a bar: decoding thousands of JPEGs takes a while, and silence looks like a hang
+    print(f"{desc}: decoding {n:,} images once into {d} ({workers} threads)", flush=True)
+    bar = progress_bar(n, desc=desc, unit="img", enabled=progress)
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(lambda p: _try_decode(p, size), files.paths, chunksize=1)
-        for i, (img, err) in enumerate(tqdm(results, total=n, desc=f"caching {files.name} at {size}px",
-                                            disable=not progress, unit="img")):
+        for i, (img, err) in enumerate(results):
+            bar.update()
             if err is None:
                 arr[i] = img
                 ok[i] = True
             else:
                 bad.append(err)
+    bar.close()
     if bad and not skip_corrupt:
         arr.flush()
         del arr
@@ -297,6 +302,7 @@ def load_or_build_cache(files: FileList, size: int, cache_dir: Path, *, skip_cor
            "skipped": len(bad), "skipped_files": bad[:1000], "source_files": n, "name": files.name,
            "build_seconds": round(time.perf_counter() - t0, 2), "version": CACHE_VERSION}
     manifest_path.write_text(json.dumps(man, indent=1))
+    print(f"{desc}: {len(labels):,} images cached in {man['build_seconds']:.0f} s", flush=True)
     return _open_cache(d, man)
 
 

@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from torch.profiler import record_function
 
 from ..config import ConfigError, Recipe, recipe_from_dict
 from ..model.build import build_model
+from ..runtime.progress import progress
 from ..runtime import (autocast, distributed, is_conv_model, resolve_amp, resolve_device, rng_state,
                        seed_everything, set_rng_state)
 from ..recipes import deviation_log
@@ -50,14 +50,18 @@ __all__ = ["EVENTS", "Callback", "Trainer", "evaluate"]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, amp_dtype: torch.dtype | None) -> dict[str, float]:
-    """Top-1, top-5 and mean cross-entropy over the whole loader (no label smoothing)."""
+def evaluate(model: nn.Module, loader: BatchLoader, amp_dtype: torch.dtype | None, show: bool = False,
+             desc: str = "eval") -> dict[str, float]:
+    """Top-1, top-5 (percent) and mean cross-entropy over the whole loader (no label smoothing). ``show``:
+    a transient bar over the batches on a terminal (nothing when output is redirected)."""
     was_training = model.training
     model.eval()
     dev = loader.device
     n = torch.zeros((), device=dev)
     loss_sum, c1, c5 = n.clone(), n.clone(), n.clone()
+    bar = progress(len(loader), desc=desc, unit="batch", enabled=show, leave=False, lines=False)
     for x, y in loader.epoch(0):
+        bar.update()
         with autocast(dev, amp_dtype):
             logits = model(x)
         logits = logits.float()
@@ -66,6 +70,7 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp_dtype: torch.dtype | Non
         c1 += (top[:, 0] == y).sum()
         c5 += (top == y[:, None]).any(dim=1).sum()
         n += y.numel()
+    bar.close()
     model.train(was_training)
     n, loss_sum, c1, c5 = (t.item() for t in (n, loss_sum, c1, c5))  # one sync
     return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss_sum / n}
@@ -363,6 +368,14 @@ class Trainer:
                 print("torch.compile: the first steps compile the model (about a minute on a CPU)", flush=True)
             self.model = torch.compile(self.eager_model)
 
+    def _epoch_label(self, epoch: int) -> str:
+        """"epoch 3/15", or with ``sched.max_steps`` cutting the schedule short "epoch 1 (max_steps 40 of
+        the 15-epoch schedule)"."""
+        r = self.recipe
+        if r.sched.max_steps and r.sched.max_steps < self.steps_per_epoch * r.sched.epochs:
+            return f"epoch {epoch + 1} (max_steps {r.sched.max_steps} of the {r.sched.epochs}-epoch schedule)"
+        return f"epoch {epoch + 1}/{r.sched.epochs}"
+
     def fit(self) -> dict[str, float]:
         r = self.recipe
         if self.dist.is_main:
@@ -423,7 +436,7 @@ class Trainer:
     def _train_epoch(self, bar) -> None:
         r = self.recipe
         epoch, start = self.epoch, self.step % self.steps_per_epoch
-        bar.set_description(f"epoch {epoch + 1}/{r.sched.epochs}")
+        bar.set_description(self._epoch_label(epoch))
         self.fire("epoch_start", epoch=epoch)
         self.model.train()
         t_epoch = t_log = time.perf_counter()
@@ -477,10 +490,11 @@ class Trainer:
         r = self.recipe
         self.log.log("train", self.step, epoch_time_s=seconds)
         if (epoch + 1) % r.run.eval_every == 0 or self.step >= self.total_steps:
-            raw = evaluate(self.model, self.val_loader, self.amp_dtype)
+            show = self.recipe.run.progress and self.dist.is_main
+            raw = evaluate(self.model, self.val_loader, self.amp_dtype, show)
             both = {}
             if self.ema is not None:  # both weights, always: an EMA that lags the run shows as a gap
-                ema = evaluate(self.ema.module, self.val_loader, self.amp_dtype)
+                ema = evaluate(self.ema.module, self.val_loader, self.amp_dtype, show, "eval (EMA)")
                 both = {**{f"raw_{k}": v for k, v in raw.items()}, **{f"ema_{k}": v for k, v in ema.items()}}
                 raw = ema if r.reg.eval_ema else raw
             self.last_eval = raw
@@ -488,7 +502,7 @@ class Trainer:
             self.fire("eval_end", **self.last_eval)
             extra = (f"  (raw {both['raw_top1']:.2f}, EMA {both['ema_top1']:.2f}; reported: "
                      f"{'EMA' if r.reg.eval_ema else 'raw'})" if both else "")
-            bar.write(f"epoch {epoch + 1}/{r.sched.epochs}  val top-1 {self.last_eval['top1']:.2f}  "
+            bar.write(f"{self._epoch_label(epoch)}  val top-1 {self.last_eval['top1']:.2f}  "
                       f"top-5 {self.last_eval['top5']:.2f}  loss {self.last_eval['loss']:.4f}  ({seconds:.1f}s){extra}")
         self.fire("epoch_end", epoch=epoch)
         self.save_checkpoint()
@@ -608,48 +622,6 @@ def _atomic_link(target: Path, link: Path) -> None:
     os.replace(tmp, link)
 
 
-class LineProgress:
-    """Progress as plain lines, for output that is not a terminal (a log file, a pipe): one line per
-    ``every`` (10 %) of the run or per ``seconds`` (60 s), whichever comes first, instead of tqdm's
-    carriage-return frames. Offers the part of tqdm's interface the trainer uses."""
-
-    def __init__(self, total: int, initial: int = 0, every: float = 0.1, seconds: float = 60.0):
-        self.total, self.n, self.postfix, self.desc = total, initial, {}, "train"
-        self.step_every, self.seconds = max(1, round(every * total)), seconds
-        self._t0 = self._last_t = time.perf_counter()
-        self._last_n, self._n0 = initial, initial
-
-    def update(self, k: int = 1) -> None:
-        self.n += k
-        now = time.perf_counter()
-        if self.n - self._last_n >= self.step_every or now - self._last_t >= self.seconds or self.n == self.total:
-            rate = (self.n - self._n0) / max(now - self._t0, 1e-9)
-            eta = (self.total - self.n) / rate if rate > 0 else float("nan")
-            post = "  ".join(f"{k} {v}" for k, v in self.postfix.items())
-            print(f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f} %)  "
-                  f"{rate:.2f} step/s  eta {eta:.0f} s  {post}".rstrip(), flush=True)
-            self._last_n, self._last_t = self.n, now
-
-    def set_postfix(self, refresh: bool = False, **kw) -> None:
-        self.postfix = kw
-
-    def set_description(self, desc: str) -> None:
-        self.desc = desc
-
-    def write(self, text: str) -> None:
-        print(text, flush=True)
-
-    def refresh(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(enabled: bool, total: int, initial: int):
-    """tqdm on a terminal; plain lines (``LineProgress``) when stderr is redirected."""
-    from tqdm.auto import tqdm
-    if enabled and not sys.stderr.isatty():
-        return LineProgress(total, initial)
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
-                desc="train", smoothing=0.05)
+    """The training bar: tqdm on a terminal; plain lines (``LineProgress``) when stderr is redirected."""
+    return progress(total, desc="train", enabled=enabled, initial=initial)

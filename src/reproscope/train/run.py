@@ -36,8 +36,7 @@ def stop_on_signals(trainer: Trainer):
     def handler(signum, frame):
         if trainer.signal == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        trainer.signal = signum
-        trainer.request_stop(f"received {signal.Signals(signum).name}")
+        trainer.request_stop(f"received {signal.Signals(signum).name}", signal=signum)
         print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
               f"(Ctrl-C again to abort at once)", flush=True)
 

@@ -176,7 +176,7 @@ class Trainer:
         self.last_decision: StepDecision | None = None
         self.skipped_steps = 0
         self.rollbacks = 0
-        self.signal = None  # set by train.run.stop_on_signals when SIGTERM/SIGINT stops the run
+        self.signal = None  # request_stop(..., signal=) from train.run.stop_on_signals on SIGTERM/SIGINT
         self.guard = StepGuard(r.instrument, scaler=self.scaler.is_enabled())
         self.resume_changes: list[dict] = []  # keys changed on resume (see _note_resume_changes)
         self.divergence = DivergenceWatch(self.num_classes)
@@ -196,9 +196,12 @@ class Trainer:
             if fn is not None:
                 fn(self, **info)
 
-    def request_stop(self, reason: str) -> None:
-        """Stop at the next step boundary, after saving a checkpoint."""
+    def request_stop(self, reason: str, signal: int | None = None) -> None:
+        """Stop at the next step boundary, after saving a checkpoint; ``signal``: the signal number that
+        asked for it (kept in ``self.signal``)."""
         self.stop_requested, self.stop_reason = True, reason
+        if signal is not None:
+            self.signal = signal
 
     def request_eager_step(self) -> None:
         """Run the step now starting (call from ``on_step_start``) on the uncompiled module, e.g. so that

@@ -1,6 +1,6 @@
 """Data path vs training step: is the accelerator waiting for data?
 
-    python benchmarks/data_throughput.py [--recipe dyt-vit_tiny-imagenette] [--set KEY=VALUE ...]
+    python benchmarks/data_throughput.py [--recipe dyt-vit_tiny-imagenette-quick] [--set KEY=VALUE ...]
                                          [--steps 20] [--decode-images 2000]
 
 Prints, for the same device, model and batch:
@@ -31,7 +31,7 @@ from reproscope.runtime import synchronize as sync
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default="dyt-vit_tiny-imagenette")
+    ap.add_argument("--recipe", default="dyt-vit_tiny-imagenette-quick")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--decode-images", type=int, default=2000, help="JPEGs decoded for the per-epoch-decode baseline")

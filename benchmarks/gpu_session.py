@@ -15,7 +15,7 @@ recorded and the next still runs; a stage whose share no longer fits in what is 
 4. ``data``: ``benchmarks/data_throughput.py`` on Imagenette at 128 px (printed to the log), and
    ``e2e``: ``benchmarks/vs_timm.py --end-to-end``, our cached device path against timm's own loader
    -> ``vs_timm_e2e.json`` (skipped when ``--data-root`` does not exist);
-5. ``campaign``: ``dyt-vit_tiny_ln-imagenette`` vs ``dyt-vit_tiny-imagenette`` at ``--epochs``,
+5. ``campaign``: ``dyt-vit_tiny_ln-imagenette-quick`` vs ``dyt-vit_tiny-imagenette-quick`` at ``--epochs``,
    seeds alternating until the budget runs out, then ``reproscope report`` ->
    ``campaign.tar.gz`` (the run folders' small files and the report).
 
@@ -137,7 +137,7 @@ def campaign(out: Path, cpu: bool, data_root: str, epochs: int, budget_s: float)
         over = {"sched.epochs": 1, "data.train_size": 64, "data.val_size": 32, "data.batch_size": 16,
                 "data.eval_batch_size": 32, "run.progress": False}
     else:
-        variants = ("dyt-vit_tiny_ln-imagenette", "dyt-vit_tiny-imagenette")
+        variants = ("dyt-vit_tiny_ln-imagenette-quick", "dyt-vit_tiny-imagenette-quick")
         over = {"sched.epochs": epochs, "data.root": data_root, "run.progress": False}
     runs_dir = Path(tempfile.mkdtemp(prefix="campaign-"))  # only the small files travel back, packed
     run_dirs: list[str] = []

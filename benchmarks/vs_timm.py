@@ -188,7 +188,7 @@ def end_to_end(root: str, img: int, batch: int, steps: int, workers: int, device
                                      persistent_workers=False)
     t = TimmStep("vit_small_patch16_224", {"img_size": img}, 10, device, amp, False, 1e-3)
     rows.append(_timed_loop("timm pipeline", iter(loader), t, steps, device))
-    r = apply_overrides(get_recipe("dyt-vit_tiny_ln-imagenette"), {
+    r = apply_overrides(get_recipe("dyt-vit_tiny_ln-imagenette-quick"), {
         "model.name": "vit_small", "data.root": root, "data.img_size": img, "data.batch_size": batch,
         "instrument.enabled": False, "run.progress": False, "precision.device": device.type})
     if device.type != "cuda":

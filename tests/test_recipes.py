@@ -57,8 +57,11 @@ def test_every_reduced_recipe_has_a_parent_and_reasons():
     from reproscope.recipes import deviation_log
     reduced = [r for r in list_recipes() if r.parent]
     subsets = {"imagenette", "tinyimagenet", "cifar10", "cifar100"}
-    for paper in ("dyt", "kat", "mambaout"):
-        assert {r.name.rsplit("-", 1)[1] for r in reduced if r.name.startswith(paper)} - {"cpu"} == subsets
+    for paper in ("dyt", "kat", "mambaout"):  # the day tier (and ImageNet-100), and the quick tier
+        names = [r.name for r in reduced if r.name.startswith(paper) and not r.name.endswith("-cpu")]
+        assert {n.removesuffix("-quick").rsplit("-", 1)[1] for n in names if not n.endswith("-quick")} == \
+            subsets | {"imagenet100"}
+        assert {n.removesuffix("-quick").rsplit("-", 1)[1] for n in names if n.endswith("-quick")} == subsets
     for r in reduced:
         rows = deviation_log(r)
         assert rows and all(x["reason"] for x in rows), r.name
@@ -67,11 +70,11 @@ def test_every_reduced_recipe_has_a_parent_and_reasons():
 def test_recipes_diff_cli_and_run_dir_deviation_log(tmp_path, capsys):
     import json
     from reproscope.cli import main
-    assert main(["recipes", "diff", "dyt-vit_tiny-cifar10"]) == 0
+    assert main(["recipes", "diff", "dyt-vit_tiny-cifar10-quick"]) == 0
     out = capsys.readouterr().out
     assert "vs its parent dyt-vit_base-paper" in out and "model.name" in out and "linear scaling rule" in out
     # overrides show up as deviations too, in the CLI and in the run directory
-    assert main(["recipes", "diff", "dyt-vit_tiny-cifar10", "--set", "sched.epochs=50"]) == 0
+    assert main(["recipes", "diff", "dyt-vit_tiny-cifar10-quick", "--set", "sched.epochs=50"]) == 0
     assert "command-line override" in capsys.readouterr().out
     from reproscope.recipes import get_recipe
     r = apply_overrides(get_recipe("quickstart"), {**TINY, "sched.epochs": 1})

@@ -92,9 +92,34 @@ def _model_factory(args, recipe):
 
 def cmd_plan(args) -> int:
     from .diagnostics.plan import plan, print_plan
+    if args.fit is not None:
+        return _plan_fit(args)
     recipe = resolved_recipe(args)
     print_plan(recipe, plan(recipe, args.hours, args.steps, model_factory=_model_factory(args, recipe)),
                model_label=args.model)
+    return 0
+
+
+def _plan_fit(args) -> int:
+    from pathlib import Path
+
+    from .diagnostics.budget import DATASETS, PAPERS, BudgetError, fit
+    from .diagnostics.plan import campaign_script, print_campaign
+    if args.paper not in PAPERS:
+        raise ConfigError(f"plan --fit needs --paper, one of {', '.join(PAPERS)}")
+    names = [d.name for d in DATASETS] + [d.subset for d in DATASETS]
+    if args.dataset is not None and args.dataset not in names:
+        raise ConfigError(f"--dataset {args.dataset!r}: choose one of {', '.join(d.name for d in DATASETS)}")
+    if args.fit <= 0:
+        raise ConfigError(f"--fit {args.fit:g}: give the budget in device-hours, e.g. --fit 24")
+    try:
+        c = fit(args.paper, args.fit, args.dataset)
+    except BudgetError as e:
+        raise ConfigError(str(e)) from None
+    print_campaign(c, args.fit)
+    if args.write_script:
+        Path(args.write_script).write_text(campaign_script(c, args.fit))
+        print(f"wrote {args.write_script}: the runs as reproscope train commands, then the report")
     return 0
 
 
@@ -231,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--model", default=None, metavar="SPEC", help="plan your own model (file.py:factory, "
                     "package.module:factory, timm:NAME or a registered name)")
     pl.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    pl.add_argument("--fit", type=float, default=None, metavar="HOURS",
+                    help="propose the most faithful campaign for --paper that fits HOURS L4 device-hours")
+    pl.add_argument("--paper", default=None, choices=("dyt", "kat", "mambaout"), help="with --fit")
+    pl.add_argument("--dataset", default=None, help="with --fit: imagenet-100, imagenette, tiny-imagenet, cifar100, "
+                    "cifar10 (default: the planner chooses)")
+    pl.add_argument("--write-script", default=None, metavar="FILE", help="with --fit: write the runs as a shell script")
     pl.set_defaults(fn=cmd_plan)
 
     pf = sub.add_parser("profile", help="profile training steps: TensorBoard + Perfetto traces and a summary")

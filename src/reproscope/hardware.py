@@ -1,6 +1,11 @@
-"""Known accelerators: dense peak throughput per precision (vendor datasheets, no sparsity).
+"""Known accelerators: dense peak throughput per precision and memory bandwidth (vendor datasheets,
+no sparsity).
 
-Used for MFU (model FLOPs utilisation) and for the budget planner's L4 estimate.
+Used for MFU (model FLOPs utilisation) and for the budget planner's L4 estimate
+(``reproscope.diagnostics.budget``), which scales throughput measured on one GPU to another by peak
+and bandwidth. The RTX 3090 is here because timm's published training benchmark was run on it; its
+tensor peak is the FP16/BF16 rate with FP32 accumulation (71 TFLOP/s, NVIDIA GA102 whitepaper), what
+mixed precision uses, not the 142 TFLOP/s of FP16 accumulation.
 """
 
 from __future__ import annotations
@@ -15,20 +20,22 @@ class GPU:
     tf32: float
     fp32: float
     memory_gib: float
+    bandwidth: float  # memory bandwidth, bytes/s
 
 
 KNOWN_GPUS = {
-    "L4": GPU("NVIDIA L4", 121e12, 60e12, 30.3e12, 24),
-    "A100": GPU("NVIDIA A100 SXM4", 312e12, 156e12, 19.5e12, 80),
-    "H100": GPU("NVIDIA H100 SXM5", 989e12, 494e12, 67e12, 80),
-    "H200": GPU("NVIDIA H200 SXM", 989e12, 494e12, 67e12, 141),
+    "L4": GPU("NVIDIA L4", 121e12, 60e12, 30.3e12, 24, 300e9),
+    "A100": GPU("NVIDIA A100 SXM4", 312e12, 156e12, 19.5e12, 80, 2039e9),
+    "H100": GPU("NVIDIA H100 SXM5", 989e12, 494e12, 67e12, 80, 3350e9),
+    "H200": GPU("NVIDIA H200 SXM", 989e12, 494e12, 67e12, 141, 4800e9),
+    "RTX 3090": GPU("NVIDIA GeForce RTX 3090", 71e12, 35.6e12, 35.6e12, 24, 936e9),
 }
 
 
 def lookup(device_name: str) -> GPU | None:
     """The table entry whose key appears in a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3')."""
     up = device_name.upper()
-    for key in ("H200", "H100", "A100", "L4"):
+    for key in ("H200", "H100", "A100", "L4", "RTX 3090"):
         if key in up.replace("-", " ").split() or f" {key}" in f" {up}":
             return KNOWN_GPUS[key]
     return None

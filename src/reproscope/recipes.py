@@ -213,14 +213,24 @@ MAMBAOUT_F = _paper(
 
 
 # ----------------------------------------------------------------------------- reduced recipes
-# Derived from the paper recipes for the public subsets, sized for one L4 GPU-day. Every changed
-# field carries its reason; registration fails for a change without one.
+# Derived from the paper recipes for the public subsets, on one L4 GPU. Every changed field carries
+# its reason; registration fails for a change without one. Two tiers:
+# - day (``<paper>-<model>-<subset>``): what `reproscope plan --fit 24 --paper P --dataset D` proposes,
+#   the most faithful campaign whose likely L4 time fits a day (``DAY``; tests/test_plan.py checks the
+#   two agree, so a change to the budget model forces a re-derivation here);
+# - quick (``...-quick``): ViT-Ti-size models at the subset's reduced resolution, minutes to hours.
 
 _SUBSETS = {
+    "imagenet100": dict(
+        data={"dataset": "imagenet-100", "root": "data/imagenet", "img_size": 224},
+        reasons={"data.dataset": "ImageNet-100 (CMC's 100 classes) of your ImageNet copy",
+                 "data.root": "an ImageFolder ImageNet (train/, val/); only the 100 classes are read",
+                 "data.img_size": "the paper's 224 px"},
+        patch=16, stem=4),
     "imagenette": dict(
         data={"dataset": "imagenette", "root": "../shared/datasets/imagenette", "img_size": 160},
         reasons={"data.dataset": "public 10-class ImageNet subset", "data.root": "the shared development copy",
-                 "data.img_size": "160 px (the imagenette2-160 scale) keeps 300 epochs inside an L4 day"},
+                 "data.img_size": "160 px (the imagenette2-160 scale) keeps 300 epochs of a ViT-Ti short"},
         patch=16, stem=4),
     "tinyimagenet": dict(
         data={"dataset": "tiny-imagenet", "root": "data/tiny-imagenet-200", "img_size": 64},
@@ -239,26 +249,46 @@ _SUBSETS = {
         patch=4, stem=2),
 }
 _SINGLE_GPU_BATCH = 256
+_L4_MICRO_BATCH = {"vit_base": 128}  # ViT-B at 224 px: 24 GB holds 192 (timm's RTX 3090 benchmark); 128 is safe
 
 
-def _reduced(parent: Recipe, subset: str, model_name: str, model_reason: str = "") -> Recipe:
+def _reduced(parent: Recipe, subset: str, model_name: str, model_reason: str = "", *, tier: str = "",
+             img_size: int = 0, epochs: int = 0, plan_note: str = "") -> Recipe:
     spec = _SUBSETS[subset]
     changes: dict[str, object] = {f"data.{k}": v for k, v in spec["data"].items()}
     reasons = dict(spec["reasons"])
     changes["data.batch_size"] = _SINGLE_GPU_BATCH
     reasons["data.batch_size"] = (f"one L4: batch {_SINGLE_GPU_BATCH} instead of {parent.data.batch_size} "
                                   f"(also gives enough optimizer steps on a small dataset)")
+    if model_name in _L4_MICRO_BATCH and (img_size or spec["data"]["img_size"]) >= 160:
+        micro = _L4_MICRO_BATCH[model_name]
+        changes["data.batch_size"], changes["optim.accum_steps"] = micro, _SINGLE_GPU_BATCH // micro
+        reasons["data.batch_size"] = (f"one L4 (24 GB): micro-batch {micro}, accumulated to {_SINGLE_GPU_BATCH} "
+                                      f"(paper: {parent.data.batch_size})")
+        reasons["optim.accum_steps"] = f"{_SINGLE_GPU_BATCH // micro} micro-batches of {micro} make the batch of {_SINGLE_GPU_BATCH}"
     changes["optim.lr"] = parent.optim.lr * _SINGLE_GPU_BATCH / parent.data.batch_size
     reasons["optim.lr"] = f"linear scaling rule: {parent.optim.lr:g} x {_SINGLE_GPU_BATCH}/{parent.data.batch_size}"
     if model_name != parent.model.name:
         changes["model.name"] = model_name
         reasons["model.name"] = model_reason
     is_vit = model_name.startswith(("vit", "kat"))
-    patch = spec["patch"] if is_vit else spec["stem"]
+    res = img_size or spec["data"]["img_size"]
+    if img_size and img_size != spec["data"]["img_size"]:
+        changes["data.img_size"] = img_size
+        reasons["data.img_size"] = f"{img_size} px: {plan_note}"
+        if spec["data"].get("eval_crop_pct") == 1.0 and img_size >= 128:  # small images upsampled: crop as the paper
+            changes.pop("data.eval_crop_pct")
+    patch = (16 if is_vit else 4) if res >= 128 else (spec["patch"] if is_vit else spec["stem"])
     if patch != (16 if is_vit else 4):
         changes["model.patch_size"] = patch
-        reasons["model.patch_size"] = (f"patch {patch} keeps a {spec['data']['img_size'] // patch}-token-wide grid"
+        reasons["model.patch_size"] = (f"patch {patch} keeps a {res // patch}-token-wide grid"
                                        if is_vit else f"stem stride {patch} keeps the last feature map >= 2x2")
+    if epochs and epochs != parent.sched.epochs:
+        changes["sched.epochs"] = epochs
+        reasons["sched.epochs"] = f"{epochs} of the paper's {parent.sched.epochs} epochs: {plan_note}"
+        warmup = parent.sched.warmup_epochs * epochs / parent.sched.epochs
+        changes["sched.warmup_epochs"] = warmup
+        reasons["sched.warmup_epochs"] = f"warmup shortened in proportion ({parent.sched.warmup_epochs:g} of {parent.sched.epochs})"
     if parent.precision.amp != "bf16":
         changes["precision.amp"] = "bf16"
         reasons["precision.amp"] = "bf16 autocast roughly doubles L4 throughput; DyT notes fp32 vs bf16 as a gotcha"
@@ -266,17 +296,50 @@ def _reduced(parent: Recipe, subset: str, model_name: str, model_reason: str = "
         changes["reg.ema_decay"] = 0.999
         reasons["reg.ema_decay"] = "0.9999 averages over ~10k steps, too long for a small dataset's run"
     base = apply_overrides(parent, changes)
-    name = f"{parent.name.removesuffix('-paper').split('-')[0]}-{model_name}{'_ln' if parent.model.norm == 'ln' and is_vit else ''}-{subset}"
+    reasons = {k: v for k, v in reasons.items() if k in recipe_diff(parent, base)}  # e.g. the paper's 224 px kept
+    name = (f"{parent.name.removesuffix('-paper').split('-')[0]}-{model_name}"
+            f"{'_ln' if parent.model.norm == 'ln' and is_vit else ''}-{subset}{'-' + tier if tier else ''}")
+    what = (f"quick tier: {model_name} at {res} px" if tier == "quick" else
+            f"one L4 GPU-day: {model_name} at {res} px, {epochs or parent.sched.epochs} epochs")
     return register_recipe(dataclasses.replace(
         base, name=name, parent=parent.name, sources={}, deviations=reasons,
-        description=f"{parent.name} reduced to {subset} on one L4 GPU-day ({model_name})"))
+        description=f"{parent.name} reduced to {subset} ({what})"))
 
 
-for _subset in _SUBSETS:
-    _reduced(DYT_VIT_B, _subset, "vit_tiny", "ViT-Ti: the smallest DeiT size fits the L4-day budget (paper: ViT-B/L)")
-    _reduced(DYT_VIT_B_LN, _subset, "vit_tiny", "ViT-Ti: the smallest DeiT size fits the L4-day budget (paper: ViT-B/L)")
-    _reduced(KAT_T, _subset, "kat_tiny")
-    _reduced(MAMBAOUT_F, _subset, "mambaout_femto")
+_TI = "ViT-Ti: the smallest DeiT size, minutes to hours on an L4 (paper: ViT-B/L)"
+_DEIT_T = "the paper's baseline, DeiT-T (ViT-Ti with a GELU MLP), on the same recipe"
+for _subset in _SUBSETS:  # the quick tier
+    if _subset == "imagenet100":
+        continue
+    _reduced(DYT_VIT_B, _subset, "vit_tiny", _TI, tier="quick")
+    _reduced(DYT_VIT_B_LN, _subset, "vit_tiny", _TI, tier="quick")
+    _reduced(KAT_T, _subset, "kat_tiny", tier="quick")
+    _reduced(KAT_T, _subset, "vit_tiny", _DEIT_T, tier="quick")
+    _reduced(MAMBAOUT_F, _subset, "mambaout_femto", tier="quick")
+    _reduced(MAMBAOUT_F, _subset, "vit_tiny", _DEIT_T, tier="quick")
+
+# The day tier: `reproscope plan --fit 24 --paper P --dataset D` -> (method model, baseline model, px, epochs)
+DAY = {
+    ("dyt", "imagenet100"): ("vit_base", "vit_base", 160, 50), ("dyt", "imagenette"): ("vit_base", "vit_base", 224, 300),
+    ("dyt", "tinyimagenet"): ("vit_base", "vit_base", 192, 50), ("dyt", "cifar100"): ("vit_base", "vit_base", 224, 50),
+    ("dyt", "cifar10"): ("vit_base", "vit_base", 224, 50),
+    ("kat", "imagenet100"): ("kat_tiny", "vit_tiny", 224, 50), ("kat", "imagenette"): ("kat_tiny", "vit_tiny", 224, 300),
+    ("kat", "tinyimagenet"): ("kat_tiny", "vit_tiny", 224, 50), ("kat", "cifar100"): ("kat_tiny", "vit_tiny", 224, 150),
+    ("kat", "cifar10"): ("kat_tiny", "vit_tiny", 224, 150),
+    ("mambaout", "imagenet100"): ("mambaout_femto", "vit_tiny", 224, 100),
+    ("mambaout", "imagenette"): ("mambaout_femto", "vit_tiny", 224, 300),
+    ("mambaout", "tinyimagenet"): ("mambaout_femto", "vit_tiny", 224, 150),
+    ("mambaout", "cifar100"): ("mambaout_femto", "vit_tiny", 224, 200),
+    ("mambaout", "cifar10"): ("mambaout_femto", "vit_tiny", 224, 200),
+}
+_DAY_PARENTS = {"dyt": (DYT_VIT_B, DYT_VIT_B_LN), "kat": (KAT_T, KAT_T), "mambaout": (MAMBAOUT_F, MAMBAOUT_F)}
+for (_paper_key, _subset), (_method, _baseline, _px, _epochs) in DAY.items():
+    _note = f"reproscope plan --fit 24 --paper {_paper_key} --dataset {_subset} (the most faithful campaign in an L4 day)"
+    _mp, _bp = _DAY_PARENTS[_paper_key]
+    _reduced(_mp, _subset, _method, "the paper's model; the budget allowed no larger one", img_size=_px,
+             epochs=_epochs, plan_note=_note)
+    _reduced(_bp, _subset, _baseline, "the paper's model; the budget allowed no larger one" if _paper_key == "dyt"
+             else _DEIT_T, img_size=_px, epochs=_epochs, plan_note=_note)
 
 
 # ----------------------------------------------------------------------------- CPU scale
@@ -321,13 +384,15 @@ def _cpu_scale(reduced: Recipe, model: str = "vit_quick", model_reason: str = ""
         description=f"{reduced.parent} at CPU scale on Imagenette 32 px ({model}, 15 epochs)"))
 
 
-for _reduced_name in ("dyt-vit_tiny-imagenette", "dyt-vit_tiny_ln-imagenette"):
-    _cpu_scale(get_recipe(_reduced_name), lr_reason="3.2x the linear-scaling lr (4e-3 x 128/4096 = 1.25e-4): "
+for _reduced_name in ("dyt-vit_tiny-imagenette-quick", "dyt-vit_tiny_ln-imagenette-quick"):
+    _cpu_scale(get_recipe(_reduced_name), name=_reduced_name.replace("vit_tiny", "vit_quick").replace("-quick", "-cpu"),
+               lr_reason="3.2x the linear-scaling lr (4e-3 x 128/4096 = 1.25e-4): "
                                                     "a 15-epoch run needs a larger step")
 # KAT (docs/reproductions/kat.md): KAT-T's GR-KAN block at vit_quick's size vs the same ViT with its GELU MLP,
 # both on the KAT paper's (DeiT) recipe: the paper's Table 5 comparison, KAT-T vs DeiT-T.
-_cpu_scale(get_recipe("kat-kat_tiny-imagenette"), "kat_quick",
-           "CPU scale: KAT width 96, depth 4, 4 heads, 8 rational groups (0.47M parameters) instead of KAT-T")
-_cpu_scale(get_recipe("kat-kat_tiny-imagenette"), "vit_quick",
+_cpu_scale(get_recipe("kat-kat_tiny-imagenette-quick"), "kat_quick",
+           "CPU scale: KAT width 96, depth 4, 4 heads, 8 rational groups (0.47M parameters) instead of KAT-T",
+           name="kat-kat_quick-imagenette-cpu")
+_cpu_scale(get_recipe("kat-kat_tiny-imagenette-quick"), "vit_quick",
            "the paper's baseline (DeiT-T: the same ViT with a GELU MLP) at CPU scale: vit_quick, 0.47M parameters",
            name="kat-vit_quick-imagenette-cpu")

@@ -1,9 +1,11 @@
 """`reproscope plan`: time real training steps of a recipe here, and budget a run.
 
 The steps are real (the recipe's model, optimizer, precision and batch through the trainer's own
-step) on random uint8 images of the recipe's size, so no dataset is needed. The L4 figure is an
-estimate, not a measurement: L4 dense peak for the recipe's precision x an assumed MFU, divided by
-the training FLOPs per image (3 x forward, torch's FLOP counter).
+step) on random uint8 images of the recipe's size, so no dataset is needed. The L4 figures are
+estimates, not measurements, always printed as a range (optimistic / likely / pessimistic): for our
+model families from published throughput scaled to the L4 (``budget.py`` writes the rule down), for
+any other model from an assumed MFU range. ``plan --fit HOURS --paper P`` proposes the most faithful
+campaign that fits a budget (``budget.fit``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from .models_table import count_flops_of_copy
 # images in the standard training split of each dataset (used for epochs per budget)
 TRAIN_IMAGES = {"imagenette": 9469, "tiny-imagenet": 100_000, "cifar10": 50_000, "cifar100": 50_000,
                 "imagenet": 1_281_167, "imagenet-100": 126_689}
+VAL_IMAGES = {"imagenette": 3925, "tiny-imagenet": 10_000, "cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000,
+              "imagenet-100": 5_000}
 NUM_CLASSES = {"imagenette": 10, "tiny-imagenet": 200, "cifar10": 10, "cifar100": 100, "imagenet": 1000,
                "imagenet-100": 100, "shapes10": 10}
-ASSUMED_L4_MFU = 0.35
 
 
 def _synthetic(recipe: Recipe, n: int) -> tuple[ArrayDataset, ArrayDataset]:
@@ -65,25 +68,42 @@ def time_steps(recipe: Recipe, steps: int = 5, warmup: int = 2, model_factory=No
             "batch": n, "note": note}
 
 
+# MFU range for a model with no evidence in budget.EVIDENCE (a user's own model): typical of mixed-
+# precision vision training on one GPU; the range is deliberately wide
+ASSUMED_MFU = {"optimistic": 0.50, "likely": 0.35, "pessimistic": 0.20}
+
+
 def plan(recipe: Recipe, hours: float, steps: int = 5, model_factory=None) -> dict:
     """Time real training steps of the recipe (or of ``model_factory``'s model) here, and the epochs
-    that fit in ``hours``; an L4 estimate from the counted FLOPs and an assumed MFU."""
+    that fit in ``hours``; an L4 estimate as a range (``budget``: from published evidence for our
+    model families, else ``ASSUMED_MFU``), with evaluation, augmentation and the image cache."""
+    from .budget import AUG_SHARE, EVAL_SPEEDUP, FAMILY, RANGE, cache_hours, train_img_per_s
     t = time_steps(recipe, steps, model_factory=model_factory)
     n_train = recipe.data.train_size if recipe.data.dataset == "shapes10" else TRAIN_IMAGES.get(recipe.data.dataset)
+    n_val = recipe.data.val_size if recipe.data.dataset == "shapes10" else VAL_IMAGES.get(recipe.data.dataset, 0)
     l4 = KNOWN_GPUS["L4"]
     peak = peak_flops(l4, recipe.precision.amp if recipe.precision.amp != "auto" else "bf16", recipe.precision.tf32)
-    l4_img_s = peak * ASSUMED_L4_MFU / (3 * t["fwd_flops_per_img"])
-    out = {**t, "hours": hours, "train_images": n_train, "l4_img_per_s_estimate": l4_img_s,
-           "l4_peak_flops": peak, "assumed_mfu": ASSUMED_L4_MFU}
+    if model_factory is None and recipe.model.name in FAMILY:
+        l4_img_s = train_img_per_s(recipe.model.name, recipe.data.img_size)
+        basis = "timm's published RTX 3090 training throughput for the family, scaled to the L4 (budget.py)"
+    else:
+        l4_img_s = {c: peak * ASSUMED_MFU[c] / (3 * t["fwd_flops_per_img"]) for c in RANGE}
+        basis = ("no published evidence for this model: MFU " + " / ".join(f"{ASSUMED_MFU[c]:.0%}" for c in RANGE)
+                 + " assumed")
+    out = {**t, "hours": hours, "train_images": n_train, "l4_img_per_s_estimate": l4_img_s, "l4_peak_flops": peak,
+           "l4_basis": basis}
     if n_train:
         out["epochs_here"] = t["img_per_s"] * hours * 3600 / n_train
-        out["epochs_l4_estimate"] = l4_img_s * hours * 3600 / n_train
         out["recipe_epochs"] = recipe.sched.epochs
-        out["l4_hours_for_recipe_estimate"] = recipe.sched.epochs * n_train / l4_img_s / 3600
+        cache = cache_hours(n_train + n_val) if recipe.data.dataset != "shapes10" else {c: 0.0 for c in RANGE}
+        per_epoch = {c: (n_train * (1 + AUG_SHARE[c]) + n_val / EVAL_SPEEDUP[c]) / l4_img_s[c] / 3600 for c in RANGE}
+        out["l4_hours_for_recipe_estimate"] = {c: recipe.sched.epochs * per_epoch[c] + cache[c] for c in RANGE}
+        out["epochs_l4_estimate"] = {c: max(0.0, hours - cache[c]) / per_epoch[c] for c in RANGE}
     return out
 
 
 def print_plan(recipe: Recipe, p: dict, model_label: str | None = None) -> None:
+    from .budget import RANGE
     print(f"recipe {recipe.name}: {model_label or recipe.model.name} at {recipe.data.img_size} px, batch {p['batch']}, "
           f"precision {recipe.precision.amp}")
     print(f"measured here ({p['device']}): {p['img_per_s']:.1f} img/s ({p['step_s'] * 1000:.0f} ms per step)"
@@ -92,8 +112,102 @@ def print_plan(recipe: Recipe, p: dict, model_label: str | None = None) -> None:
     if p.get("train_images"):
         print(f"in {p['hours']:g} h here: {p['epochs_here']:.1f} epochs of {p['train_images']:,} images "
               f"(recipe asks for {p['recipe_epochs']})")
-    print(f"L4 ESTIMATE (not measured): {p['l4_img_per_s_estimate']:.0f} img/s = L4 dense peak "
-          f"{p['l4_peak_flops'] / 1e12:.0f} TFLOP/s x assumed MFU {p['assumed_mfu']:.0%} / training FLOPs per image")
+    rng = " / ".join(f"{p['l4_img_per_s_estimate'][c]:.0f}" for c in RANGE)
+    print(f"L4 ESTIMATE (not measured), optimistic / likely / pessimistic: {rng} training img/s; basis: {p['l4_basis']}")
     if p.get("train_images"):
-        print(f"  -> {p['epochs_l4_estimate']:.1f} epochs in {p['hours']:g} h; the recipe's "
-              f"{p['recipe_epochs']} epochs would take about {p['l4_hours_for_recipe_estimate']:.1f} L4-hours")
+        print(f"  -> in {p['hours']:g} h: " + " / ".join(f"{p['epochs_l4_estimate'][c]:.0f}" for c in RANGE)
+              + f" epochs; the recipe's {p['recipe_epochs']} epochs take "
+              + " / ".join(f"{p['l4_hours_for_recipe_estimate'][c]:.2f}" for c in RANGE)
+              + " L4-hours (evaluation every epoch, augmentation and the image cache included)")
+
+
+# ----------------------------------------------------------------------------- plan --fit
+
+def campaign_runs(c) -> list[tuple[str, list[str], str]]:
+    """(recipe, --set values, label) per run of campaign ``c`` (``budget.Campaign``): the registered
+    reduced recipe of each variant, with the campaign's resolution and schedule set where they differ."""
+    from ..recipes import get_recipe, list_recipes
+    from .budget import PAPERS, patch_for, stem_for
+    registered = {r.name for r in list_recipes()}
+    runs = []
+    for v, seeds in c.variants:
+        parent = get_recipe(v.parent)
+        is_vit = v.model.startswith(("vit", "kat"))
+        ln = "_ln" if parent.model.norm == "ln" and is_vit else ""
+        name = f"{c.paper}-{v.model}{ln}-{c.dataset.subset}"
+        sets = []
+        if name not in registered:  # a smaller tier: the quick recipe, else the paper model's day recipe
+            name = f"{name}-quick"
+        if name not in registered:
+            paper_model = PAPERS[c.paper].tiers[0][0 if v.role != "baseline" else 1]
+            name = f"{c.paper}-{paper_model}{ln}-{c.dataset.subset}"
+            sets.append(f"model.name={v.model}")
+        r = get_recipe(name)
+        if r.data.img_size != c.res:
+            sets.append(f"data.img_size={c.res}")
+            patch = patch_for(c.res) if is_vit else stem_for(c.res)
+            if patch != (r.model.patch_size or (16 if is_vit else 4)):
+                sets.append(f"model.patch_size={patch}")
+        if r.sched.epochs != c.epochs:
+            sets += [f"sched.epochs={c.epochs}",
+                     f"sched.warmup_epochs={parent.sched.warmup_epochs * c.epochs / parent.sched.epochs:g}"]
+        sets += list(v.sets)
+        for seed in range(seeds):
+            runs.append((name, [*sets, f"run.seed={seed}"], v.label))
+    return runs
+
+
+def campaign_script(c, hours: float) -> str:
+    """A shell script of ``reproscope train`` commands for campaign ``c``, then the report."""
+    lines = ["#!/bin/sh", f"# reproscope plan --fit {hours:g} --paper {c.paper} --dataset {c.dataset.name}",
+             f"# likely {c.hours['likely']:.1f} L4-hours (optimistic {c.hours['optimistic']:.1f}, "
+             f"pessimistic {c.hours['pessimistic']:.1f}); runs resume if interrupted", "set -e"]
+    dirs = []
+    for name, sets, _ in campaign_runs(c):
+        rd = f"runs/{c.paper}-{c.dataset.subset}/{name}-" + "-".join(s.split("=")[0].split(".")[-1] + s.split("=")[1]
+                                                                   for s in sets if not s.startswith("sched.warmup"))
+        dirs.append(rd)
+        lines.append(f"reproscope train --recipe {name} --run-dir {rd} --resume auto "
+                     + " ".join(f"--set {s}" for s in sets))
+    lines.append("reproscope report " + " ".join(dirs) + f" --out runs/{c.paper}-{c.dataset.subset}/report")
+    return "\n".join(lines) + "\n"
+
+
+def print_campaign(c, hours: float) -> None:
+    from ..recipes import deviation_log, get_recipe
+    from ..config import apply_overrides
+    from .budget import PAPERS, RANGE
+    plan_ = PAPERS[c.paper]
+    print(f"plan --fit {hours:g} --paper {c.paper}: the most faithful campaign whose LIKELY L4 time fits "
+          f"{hours:g} h ({plan_.paper_models}; searched in the order model size, resolution, schedule, seeds, data)")
+    print(f"dataset {c.dataset.name} ({c.dataset.n_train:,} train / {c.dataset.n_val:,} val images), {c.res} px, "
+          f"{c.epochs} epochs")
+    print(f"{'variant':56s} {'model':16s} seeds  L4-hours per run (optimistic / likely / pessimistic)")
+    from .budget import run_hours
+    for v, seeds in c.variants:
+        h = run_hours(v.model, c.res, c.epochs, c.dataset.n_train, c.dataset.n_val)
+        print(f"{v.role + ': ' + v.label:56s} {v.model:16s} {seeds:5d}  "
+              + " / ".join(f"{h[k]:.2f}" for k in RANGE))
+    if plan_.ablation is None:
+        print("(no ablation: none the claim hinges on is implemented for this paper)")
+    print("total device-hours (all runs, evaluation every epoch, augmentation, the image cache built once): "
+          + " / ".join(f"{c.hours[k]:.1f}" for k in RANGE) + " (optimistic / likely / pessimistic)")
+    print("what it gives up against the paper (each run's deviation log):")
+    shown = set()
+    ablation_keys = {s.split("=")[0]: v.label for v, _ in c.variants for s in v.sets}
+    for name, sets, _ in campaign_runs(c):
+        sets = [s for s in sets if not s.startswith("run.seed")]
+        key = (name, tuple(sets))
+        if key in shown:
+            continue
+        shown.add(key)
+        r = apply_overrides(get_recipe(name), sets)
+        print(f"  {name}" + (" " + " ".join(f"--set {s}" for s in sets) if sets else ""))
+        for row in deviation_log(r):
+            reason = row["reason"]
+            if reason.startswith("command-line override"):
+                reason = (f"the ablation: {ablation_keys[row['key']]}" if row["key"] in ablation_keys
+                          else f"plan --fit {hours:g}: what the budget allows")
+            print(f"    {row['key']:22s} {row['parent']!r} -> {row['value']!r}: {reason}")
+    print("the estimate's assumptions and evidence: reproscope/diagnostics/budget.py (timm's RTX 3090 training "
+          "benchmark scaled to the L4 by peak FLOP/s and memory bandwidth)")

@@ -353,14 +353,16 @@ def _cpu_scale(reduced: Recipe, model: str = "vit_quick", model_reason: str = ""
     model, batch 128, lr 4e-4, 15 epochs, no mixing or EMA, fp32), so the DyT, KAT and MambaOut CPU
     campaigns are comparable; ``model`` replaces the reduced recipe's model."""
     parent = get_recipe(reduced.parent)
-    changes = {"model.name": model, "model.patch_size": 4, "model.drop_path": 0.0, "data.img_size": 32,
+    conv = model.startswith(("convnext", "mambaout"))
+    changes = {"model.name": model, "model.patch_size": 2 if conv else 4, "model.drop_path": 0.0, "data.img_size": 32,
                "data.batch_size": 128, "optim.lr": 4e-4, "sched.epochs": 15, "sched.warmup_epochs": 1.0,
                "aug.mix_prob": 0.0, "reg.ema_decay": 0.0, "reg.eval_ema": False, "precision.amp": "fp32"}
     linear = parent.optim.lr * 128 / parent.data.batch_size
     reasons = {
         "model.name": model_reason or "CPU scale: ViT width 96, depth 4, 4 heads (0.56M parameters) instead of ViT-Ti",
-        "model.patch_size": "patch 4 at 32 px keeps an 8x8 token grid (64 tokens, as ViT-Ti/16 at 128 px)",
-        "model.drop_path": "a 4-block model trained for 15 epochs underfits; stochastic depth would only slow it",
+        "model.patch_size": ("stem stride 2 at 32 px keeps the last feature map 2x2" if conv else
+                             "patch 4 at 32 px keeps an 8x8 token grid (64 tokens, as ViT-Ti/16 at 128 px)"),
+        "model.drop_path": "a sub-1M-parameter model trained for 15 epochs underfits; stochastic depth would only slow it",
         "data.img_size": "CPU scale: 32 px (cache built from the shared 224 px copy)",
         "data.batch_size": "CPU scale: batch 128 gives ~74 optimizer steps per Imagenette epoch",
         "optim.lr": lr_reason or (f"{4e-4 / linear:.1f}x the linear-scaling lr ({parent.optim.lr:g} x 128/"
@@ -393,6 +395,12 @@ for _reduced_name in ("dyt-vit_tiny-imagenette-quick", "dyt-vit_tiny_ln-imagenet
 _cpu_scale(get_recipe("kat-kat_tiny-imagenette-quick"), "kat_quick",
            "CPU scale: KAT width 96, depth 4, 4 heads, 8 rational groups (0.47M parameters) instead of KAT-T",
            name="kat-kat_quick-imagenette-cpu")
+_cpu_scale(get_recipe("mambaout-mambaout_femto-imagenette-quick"), "mambaout_quick",
+           "CPU scale: MambaOut depths (2, 2, 3, 2), widths (16, 32, 64, 112) (0.49M parameters) instead of Femto",
+           name="mambaout-mambaout_quick-imagenette-cpu")
+_cpu_scale(get_recipe("mambaout-mambaout_femto-imagenette-quick"), "vit_quick",
+           "the paper's baseline (DeiT-T, a ViT with LayerNorm) at CPU scale: vit_quick, 0.47M parameters",
+           name="mambaout-vit_quick-imagenette-cpu")
 _cpu_scale(get_recipe("kat-kat_tiny-imagenette-quick"), "vit_quick",
            "the paper's baseline (DeiT-T: the same ViT with a GELU MLP) at CPU scale: vit_quick, 0.47M parameters",
            name="kat-vit_quick-imagenette-cpu")

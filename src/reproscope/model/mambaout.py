@@ -163,6 +163,16 @@ def mambaout_femto(**kw):
     return _mambaout((3, 3, 9, 3), (48, 96, 192, 288), **kw)
 
 
+@register_model(paper="reproscope (CPU campaign size; MambaOut's Gated CNN at vit_quick's parameter count)",
+                default_img_size=32)
+def mambaout_quick(**kw):
+    """MambaOut with depths (2, 2, 3, 2) and widths (16, 32, 64, 112): 0.49M parameters at 10 classes, the
+    size of ``vit_quick``, for the CPU-scale MambaOut campaign; stem stride 2 at 32 px (keeps a 2x2 last map)."""
+    kw.setdefault("img_size", 32)
+    kw.setdefault("patch_size", 2)
+    return _mambaout((2, 2, 3, 2), (16, 32, 64, 112), **kw)
+
+
 @register_model(paper="MambaOut (Table 1)", paper_params_m=9.1, paper_top1=80.0)
 def mambaout_kobe(**kw):
     """MambaOut-Kobe: Gated CNN, depths (3,3,15,3), widths (48,96,192,288)."""

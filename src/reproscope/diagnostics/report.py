@@ -199,7 +199,7 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
     probe_groups = ([g for g in groups if claim and (_matches(g, claim.method) or _matches(g, claim.baseline))]
                     or groups)[:2]  # the method and its baseline: keeps the PDF within its page limit
     for g in probe_groups:
-        for fig in ("dyt_fig8_alpha.png", "dyt_fig2_norm_curves.png"):
+        for fig in ("dyt_fig8_alpha.png", "paper_probes_over_training.png", "dyt_fig2_norm_curves.png"):
             src = g.first.path / "figures" / fig
             if src.exists():
                 dst = out / f"{_slug(g.label)}-{fig}"
@@ -290,6 +290,9 @@ def _commits(runs: list[RunRecord]) -> str:
 
 _FIG_CAPTIONS = {"dyt_fig8_alpha.png": "DyT alpha against 1/std of each DyT layer's input over training (DyT Fig. 8)",
                  "dyt_fig2_norm_curves.png": "norm-layer input vs output at the end of training (DyT Fig. 2/4)",
+                 "paper_probes_over_training.png": "the paper-figure probes at init and after every epoch (KAT: "
+                                                   "rational input range against the [-3, 3] fit range and GR-KAN "
+                                                   "Var[out]/Var[in]; MambaOut: gates near zero per stage)",
                  "dyt_fig2_norm_curves_at_divergence.png": "norm-layer input vs output (DyT Fig. 2/4)",
                  "kat_ranges_at_divergence.png": "rational input range against the [-3, 3] fit range, and GR-KAN "
                                                  "Var[out]/Var[in] (KAT)"}

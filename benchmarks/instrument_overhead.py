@@ -1,10 +1,11 @@
-"""Instrumentation overhead: the same training steps with probes off, at the default sampling,
-and probing every step (histograms off), alternating in one process.
+"""Instrumentation overhead: the same training steps with probes off, at the default sampling
+(histograms included, every 1,000 steps), with histograms on every probe step (5x as often), and
+probing every step (histograms off), alternating in one process.
 
     python benchmarks/instrument_overhead.py [--recipe quickstart] [--steps 400] [--chunk 10] [--set ...]
 
-The three configurations train from the same initial weights, interleaved in chunks of `--chunk`
-steps (off, default, every-step, off, ...) so that machine drift hits all three alike; after a
+The configurations train from the same initial weights, interleaved in chunks of `--chunk`
+steps (off, default, ..., every-step, off, ...) so that machine drift hits all three alike; after a
 warm-up of one chunk each, the table reports total time / steps for each configuration (probe steps
 included, so the default's schedule is accounted at its real rate) and the ratio to "off". The
 per-step NaN/spike guard (one device-to-host copy of two scalars) is part of every configuration.
@@ -27,7 +28,10 @@ from reproscope.runtime import synchronize as sync
 CONFIGS = {
     "off": {"instrument.enabled": False},
     "default sampling": {"instrument.enabled": True},
-    "every-step probing": {"instrument.enabled": True, "instrument.probe_every": 1, "instrument.probe_early": False},
+    # the default's histograms come every 1,000 steps; on every probe step (200) shows what a set costs
+    "default, histograms every 200 steps": {"instrument.enabled": True, "instrument.hist_every": 200},
+    "every-step probing": {"instrument.enabled": True, "instrument.probe_every": 1, "instrument.probe_early": False,
+                           "instrument.histograms": False},
 }
 
 

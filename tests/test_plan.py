@@ -69,11 +69,23 @@ def test_a_larger_budget_never_gives_a_less_faithful_campaign(paper):
 
 
 def test_a_budget_too_small_for_three_seeds_says_so(capsys):
-    with pytest.raises(BudgetError, match=r"cannot hold 3 seeds each of KAT-T vs DeiT-T.*needs about [\d.]+ h"):
+    with pytest.raises(BudgetError, match=r"cannot hold 3 seeds each of KAT-T vs DeiT-T.*needs ([\d.]+) h") as e:
         fit("kat", 0.05)
+    import re
+    need = float(re.search(r"--fit ([\d.]+)", str(e.value)).group(1))
+    fit("kat", need)  # the hours it names are enough
     assert main(["plan", "--fit", "0.05", "--paper", "kat"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "rather than fewer seeds" in err
+
+
+@pytest.mark.parametrize("argv", [["--fit", "nan", "--paper", "dyt"], ["--fit", "inf", "--paper", "dyt"],
+                                  ["--fit", "-3", "--paper", "dyt"], ["--paper", "dyt"],
+                                  ["--fit", "24", "--paper", "dyt", "--hours", "3"],
+                                  ["--fit", "24", "--paper", "dyt", "--recipe", "quickstart"]])
+def test_plan_refuses_flags_it_would_ignore(argv, capsys):
+    assert main(["plan", *argv]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("key", sorted(DAY))

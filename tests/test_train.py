@@ -189,7 +189,7 @@ def test_max_steps_runs_say_so_instead_of_the_full_epoch_count(tiny_recipe, tmp_
     r = apply_overrides(tiny_recipe, {"sched.max_steps": 3, "instrument.enabled": False})
     train(r, run_dir=tmp_path / "run")
     out = capsys.readouterr().out
-    assert "epoch 1 (max_steps 3 of the 2-epoch schedule)  val top-1" in out and "epoch 1/2" not in out
+    assert "epoch 1/2, stopping at step 3 (sched.max_steps)  val top-1" in out
 
 
 def test_tensorboard_gets_the_config_deviations_and_hparams(tiny_recipe, tmp_path):

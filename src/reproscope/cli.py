@@ -94,6 +94,11 @@ def cmd_plan(args) -> int:
     from .diagnostics.plan import plan, print_plan
     if args.fit is not None:
         return _plan_fit(args)
+    for flag, value in (("--paper", args.paper), ("--dataset", args.dataset), ("--write-script", args.write_script)):
+        if value is not None:
+            raise ConfigError(f"{flag} goes with --fit HOURS (plan --fit 24 --paper dyt); without --fit, plan times "
+                              f"--recipe NAME")
+    args.recipe = args.recipe or DEFAULT_RECIPE
     recipe = resolved_recipe(args)
     print_plan(recipe, plan(recipe, args.hours, args.steps, model_factory=_model_factory(args, recipe)),
                model_label=args.model)
@@ -110,16 +115,25 @@ def _plan_fit(args) -> int:
     names = [d.name for d in DATASETS] + [d.subset for d in DATASETS]
     if args.dataset is not None and args.dataset not in names:
         raise ConfigError(f"--dataset {args.dataset!r}: choose one of {', '.join(d.name for d in DATASETS)}")
-    if args.fit <= 0:
+    import math
+    if not math.isfinite(args.fit) or args.fit <= 0:
         raise ConfigError(f"--fit {args.fit:g}: give the budget in device-hours, e.g. --fit 24")
+    for flag, given in (("--recipe", args.recipe is not None), ("--hours", args.hours != 24.0),
+                        ("--model", args.model is not None), ("--set", bool(args.overrides))):
+        if given:
+            raise ConfigError(f"{flag} does not apply to plan --fit, which chooses the recipes itself; "
+                              f"drop {flag}, or use plan --recipe NAME without --fit")
     try:
         c = fit(args.paper, args.fit, args.dataset)
     except BudgetError as e:
         raise ConfigError(str(e)) from None
-    print_campaign(c, args.fit)
+    print_campaign(c, args.fit, args.dataset)
     if args.write_script:
-        Path(args.write_script).write_text(campaign_script(c, args.fit))
-        print(f"wrote {args.write_script}: the runs as reproscope train commands, then the report")
+        path = Path(args.write_script)
+        path.write_text(campaign_script(c, args.fit))
+        path.chmod(0o755)
+        print(f"wrote {path}: the runs as reproscope train commands, then the report; run it from the repository "
+              f"root with: sh {path}")
     return 0
 
 
@@ -251,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_models)
 
     pl = sub.add_parser("plan", help="time real training steps here and budget a run (with an L4 estimate)")
-    _add_recipe_args(pl)
+    _add_recipe_args(pl, default=None)
     pl.add_argument("--hours", type=float, default=24.0, help="budget in hours (default 24)")
     pl.add_argument("--model", default=None, metavar="SPEC", help="plan your own model (file.py:factory, "
                     "package.module:factory, timm:NAME or a registered name)")

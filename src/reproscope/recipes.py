@@ -223,28 +223,40 @@ MAMBAOUT_F = _paper(
 _SUBSETS = {
     "imagenet100": dict(
         data={"dataset": "imagenet-100", "root": "data/imagenet", "img_size": 224},
-        reasons={"data.dataset": "ImageNet-100 (CMC's 100 classes) of your ImageNet copy",
+        train_images=126_689, native=0,
+        reasons={"data.dataset": "ImageNet-100 (CMC's 100 classes) of your ImageNet copy: top-1 over 100 classes is "
+                                 "not comparable to the paper's 1000-class number",
                  "data.root": "an ImageFolder ImageNet (train/, val/); only the 100 classes are read",
                  "data.img_size": "the paper's 224 px"},
         patch=16, stem=4),
     "imagenette": dict(
         data={"dataset": "imagenette", "root": "../shared/datasets/imagenette", "img_size": 160},
-        reasons={"data.dataset": "public 10-class ImageNet subset", "data.root": "the shared development copy",
+        train_images=9_469, native=0,
+        reasons={"data.dataset": "public 10-class ImageNet subset: top-1 over 10 classes (3,925 val images) is not "
+                                 "comparable to the paper's 1000-class number",
+                 "data.root": "the shared development copy (every image squashed to 224x224 and re-encoded as JPEG "
+                              "q~75: aspect ratios are lost before any crop)",
                  "data.img_size": "160 px (the imagenette2-160 scale) keeps 300 epochs of a ViT-Ti short"},
         patch=16, stem=4),
     "tinyimagenet": dict(
         data={"dataset": "tiny-imagenet", "root": "data/tiny-imagenet-200", "img_size": 64},
-        reasons={"data.dataset": "public 200-class ImageNet subset at 64 px", "data.root": "default download place",
+        train_images=100_000, native=64,
+        reasons={"data.dataset": "public 200-class ImageNet subset at 64 px: top-1 not comparable to the paper's",
+                 "data.root": "default download place",
                  "data.img_size": "Tiny-ImageNet images are 64 px"},
         patch=8, stem=2),
     "cifar10": dict(
         data={"dataset": "cifar10", "root": "data/cifar", "img_size": 32, "eval_crop_pct": 1.0},
-        reasons={"data.dataset": "CIFAR-10", "data.root": "default download place",
+        train_images=50_000, native=32,
+        reasons={"data.dataset": "CIFAR-10: 10 classes of 32 px photos, not ImageNet; top-1 not comparable to the "
+                                 "paper's", "data.root": "default download place",
                  "data.img_size": "CIFAR images are 32 px", "data.eval_crop_pct": "no eval crop at 32 px"},
         patch=4, stem=2),
     "cifar100": dict(
         data={"dataset": "cifar100", "root": "data/cifar", "img_size": 32, "eval_crop_pct": 1.0},
-        reasons={"data.dataset": "CIFAR-100", "data.root": "default download place",
+        train_images=50_000, native=32,
+        reasons={"data.dataset": "CIFAR-100: 100 classes of 32 px photos, not ImageNet; top-1 not comparable to the "
+                                 "paper's", "data.root": "default download place",
                  "data.img_size": "CIFAR images are 32 px", "data.eval_crop_pct": "no eval crop at 32 px"},
         patch=4, stem=2),
 }
@@ -275,9 +287,12 @@ def _reduced(parent: Recipe, subset: str, model_name: str, model_reason: str = "
     res = img_size or spec["data"]["img_size"]
     if img_size and img_size != spec["data"]["img_size"]:
         changes["data.img_size"] = img_size
-        reasons["data.img_size"] = f"{img_size} px: {plan_note}"
+        reasons["data.img_size"] = (f"{img_size} px, upsampled from the images' native {spec['native']} px: "
+                                    if spec["native"] and img_size > spec["native"] else f"{img_size} px: ") + plan_note
         if spec["data"].get("eval_crop_pct") == 1.0 and img_size >= 128:  # small images upsampled: crop as the paper
             changes.pop("data.eval_crop_pct")
+    if spec["native"] and res > spec["native"]:
+        reasons["data.dataset"] += f"; its {spec['native']} px images are upsampled to {res} px"
     patch = (16 if is_vit else 4) if res >= 128 else (spec["patch"] if is_vit else spec["stem"])
     if patch != (16 if is_vit else 4):
         changes["model.patch_size"] = patch
@@ -286,15 +301,17 @@ def _reduced(parent: Recipe, subset: str, model_name: str, model_reason: str = "
     if epochs and epochs != parent.sched.epochs:
         changes["sched.epochs"] = epochs
         reasons["sched.epochs"] = f"{epochs} of the paper's {parent.sched.epochs} epochs: {plan_note}"
-        warmup = parent.sched.warmup_epochs * epochs / parent.sched.epochs
+        warmup = round(parent.sched.warmup_epochs * epochs / parent.sched.epochs, 2)
         changes["sched.warmup_epochs"] = warmup
         reasons["sched.warmup_epochs"] = f"warmup shortened in proportion ({parent.sched.warmup_epochs:g} of {parent.sched.epochs})"
     if parent.precision.amp != "bf16":
         changes["precision.amp"] = "bf16"
         reasons["precision.amp"] = "bf16 autocast roughly doubles L4 throughput; DyT notes fp32 vs bf16 as a gotcha"
-    if parent.reg.ema_decay > 0.999:
+    steps = (epochs or parent.sched.epochs) * spec["train_images"] // _SINGLE_GPU_BATCH
+    if parent.reg.ema_decay > 0.999 and steps < 3 / (1 - parent.reg.ema_decay):
         changes["reg.ema_decay"] = 0.999
-        reasons["reg.ema_decay"] = "0.9999 averages over ~10k steps, too long for a small dataset's run"
+        reasons["reg.ema_decay"] = (f"{parent.reg.ema_decay:g} averages over ~{1 / (1 - parent.reg.ema_decay):,.0f} "
+                                    f"steps, too long for this run's ~{steps:,}")
     base = apply_overrides(parent, changes)
     reasons = {k: v for k, v in reasons.items() if k in recipe_diff(parent, base)}  # e.g. the paper's 224 px kept
     name = (f"{parent.name.removesuffix('-paper').split('-')[0]}-{model_name}"

@@ -40,6 +40,7 @@ Further assumptions, each a range (optimistic / likely / pessimistic) until a GP
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 from ..hardware import KNOWN_GPUS, GPU
@@ -303,8 +304,25 @@ def fit(paper: str, hours: float, dataset: str | None = None, gpu: str = "L4") -
                             if c.hours["likely"] <= hours and (best is None or c.faithfulness > best.faithfulness):
                                 best = c
     if best is None:
+        need = math.ceil(cheapest.hours["likely"] * 100) / 100  # rounded up: --fit with this number fits
         raise BudgetError(
             f"{hours:g} device-hours cannot hold {min(SEEDS)} seeds each of {plan.paper_models}: the cheapest campaign "
             f"({cheapest.variants[0][0].model} at {cheapest.res} px, {cheapest.epochs} epochs on {cheapest.dataset.name}) "
-            f"needs about {cheapest.hours['likely']:.1f} h (likely); give it more hours rather than fewer seeds")
+            f"needs {need:g} h (likely); give it at least --fit {need:g} rather than fewer seeds")
     return best
+
+
+def next_step_up(c: Campaign, dataset: str | None = None, gpu: str = "L4") -> Campaign | None:
+    """The cheapest campaign more faithful than ``c`` (what a larger budget would buy next), or None."""
+    plan = PAPERS[c.paper]
+    out = None
+    for tier in plan.tiers:
+        for d in [d for d in DATASETS if dataset in (None, d.name, d.subset)]:
+            for res in _resolutions(d):
+                for epochs in EPOCHS:
+                    for seeds in SEEDS:
+                        for abl in ((seeds, 1) if plan.ablation else (0,)):
+                            x = _campaign(plan, tier, d, res, epochs, seeds, abl, gpu)
+                            if x.faithfulness > c.faithfulness and (out is None or x.hours["likely"] < out.hours["likely"]):
+                                out = x
+    return out

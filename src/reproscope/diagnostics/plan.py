@@ -71,6 +71,9 @@ def time_steps(recipe: Recipe, steps: int = 5, warmup: int = 2, model_factory=No
 # MFU range for a model with no evidence in budget.EVIDENCE (a user's own model): typical of mixed-
 # precision vision training on one GPU; the range is deliberately wide
 ASSUMED_MFU = {"optimistic": 0.50, "likely": 0.35, "pessimistic": 0.20}
+# ... plus a fixed cost per optimizer step (kernel launches, the optimizer, Python), which dominates a
+# small model: an eager PyTorch step launches hundreds of kernels at ~10 us each
+STEP_OVERHEAD_S = {"optimistic": 0.005, "likely": 0.015, "pessimistic": 0.040}
 
 
 def plan(recipe: Recipe, hours: float, steps: int = 5, model_factory=None) -> dict:
@@ -78,6 +81,8 @@ def plan(recipe: Recipe, hours: float, steps: int = 5, model_factory=None) -> di
     that fit in ``hours``; an L4 estimate as a range (``budget``: from published evidence for our
     model families, else ``ASSUMED_MFU``), with evaluation, augmentation and the image cache."""
     from .budget import AUG_SHARE, EVAL_SPEEDUP, FAMILY, RANGE, cache_hours, train_img_per_s
+    print(f"timing {steps} training steps of {recipe.model.name if model_factory is None else 'your model'} here "
+          f"(after building it and {2} warm-up steps)...", flush=True)
     t = time_steps(recipe, steps, model_factory=model_factory)
     n_train = recipe.data.train_size if recipe.data.dataset == "shapes10" else TRAIN_IMAGES.get(recipe.data.dataset)
     n_val = recipe.data.val_size if recipe.data.dataset == "shapes10" else VAL_IMAGES.get(recipe.data.dataset, 0)
@@ -87,9 +92,11 @@ def plan(recipe: Recipe, hours: float, steps: int = 5, model_factory=None) -> di
         l4_img_s = train_img_per_s(recipe.model.name, recipe.data.img_size)
         basis = "timm's published RTX 3090 training throughput for the family, scaled to the L4 (budget.py)"
     else:
-        l4_img_s = {c: peak * ASSUMED_MFU[c] / (3 * t["fwd_flops_per_img"]) for c in RANGE}
+        b = t["batch"]
+        l4_img_s = {c: b / (b * 3 * t["fwd_flops_per_img"] / (peak * ASSUMED_MFU[c]) + STEP_OVERHEAD_S[c])
+                    for c in RANGE}
         basis = ("no published evidence for this model: MFU " + " / ".join(f"{ASSUMED_MFU[c]:.0%}" for c in RANGE)
-                 + " assumed")
+                 + " and " + " / ".join(f"{STEP_OVERHEAD_S[c] * 1000:.0f}" for c in RANGE) + " ms per step assumed")
     out = {**t, "hours": hours, "train_images": n_train, "l4_img_per_s_estimate": l4_img_s, "l4_peak_flops": peak,
            "l4_basis": basis}
     if n_train:
@@ -112,13 +119,17 @@ def print_plan(recipe: Recipe, p: dict, model_label: str | None = None) -> None:
     if p.get("train_images"):
         print(f"in {p['hours']:g} h here: {p['epochs_here']:.1f} epochs of {p['train_images']:,} images "
               f"(recipe asks for {p['recipe_epochs']})")
-    rng = " / ".join(f"{p['l4_img_per_s_estimate'][c]:.0f}" for c in RANGE)
+    rng = " / ".join(f"{p['l4_img_per_s_estimate'][c]:,.0f}" for c in RANGE)
     print(f"L4 ESTIMATE (not measured), optimistic / likely / pessimistic: {rng} training img/s; basis: {p['l4_basis']}")
     if p.get("train_images"):
-        print(f"  -> in {p['hours']:g} h: " + " / ".join(f"{p['epochs_l4_estimate'][c]:.0f}" for c in RANGE)
+        print(f"  -> in {p['hours']:g} h: " + " / ".join(f"{p['epochs_l4_estimate'][c]:,.0f}" for c in RANGE)
               + f" epochs; the recipe's {p['recipe_epochs']} epochs take "
-              + " / ".join(f"{p['l4_hours_for_recipe_estimate'][c]:.2f}" for c in RANGE)
-              + " L4-hours (evaluation every epoch, augmentation and the image cache included)")
+              + " / ".join(_duration(p['l4_hours_for_recipe_estimate'][c]) for c in RANGE)
+              + " on an L4 (evaluation every epoch, augmentation and the image cache included)")
+
+
+def _duration(hours: float) -> str:
+    return f"{hours:.2f} h" if hours >= 0.1 else f"{hours * 60:.1f} min"
 
 
 # ----------------------------------------------------------------------------- plan --fit
@@ -150,7 +161,7 @@ def campaign_runs(c) -> list[tuple[str, list[str], str]]:
                 sets.append(f"model.patch_size={patch}")
         if r.sched.epochs != c.epochs:
             sets += [f"sched.epochs={c.epochs}",
-                     f"sched.warmup_epochs={parent.sched.warmup_epochs * c.epochs / parent.sched.epochs:g}"]
+                     f"sched.warmup_epochs={round(parent.sched.warmup_epochs * c.epochs / parent.sched.epochs, 2):g}"]
         sets += list(v.sets)
         for seed in range(seeds):
             runs.append((name, [*sets, f"run.seed={seed}"], v.label))
@@ -159,13 +170,18 @@ def campaign_runs(c) -> list[tuple[str, list[str], str]]:
 
 def campaign_script(c, hours: float) -> str:
     """A shell script of ``reproscope train`` commands for campaign ``c``, then the report."""
+    from ..recipes import get_recipe
+    root = get_recipe(campaign_runs(c)[0][0]).data.root
     lines = ["#!/bin/sh", f"# reproscope plan --fit {hours:g} --paper {c.paper} --dataset {c.dataset.name}",
              f"# likely {c.hours['likely']:.1f} L4-hours (optimistic {c.hours['optimistic']:.1f}, "
-             f"pessimistic {c.hours['pessimistic']:.1f}); runs resume if interrupted", "set -e"]
+             f"pessimistic {c.hours['pessimistic']:.1f}); every run resumes where it stopped if you run this again",
+             f"# run from the repository root: the data root {root} is relative to it (put {c.dataset.name} there, "
+             f"or add --set data.root=PATH to each line; `reproscope train --download` fetches the public sets)",
+             "set -e"]
     dirs = []
     for name, sets, _ in campaign_runs(c):
-        rd = f"runs/{c.paper}-{c.dataset.subset}/{name}-" + "-".join(s.split("=")[0].split(".")[-1] + s.split("=")[1]
-                                                                   for s in sets if not s.startswith("sched.warmup"))
+        rd = f"runs/{c.paper}-{c.dataset.subset}/{name}-" + "-".join(
+            s.split("=")[0].split(".")[-1] + "_" + s.split("=")[1] for s in sets if not s.startswith("sched.warmup"))
         dirs.append(rd)
         lines.append(f"reproscope train --recipe {name} --run-dir {rd} --resume auto "
                      + " ".join(f"--set {s}" for s in sets))
@@ -173,7 +189,7 @@ def campaign_script(c, hours: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_campaign(c, hours: float) -> None:
+def print_campaign(c, hours: float, dataset: str | None = None) -> None:
     from ..recipes import deviation_log, get_recipe
     from ..config import apply_overrides
     from .budget import PAPERS, RANGE
@@ -190,8 +206,17 @@ def print_campaign(c, hours: float) -> None:
               + " / ".join(f"{h[k]:.2f}" for k in RANGE))
     if plan_.ablation is None:
         print("(no ablation: none the claim hinges on is implemented for this paper)")
+    elif c.variants[-1][1] < c.variants[0][1]:
+        print(f"(the ablation gets {c.variants[-1][1]} seed: as many as the others would not fit)")
     print("total device-hours (all runs, evaluation every epoch, augmentation, the image cache built once): "
           + " / ".join(f"{c.hours[k]:.1f}" for k in RANGE) + " (optimistic / likely / pessimistic)")
+    from .budget import next_step_up
+    up = next_step_up(c, dataset)
+    left = hours - c.hours["likely"]
+    if up is not None and left > 0.05 * hours:
+        print(f"{left:.1f} of the {hours:g} h stay unused (likely): the next more faithful campaign ({up.dataset.name}, "
+              f"{up.res} px, {up.epochs} epochs, seeds {'/'.join(str(s) for _, s in up.variants)}) needs "
+              f"{up.hours['likely']:.1f} h")
     print("what it gives up against the paper (each run's deviation log):")
     shown = set()
     ablation_keys = {s.split("=")[0]: v.label for v, _ in c.variants for s in v.sets}

@@ -13,6 +13,7 @@ Writes into ``<run_dir>/profile/``:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
@@ -43,7 +44,8 @@ def run_profile(recipe: Recipe, run_dir: Path, steps: int = 5, warmup: int = 2, 
     if not cuda:  # kineto's "gpuGetDeviceCount failed" and profiler_start/stop lines mean nothing on a CPU
         os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    batches = tr.train_loader.epoch(0)
+    # as many batches as warm-up + profiled steps need, across epochs if the training set is small
+    batches = itertools.chain.from_iterable(tr.train_loader.epoch(e) for e in itertools.count())
     if cuda:
         torch.cuda.reset_peak_memory_stats(tr.device)
     wall = []

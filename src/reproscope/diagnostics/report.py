@@ -466,6 +466,7 @@ def to_pdf(blocks: list[tuple], path: Path, font_size: float = 8.5, max_pages: i
                     pdf.set_font(mono, "", fit)  # a single word wider than the line: smaller, never split
                     pdf.cell(width, font_size * 0.4, part, align="L", **NL)
                     pdf.set_font(mono, "", size)
+            pdf.ln(1.0)  # a gap before whatever follows, another code block included
     if max_pages and pdf.pages_count > max_pages and font_size > 6.5:
         if layout is not None:
             layout.clear()

@@ -372,11 +372,11 @@ class Trainer:
             self.model = torch.compile(self.eager_model)
 
     def _epoch_label(self, epoch: int) -> str:
-        """"epoch 3/15", or with ``sched.max_steps`` cutting the schedule short "epoch 1 (max_steps 40 of
-        the 15-epoch schedule)"."""
+        """"epoch 3/15", or with ``sched.max_steps`` cutting the schedule short "epoch 1/15, stopping at
+        step 40 (sched.max_steps)"."""
         r = self.recipe
         if r.sched.max_steps and r.sched.max_steps < self.steps_per_epoch * r.sched.epochs:
-            return f"epoch {epoch + 1} (max_steps {r.sched.max_steps} of the {r.sched.epochs}-epoch schedule)"
+            return f"epoch {epoch + 1}/{r.sched.epochs}, stopping at step {r.sched.max_steps} (sched.max_steps)"
         return f"epoch {epoch + 1}/{r.sched.epochs}"
 
     def fit(self) -> dict[str, float]:
@@ -465,7 +465,8 @@ class Trainer:
                 now = time.perf_counter()
                 vals["img_per_s"] = n * self.accum * r.data.batch_size / max(now - t_log, 1e-9)
                 self.log.log("train", self.step, epoch=epoch, **vals)
-                bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{vals['lr']:.2e}", refresh=False)
+                bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{vals['lr']:.2e}", at=f"step {self.step}",
+                                refresh=False)
                 self.fire("log", **vals)
                 logged_at, window_loss, t_log = self.step, window_loss.zero_(), now
             if self.stop_requested:

@@ -117,3 +117,15 @@ def test_plan_fit_cli_prints_the_range_and_writes_a_script(tmp_path, capsys):
 def test_every_dataset_of_the_planner_has_day_recipes():
     subsets = {d.subset for d in DATASETS}
     assert {s for _, s in DAY} == subsets
+
+
+def test_the_readme_table_is_what_plan_fit_24_prints():
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for paper, label in (("dyt", "DyT"), ("kat", "KAT"), ("mambaout", "MambaOut")):
+        row = re.search(rf"^\| {label} \| (\w[\w-]*), (\d+), (\d+) \|.*\| ([\d.]+) / ([\d.]+) / ([\d.]+) \|$", readme, re.M)
+        assert row, label
+        c = fit(paper, 24)
+        assert (row.group(1).lower(), int(row.group(2)), int(row.group(3))) == (c.dataset.name, c.res, c.epochs)
+        assert [float(x) for x in row.groups()[3:]] == [round(c.hours[k], 1) for k in RANGE]

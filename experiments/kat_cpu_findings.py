@@ -7,6 +7,7 @@ of the KAT CPU campaign (docs/reproductions/kat-cpu/runs/, written by experiment
 - the rationals' input range: per layer max(|p0.1|, |p99.9|) of the first 64 validation images at
   initialisation and after the last epoch (paper_probes.jsonl), against the [-3, 3] fit range;
 - the GR-KAN layers' Var[out] / Var[in] at initialisation and at the end;
+- the mean val top-1 of each variant after epochs 1, 2, 4, 8 and 15;
 - the training throughput of KAT against its ViT (summary.json, img/s over the whole run, both on
   one thread): the cost of the rationals on this CPU, which budget.KAT_EXTRA quotes.
 """
@@ -45,6 +46,14 @@ def main() -> None:
             print(f"  {label}: widest p0.1/p99.9 {min(widest.values()):.2f}-{max(widest.values()):.2f} "
                   f"({outside}/{len(widest)} layers past 3), largest |input| {peak:.2f}; "
                   f"Var[out]/Var[in] {min(ratios):.2f}-{max(ratios):.2f}")
+    curves: dict[str, list[list[float]]] = {}
+    for run in sorted(p for p in RUNS.iterdir() if p.is_dir()):
+        val = [r["top1"] for r in rows(run / "metrics.jsonl") if r.get("kind") == "val"]
+        curves.setdefault(run.name.rsplit("-s", 1)[0], []).append(val)
+    for variant, cs in curves.items():
+        mean = [statistics.fmean(x) for x in zip(*cs)]
+        print(f"{variant} (n = {len(cs)}): mean val top-1 after epoch " +
+              ", ".join(f"{e}: {mean[e - 1]:.1f}" for e in (1, 2, 4, 8, 15) if e <= len(mean)))
     if speed.get("kat") and speed.get("vit"):
         k, v = statistics.fmean(speed["kat"]), statistics.fmean(speed["vit"])
         print(f"throughput, whole run incl. evaluation (1 thread): KAT {k:.0f} img/s, ViT {v:.0f} img/s: "

@@ -124,6 +124,17 @@ def test_note_prints_greek_and_math_symbols_as_such(tmp_path, capsys):
     assert {ord(c) for c in "±→≤αβγ"} <= points
 
 
+def test_note_tables_take_escaped_pipes_and_name_a_broken_row(tmp_path, capsys):
+    from reproscope.diagnostics.report import markdown_blocks
+    blocks = markdown_blocks("| a | b |\n|---|---|\n| 1 + \\|x\\| | 2 |\n")
+    assert blocks == [("table", ["a", "b"], [["1 + |x|", "2"]])]
+    note = tmp_path / "n.md"
+    note.write_text("# N\n\n| a | b |\n|---|---|\n| 1 | 2 | 3 |\n")
+    assert main(["note", str(note)]) == 2
+    err = capsys.readouterr().err
+    assert "n.md" in err and "3 cells where its header has 2" in err and len(err.strip().splitlines()) == 1
+
+
 def test_long_commands_wrap_at_argument_boundaries():
     from reproscope.diagnostics.report import wrap_command
     line = ("reproscope train --recipe dyt-vit_quick-imagenette-cpu --run-dir runs/dyt-cpu/a-long-name "

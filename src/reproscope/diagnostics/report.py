@@ -502,8 +502,12 @@ def markdown_blocks(text: str, base: Path | None = None) -> list[tuple]:
             blocks.append(("p", plain(" ".join(para))))
             para.clear()
         if table:
-            rows = [[plain(c.strip()) for c in r.strip().strip("|").split("|")] for r in table
-                    if not set(r.replace("|", "").strip()) <= set("-: ")]
+            rows = [[plain(c.strip()).replace("\\|", "|") for c in re.split(r"(?<!\\)\|", r.strip().strip("|"))]
+                    for r in table if not set(r.replace("|", "").strip()) <= set("-: ")]
+            for r in rows[1:]:
+                if len(r) != len(rows[0]):
+                    raise ValueError(f"a table row has {len(r)} cells where its header has {len(rows[0])} "
+                                     f"(write a | inside a cell as \\|): | {' | '.join(r)} |")
             blocks.append(("table", rows[0], rows[1:]))
             table.clear()
     for line in lines:
@@ -549,7 +553,11 @@ def note_to_pdf(md_path: str) -> int:
     if not src.exists():
         raise ConfigError(f"{src}: no such note")
     out = src.with_suffix(".pdf")
-    pages = to_pdf(markdown_blocks(src.read_text(), base=src.parent), out, max_pages=None)
+    try:
+        blocks = markdown_blocks(src.read_text(), base=src.parent)
+    except ValueError as e:
+        raise ConfigError(f"{src}: {e}") from None
+    pages = to_pdf(blocks, out, max_pages=None)
     print(f"{out} ({pages} pages)")
     return 0
 

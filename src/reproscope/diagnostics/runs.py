@@ -181,8 +181,11 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
     for g, f in zip(out, flat):
         m = f.get("model.source") or f.get("model.name", "?")
         norm = f.get("model.norm", "default") if "model.source" not in f else "default"
+        same_model = [x for x in flat if (x.get("model.source") or x.get("model.name", "?")) == m]
         extra = [f"{k.split('.')[-1]}={f.get(k)}" for k in varying if k not in ("model.name", "model.norm", "model.source")
-                 and not (k.startswith("model.dyt_") and norm != "dyt")]  # DyT settings mean nothing for LN
+                 and not (k.startswith("model.dyt_") and norm != "dyt")  # DyT settings mean nothing for LN
+                 # a model option that no other group of this model sets differently says nothing here
+                 and not (k.startswith("model.") and len({json.dumps(x.get(k)) for x in same_model}) == 1)]
         g.label = f"{m}" + (f" ({norm})" if norm != "default" else "") + (f" [{', '.join(extra)}]" if extra else "")
     return out
 

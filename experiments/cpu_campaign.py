@@ -91,3 +91,48 @@ def main(runs: list[tuple[str, str, list[str]]], out: Path, keep: Path, doc: str
     report = [sys.executable, "-m", "reproscope", "report", *(str(keep / n) for n in names), "--out", str(keep.parent)]
     print("+", " ".join(report), flush=True)
     return 0 if args.dry_run else subprocess.call(report)
+
+
+# ----------------------------------------------------------------------------- findings (read committed runs)
+
+def jsonl(path: Path) -> list[dict]:
+    """The lines of a JSON-lines file ([] if absent)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def run_dirs(keep: Path) -> list[Path]:
+    return sorted(p for p in keep.iterdir() if p.is_dir())
+
+
+def print_final_top1(keep: Path) -> None:
+    for run in run_dirs(keep):
+        val = [r for r in jsonl(run / "metrics.jsonl") if r.get("kind") == "val"]
+        print(f"{run.name}: final val top-1 {val[-1]['top1']:.2f}" if val else f"{run.name}: no evaluation")
+
+
+def print_curves(keep: Path, epochs=(1, 2, 4, 8, 15)) -> None:
+    """Mean val top-1 of each variant (run name without its -sN) after the given epochs."""
+    import statistics
+    curves: dict[str, list[list[float]]] = {}
+    for run in run_dirs(keep):
+        val = [r["top1"] for r in jsonl(run / "metrics.jsonl") if r.get("kind") == "val"]
+        curves.setdefault(run.name.rsplit("-s", 1)[0], []).append(val)
+    for variant, cs in curves.items():
+        mean = [statistics.fmean(x) for x in zip(*cs)]
+        print(f"{variant} (n = {len(cs)}): mean val top-1 after epoch " +
+              ", ".join(f"{e}: {mean[e - 1]:.1f}" for e in epochs if e <= len(mean)))
+
+
+def print_throughput(keep: Path, method: str, baseline: str) -> None:
+    """Mean img/s over whole runs (summary.json) of runs whose name holds ``method`` vs ``baseline``."""
+    import statistics
+    speed: dict[str, list[float]] = {}
+    for run in run_dirs(keep):
+        s = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+        kind = method if method in run.name else baseline if baseline in run.name else None
+        if kind and s.get("img_per_s") and run.name.rsplit("-s", 1)[0].endswith("-cpu"):
+            speed.setdefault(kind, []).append(s["img_per_s"])
+    if speed.get(method) and speed.get(baseline):
+        m, b = statistics.fmean(speed[method]), statistics.fmean(speed[baseline])
+        print(f"throughput, whole run incl. evaluation (1 thread): {method} {m:.0f} img/s, {baseline} {b:.0f} img/s "
+              f"({b / m:.2f}x)")

@@ -1,0 +1,61 @@
+"""Reprint the numbers that docs/reproductions/mambaout.md quotes, from the committed runs of the
+MambaOut CPU campaign (docs/reproductions/mambaout-cpu/runs/, written by experiments/mambaout_cpu.py):
+
+    python experiments/mambaout_cpu_findings.py
+
+- final val top-1 per run, and the mean val top-1 of each variant after epochs 1, 2, 4, 8 and 15;
+- the gate probe: per stage the share of |GELU(g)| < 0.01 on the first 64 validation images at
+  initialisation and after the last epoch (paper_probes.jsonl);
+- the token mixer's share of the parameters (the 7x7 depthwise convolutions) in mambaout_quick and
+  MambaOut-Femto, and the feature-map side each stage's 7x7 kernel sees at 32 px;
+- the training throughput of MambaOut against the ViT (summary.json, both on one thread).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cpu_campaign import jsonl, print_curves, print_final_top1, print_throughput, run_dirs
+
+RUNS = Path("docs/reproductions/mambaout-cpu/runs")
+
+
+def token_mixer_share() -> None:
+    import torch
+    from reproscope.model import create_model
+    from reproscope.model.mambaout import GatedCNNBlock
+    for name, k, res in (("mambaout_quick", 10, 32), ("mambaout_femto", 1000, 224)):
+        m = create_model(name, num_classes=k)
+        blocks = [(n, b) for n, b in m.named_modules() if isinstance(b, GatedCNNBlock)]
+        total = sum(p.numel() for p in m.parameters())
+        conv = sum(p.numel() for _, b in blocks for p in b.conv.parameters())
+        sides: dict[str, int] = {}
+
+        def record(stage):
+            def hook(mod, inputs, output):
+                sides.setdefault(stage, output.shape[-1])  # [B, C, H, W]: the map the 7x7 kernel slides over
+            return hook
+        hooks = [b.conv.register_forward_hook(record(n.split(".")[1])) for n, b in blocks]
+        with torch.no_grad():
+            m.eval()(torch.zeros(1, 3, res, res))
+        for h in hooks:
+            h.remove()
+        print(f"{name}: 7x7 depthwise convs hold {conv:,} of {total:,} parameters ({conv / total:.1%}); "
+              f"feature-map side per stage at {res} px: {', '.join(str(v) for v in sides.values())}")
+
+
+def main() -> None:
+    print_final_top1(RUNS)
+    for run in run_dirs(RUNS):
+        probes = jsonl(run / "paper_probes.jsonl")
+        if probes and "mambaout_gates" in probes[0]:
+            first, last = probes[0]["mambaout_gates"], probes[-1]["mambaout_gates"]
+            print(f"{run.name}: gates near zero, init -> after epoch {probes[-1]['epoch'] + 1}: " +
+                  ", ".join(f"{s} {first[s]:.1%} -> {last[s]:.1%}" for s in first))
+    print_curves(RUNS)
+    print_throughput(RUNS, "mambaout_quick", "vit_quick")
+    token_mixer_share()
+
+
+if __name__ == "__main__":
+    main()

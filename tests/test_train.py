@@ -69,6 +69,21 @@ def test_resume_continues_at_same_step_and_lr(tiny_recipe, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_a_resumed_epoch_says_its_time_covers_part_of_it(tiny_recipe, tmp_path, capsys):
+    """#18: after a resume mid-epoch, the epoch line and metrics say how many steps the time covers,
+    and the report's device-hours count time per step, not a part-epoch as a whole one."""
+    from reproscope.diagnostics.runs import load_run
+    train(tiny_recipe, run_dir=tmp_path / "part", callbacks=[StopAt(13)])  # mid-epoch 2 (10 steps an epoch)
+    capsys.readouterr()
+    train(tiny_recipe, resume="auto", run_dir=tmp_path / "part")
+    assert "for 7 of its 10 steps)" in capsys.readouterr().out
+    rows = [r for r in read_metrics(tmp_path / "part") if "epoch_time_s" in r]
+    assert [r["epoch_steps"] for r in rows] == [10, 7]
+    run = load_run(tmp_path / "part")
+    per_step = sorted(t / n for t, n in zip(run.epoch_times, run.epoch_steps))
+    assert run.device_hours == pytest.approx(sum(per_step) / 2 * 17 / 3600)
+
+
 def test_existing_run_dir_is_refused(tiny_recipe, tmp_path):
     from reproscope.train.rundir import RunDirError
     train(apply_overrides(tiny_recipe, {"sched.epochs": 1}), run_dir=tmp_path / "run")

@@ -33,6 +33,7 @@ class RunRecord:
     events: list[dict]  # kind == "event" rows (nonfinite, loss_spike, rollback)
     epoch_times: list[float] = field(default_factory=list)
     epoch_end_steps: list[int] = field(default_factory=list)
+    epoch_steps: list = field(default_factory=list)  # steps each epoch_time_s covers (None in older logs)
     model_source: dict | None = None  # model_source.json: the user's --model spec, file sha256 and copy
 
     @property
@@ -81,9 +82,15 @@ class RunRecord:
 
     @property
     def device_hours(self) -> float:
-        """Median epoch time x epochs run: robust to a run that was paused or shared its machine for a while."""
+        """Median epoch time x epochs run: robust to a run that was paused or shared its machine for a while.
+        Where the run logged how many steps each timing covers (a part of an epoch after a resume), the
+        median time per step x the steps run."""
         if not self.epoch_times:
             return 0.0
+        steps = self.epoch_steps
+        if steps and len(steps) == len(self.epoch_times) and all(steps):
+            per_step = statistics.median(t / n for t, n in zip(self.epoch_times, steps))
+            return per_step * sum(steps) / 3600
         return statistics.median(self.epoch_times) * len(self.epoch_times) / 3600
 
     @property
@@ -144,6 +151,7 @@ def load_run(path: str | Path) -> RunRecord:
         val=[r for r in rows if r.get("kind") == "val"], events=[r for r in rows if r.get("kind") == "event"],
         epoch_times=[r["epoch_time_s"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
         epoch_end_steps=[r["step"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
+        epoch_steps=[r.get("epoch_steps") for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
         model_source=_read_json(p / "model_source.json", None))
 
 

@@ -472,13 +472,13 @@ class Trainer:
             if self.stop_requested:
                 break
             if self.step >= self.total_steps:  # the last step (sched.max_steps may end an epoch early)
-                self._end_epoch(epoch, time.perf_counter() - t_epoch, bar)
+                self._end_epoch(epoch, time.perf_counter() - t_epoch, bar, i + 1 - start)
                 return
             ckpt_every = r.run.ckpt_every
             if ckpt_every and self.step % ckpt_every == 0 and i < self.steps_per_epoch - 1:
                 self.save_checkpoint()
         else:
-            self._end_epoch(epoch, time.perf_counter() - t_epoch, bar)
+            self._end_epoch(epoch, time.perf_counter() - t_epoch, bar, self.steps_per_epoch - start)
 
     def _first_step_guarded(self, micro):
         """The first step of a (resumed) epoch: an out-of-memory here gets advice, not a traceback."""
@@ -490,9 +490,13 @@ class Trainer:
                               f"try --set data.batch_size={max(1, bs // 2)} (and --set optim.accum_steps="
                               f"{2 * self.accum} to keep the effective batch)") from e
 
-    def _end_epoch(self, epoch: int, seconds: float, bar) -> None:
+    def _end_epoch(self, epoch: int, seconds: float, bar, steps: int) -> None:
+        """``seconds`` timed ``steps`` optimizer steps of this epoch (fewer than an epoch's after a resume
+        mid-epoch or at sched.max_steps): both are logged, and the console says when it is a part."""
         r = self.recipe
-        self.log.log("train", self.step, epoch_time_s=seconds)
+        self.log.log("train", self.step, epoch_time_s=seconds, epoch_steps=steps)
+        timed = f"{seconds:.1f}s" if steps == self.steps_per_epoch else (
+            f"{seconds:.1f}s for {steps} of its {self.steps_per_epoch} steps")
         if (epoch + 1) % r.run.eval_every == 0 or self.step >= self.total_steps:
             show = self.recipe.run.progress and self.dist.is_main
             raw = evaluate(self.model, self.val_loader, self.amp_dtype, show)
@@ -507,7 +511,7 @@ class Trainer:
             extra = (f"  (raw {both['raw_top1']:.2f}, EMA {both['ema_top1']:.2f}; reported: "
                      f"{'EMA' if r.reg.eval_ema else 'raw'})" if both else "")
             bar.write(f"{self._epoch_label(epoch)}  val top-1 {self.last_eval['top1']:.2f}  "
-                      f"top-5 {self.last_eval['top5']:.2f}  loss {self.last_eval['loss']:.4f}  ({seconds:.1f}s){extra}")
+                      f"top-5 {self.last_eval['top5']:.2f}  loss {self.last_eval['loss']:.4f}  ({timed}){extra}")
         self.fire("epoch_end", epoch=epoch)
         self.save_checkpoint()
 

@@ -119,8 +119,8 @@ class Instrument(Callback):
         """The paper-figure probes' numbers on the first 64 validation images, one line per epoch in
         ``paper_probes.jsonl`` (KAT ranges, MambaOut gates, DyT saturation over training); epoch -1 is
         the model at initialisation."""
-        if not (self.cfg.probes and trainer.dist.is_main):
-            return
+        if not (self.cfg.probes and trainer.dist.is_main) or trainer.val_loader is None:
+            return  # (a watched loop has no validation data)
         line = summary(collect(trainer.orig_model, self._val_batch(trainer)))
         if line:
             with open(trainer.run_dir / "paper_probes.jsonl", "a") as f:

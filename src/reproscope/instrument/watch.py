@@ -65,6 +65,7 @@ class _TrainerView:
         self.orig_model, self.run_dir, self.dist, self.log = model, run_dir, dist, log
         self.recipe = SimpleNamespace(run=SimpleNamespace(log_every=log_every))
         self.step = 0
+        self.val_loader = None  # no validation data in your loop: no per-epoch paper-figure probes
 
     def request_eager_step(self) -> None:
         """The Instrument asks for the uncompiled module on probe steps; in your loop your model runs as you call it."""

@@ -264,6 +264,14 @@ _SINGLE_GPU_BATCH = 256
 _L4_MICRO_BATCH = {"vit_base": 128}  # ViT-B at 224 px: 24 GB holds 192 (timm's RTX 3090 benchmark); 128 is safe
 
 
+def reduced_name(parent: Recipe, model_name: str, subset: str, tier: str = "") -> str:
+    """The name of the reduced recipe of paper recipe ``parent`` for ``model_name`` on ``subset``:
+    ``<paper>-<model>[_ln]-<subset>[-<tier>]`` (``_ln`` for a ViT/KAT on a LayerNorm paper recipe)."""
+    is_vit = model_name.startswith(("vit", "kat"))
+    return (f"{parent.name.removesuffix('-paper').split('-')[0]}-{model_name}"
+            f"{'_ln' if parent.model.norm == 'ln' and is_vit else ''}-{subset}{'-' + tier if tier else ''}")
+
+
 def _reduced(parent: Recipe, subset: str, model_name: str, model_reason: str = "", *, tier: str = "",
              img_size: int = 0, epochs: int = 0, plan_note: str = "") -> Recipe:
     spec = _SUBSETS[subset]
@@ -314,8 +322,7 @@ def _reduced(parent: Recipe, subset: str, model_name: str, model_reason: str = "
                                     f"steps, too long for this run's ~{steps:,}")
     base = apply_overrides(parent, changes)
     reasons = {k: v for k, v in reasons.items() if k in recipe_diff(parent, base)}  # e.g. the paper's 224 px kept
-    name = (f"{parent.name.removesuffix('-paper').split('-')[0]}-{model_name}"
-            f"{'_ln' if parent.model.norm == 'ln' and is_vit else ''}-{subset}{'-' + tier if tier else ''}")
+    name = reduced_name(parent, model_name, subset, tier)
     what = (f"quick tier: {model_name} at {res} px" if tier == "quick" else
             f"one L4 GPU-day: {model_name} at {res} px, {epochs or parent.sched.epochs} epochs")
     return register_recipe(dataclasses.replace(

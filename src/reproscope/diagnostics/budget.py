@@ -277,6 +277,23 @@ class BudgetError(ValueError):
     """No campaign with 3 seeds each of method and baseline fits the budget."""
 
 
+@functools.lru_cache(maxsize=None)
+def candidates(paper: str, dataset: str | None = None, gpu: str = "L4") -> tuple[Campaign, ...]:
+    """Every campaign the planner weighs for ``paper`` (on ``dataset`` only, if given): each model tier,
+    dataset, resolution, schedule and seed count, computed once per (paper, dataset, gpu).
+
+    Raises:
+        KeyError: an unknown paper or dataset.
+    """
+    plan = PAPERS[paper]
+    datasets = [d for d in DATASETS if dataset in (None, d.name, d.subset)]
+    if not datasets:
+        raise KeyError(dataset)
+    return tuple(_campaign(plan, tier, d, res, epochs, seeds, abl, gpu)
+                 for tier in plan.tiers for d in datasets for res in _resolutions(d) for epochs in EPOCHS
+                 for seeds in SEEDS for abl in ((seeds, 1) if plan.ablation else (0,)))
+
+
 def fit(paper: str, hours: float, dataset: str | None = None, gpu: str = "L4") -> Campaign:
     """The most faithful campaign for ``paper`` whose likely device-hours fit ``hours``: searched in the
     fidelity order (``Campaign.faithfulness``), so a larger budget never gives a less faithful one.
@@ -287,42 +304,19 @@ def fit(paper: str, hours: float, dataset: str | None = None, gpu: str = "L4") -
         BudgetError: not even the smallest model, resolution and schedule on the cheapest dataset
             fits with three seeds; the message gives what the cheapest campaign needs.
     """
-    plan = PAPERS[paper]
-    datasets = [d for d in DATASETS if dataset in (None, d.name, d.subset)]
-    if not datasets:
-        raise KeyError(dataset)
-    best, cheapest = None, None
-    for tier in plan.tiers:
-        for d in datasets:
-            for res in _resolutions(d):
-                for epochs in EPOCHS:
-                    for seeds in SEEDS:
-                        for abl in ((seeds, 1) if plan.ablation else (0,)):
-                            c = _campaign(plan, tier, d, res, epochs, seeds, abl, gpu)
-                            if cheapest is None or c.hours["likely"] < cheapest.hours["likely"]:
-                                cheapest = c
-                            if c.hours["likely"] <= hours and (best is None or c.faithfulness > best.faithfulness):
-                                best = c
-    if best is None:
-        need = math.ceil(cheapest.hours["likely"] * 100) / 100  # rounded up: --fit with this number fits
-        raise BudgetError(
-            f"{hours:g} device-hours cannot hold {min(SEEDS)} seeds each of {plan.paper_models}: the cheapest campaign "
-            f"({cheapest.variants[0][0].model} at {cheapest.res} px, {cheapest.epochs} epochs on {cheapest.dataset.name}) "
-            f"needs {need:g} h (likely); give it at least --fit {need:g} rather than fewer seeds")
-    return best
+    everything = candidates(paper, dataset, gpu)
+    fitting = [c for c in everything if c.hours["likely"] <= hours]
+    if fitting:
+        return max(fitting, key=lambda c: c.faithfulness)  # the first of equals, as the search order gives
+    cheapest = min(everything, key=lambda c: c.hours["likely"])
+    need = math.ceil(cheapest.hours["likely"] * 100) / 100  # rounded up: --fit with this number fits
+    raise BudgetError(
+        f"{hours:g} device-hours cannot hold {min(SEEDS)} seeds each of {PAPERS[paper].paper_models}: the cheapest "
+        f"campaign ({cheapest.variants[0][0].model} at {cheapest.res} px, {cheapest.epochs} epochs on "
+        f"{cheapest.dataset.name}) needs {need:g} h (likely); give it at least --fit {need:g} rather than fewer seeds")
 
 
 def next_step_up(c: Campaign, dataset: str | None = None, gpu: str = "L4") -> Campaign | None:
     """The cheapest campaign more faithful than ``c`` (what a larger budget would buy next), or None."""
-    plan = PAPERS[c.paper]
-    out = None
-    for tier in plan.tiers:
-        for d in [d for d in DATASETS if dataset in (None, d.name, d.subset)]:
-            for res in _resolutions(d):
-                for epochs in EPOCHS:
-                    for seeds in SEEDS:
-                        for abl in ((seeds, 1) if plan.ablation else (0,)):
-                            x = _campaign(plan, tier, d, res, epochs, seeds, abl, gpu)
-                            if x.faithfulness > c.faithfulness and (out is None or x.hours["likely"] < out.hours["likely"]):
-                                out = x
-    return out
+    better = [x for x in candidates(c.paper, dataset, gpu) if x.faithfulness > c.faithfulness]
+    return min(better, key=lambda x: x.hours["likely"]) if better else None

@@ -21,13 +21,12 @@ from ..instrument import standard_callbacks
 from ..runtime import resolve_device, synchronize
 from ..train.data import ArrayDataset
 from ..train.trainer import Trainer
+from .budget import DATASETS
 from .models_table import count_flops_of_copy
 
 # images in the standard training split of each dataset (used for epochs per budget)
-TRAIN_IMAGES = {"imagenette": 9469, "tiny-imagenet": 100_000, "cifar10": 50_000, "cifar100": 50_000,
-                "imagenet": 1_281_167, "imagenet-100": 126_689}
-VAL_IMAGES = {"imagenette": 3925, "tiny-imagenet": 10_000, "cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000,
-              "imagenet-100": 5_000}
+TRAIN_IMAGES = {"imagenet": 1_281_167, **{d.name: d.n_train for d in DATASETS}}
+VAL_IMAGES = {"imagenet": 50_000, **{d.name: d.n_val for d in DATASETS}}
 NUM_CLASSES = {"imagenette": 10, "tiny-imagenet": 200, "cifar10": 10, "cifar100": 100, "imagenet": 1000,
                "imagenet-100": 100, "shapes10": 10}
 
@@ -137,21 +136,20 @@ def _duration(hours: float) -> str:
 def campaign_runs(c) -> list[tuple[str, list[str], str]]:
     """(recipe, --set values, label) per run of campaign ``c`` (``budget.Campaign``): the registered
     reduced recipe of each variant, with the campaign's resolution and schedule set where they differ."""
-    from ..recipes import get_recipe, list_recipes
+    from ..recipes import get_recipe, list_recipes, reduced_name
     from .budget import PAPERS, patch_for, stem_for
     registered = {r.name for r in list_recipes()}
     runs = []
     for v, seeds in c.variants:
         parent = get_recipe(v.parent)
         is_vit = v.model.startswith(("vit", "kat"))
-        ln = "_ln" if parent.model.norm == "ln" and is_vit else ""
-        name = f"{c.paper}-{v.model}{ln}-{c.dataset.subset}"
         sets = []
+        name = reduced_name(parent, v.model, c.dataset.subset)
         if name not in registered:  # a smaller tier: the quick recipe, else the paper model's day recipe
-            name = f"{name}-quick"
+            name = reduced_name(parent, v.model, c.dataset.subset, "quick")
         if name not in registered:
             paper_model = PAPERS[c.paper].tiers[0][0 if v.role != "baseline" else 1]
-            name = f"{c.paper}-{paper_model}{ln}-{c.dataset.subset}"
+            name = reduced_name(parent, paper_model, c.dataset.subset)
             sets.append(f"model.name={v.model}")
         r = get_recipe(name)
         if r.data.img_size != c.res:

@@ -108,13 +108,18 @@ def summary(data: dict) -> dict:
     saturated outputs (``SATURATED``)."""
     kat = {n: {k: v[k] for k in ("in_min", "in_max", "in_p001", "in_p999", "var_ratio") if k in v}
            for n, v in data.get("kat", {}).items()}
-    dyt = {n: (c["y"].abs() > SATURATED).float().mean().item()
-           for n, c in data.get("norm_curves", {}).items() if str(c.get("kind", "")).startswith("DyT")}
+    dyt = dyt_saturation(data)
     return {k: v for k, v in (("kat", kat), ("mambaout_gates", data.get("mambaout_gates", {})),
                               ("dyt_saturated", dyt)) if v}
 
 
 SATURATED = 0.99  # |tanh(alpha x)| above this: the DyT output no longer follows its input (our threshold)
+
+
+def dyt_saturation(data: dict) -> dict[str, float]:
+    """Per probed DyT layer of ``collect``'s output, the share of outputs |tanh(alpha x)| > ``SATURATED``."""
+    return {n: (c["y"].abs() > SATURATED).float().mean().item()
+            for n, c in data.get("norm_curves", {}).items() if str(c.get("kind", "")).startswith("DyT")}
 
 
 def probe_findings(data: dict) -> dict:
@@ -135,9 +140,8 @@ def probe_findings(data: dict) -> dict:
         out["kat-range"] = {"code": "kat-range", "max_abs_input": peak, "layers_outside": outside, "layers": len(kat),
                             "sentence": f"rational activations see inputs of magnitude up to {peak:.3g} against their [-3, 3] "
                                         f"fit range ({outside}/{len(kat)} layers have p0.1-p99.9 outside it)"}
-    dyt = {n: c for n, c in data.get("norm_curves", {}).items() if str(c.get("kind", "")).startswith("DyT")}
-    if dyt:
-        share = {n: (c["y"].abs() > SATURATED).float().mean().item() for n, c in dyt.items()}
+    share = dyt_saturation(data)
+    if share:
         worst = max(share, key=share.get)
         out["dyt-saturation"] = {"code": "dyt-saturation", "saturated": share,
                                  "sentence": f"DyT outputs saturated (|tanh(alpha x)| > {SATURATED}): "

@@ -367,53 +367,81 @@ for (_paper_key, _subset), (_method, _baseline, _px, _epochs) in DAY.items():
 
 
 # ----------------------------------------------------------------------------- CPU scale
-# The DyT campaign for a machine without a GPU (docs/reproductions/dyt.md): the Imagenette reduction
-# shrunk again until 3 seeds x 2 variants train on 2 CPU cores in about an hour. Labelled CPU scale
-# everywhere it is used; the GPU-scale runs are the `*-imagenette` recipes above.
+# The campaigns for a machine without a GPU (docs/reproductions/): a quick-tier reduction shrunk again
+# until 3 seeds x 2 variants train on 2 CPU cores in about an hour. Labelled CPU scale everywhere it is
+# used; the GPU-scale runs are the day-tier recipes above.
+
+_CPU_ROOTS = {  # the shared development copies (../shared/datasets/README.md)
+    "imagenette": ("Imagenette", "../shared/datasets/imagenette", None),
+    "cifar10": ("CIFAR-10", "../shared/datasets/cifar10", "the shared development copy of CIFAR-10 (every image re-encoded as "
+                "JPEG q75 by a public mirror: expect a small loss against the official binary batches)"),
+}
+
 
 def _cpu_scale(reduced: Recipe, model: str = "vit_quick", model_reason: str = "", name: str = "",
-               lr_reason: str = "") -> Recipe:
-    """``reduced`` shrunk to the CPU campaigns' common footing (32 px Imagenette, a 0.47-0.56M-parameter
-    model, batch 128, lr 4e-4, 15 epochs, no mixing or EMA, fp32), so the DyT, KAT and MambaOut CPU
-    campaigns are comparable; ``model`` replaces the reduced recipe's model."""
+               lr_reason: str = "", epochs: int = 15, warmup_epochs: float = 1.0) -> Recipe:
+    """``reduced`` shrunk to the CPU campaigns' common footing (32 px images, a 0.47-0.56M-parameter
+    model, batch 128, lr 4e-4, no mixing or EMA, fp32; 15 epochs of Imagenette, ~1,100 steps), so the
+    DyT, KAT and MambaOut CPU campaigns are comparable; ``model`` replaces the reduced recipe's model.
+    ``epochs``/``warmup_epochs`` size a larger dataset to the same hour (CIFAR-10: 4 epochs, ~1,600 steps).
+
+    Raises:
+        KeyError: ``reduced`` is on a dataset without a shared CPU copy (``_CPU_ROOTS``).
+    """
     parent = get_recipe(reduced.parent)
+    subset = reduced.data.dataset
+    title, root, root_reason = _CPU_ROOTS[subset]
+    per_epoch = round(_SUBSETS[subset]["train_images"] / 128)
+    steps = round(epochs * per_epoch, -2)
     conv = model.startswith(("convnext", "mambaout"))
     changes = {"model.name": model, "model.patch_size": 2 if conv else 4, "model.drop_path": 0.0, "data.img_size": 32,
-               "data.batch_size": 128, "optim.lr": 4e-4, "sched.epochs": 15, "sched.warmup_epochs": 1.0,
-               "aug.mix_prob": 0.0, "reg.ema_decay": 0.0, "reg.eval_ema": False, "precision.amp": "fp32"}
+               "data.root": root, "data.batch_size": 128, "optim.lr": 4e-4, "sched.epochs": epochs,
+               "sched.warmup_epochs": warmup_epochs, "aug.mix_prob": 0.0, "reg.ema_decay": 0.0, "reg.eval_ema": False,
+               "precision.amp": "fp32"}
     linear = parent.optim.lr * 128 / parent.data.batch_size
     reasons = {
+        **reduced.deviations,  # what the reduction changed and this step keeps (dataset, eval crop, ...)
         "model.name": model_reason or "CPU scale: ViT width 96, depth 4, 4 heads (0.56M parameters) instead of ViT-Ti",
         "model.patch_size": ("stem stride 2 at 32 px keeps the last feature map 2x2" if conv else
                              "patch 4 at 32 px keeps an 8x8 token grid (64 tokens, as ViT-Ti/16 at 128 px)"),
-        "model.drop_path": "a sub-1M-parameter model trained for 15 epochs underfits; stochastic depth would only slow it",
-        "data.img_size": "CPU scale: 32 px (cache built from the shared 224 px copy)",
-        "data.batch_size": "CPU scale: batch 128 gives ~74 optimizer steps per Imagenette epoch",
+        "model.drop_path": (f"a sub-1M-parameter model trained for {epochs} epochs underfits; stochastic depth would "
+                            f"only slow it"),
+        "data.batch_size": f"CPU scale: batch 128 gives ~{per_epoch} optimizer steps per {title} epoch",
         "optim.lr": lr_reason or (f"{4e-4 / linear:.1f}x the linear-scaling lr ({parent.optim.lr:g} x 128/"
-                                  f"{parent.data.batch_size} = {linear:.3g}): a 15-epoch run needs a larger step"),
-        "sched.epochs": "CPU scale: 15 epochs (~1100 steps) so 6 runs fit in about an hour on 2 cores",
+                                  f"{parent.data.batch_size} = {linear:.3g}): a {epochs}-epoch run needs a larger step"),
+        "sched.epochs": f"CPU scale: {epochs} epochs (~{steps:.0f} steps) so 6 runs fit in about an hour on 2 cores",
         "sched.warmup_epochs": (f"warmup shortened in proportion to training (paper: {parent.sched.warmup_epochs:g} "
                                 f"of {parent.sched.epochs} epochs)") if parent.sched.warmup_epochs >= 15 else (
-                                f"1 warmup epoch (~74 steps), the CPU campaigns' common footing (paper: "
-                                f"{parent.sched.warmup_epochs:g} of {parent.sched.epochs} epochs)"),
-        "aug.mix_prob": "mixup/cutmix off: at 15 epochs a sub-1M-parameter model underfits, and mixing only "
-                        "lowers both variants' accuracy",
-        "reg.ema_decay": "EMA off: ~1100 steps are too few for a useful weight average",
+                                f"{warmup_epochs:g} warmup epoch (~{round(warmup_epochs * per_epoch)} steps), the CPU "
+                                f"campaigns' common footing (paper: {parent.sched.warmup_epochs:g} of "
+                                f"{parent.sched.epochs} epochs)"),
+        "aug.mix_prob": (f"mixup/cutmix off: at {epochs} epochs a sub-1M-parameter model underfits, and mixing only "
+                         f"lowers both variants' accuracy"),
+        "reg.ema_decay": f"EMA off: ~{steps:.0f} steps are too few for a useful weight average",
         "reg.eval_ema": "no EMA to evaluate",
         "precision.amp": "CPU: fp32 (the paper's mixed precision is a GPU speed-up; bf16 autocast on CPU is slower)",
-        "data.root": reduced.deviations["data.root"], "data.dataset": reduced.deviations["data.dataset"],
     }
+    if reduced.data.img_size != 32:  # the shared Imagenette copy's images are 224x224
+        reasons["data.img_size"] = "CPU scale: 32 px (cache built from the shared 224 px copy)"
+    if root_reason:
+        reasons["data.root"] = root_reason
     base = apply_overrides(reduced, changes)
     name = name or reduced.name.replace(reduced.model.name, model) + "-cpu"
     return register_recipe(dataclasses.replace(
         base, name=name, deviations={k: reasons[k] for k in recipe_diff(parent, base)},
-        description=f"{reduced.parent} at CPU scale on Imagenette 32 px ({model}, 15 epochs)"))
+        description=f"{reduced.parent} at CPU scale on {title} 32 px ({model}, {epochs} epochs)"))
 
 
 for _reduced_name in ("dyt-vit_tiny-imagenette-quick", "dyt-vit_tiny_ln-imagenette-quick"):
     _cpu_scale(get_recipe(_reduced_name), name=_reduced_name.replace("vit_tiny", "vit_quick").replace("-quick", "-cpu"),
                lr_reason="3.2x the linear-scaling lr (4e-3 x 128/4096 = 1.25e-4): "
                                                     "a 15-epoch run needs a larger step")
+# DyT's second dataset (the CIFAR-10 part of docs/reproductions/dyt.md): the same footing, sized by steps;
+# 50,000 images make 4 epochs about as many steps (~1,600) as Imagenette's 15 (~1,100) in the same hour.
+for _reduced_name in ("dyt-vit_tiny-cifar10-quick", "dyt-vit_tiny_ln-cifar10-quick"):
+    _cpu_scale(get_recipe(_reduced_name), name=_reduced_name.replace("vit_tiny", "vit_quick").replace("-quick", "-cpu"),
+               lr_reason="3.2x the linear-scaling lr (4e-3 x 128/4096 = 1.25e-4), as on Imagenette",
+               epochs=4, warmup_epochs=0.25)
 # KAT (docs/reproductions/kat.md): KAT-T's GR-KAN block at vit_quick's size vs the same ViT with its GELU MLP,
 # both on the KAT paper's (DeiT) recipe: the paper's Table 5 comparison, KAT-T vs DeiT-T.
 _cpu_scale(get_recipe("kat-kat_tiny-imagenette-quick"), "kat_quick",

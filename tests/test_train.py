@@ -162,6 +162,7 @@ def test_end_of_run_summary_is_printed_and_written(tiny_recipe, tmp_path, capsys
     assert s["events"] == {} and s["run_dir"] == str(tmp_path / "run")
     out = capsys.readouterr().out
     assert f"best {s['best_top1']:.2f}% (epoch {s['best_epoch']})" in out and "events: none" in out
+    assert f"tensorboard --logdir {tmp_path / 'run'} " in out  # the run itself, not all of its parent folder
 
 
 def test_max_steps_is_a_smoke_run_with_one_eval_and_one_checkpoint(tiny_recipe, tmp_path):

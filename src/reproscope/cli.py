@@ -44,7 +44,7 @@ def cmd_train(args) -> int:
         print(format_summary(json.loads((rd / "summary.json").read_text())))
     elif metrics:  # not the main process
         print(f"final val top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
-    print(f"view it with:  tensorboard --logdir {rd.parent}")
+    print(f"view it with:  tensorboard --logdir {rd}   (--logdir {rd.parent} shows the runs beside it too)")
     return 0
 
 

@@ -220,10 +220,27 @@ MAMBAOUT_F = _paper(
 #   two agree, so a change to the budget model forces a re-derivation here);
 # - quick (``...-quick``): ViT-Ti-size models at the subset's reduced resolution, minutes to hours.
 
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A public subset the reduced recipes target (also the planner's table, ``diagnostics.budget``)."""
+    name: str  # data.dataset
+    subset: str  # the reduced recipes' subset key
+    n_train: int  # images in the training split
+    n_val: int  # images in the standard validation split
+    native: int  # px of its images (0 = full-size ImageNet photos, >= 224)
+
+
+# most faithful to ImageNet-1K first: full-size ImageNet photos, many classes before few
+DATASETS = (Dataset("imagenet-100", "imagenet100", 126_689, 5_000, 0),
+            Dataset("imagenette", "imagenette", 9_469, 3_925, 0),
+            Dataset("tiny-imagenet", "tinyimagenet", 100_000, 10_000, 64),
+            Dataset("cifar100", "cifar100", 50_000, 10_000, 32),
+            Dataset("cifar10", "cifar10", 50_000, 10_000, 32))
+_DATASET = {d.subset: d for d in DATASETS}
+
 _SUBSETS = {
     "imagenet100": dict(
         data={"dataset": "imagenet-100", "root": "data/imagenet", "img_size": 224},
-        train_images=126_689, native=0,
         reasons={"data.dataset": "ImageNet-100 (CMC's 100 classes) of your ImageNet copy: top-1 over 100 classes is "
                                  "not comparable to the paper's 1000-class number",
                  "data.root": "an ImageFolder ImageNet (train/, val/); only the 100 classes are read",
@@ -231,7 +248,6 @@ _SUBSETS = {
         patch=16, stem=4),
     "imagenette": dict(
         data={"dataset": "imagenette", "root": "../shared/datasets/imagenette", "img_size": 160},
-        train_images=9_469, native=0,
         reasons={"data.dataset": "public 10-class ImageNet subset: top-1 over 10 classes (3,925 val images) is not "
                                  "comparable to the paper's 1000-class number",
                  "data.root": "the shared development copy (every image squashed to 224x224 and re-encoded as JPEG "
@@ -240,21 +256,18 @@ _SUBSETS = {
         patch=16, stem=4),
     "tinyimagenet": dict(
         data={"dataset": "tiny-imagenet", "root": "data/tiny-imagenet-200", "img_size": 64},
-        train_images=100_000, native=64,
         reasons={"data.dataset": "public 200-class ImageNet subset at 64 px: top-1 not comparable to the paper's",
                  "data.root": "default download place",
                  "data.img_size": "Tiny-ImageNet images are 64 px"},
         patch=8, stem=2),
     "cifar10": dict(
         data={"dataset": "cifar10", "root": "data/cifar", "img_size": 32, "eval_crop_pct": 1.0},
-        train_images=50_000, native=32,
         reasons={"data.dataset": "CIFAR-10: 10 classes of 32 px photos, not ImageNet; top-1 not comparable to the "
                                  "paper's", "data.root": "default download place",
                  "data.img_size": "CIFAR images are 32 px", "data.eval_crop_pct": "no eval crop at 32 px"},
         patch=4, stem=2),
     "cifar100": dict(
         data={"dataset": "cifar100", "root": "data/cifar", "img_size": 32, "eval_crop_pct": 1.0},
-        train_images=50_000, native=32,
         reasons={"data.dataset": "CIFAR-100: 100 classes of 32 px photos, not ImageNet; top-1 not comparable to the "
                                  "paper's", "data.root": "default download place",
                  "data.img_size": "CIFAR images are 32 px", "data.eval_crop_pct": "no eval crop at 32 px"},
@@ -274,7 +287,7 @@ def reduced_name(parent: Recipe, model_name: str, subset: str, tier: str = "") -
 
 def _reduced(parent: Recipe, subset: str, model_name: str, model_reason: str = "", *, tier: str = "",
              img_size: int = 0, epochs: int = 0, plan_note: str = "") -> Recipe:
-    spec = _SUBSETS[subset]
+    spec, sizes = _SUBSETS[subset], _DATASET[subset]
     changes: dict[str, object] = {f"data.{k}": v for k, v in spec["data"].items()}
     reasons = dict(spec["reasons"])
     changes["data.batch_size"] = _SINGLE_GPU_BATCH
@@ -295,12 +308,12 @@ def _reduced(parent: Recipe, subset: str, model_name: str, model_reason: str = "
     res = img_size or spec["data"]["img_size"]
     if img_size and img_size != spec["data"]["img_size"]:
         changes["data.img_size"] = img_size
-        reasons["data.img_size"] = (f"{img_size} px, upsampled from the images' native {spec['native']} px: "
-                                    if spec["native"] and img_size > spec["native"] else f"{img_size} px: ") + plan_note
+        reasons["data.img_size"] = (f"{img_size} px, upsampled from the images' native {sizes.native} px: "
+                                    if sizes.native and img_size > sizes.native else f"{img_size} px: ") + plan_note
         if spec["data"].get("eval_crop_pct") == 1.0 and img_size >= 128:  # small images upsampled: crop as the paper
             changes.pop("data.eval_crop_pct")
-    if spec["native"] and res > spec["native"]:
-        reasons["data.dataset"] += f"; its {spec['native']} px images are upsampled to {res} px"
+    if sizes.native and res > sizes.native:
+        reasons["data.dataset"] += f"; its {sizes.native} px images are upsampled to {res} px"
     patch = (16 if is_vit else 4) if res >= 128 else (spec["patch"] if is_vit else spec["stem"])
     if patch != (16 if is_vit else 4):
         changes["model.patch_size"] = patch
@@ -315,7 +328,7 @@ def _reduced(parent: Recipe, subset: str, model_name: str, model_reason: str = "
     if parent.precision.amp != "bf16":
         changes["precision.amp"] = "bf16"
         reasons["precision.amp"] = "bf16 autocast roughly doubles L4 throughput; DyT notes fp32 vs bf16 as a gotcha"
-    steps = (epochs or parent.sched.epochs) * spec["train_images"] // _SINGLE_GPU_BATCH
+    steps = (epochs or parent.sched.epochs) * sizes.n_train // _SINGLE_GPU_BATCH
     if parent.reg.ema_decay > 0.999 and steps < 3 / (1 - parent.reg.ema_decay):
         changes["reg.ema_decay"] = 0.999
         reasons["reg.ema_decay"] = (f"{parent.reg.ema_decay:g} averages over ~{1 / (1 - parent.reg.ema_decay):,.0f} "
@@ -391,7 +404,7 @@ def _cpu_scale(reduced: Recipe, model: str = "vit_quick", model_reason: str = ""
     parent = get_recipe(reduced.parent)
     subset = reduced.data.dataset
     title, root, root_reason = _CPU_ROOTS[subset]
-    per_epoch = round(_SUBSETS[subset]["train_images"] / 128)
+    per_epoch = round(next(d for d in DATASETS if d.name == subset).n_train / 128)
     steps = round(epochs * per_epoch, -2)
     conv = model.startswith(("convnext", "mambaout"))
     changes = {"model.name": model, "model.patch_size": 2 if conv else 4, "model.drop_path": 0.0, "data.img_size": 32,

@@ -44,6 +44,7 @@ import math
 from dataclasses import dataclass
 
 from ..hardware import KNOWN_GPUS, GPU
+from ..recipes import DATASETS, Dataset  # noqa: F401  (the planner's datasets: the reduced recipes' table)
 
 RANGE = ("optimistic", "likely", "pessimistic")
 MATMUL_EFFICIENCY = {"optimistic": 0.60, "likely": 0.75, "pessimistic": 0.90}
@@ -175,21 +176,6 @@ def cache_hours(n_images: int) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- campaigns that fit
 
-@dataclass(frozen=True)
-class Dataset:
-    name: str  # data.dataset
-    subset: str  # the reduced recipes' subset key
-    n_train: int
-    n_val: int
-    native: int  # px of its images (0 = full-size ImageNet photos, >= 224)
-
-
-# most faithful to ImageNet-1K first: full-size ImageNet photos, many classes before few
-DATASETS = (Dataset("imagenet-100", "imagenet100", 126_689, 5_000, 0),
-            Dataset("imagenette", "imagenette", 9_469, 3_925, 0),
-            Dataset("tiny-imagenet", "tinyimagenet", 100_000, 10_000, 64),
-            Dataset("cifar100", "cifar100", 50_000, 10_000, 32),
-            Dataset("cifar10", "cifar10", 50_000, 10_000, 32))
 RESOLUTIONS = (224, 192, 160, 128, 96, 64, 32)  # the papers train at 224
 EPOCHS = (300, 200, 150, 100, 50)  # all three papers train 300 epochs
 SEEDS = (5, 3)  # method and baseline: 3 at least; 5 where the day allows (a tighter interval)

@@ -76,7 +76,7 @@ def test_note_to_pdf(tmp_path, capsys):
     from reproscope.diagnostics.report import markdown_blocks
     blocks = markdown_blocks(note.read_text())
     assert [b[0] for b in blocks] == ["title", "p", "h", "table", "p", "code"]
-    assert blocks[1][1] == "DyT(x) = gamma * tanh(alpha x), bold, link."
+    assert blocks[1][1:] == ("DyT(x) = gamma * tanh(alpha x), **bold**, link.", True)  # fpdf2 markdown
     assert blocks[3][1:] == (["a", "b"], [["1", "2"]])
     assert main(["note", str(note)]) == 0
     assert (tmp_path / "note.pdf").read_bytes().startswith(b"%PDF")
@@ -113,6 +113,34 @@ def _pdf_text_codepoints(pdf: bytes) -> set[int]:
         if b"beginbfchar" in text:
             points |= {int(h, 16) for h in re.findall(rb"<[0-9A-Fa-f]{4}>\s*<([0-9A-Fa-f]{4})>", text)}
     return points
+
+
+def _pdf_font_codepoints(pdf: bytes) -> dict[str, set[int]]:
+    """Per font (its name without the subset tag), the code points its ToUnicode map names."""
+    import re
+    import zlib
+    out: dict[str, set[int]] = {}
+    for m in re.finditer(rb"/BaseFont\s*/\w+\+(\w+)[^<>]*?/ToUnicode (\d+) 0 R", pdf):
+        s = re.search(rb"(?<!\d)%s 0 obj\s*<<[^>]*?/Length (\d+)[^>]*>>\s*stream\r?\n" % m.group(2), pdf)
+        raw = pdf[s.end():s.end() + int(s.group(1))]
+        text = zlib.decompress(raw) if b"FlateDecode" in s.group(0) else raw
+        out[m.group(1).decode()] = {int(h, 16) for h in re.findall(rb"<[0-9A-Fa-f]{4}>\s*<([0-9A-Fa-f]{4})>", text)}
+    return out
+
+
+def test_note_paragraphs_keep_bold_and_italic_and_print_options_as_such(tmp_path, capsys):
+    """Inline **bold** and *italic* print in DejaVu Sans Bold / Oblique; '--set', '__init__' and '~~'
+    are text, not fpdf2 markup (underline, italics, strikethrough)."""
+    note = tmp_path / "note.md"
+    note.write_text("plain text, **KQZ** and *VWX*, then `--set a=1 --fit`, __init__ and ~~y~~.\n")
+    from reproscope.diagnostics.report import markdown_blocks
+    assert markdown_blocks(note.read_text())[0][2] is True
+    assert main(["note", str(note)]) == 0
+    fonts = _pdf_font_codepoints((tmp_path / "note.pdf").read_bytes())
+    assert {ord(c) for c in "KQZ"} <= fonts["DejaVuSansBold"] and not {ord(c) for c in "VWX"} & fonts["DejaVuSansBold"]
+    assert {ord(c) for c in "VWX"} <= fonts["DejaVuSansOblique"]
+    assert {ord(c) for c in "-_~=1"} <= fonts["DejaVuSansBook"] and not {ord(c) for c in "KQZVWX"} & fonts["DejaVuSansBook"]
+    assert not ({ord(c) for c in "init"} & fonts["DejaVuSansOblique"])  # __init__ is not italics
 
 
 def test_note_prints_greek_and_math_symbols_as_such(tmp_path, capsys):

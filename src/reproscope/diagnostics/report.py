@@ -439,7 +439,7 @@ def to_pdf(blocks: list[tuple], path: Path, font_size: float = 8.5, max_pages: i
         elif kind == "p":
             pdf.ln(0.8)
             pdf.set_font(sans, "", font_size)
-            pdf.multi_cell(width, font_size * 0.45, b[1], align="L", **NL)
+            pdf.multi_cell(width, font_size * 0.45, b[1], align="L", markdown=len(b) > 2 and b[2], **NL)
         elif kind == "table":
             pdf.set_font(sans, "", font_size - 1)
             widths = _col_widths([b[1], *b[2]])
@@ -485,21 +485,36 @@ def markdown_blocks(text: str, base: Path | None = None) -> list[tuple]:
     """The subset of Markdown our notes use -> report blocks: '#'/'##' headings, paragraphs and
     bullets, pipe tables, fenced code, and a line holding only ``![caption](file.png)`` as the figure
     itself (``file`` relative to ``base``, the note's folder; a missing file stays as its caption).
-    Emphasis markers and links are flattened to plain text."""
+    Links become their text. In paragraphs ``**bold**`` and ``*italic*`` are kept, as a third element
+    ``True``: the text is then fpdf2 markdown (``**``, ``__``), every other marker escaped so that
+    ``--set`` prints as such; headings, tables and captions are flattened to plain text."""
     import re
     figure = re.compile(r"^\s*!\[([^\]]*)\]\(([^)\s]+)\)\s*$")
+    emphasis = re.compile(r"\*\*(\S(?:[^*]*\S)?)\*\*|(?<![\w*])\*(\S(?:[^*]*\S)?)\*(?![\w*])")  # not a * b, runs/*
+
+    def unlink(t: str) -> str:
+        return re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", t).replace("`", "")  # [text](link) -> text
 
     def plain(t: str) -> str:
-        t = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", t)  # [text](link) -> text
-        t = re.sub(r"\*\*(\S(?:[^*]*\S)?)\*\*", r"\1", t)  # **bold**
-        t = re.sub(r"(?<![\w*])\*(\S(?:[^*]*\S)?)\*(?![\w*])", r"\1", t)  # *italic*, not a * b or runs/*
-        return t.replace("`", "")
+        return emphasis.sub(lambda m: m.group(1) or m.group(2), unlink(t))
+
+    def escaped(t: str) -> str:  # literal text for fpdf2's markdown
+        t = t.replace("\\", "\\\\")
+        return re.sub(r"(\*\*|__|--|~~)", r"\\\1", t)
+
+    def marked(t: str) -> str:
+        t, out, pos = unlink(t), [], 0
+        for m in emphasis.finditer(t):
+            marker = "**" if m.group(1) else "__"
+            out += [escaped(t[pos:m.start()]), marker, escaped(m.group(1) or m.group(2)), marker]
+            pos = m.end()
+        return "".join(out + [escaped(t[pos:])])
     blocks, para, table, code = [], [], [], None
     lines = text.splitlines()
 
     def flush():
         if para:
-            blocks.append(("p", plain(" ".join(para))))
+            blocks.append(("p", marked(" ".join(para)), True))
             para.clear()
         if table:
             rows = [[plain(c.strip()).replace("\\|", "|") for c in re.split(r"(?<!\\)\|", r.strip().strip("|"))]

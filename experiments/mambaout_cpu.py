@@ -2,7 +2,7 @@
 
 MambaOut's claim (MambaOut Table 1): Gated CNN blocks without an SSM suffice for ImageNet
 classification; MambaOut-Femto 78.9 vs DeiT-T 72.2 top-1. Here: ``mambaout_quick`` (the Gated CNN
-block, 0.49M parameters) against ``vit_quick`` (a ViT with LayerNorm, the DeiT-T stand-in, 0.47M) on
+block, 0.49M parameters) against ``vit_quick`` (a ViT with LayerNorm, the DeiT-T stand-in, 0.46M) on
 the MambaOut paper's recipe at the CPU campaigns' common footing (Imagenette at 32 px, 15 epochs),
 3 seeds each. The gate-sparsity probe (share of |GELU(g)| < 0.01 per stage) is logged every epoch in
 each run's paper_probes.jsonl.

@@ -393,7 +393,7 @@ _CPU_ROOTS = {  # the shared development copies (../shared/datasets/README.md)
 
 def _cpu_scale(reduced: Recipe, model: str = "vit_quick", model_reason: str = "", name: str = "",
                lr_reason: str = "", epochs: int = 15, warmup_epochs: float = 1.0) -> Recipe:
-    """``reduced`` shrunk to the CPU campaigns' common footing (32 px images, a 0.47-0.56M-parameter
+    """``reduced`` shrunk to the CPU campaigns' common footing (32 px images, a 0.46-0.49M-parameter
     model, batch 128, lr 4e-4, no mixing or EMA, fp32; 15 epochs of Imagenette, ~1,100 steps), so the
     DyT, KAT and MambaOut CPU campaigns are comparable; ``model`` replaces the reduced recipe's model.
     ``epochs``/``warmup_epochs`` size a larger dataset to the same hour (CIFAR-10: 4 epochs, ~1,600 steps).
@@ -414,7 +414,8 @@ def _cpu_scale(reduced: Recipe, model: str = "vit_quick", model_reason: str = ""
     linear = parent.optim.lr * 128 / parent.data.batch_size
     reasons = {
         **reduced.deviations,  # what the reduction changed and this step keeps (dataset, eval crop, ...)
-        "model.name": model_reason or "CPU scale: ViT width 96, depth 4, 4 heads (0.56M parameters) instead of ViT-Ti",
+        "model.name": model_reason or ("CPU scale: ViT width 96, depth 4, 4 heads (0.46M parameters with 10 classes) "
+                                       "instead of ViT-Ti"),
         "model.patch_size": ("stem stride 2 at 32 px keeps the last feature map 2x2" if conv else
                              "patch 4 at 32 px keeps an 8x8 token grid (64 tokens, as ViT-Ti/16 at 128 px)"),
         "model.drop_path": (f"a sub-1M-parameter model trained for {epochs} epochs underfits; stochastic depth would "
@@ -458,14 +459,16 @@ for _reduced_name in ("dyt-vit_tiny-cifar10-quick", "dyt-vit_tiny_ln-cifar10-qui
 # KAT (docs/reproductions/kat.md): KAT-T's GR-KAN block at vit_quick's size vs the same ViT with its GELU MLP,
 # both on the KAT paper's (DeiT) recipe: the paper's Table 5 comparison, KAT-T vs DeiT-T.
 _cpu_scale(get_recipe("kat-kat_tiny-imagenette-quick"), "kat_quick",
-           "CPU scale: KAT width 96, depth 4, 4 heads, 8 rational groups (0.47M parameters) instead of KAT-T",
+           "CPU scale: KAT width 96, depth 4, 4 heads, 8 rational groups (0.46M parameters with 10 classes) "
+           "instead of KAT-T",
            name="kat-kat_quick-imagenette-cpu")
 _cpu_scale(get_recipe("mambaout-mambaout_femto-imagenette-quick"), "mambaout_quick",
-           "CPU scale: MambaOut depths (2, 2, 3, 2), widths (16, 32, 64, 112) (0.49M parameters) instead of Femto",
+           "CPU scale: MambaOut depths (2, 2, 3, 2), widths (16, 32, 64, 112) (0.49M parameters with 10 classes) "
+           "instead of Femto",
            name="mambaout-mambaout_quick-imagenette-cpu")
 _cpu_scale(get_recipe("mambaout-mambaout_femto-imagenette-quick"), "vit_quick",
-           "the paper's baseline (DeiT-T, a ViT with LayerNorm) at CPU scale: vit_quick, 0.47M parameters",
+           "the paper's baseline (DeiT-T, a ViT with LayerNorm) at CPU scale: vit_quick, 0.46M parameters with 10 classes",
            name="mambaout-vit_quick-imagenette-cpu")
 _cpu_scale(get_recipe("kat-kat_tiny-imagenette-quick"), "vit_quick",
-           "the paper's baseline (DeiT-T: the same ViT with a GELU MLP) at CPU scale: vit_quick, 0.47M parameters",
+           "the paper's baseline (DeiT-T: the same ViT with a GELU MLP) at CPU scale: vit_quick, 0.46M parameters with 10 classes",
            name="kat-vit_quick-imagenette-cpu")

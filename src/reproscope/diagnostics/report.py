@@ -261,8 +261,12 @@ def _checklist(groups: list[Group], runs: list[RunRecord]) -> list[list[str]]:
             from ..config import recipe_from_dict
             try:
                 r = recipe_from_dict(g.first.config)
-                with torch.device("meta"):
-                    m = build_model(r.model, r.data.num_classes or 10, r.data.img_size)
+                args = (r.model, r.data.num_classes or 10, r.data.img_size)
+                try:
+                    with torch.device("meta"):  # no memory, no init time
+                        m = build_model(*args)
+                except RuntimeError:  # an init that reads values (KAT's rational fit calls .item()): build it
+                    m = build_model(*args)
                 params.append(f"{g.label}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M")
             except Exception:  # an old or hand-edited config: leave the count out rather than fail the report
                 params.append(f"{g.label}: ?")

@@ -63,6 +63,25 @@ def test_accepts_drop_path_and_small_resolutions():
         assert m(torch.randn(1, 3, 64, 64)).shape == (1, 3)
 
 
+def test_mambaout_kernel_size_reaches_every_token_mixer_and_even_sizes_are_refused():
+    """model.kernel_size (the MambaOut kernel ablation): every Gated CNN block's depthwise conv takes it,
+    the map size is kept, the default stays the paper's 7; an even size or a model without it is refused."""
+    from reproscope.config import ConfigError, ModelConfig
+    from reproscope.model.build import build_model
+    from reproscope.model.mambaout import GatedCNNBlock
+
+    def mixers(model):
+        return [b.conv.kernel_size for b in model.modules() if isinstance(b, GatedCNNBlock)]
+    m = build_model(ModelConfig(name="mambaout_quick", kernel_size=3), 10, 32)
+    assert mixers(m) == [(3, 3)] * 9  # depths (2, 2, 3, 2)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert set(mixers(create_model("mambaout_femto"))) == {(7, 7)}
+    with pytest.raises(ConfigError, match="model.kernel_size must be odd"):
+        build_model(ModelConfig(name="mambaout_quick", kernel_size=4), 10, 32)
+    with pytest.raises(ConfigError, match="model.kernel_size=3 is not an option of model.name='vit_quick'"):
+        build_model(ModelConfig(name="vit_quick", kernel_size=3), 10, 32)
+
+
 def test_convert_norm_to_dyt_swaps_only_layernorms():
     m = create_model("convnext_tiny", num_classes=4, patch_size=2)
     n_ln = sum(isinstance(x, nn.LayerNorm) for x in m.modules())

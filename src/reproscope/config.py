@@ -48,6 +48,8 @@ class ModelConfig:
     denominator: str = _f("default", "KAT rational denominator: the model's own, the paper's 1+|sum b_i x^i|, "
                           "the public GPU kernel's 1+sum |b_i||x|^i, or its CPU fallback's 1+sum |b_i| x^i",
                           choices=("default", "paper", "abs_terms", "signed_terms"))
+    kernel_size: int = _f(0, "MambaOut token-mixer (depthwise conv) kernel size; 0 = the model's own (7, "
+                          "MambaOut Sec. 4.1)", min=0)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ Chosen where the paper is silent, or deviations:
   last dim, with permutes only around the convolutions.
 - ``patch_size`` (total stem stride, 4 by default) can be 2 (second stem conv of stride 1) or 1
   for 32-64 px inputs: at 64 px with stride 4 the last feature map is 2 x 2.
+- ``kernel_size`` (7 by default, the paper's) is an ablation knob (``model.kernel_size``): at 32 px
+  the 7x7 mixer is larger than the last stages' 4x4 and 2x2 maps.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class MambaOutConfig:
     norm: str = "ln"
     dyt_alpha0: float = 0.5
     ln_eps: float = 1e-6
+    kernel_size: int = 7  # the token mixer's depthwise conv (Sec. 4.1); odd, so "same" padding keeps H x W
 
 
 # ----------------------------------------------------------------------------- model
@@ -126,6 +129,9 @@ class MambaOutConfig:
 class MambaOut(nn.Module):
     def __init__(self, cfg: MambaOutConfig):
         super().__init__()
+        if cfg.kernel_size < 1 or cfg.kernel_size % 2 == 0:
+            raise ValueError(f"model.kernel_size must be odd for MambaOut (same padding keeps the map size), "
+                             f"got {cfg.kernel_size}: use 3, 5 or 7")
         self.cfg = cfg
         norm_layer = norm_factory(cfg.norm, alpha0=cfg.dyt_alpha0, eps=cfg.ln_eps)
         self.stem = Stem(cfg.in_chans, cfg.dims[0], cfg.patch_size, norm_layer)
@@ -134,7 +140,8 @@ class MambaOut(nn.Module):
         stages, start = [], 0
         for i, (depth, dim) in enumerate(zip(cfg.depths, cfg.dims)):
             down = nn.Identity() if i == 0 else Downsample(cfg.dims[i - 1], dim, norm_layer)
-            blocks = [GatedCNNBlock(dim, drop_path=dprs[start + j], norm_layer=norm_layer) for j in range(depth)]
+            blocks = [GatedCNNBlock(dim, kernel_size=cfg.kernel_size, drop_path=dprs[start + j], norm_layer=norm_layer)
+                      for j in range(depth)]
             stages.append(nn.Sequential(down, *blocks))
             start += depth
         self.stages = nn.Sequential(*stages)

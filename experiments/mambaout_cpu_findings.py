@@ -6,8 +6,9 @@ MambaOut CPU campaign (docs/reproductions/mambaout-cpu/runs/, written by experim
 - final val top-1 per run, and the mean val top-1 of each variant after epochs 1, 2, 4, 8 and 15;
 - the gate probe: per stage the share of |GELU(g)| < 0.01 on the first 64 validation images at
   initialisation and after the last epoch (paper_probes.jsonl);
-- the token mixer's share of the parameters (the 7x7 depthwise convolutions) in mambaout_quick and
-  MambaOut-Femto, and the feature-map side each stage's 7x7 kernel sees at 32 px;
+- the token mixer's share of the parameters (the depthwise convolutions) in mambaout_quick (7x7, and
+  3x3 as in the kernel ablation) and MambaOut-Femto, and the feature-map side each stage's kernel
+  sees at 32 px;
 - the training throughput of MambaOut against the ViT (summary.json, both on one thread).
 """
 
@@ -24,8 +25,9 @@ def token_mixer_share() -> None:
     import torch
     from reproscope.model import create_model
     from reproscope.model.mambaout import GatedCNNBlock
-    for name, k, res in (("mambaout_quick", 10, 32), ("mambaout_femto", 1000, 224)):
-        m = create_model(name, num_classes=k)
+    for name, k, res, kernel in (("mambaout_quick", 10, 32, 7), ("mambaout_quick", 10, 32, 3),
+                                 ("mambaout_femto", 1000, 224, 7)):
+        m = create_model(name, num_classes=k, kernel_size=kernel)
         blocks = [(n, b) for n, b in m.named_modules() if isinstance(b, GatedCNNBlock)]
         total = sum(p.numel() for p in m.parameters())
         conv = sum(p.numel() for _, b in blocks for p in b.conv.parameters())
@@ -33,14 +35,14 @@ def token_mixer_share() -> None:
 
         def record(stage):
             def hook(mod, inputs, output):
-                sides.setdefault(stage, output.shape[-1])  # [B, C, H, W]: the map the 7x7 kernel slides over
+                sides.setdefault(stage, output.shape[-1])  # [B, C, H, W]: the map the kernel slides over
             return hook
         hooks = [b.conv.register_forward_hook(record(n.split(".")[1])) for n, b in blocks]
         with torch.no_grad():
             m.eval()(torch.zeros(1, 3, res, res))
         for h in hooks:
             h.remove()
-        print(f"{name}: 7x7 depthwise convs hold {conv:,} of {total:,} parameters ({conv / total:.1%}); "
+        print(f"{name}: {kernel}x{kernel} depthwise convs hold {conv:,} of {total:,} parameters ({conv / total:.1%}); "
               f"feature-map side per stage at {res} px: {', '.join(str(v) for v in sides.values())}")
 
 

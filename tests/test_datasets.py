@@ -218,6 +218,17 @@ def test_cli_bad_root_is_a_message_not_a_traceback(tmp_path, capsys):
                "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert rc == 2 and "does not exist" in err and "Traceback" not in err
+    assert "--set data.root=PATH" in err and "relative" not in err  # an absolute root: no cwd hint
+
+
+def test_a_relative_data_root_that_is_missing_says_where_it_was_read_from(tmp_path, capsys, monkeypatch):
+    """A recipe's relative root (the CPU recipes' ../shared/datasets/...) resolves against the folder the
+    user runs in: the error says so and how to point the run elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", "--recipe", "dyt-vit_quick-cifar10-cpu", "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "data root ../shared/datasets/cifar10 does not exist" in err
+    assert "--set data.root=PATH (a relative root is read from the folder you run in)" in err
 
 
 @pytest.mark.slow

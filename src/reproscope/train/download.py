@@ -27,7 +27,9 @@ DOWNLOADABLE = ("imagenette", "tiny-imagenet", "cifar10", "cifar100")
 def where_to_put(dataset: str, root: Path) -> str:
     how = ("Download it with --download (official address, checksum verified), or put" if dataset in DOWNLOADABLE
            else "Put")
-    return f"{how} the files at {root} in this layout: {LAYOUT_HINT.get(dataset, '')}"
+    return (f"{how} the files at {root} in this layout: {LAYOUT_HINT.get(dataset, '')}, or point the run at "
+            f"your copy with --set data.root=PATH" + (" (a relative root is read from the folder you run in)"
+                                                     if not root.is_absolute() else ""))
 
 
 def download(dataset: str, root: Path) -> None:

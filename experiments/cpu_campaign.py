@@ -88,7 +88,9 @@ def main(runs: list[tuple[str, str, list[str]]], out: Path, keep: Path, doc: str
     names = [n for n, _, _ in runs]
     if not args.dry_run:
         keep_small_files(out, keep, names)
-    report = [sys.executable, "-m", "reproscope", "report", *(str(keep / n) for n in names), "--out", str(keep.parent)]
+    # in name order, as the notes' `reproscope report <campaign>/runs/* --out <campaign>` (a shell glob) gives them
+    report = [sys.executable, "-m", "reproscope", "report", *(str(keep / n) for n in sorted(names)), "--out",
+              str(keep.parent)]
     print("+", " ".join(report), flush=True)
     return 0 if args.dry_run else subprocess.call(report)
 

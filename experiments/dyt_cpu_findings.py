@@ -1,12 +1,13 @@
 """The instrumentation numbers quoted in docs/reproductions/dyt.md, from the committed run files.
 
     python experiments/dyt_cpu_findings.py [RUNS_DIR]   # default docs/reproductions/dyt-cpu/runs
+    python experiments/dyt_cpu_findings.py docs/reproductions/dyt-cifar10-cpu/runs   # the CIFAR-10 campaign
 
 Per run, from ``stats.jsonl.gz`` (the probes) and ``metrics.jsonl``: every DyT alpha at the last
 probe, 1/std of the input of the last block's norms and of the final norm (at the first and last
 probe), the std of the residual stream after the last block, the fraction of saturated units
 (|alpha x| > 2) in the first block, the last block and the final norm, and the median global
-gradient norm over training.
+gradient norm over training; then the mean val top-1 of each variant after a few epochs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
+from cpu_campaign import print_curves
 
 
 def probes(run: Path) -> list[dict]:
@@ -71,6 +74,7 @@ def main() -> int:
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    print_curves(root, epochs=(1, 2, 3, 4, 8, 15))
     return 0
 
 

@@ -116,6 +116,7 @@ def _results_table(md: str) -> list[str]:
 
 NOTES = {  # note folder -> its committed runs; the report there was generated from them
     "docs/reproductions/dyt-cpu": "docs/reproductions/dyt-cpu/runs",
+    "docs/reproductions/dyt-cifar10-cpu": "docs/reproductions/dyt-cifar10-cpu/runs",
     "docs/reproductions/kat-cpu": "docs/reproductions/kat-cpu/runs",
     "docs/reproductions/mambaout-cpu": "docs/reproductions/mambaout-cpu/runs",
 }

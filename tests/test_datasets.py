@@ -59,6 +59,32 @@ def test_imagefolder_and_cache_reuse(tmp_path, capsys):
     assert len(tr3) == 7 and "source changed" in capsys.readouterr().out
 
 
+def test_two_runs_building_the_same_cache_at_once_both_get_it(tmp_path, capsys):
+    """A campaign's --jobs 2 starts two runs on the same data: the second used to crash renaming the
+    temporary file the first had already moved (FileNotFoundError images.npy.tmp). Now it waits for the
+    first builder and reads its cache."""
+    import threading
+    root = _folder(tmp_path / "data", n=150)
+    barrier, got, errors = threading.Barrier(2), [], []
+
+    def run():
+        barrier.wait()
+        try:
+            got.append(build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False))
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert torch.equal(got[0][0].images, got[1][0].images) and torch.equal(got[0][1].labels, got[1][1].labels)
+    out = capsys.readouterr().out
+    assert out.count("caching imagefolder/train at 9px: decoding 300 images") == 1
+    assert "another process is building the cache" in out
+
+
 def test_imagenette_official_archive_layout(tmp_path):
     _folder(tmp_path / "data" / "imagenette2-160", classes=("n01440764", "n02102040"))
     tr, va = build_datasets(_cfg(tmp_path, "imagenette", tmp_path / "data"), progress=False)

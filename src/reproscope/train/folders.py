@@ -239,14 +239,40 @@ def default_cache_dir() -> Path:
 
 def load_or_build_cache(files: FileList, size: int, cache_dir: Path, *, skip_corrupt: bool = False,
                         workers: int = 0, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(uint8 images [N, 3, size, size] memory-mapped, int64 labels [N], manifest)."""
+    """(uint8 images [N, 3, size, size] memory-mapped, int64 labels [N], manifest).
+
+    One process builds a given cache at a time (a file lock beside it, ``filelock``): two runs started
+    together on the same data, e.g. a campaign's ``--jobs 2``, used to race on the temporary file and
+    crash the second; now the second waits, says so, and reads what the first built.
+
+    Raises:
+        DataError: unreadable image files (all listed), unless ``skip_corrupt``.
+    """
+    from filelock import FileLock, Timeout
     digest = listing_hash(files, size)
     d = cache_dir / f"{files.name.replace('/', '-')}-{size}px"
+    if (man := _complete_manifest(d, digest)) is not None:  # built already: no lock (a read-only cache works)
+        return _open_cache(d, man)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(d) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"{files.name}: another process is building the cache in {d}; waiting for it", flush=True)
+        lock.acquire()
+    try:
+        return _load_or_build_locked(files, size, d, digest, skip_corrupt=skip_corrupt, workers=workers,
+                                     progress=progress)
+    finally:
+        lock.release()
+
+
+def _load_or_build_locked(files: FileList, size: int, d: Path, digest: str, *, skip_corrupt: bool, workers: int,
+                          progress: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
     manifest_path = d / "manifest.json"
+    if (man := _complete_manifest(d, digest)) is not None:  # another process built it while we waited
+        return _open_cache(d, man)
     if manifest_path.is_file():
-        man = json.loads(manifest_path.read_text())
-        if man.get("hash") == digest and man.get("complete"):
-            return _open_cache(d, man)
         print(f"{files.name}: source changed since the cache in {d} was built; rebuilding it")
     d.mkdir(parents=True, exist_ok=True)
     n = len(files.paths)
@@ -301,9 +327,20 @@ def load_or_build_cache(files: FileList, size: int, cache_dir: Path, *, skip_cor
     man = {"hash": digest, "complete": True, "n": int(len(labels)), "size": size, "classes": list(files.classes),
            "skipped": len(bad), "skipped_files": bad[:1000], "source_files": n, "name": files.name,
            "build_seconds": round(time.perf_counter() - t0, 2), "version": CACHE_VERSION}
-    manifest_path.write_text(json.dumps(man, indent=1))
+    tmp_manifest = d / "manifest.json.tmp"  # written whole, then renamed: a reader never sees half of it
+    tmp_manifest.write_text(json.dumps(man, indent=1))
+    os.replace(tmp_manifest, manifest_path)
     print(f"{desc}: {len(labels):,} images cached in {man['build_seconds']:.0f} s", flush=True)
     return _open_cache(d, man)
+
+
+def _complete_manifest(d: Path, digest: str) -> dict | None:
+    """The manifest of a finished cache of the same listing in ``d``, else None."""
+    path = d / "manifest.json"
+    if not path.is_file():
+        return None
+    man = json.loads(path.read_text())
+    return man if man.get("hash") == digest and man.get("complete") else None
 
 
 def _open_cache(d: Path, man: dict):

@@ -198,3 +198,27 @@ def test_note_embeds_the_figures_it_references(tmp_path, capsys):
     assert main(["note", str(note)]) == 0
     pdf = (tmp_path / "note.pdf").read_bytes()
     assert pdf.count(b"/Subtype /Image") == 1  # the missing file stays as its caption
+
+
+def test_a_knob_added_after_a_run_reads_as_its_default_in_groups_labels_and_claims(tmp_path):
+    """The MambaOut campaign's runs predate model.kernel_size; its ablation sets it to 3. The old runs
+    group with a run that states the default, are labelled 'kernel_size=default' (not 'None'), and stay
+    the paper's method in the claim; the ablation does not."""
+    import json
+    import shutil
+    from pathlib import Path
+    from reproscope.diagnostics.report import CLAIMS, _matches
+    from reproscope.diagnostics.runs import group_runs, load_run
+    keep = Path(__file__).resolve().parents[1] / "docs" / "reproductions" / "mambaout-cpu" / "runs"
+    old, k3 = keep / "mambaout-mambaout_quick-imagenette-cpu-s0", keep / "mambaout-mambaout_quick-imagenette-cpu-k3-s0"
+    assert "kernel_size" not in json.loads((old / "config.json").read_text())["model"]
+    stated = tmp_path / "stated-s1"
+    shutil.copytree(old, stated)
+    cfg = json.loads((stated / "config.json").read_text())
+    cfg["model"]["kernel_size"], cfg["run"]["seed"] = 0, 1
+    (stated / "config.json").write_text(json.dumps(cfg))
+    groups = group_runs([load_run(old), load_run(stated), load_run(k3)])
+    assert sorted((g.label, len(g.runs)) for g in groups) == [("mambaout_quick [kernel_size=3]", 1),
+                                                             ("mambaout_quick [kernel_size=default]", 2)]
+    method = [g.label for g in groups if _matches(g, CLAIMS["mambaout"].method)]
+    assert method == ["mambaout_quick [kernel_size=default]"]

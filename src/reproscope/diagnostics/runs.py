@@ -5,6 +5,7 @@ Only reads; shared by ``reproscope report`` and ``reproscope compare``.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -106,8 +107,9 @@ class RunRecord:
 
     def flat_config(self) -> dict:
         """``section.key -> value``; a user's model adds ``model.source`` (its spec and file hash), so that
-        two runs of different model files never count as one variant."""
-        out = {}
+        two runs of different model files never count as one variant. A key the run's config lacks (a
+        knob added after it ran, e.g. ``model.kernel_size``) takes today's default, the behaviour it had."""
+        out = {k: v for k, v in _config_defaults().items() if k.split(".")[0] in self.config}
         for section, vals in self.config.items():
             if isinstance(vals, dict) and section not in ("sources", "deviations"):
                 for k, v in vals.items():
@@ -118,6 +120,18 @@ class RunRecord:
 
     def variant_key(self) -> tuple:
         return tuple(sorted((k, json.dumps(v)) for k, v in self.flat_config().items() if is_science(k)))
+
+
+@functools.cache
+def _config_defaults() -> dict:
+    from ..config import Recipe, flat_items
+    return flat_items(Recipe(name="", description=""))
+
+
+def _shown(key: str, value) -> str:
+    """A config value in a group label: a model option left at its "the model's own" default says so."""
+    return "default" if key.startswith("model.") and value in (0, "default") and _config_defaults().get(key) == value \
+        else str(value)
 
 
 def _read_json(path: Path, default):
@@ -190,7 +204,8 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
         m = f.get("model.source") or f.get("model.name", "?")
         norm = f.get("model.norm", "default") if "model.source" not in f else "default"
         same_model = [x for x in flat if (x.get("model.source") or x.get("model.name", "?")) == m]
-        extra = [f"{k.split('.')[-1]}={f.get(k)}" for k in varying if k not in ("model.name", "model.norm", "model.source")
+        extra = [f"{k.split('.')[-1]}={_shown(k, f.get(k))}" for k in varying
+                 if k not in ("model.name", "model.norm", "model.source")
                  and not (k.startswith("model.dyt_") and norm != "dyt")  # DyT settings mean nothing for LN
                  # a model option that no other group of this model sets differently says nothing here
                  and not (k.startswith("model.") and len({json.dumps(x.get(k)) for x in same_model}) == 1)]

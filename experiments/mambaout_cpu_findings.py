@@ -9,7 +9,8 @@ MambaOut CPU campaign (docs/reproductions/mambaout-cpu/runs/, written by experim
 - the token mixer's share of the parameters (the depthwise convolutions) in mambaout_quick (7x7, and
   3x3 as in the kernel ablation) and MambaOut-Femto, and the feature-map side each stage's kernel
   sees at 32 px;
-- the training throughput of MambaOut against the ViT (summary.json, both on one thread).
+- the training throughput of MambaOut against the ViT (summary.json, both on one thread);
+- the kernel ablation: 3x3 minus 7x7, and 3x3 minus the ViT, final top-1 with 95 % Welch intervals.
 """
 
 from __future__ import annotations
@@ -46,6 +47,19 @@ def token_mixer_share() -> None:
               f"feature-map side per stage at {res} px: {', '.join(str(v) for v in sides.values())}")
 
 
+def kernel_ablation() -> None:
+    from reproscope.diagnostics.runs import welch
+    final: dict[str, list[float]] = {}
+    for run in run_dirs(RUNS):
+        val = [r["top1"] for r in jsonl(run / "metrics.jsonl") if r.get("kind") == "val"]
+        kind = "ViT" if "vit_quick" in run.name else "3x3" if "-k3-" in run.name else "7x7"
+        final.setdefault(kind, []).append(val[-1])
+    for a, b in (("3x3", "7x7"), ("3x3", "ViT")):
+        d, lo, hi = welch(final[a], final[b])
+        print(f"kernel ablation, {a} minus {b} final val top-1: {d:+.2f} points, 95% Welch interval "
+              f"[{lo:+.2f}, {hi:+.2f}] (n = {len(final[a])} + {len(final[b])})")
+
+
 def main() -> None:
     print_final_top1(RUNS)
     for run in run_dirs(RUNS):
@@ -57,6 +71,7 @@ def main() -> None:
     print_curves(RUNS)
     print_throughput(RUNS, "mambaout_quick", "vit_quick")
     token_mixer_share()
+    kernel_ablation()
 
 
 if __name__ == "__main__":

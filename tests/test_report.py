@@ -46,6 +46,20 @@ def test_report_groups_seeds_and_writes_md_and_pdf(runs, tmp_path, capsys):
     assert (out / "curves.png").stat().st_size > 1000 and (out / "grad_norm.png").exists()
 
 
+def test_a_rewritten_report_removes_the_figures_only_its_predecessor_showed(runs, tmp_path, capsys):
+    """Reporting again on fewer variants drops the figures of the variant that left; files the report
+    never showed stay."""
+    out = tmp_path / "rep"
+    assert main(["report", *map(str, runs.values()), "--out", str(out)]) == 0
+    (out / "mine.png").write_bytes(b"not the report's")
+    shown = set(re.findall(r"\]\(([^)/]+\.png)\)", (out / "report.md").read_text()))
+    assert main(["report", str(runs[("quickstart", 0)]), str(runs[("quickstart", 1)]), "--out", str(out)]) == 0
+    now = set(re.findall(r"\]\(([^)/]+\.png)\)", (out / "report.md").read_text()))
+    gone = shown - now
+    assert gone and not any((out / f).exists() for f in gone)  # e.g. the DyT group's alpha figure
+    assert all((out / f).exists() for f in now) and (out / "mine.png").exists()
+
+
 def test_compare_finds_config_diff_and_first_divergence(runs, tmp_path, capsys):
     a, b = runs[("quickstart", 0)], runs[("quickstart", 1)]
     assert main(["compare", str(a), str(a), "--out", str(tmp_path)]) == 0

@@ -578,6 +578,14 @@ def note_to_pdf(md_path: str) -> int:
     return 0
 
 
+def _own_figures(out: Path) -> set[str]:
+    """The PNG files beside ``out/report.md`` that it shows (only those: nothing else there is touched)."""
+    import re
+    md = out / "report.md"
+    text = md.read_text() if md.is_file() else ""
+    return {m for m in re.findall(r"!\[[^\]]*\]\(([^)/\s]+\.png)\)", text)}
+
+
 def report(run_dirs: list[str], out_dir: str | None = None) -> int:
     if not run_dirs:
         raise ConfigError("reproscope report: give at least one run directory")
@@ -585,8 +593,11 @@ def report(run_dirs: list[str], out_dir: str | None = None) -> int:
     groups = group_runs(runs)
     out = Path(out_dir) if out_dir else Path("report")
     command = "reproscope report " + " ".join(str(p) for p in run_dirs) + (f" --out {out_dir}" if out_dir else "")
+    before = _own_figures(out)
     blocks = build_blocks(groups, out, command)
     (out / "report.md").write_text(to_markdown(blocks, out))
+    for stale in before - _own_figures(out):  # a figure the previous report drew and this one does not
+        (out / stale).unlink(missing_ok=True)
     pages = to_pdf(blocks, out / "report.pdf")
     print(f"{len(runs)} runs in {len(groups)} groups -> {out / 'report.md'}, {out / 'report.pdf'} ({pages} pages)")
     for b in blocks:

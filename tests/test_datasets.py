@@ -85,6 +85,23 @@ def test_two_runs_building_the_same_cache_at_once_both_get_it(tmp_path, capsys):
     assert "another process is building the cache" in out
 
 
+def test_the_same_files_through_another_root_reuse_the_cache(tmp_path, capsys, monkeypatch):
+    """A relative root, an absolute one and a symlink to the same folder are the same data: one cache,
+    not a rebuild announced as 'source changed'."""
+    root = _folder(tmp_path / "data")
+    (tmp_path / "link").symlink_to(root)
+    build_datasets(_cfg(tmp_path, "imagefolder", root), progress=False)
+    assert "caching imagefolder/train" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    for other in ("link", "data", str(tmp_path / "link")):
+        build_datasets(_cfg(tmp_path, "imagefolder", other), progress=False)
+        out = capsys.readouterr().out
+        assert "caching" not in out and "source changed" not in out, (other, out)
+    _img(root / "train" / "a" / "0.jpg", seed=42)  # a file that really changed still rebuilds
+    build_datasets(_cfg(tmp_path, "imagefolder", "link"), progress=False)
+    assert "source changed" in capsys.readouterr().out
+
+
 def test_imagenette_official_archive_layout(tmp_path):
     _folder(tmp_path / "data" / "imagenette2-160", classes=("n01440764", "n02102040"))
     tr, va = build_datasets(_cfg(tmp_path, "imagenette", tmp_path / "data"), progress=False)

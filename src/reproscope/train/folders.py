@@ -223,13 +223,17 @@ def _try_decode(path: str, size: int):
 
 
 def listing_hash(files: FileList, size: int) -> str:
+    """The cache's fingerprint: every file's path below the listing's common folder, label, size and
+    mtime. Paths are taken below that folder so that the same files reached through another root
+    (relative vs absolute, a symlink) keep their cache instead of rebuilding it as "changed"."""
     h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{files.classes}".encode())
+    start = len(os.path.commonpath(files.paths)) if len(files.paths) > 1 else 0
     for p, y in zip(files.paths, files.labels):
         try:
             st = os.stat(p)
-            h.update(f"{p}|{y}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(f"{p[start:]}|{y}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
-            h.update(f"{p}|{y}|missing\n".encode())
+            h.update(f"{p[start:]}|{y}|missing\n".encode())
     return h.hexdigest()
 
 

@@ -157,3 +157,12 @@ def test_convert_norm_to_dyt_finds_the_axis_and_says_what_it_left():
     last = nn.Sequential(_RefLayerNorm(8), _ChannelsFirstLN(6))
     convert_norm_to_dyt(last)
     assert last[0].channels_last and not last[1].channels_last
+
+
+def test_models_table_without_flops_counts_every_model_kat_included(capsys):
+    """`reproscope models --no-flops` builds on the meta device; KAT's init reads values there
+    (RuntimeError: Tensor.item() on meta tensors) and is built on the CPU instead of crashing."""
+    from reproscope.cli import main
+    assert main(["models", "--no-flops"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert set(list_models()) <= set(rows) and "5.72M" in rows["kat_tiny"]

@@ -11,6 +11,16 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def build_for_counting(build):
+    """``build()`` on the meta device (no memory, no init time), or on the CPU when its init reads
+    values (KAT's rational fit calls ``.item()``, which the meta device refuses)."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except RuntimeError:
+        return build()
+
+
 def count_flops_of_copy(model: torch.nn.Module, img_size: int) -> float:
     """``count_flops`` on a CPU fp32 copy, leaving a live (GPU, bf16, training) model untouched."""
     import copy
@@ -51,22 +61,13 @@ def model_rows(flops: bool = True) -> list[dict]:
     rows = []
     for name in tqdm(list_models(), desc="counting", leave=False, disable=not flops):
         info = model_info(name)
-        with torch.device("meta") if not flops else _nullctx():
-            model = info.fn()
+        model = info.fn() if flops else build_for_counting(info.fn)
         row = {"name": name, "paper": info.paper, "params_m": count_params(model) / 1e6,
                "paper_params_m": info.paper_params_m, "paper_top1": info.paper_top1,
                "img_size": info.default_img_size}
         row["gflops"] = count_flops(model, info.default_img_size) / 1e9 if flops else None
         rows.append(row)
     return rows
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def print_models_table(flops: bool = True) -> None:

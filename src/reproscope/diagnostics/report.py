@@ -253,17 +253,12 @@ def _checklist(groups: list[Group], runs: list[RunRecord]) -> list[list[str]]:
     for g in groups:
         name = g.first.config.get("model", {}).get("name")
         if g.first.model_source is None and name in list_models():
-            import torch
             from ..model.build import build_model
             from ..config import recipe_from_dict
+            from .models_table import build_for_counting
             try:
                 r = recipe_from_dict(g.first.config)
-                args = (r.model, r.data.num_classes or 10, r.data.img_size)
-                try:
-                    with torch.device("meta"):  # no memory, no init time
-                        m = build_model(*args)
-                except RuntimeError:  # an init that reads values (KAT's rational fit calls .item()): build it
-                    m = build_model(*args)
+                m = build_for_counting(lambda: build_model(r.model, r.data.num_classes or 10, r.data.img_size))
                 params.append(f"{g.label}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M")
             except Exception:  # an old or hand-edited config: leave the count out rather than fail the report
                 params.append(f"{g.label}: ?")

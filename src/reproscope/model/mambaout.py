@@ -170,7 +170,7 @@ def mambaout_femto(**kw):
     return _mambaout((3, 3, 9, 3), (48, 96, 192, 288), **kw)
 
 
-@register_model(paper="reproscope (CPU campaign size; MambaOut's Gated CNN at vit_quick's parameter count)",
+@register_model(paper="reproscope (CPU campaign size; MambaOut's Gated CNN at vit_quick's parameter count with 10 classes)",
                 default_img_size=32)
 def mambaout_quick(**kw):
     """MambaOut with depths (2, 2, 3, 2) and widths (16, 32, 64, 112): 0.49M parameters at 10 classes, the

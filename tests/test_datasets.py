@@ -272,6 +272,10 @@ def test_a_relative_data_root_that_is_missing_says_where_it_was_read_from(tmp_pa
     err = capsys.readouterr().err
     assert rc == 2 and "data root ../shared/datasets/cifar10 does not exist" in err
     assert "--set data.root=PATH (a relative root is read from the folder you run in)" in err
+    assert not (tmp_path / "run").exists()  # the failed start leaves no empty run folder behind
+    (tmp_path / "mine").mkdir()  # ... but a folder the user made stays
+    assert main(["train", "--recipe", "dyt-vit_quick-cifar10-cpu", "--run-dir", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine").is_dir()
 
 
 @pytest.mark.slow

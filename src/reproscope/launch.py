@@ -35,8 +35,13 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     start = open_run(recipe, run_dir=run_dir, resume=resume, overwrite=overwrite, overrides=overrides,
                      trust_pickle=trust_pickle)
     recipe = start.recipe
-    trainer = start_trainer(start, callbacks=[*standard_callbacks(recipe), *callbacks], download=download,
-                            trust_pickle=trust_pickle, weights=weights, model_spec=model_spec)
+    try:
+        trainer = start_trainer(start, callbacks=[*standard_callbacks(recipe), *callbacks], download=download,
+                                trust_pickle=trust_pickle, weights=weights, model_spec=model_spec)
+    except BaseException:
+        if start.created and start.run_dir.is_dir() and not any(start.run_dir.iterdir()):
+            start.run_dir.rmdir()  # a start that failed before writing anything leaves no empty run folder
+        raise
     t0, steps_before = time.perf_counter(), trainer.step
     with stop_on_signals(trainer):
         metrics = trainer.fit()

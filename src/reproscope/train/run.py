@@ -83,6 +83,7 @@ class RunStart:
     run_dir: Path
     ckpt: dict | None
     ckpt_path: Path | None
+    created: bool = False  # this call made the run folder (a failed start removes it while still empty)
 
 
 def open_run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | None = None,
@@ -121,6 +122,7 @@ def open_run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str |
     if d.enabled:
         distributed.init(d, resolve_device(recipe.precision.device).type)
         rd = Path(distributed.broadcast_object(str(rd), d))  # rank 0's timestamped name
+    created = not rd.exists()
     if d.is_main:
         prepare_run_dir(rd, resume=resume is not None, overwrite=overwrite)
         if ckpt is not None:
@@ -129,7 +131,7 @@ def open_run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str |
                 print(f"resume: dropped {dropped} metrics.jsonl rows logged after step {ckpt['step']} (they are "
                       f"logged again as the run repeats those steps)")
     distributed.barrier(d)
-    return RunStart(recipe, rd, ckpt, ckpt_path)
+    return RunStart(recipe, rd, ckpt, ckpt_path, created)
 
 
 def start_trainer(start: RunStart, *, callbacks=(), download: bool = False, trust_pickle: bool = False,

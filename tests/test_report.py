@@ -157,6 +157,15 @@ def test_note_paragraphs_keep_bold_and_italic_and_print_options_as_such(tmp_path
     assert not ({ord(c) for c in "init"} & fonts["DejaVuSansOblique"])  # __init__ is not italics
 
 
+def test_note_subheadings_numbered_items_bullets_and_nested_emphasis():
+    """What a user's note holds beyond ours: '###' is a heading (not literal '###'), each numbered item
+    and '* ' bullet is its own paragraph, bullets print as '•', italics inside bold are kept."""
+    from reproscope.diagnostics.report import markdown_blocks
+    blocks = markdown_blocks("# T\n\n### Sub\n\n**bold *it* bold** x\n\n1. first\n2. second\n\n- a\n* b\n")
+    assert blocks == [("title", "T"), ("h", "Sub"), ("p", "**bold __it__ bold** x", True), ("p", "1. first", True),
+                      ("p", "2. second", True), ("p", "• a", True), ("p", "• b", True)]
+
+
 def test_note_prints_greek_and_math_symbols_as_such(tmp_path, capsys):
     """#18: ±, →, ≤, α, β, γ in a note print as those characters (DejaVu from matplotlib), not as '?'."""
     note = tmp_path / "note.md"

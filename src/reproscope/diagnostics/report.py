@@ -478,33 +478,36 @@ def _col_widths(rows: list[list[str]]) -> tuple[float, ...]:
 
 
 def markdown_blocks(text: str, base: Path | None = None) -> list[tuple]:
-    """The subset of Markdown our notes use -> report blocks: '#'/'##' headings, paragraphs and
-    bullets, pipe tables, fenced code, and a line holding only ``![caption](file.png)`` as the figure
-    itself (``file`` relative to ``base``, the note's folder; a missing file stays as its caption).
+    """The subset of Markdown our notes use -> report blocks: '#' titles and '##'-'####' headings,
+    paragraphs, bullets ('- ', '* ', printed as '•') and numbered items, pipe tables, fenced code,
+    and a line holding only ``![caption](file.png)`` as the figure itself (``file`` relative to ``base``, the note's folder; a missing file stays as its caption).
     Links become their text. In paragraphs ``**bold**`` and ``*italic*`` are kept, as a third element
     ``True``: the text is then fpdf2 markdown (``**``, ``__``), every other marker escaped so that
     ``--set`` prints as such; headings, tables and captions are flattened to plain text."""
     import re
     figure = re.compile(r"^\s*!\[([^\]]*)\]\(([^)\s]+)\)\s*$")
-    emphasis = re.compile(r"\*\*(\S(?:[^*]*\S)?)\*\*|(?<![\w*])\*(\S(?:[^*]*\S)?)\*(?![\w*])")  # not a * b, runs/*
+    bold = re.compile(r"\*\*(\S(?:.*?\S)?)\*\*")
+    italic = re.compile(r"(?<![\w*])\*(\S(?:[^*]*\S)?)\*(?![\w*])")  # not a * b, runs/*
 
     def unlink(t: str) -> str:
         return re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", t).replace("`", "")  # [text](link) -> text
 
     def plain(t: str) -> str:
-        return emphasis.sub(lambda m: m.group(1) or m.group(2), unlink(t))
+        return italic.sub(r"\1", bold.sub(r"\1", unlink(t)))
 
     def escaped(t: str) -> str:  # literal text for fpdf2's markdown
         t = t.replace("\\", "\\\\")
         return re.sub(r"(\*\*|__|--|~~)", r"\\\1", t)
 
-    def marked(t: str) -> str:
-        t, out, pos = unlink(t), [], 0
-        for m in emphasis.finditer(t):
-            marker = "**" if m.group(1) else "__"
-            out += [escaped(t[pos:m.start()]), marker, escaped(m.group(1) or m.group(2)), marker]
+    def spans(t: str, pattern, marker: str, inner) -> str:  # each match wrapped in fpdf2's marker
+        out, pos = [], 0
+        for m in pattern.finditer(t):
+            out += [inner(t[pos:m.start()]), marker, inner(m.group(1)), marker]
             pos = m.end()
-        return "".join(out + [escaped(t[pos:])])
+        return "".join(out + [inner(t[pos:])])
+
+    def marked(t: str) -> str:  # bold outside, italics inside it too: **a *b* c**
+        return spans(unlink(t), bold, "**", lambda u: spans(u, italic, "__", escaped))
     blocks, para, table, code = [], [], [], None
     lines = text.splitlines()
 
@@ -535,9 +538,9 @@ def markdown_blocks(text: str, base: Path | None = None) -> list[tuple]:
         elif line.startswith("# "):
             flush()
             blocks.append(("title", plain(line[2:])))
-        elif line.startswith("## "):
+        elif line.startswith(("## ", "### ", "#### ")):
             flush()
-            blocks.append(("h", plain(line[3:])))
+            blocks.append(("h", plain(line.lstrip("#").strip())))
         elif line.startswith("|"):
             if para:
                 flush()
@@ -547,9 +550,12 @@ def markdown_blocks(text: str, base: Path | None = None) -> list[tuple]:
         elif (fig := figure.match(line)) and base is not None and (base / fig.group(2)).is_file():
             flush()
             blocks.append(("img", base / fig.group(2), plain(fig.group(1))))
-        elif line.startswith("- "):
+        elif line.startswith(("- ", "* ")):
             flush()
-            para.append("- " + line[2:].strip())
+            para.append("• " + line[2:].strip())
+        elif re.match(r"\d+[.)] ", line):  # a numbered item starts its own paragraph, as a bullet does
+            flush()
+            para.append(line.strip())
         else:
             if table:
                 flush()

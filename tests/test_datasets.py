@@ -82,7 +82,7 @@ def test_two_runs_building_the_same_cache_at_once_both_get_it(tmp_path, capsys):
     assert torch.equal(got[0][0].images, got[1][0].images) and torch.equal(got[0][1].labels, got[1][1].labels)
     out = capsys.readouterr().out
     assert out.count("caching imagefolder/train at 9px: decoding 300 images") == 1
-    assert "another process is building the cache" in out
+    assert "another process is building the cache" in out and "the other process finished; reading its cache" in out
 
 
 def test_the_same_files_through_another_root_reuse_the_cache(tmp_path, capsys, monkeypatch):
@@ -270,7 +270,7 @@ def test_a_relative_data_root_that_is_missing_says_where_it_was_read_from(tmp_pa
     monkeypatch.chdir(tmp_path)
     rc = main(["train", "--recipe", "dyt-vit_quick-cifar10-cpu", "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert rc == 2 and "data root ../shared/datasets/cifar10 does not exist" in err
+    assert rc == 2 and f"data root ../shared/datasets/cifar10 (here: {tmp_path}/../shared/datasets/cifar10) does not exist" in err
     assert "--set data.root=PATH (a relative root is read from the folder you run in)" in err
     assert not (tmp_path / "run").exists()  # the failed start leaves no empty run folder behind
     (tmp_path / "mine").mkdir()  # ... but a folder the user made stays

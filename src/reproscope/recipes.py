@@ -415,7 +415,7 @@ def _cpu_scale(reduced: Recipe, model: str = "vit_quick", model_reason: str = ""
     reasons = {
         **reduced.deviations,  # what the reduction changed and this step keeps (dataset, eval crop, ...)
         "model.name": model_reason or ("CPU scale: ViT width 96, depth 4, 4 heads (0.46M parameters with 10 classes) "
-                                       "instead of ViT-Ti"),
+                                       f"instead of the paper's {parent.model.name} (the quick tier's {reduced.model.name})"),
         "model.patch_size": ("stem stride 2 at 32 px keeps the last feature map 2x2" if conv else
                              "patch 4 at 32 px keeps an 8x8 token grid (64 tokens, as ViT-Ti/16 at 128 px)"),
         "model.drop_path": (f"a sub-1M-parameter model trained for {epochs} epochs underfits; stochastic depth would "

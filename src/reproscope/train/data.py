@@ -104,7 +104,8 @@ def build_datasets(cfg: DataConfig, *, download: bool = False, progress: bool = 
     if download:
         dl.download(cfg.dataset, root)
     if not root.is_dir():
-        raise folders.DataError(f"data root {root} does not exist. {dl.where_to_put(cfg.dataset, root)}")
+        shown = root if root.is_absolute() else f"{root} (here: {Path.cwd() / root})"
+        raise folders.DataError(f"data root {shown} does not exist. {dl.where_to_put(cfg.dataset, root)}")
     if cfg.dataset in ("cifar10", "cifar100"):
         got = folders.cifar_binary(root, 10 if cfg.dataset == "cifar10" else 100)
         if got is not None:

@@ -264,6 +264,7 @@ def load_or_build_cache(files: FileList, size: int, cache_dir: Path, *, skip_cor
     except Timeout:
         print(f"{files.name}: another process is building the cache in {d}; waiting for it", flush=True)
         lock.acquire()
+        print(f"{files.name}: the other process finished; reading its cache", flush=True)
     try:
         return _load_or_build_locked(files, size, d, digest, skip_corrupt=skip_corrupt, workers=workers,
                                      progress=progress)

@@ -106,10 +106,15 @@ def run_dirs(keep: Path) -> list[Path]:
     return sorted(p for p in keep.iterdir() if p.is_dir())
 
 
+def val_top1(run: Path) -> list[float]:
+    """The run's val top-1 after each evaluated epoch, in order (metrics.jsonl)."""
+    return [r["top1"] for r in jsonl(run / "metrics.jsonl") if r.get("kind") == "val"]
+
+
 def print_final_top1(keep: Path) -> None:
     for run in run_dirs(keep):
-        val = [r for r in jsonl(run / "metrics.jsonl") if r.get("kind") == "val"]
-        print(f"{run.name}: final val top-1 {val[-1]['top1']:.2f}" if val else f"{run.name}: no evaluation")
+        val = val_top1(run)
+        print(f"{run.name}: final val top-1 {val[-1]:.2f}" if val else f"{run.name}: no evaluation")
 
 
 def print_curves(keep: Path, epochs=(1, 2, 4, 8, 15)) -> None:
@@ -117,8 +122,7 @@ def print_curves(keep: Path, epochs=(1, 2, 4, 8, 15)) -> None:
     import statistics
     curves: dict[str, list[list[float]]] = {}
     for run in run_dirs(keep):
-        val = [r["top1"] for r in jsonl(run / "metrics.jsonl") if r.get("kind") == "val"]
-        curves.setdefault(run.name.rsplit("-s", 1)[0], []).append(val)
+        curves.setdefault(run.name.rsplit("-s", 1)[0], []).append(val_top1(run))
     for variant, cs in curves.items():
         mean = [statistics.fmean(x) for x in zip(*cs)]
         print(f"{variant} (n = {len(cs)}): mean val top-1 after epoch " +

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpu_campaign import jsonl, print_curves, print_final_top1, print_throughput, run_dirs
+from cpu_campaign import jsonl, print_curves, print_final_top1, print_throughput, run_dirs, val_top1
 
 RUNS = Path("docs/reproductions/mambaout-cpu/runs")
 
@@ -51,9 +51,8 @@ def kernel_ablation() -> None:
     from reproscope.diagnostics.runs import welch
     final: dict[str, list[float]] = {}
     for run in run_dirs(RUNS):
-        val = [r["top1"] for r in jsonl(run / "metrics.jsonl") if r.get("kind") == "val"]
         kind = "ViT" if "vit_quick" in run.name else "3x3" if "-k3-" in run.name else "7x7"
-        final.setdefault(kind, []).append(val[-1])
+        final.setdefault(kind, []).append(val_top1(run)[-1])
     for a, b in (("3x3", "7x7"), ("3x3", "ViT")):
         d, lo, hi = welch(final[a], final[b])
         print(f"kernel ablation, {a} minus {b} final val top-1: {d:+.2f} points, 95% Welch interval "

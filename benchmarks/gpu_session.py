@@ -242,9 +242,17 @@ def run_session(args) -> int:
     return 0 if all(r["status"] in ("ok", "skipped") for r in results) else 1
 
 
-def main(argv=None) -> int:
+def absolute_dir(path: str) -> str:
+    """``path`` made absolute against the current directory: the stages run in the repository root,
+    so a relative ``--out`` must be resolved once, where the session was started."""
+    return str(Path(path).expanduser().resolve())
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The session's arguments, ``--out`` already absolute."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="the output folder ($OUT on the device machine)")
+    ap.add_argument("--out", required=True, type=absolute_dir,
+                    help="the output folder ($OUT on the device machine; relative to the current directory)")
     ap.add_argument("--budget-s", type=float, default=540, help="wall-clock budget of the whole session")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on CPU: checks the script itself")
     ap.add_argument("--data-root", default=".travel/imagenette", help="Imagenette folder (see docs/gpu.md)")
@@ -252,7 +260,11 @@ def main(argv=None) -> int:
     ap.add_argument("--speed-models", default="vit_small,vit_base,convnext_tiny,mambaout_femto,vit_tiny_p8_64")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--stage-budget-s", type=float, default=0, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.stage == "smoke":
         return 1 if smoke(Path(args.out), args.cpu_smoke) else 0
     if args.stage == "campaign":

@@ -54,3 +54,27 @@ def test_gpu_session_cpu_smoke(tmp_path):
     with tarfile.open(out / "campaign.tar.gz") as tar:
         names = tar.getnames()
     assert any(n.endswith("report/report.md") for n in names) and any(n.endswith("metrics.jsonl") for n in names)
+
+
+def test_gpu_session_relative_out_reaches_every_stage(tmp_path, monkeypatch):
+    """#33: ``--out DIR`` relative to where the session starts names the same folder for every stage,
+    though the stages run in the repository root (it failed with FileNotFoundError 'smoke/smoke.json').
+    The stages are stood in for: each checks that the folders its --out/--json name exist from its cwd."""
+    import subprocess
+    gs = _load("gpu_session")
+    seen, real = [], subprocess.run
+
+    def stage(cmd, *a, cwd=None, **kw):
+        if cwd != gs.ROOT:  # not a stage (environment() asks git)
+            return real(cmd, *a, cwd=cwd, **kw)
+        targets = [Path(cwd, cmd[i + 1]) if cmd[i] == "--out" else Path(cwd, cmd[i + 1]).parent
+                   for i in range(len(cmd) - 1) if cmd[i] in ("--out", "--json")]
+        seen.extend(targets)
+        return subprocess.CompletedProcess(cmd, 0 if all(t.is_dir() for t in targets) else 1, stdout="")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gs.subprocess, "run", stage)
+    assert gs.main(["--out", "rel/out", "--cpu-smoke", "--budget-s", "900"]) == 0
+    assert seen and all(t == tmp_path / "rel" / "out" for t in seen)
+    stages = json.loads((tmp_path / "rel" / "out" / "session.json").read_text())["stages"]
+    assert {s["stage"]: s["status"] for s in stages}["smoke"] == "ok"

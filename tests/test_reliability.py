@@ -157,3 +157,25 @@ def test_extending_a_finished_run_warns_records_and_keeps_the_original_config(tm
     assert any(d["key"] == "sched.epochs" and d["value"] == 5 and "from step 24" in d["reason"] for d in devs)
     steps = [r["step"] for r in read_metrics(rd) if r["kind"] == "train" and "loss" in r]
     assert len(steps) == len(set(steps)) == 40 and max(steps) == 40
+
+
+def test_a_resume_keeps_skip_corrupt_and_no_progress(tmp_path, monkeypatch):
+    """#33: ``--skip-corrupt`` and ``--no-progress`` given to a resume reach the resumed trainer's recipe
+    (they were folded into the new recipe only, which a resume replaces with the saved one)."""
+    import reproscope.launch as launch
+    rd = tmp_path / "run"
+    tiny = ["--set", "data.train_size=64", "--set", "data.val_size=32", "--set", "data.batch_size=32",
+            "--set", "data.eval_batch_size=32", "--set", "sched.epochs=1", "--set", "model.patch_size=8",
+            "--set", "run.threads=1", "--set", "instrument.probes=false"]
+    assert main(["train", "--run-dir", str(rd), *tiny, "--set", "run.progress=true"]) == 0
+    seen = []
+    real = launch.train
+
+    def spy(*a, **k):
+        trainer, metrics = real(*a, **k)
+        seen.append(trainer)
+        return trainer, metrics
+
+    monkeypatch.setattr(launch, "train", spy)
+    assert main(["train", "--resume", str(rd), "--skip-corrupt", "--no-progress"]) == 0
+    assert seen[0].recipe.data.skip_corrupt is True and seen[0].recipe.run.progress is False

@@ -245,3 +245,57 @@ def test_a_knob_added_after_a_run_reads_as_its_default_in_groups_labels_and_clai
                                                              ("mambaout_quick [kernel_size=default]", 2)]
     method = [g.label for g in groups if _matches(g, CLAIMS["mambaout"].method)]
     assert method == ["mambaout_quick [kernel_size=default]"]
+
+
+TINY_CLI = ["--no-progress", "--set", "data.train_size=64", "--set", "data.val_size=32", "--set", "data.batch_size=32",
+            "--set", "data.eval_batch_size=32", "--set", "sched.epochs=1", "--set", "model.patch_size=8",
+            "--set", "run.threads=1", "--set", "instrument.probes=false"]
+
+
+def _run_with_absolute_paths(tmp_path, monkeypatch):
+    """A CLI run whose run folder and data root are absolute paths under ``tmp_path``, its argv recorded
+    as typed (built-in shapes10 ignores data.root, which still reaches config.json and the deviations)."""
+    import sys
+    data, rd = tmp_path / "data", tmp_path / "runs" / "r0"
+    data.mkdir()
+    argv = ["reproscope", "train", "--run-dir", str(rd), "--set", f"data.root={data}", *TINY_CLI]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert main(argv[1:]) == 0
+    return rd
+
+
+def test_a_report_never_shows_the_machines_absolute_paths(tmp_path, monkeypatch, capsys):
+    """#33: a run made outside the repository: report.md names its folder and data root by their last
+    components (the command lines too), never by the absolute path of the author's machine."""
+    rd = _run_with_absolute_paths(tmp_path, monkeypatch)
+    out = tmp_path / "rep"
+    assert main(["report", str(rd), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert str(tmp_path) not in md
+    assert "--run-dir .../runs/r0" in md and f"data.root=.../{tmp_path.name}/data" in md
+    assert "reproscope report .../runs/r0 --out .../" in md
+
+
+def test_a_report_shows_paths_under_the_working_directory_relative_to_it(tmp_path, monkeypatch, capsys):
+    """#33: a run made and reported from the folder that holds it: every path reads as typed there."""
+    monkeypatch.chdir(tmp_path)
+    rd = _run_with_absolute_paths(tmp_path, monkeypatch)
+    assert main(["report", str(rd), "--out", "rep"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert str(tmp_path) not in md
+    assert "--run-dir runs/r0 --set data.root=data" in md and "reproscope report runs/r0 --out rep" in md
+    assert "| data | " in md and "shapes10 (data)" in md
+
+
+def test_display_path_is_relative_to_the_base_or_only_its_last_components(tmp_path):
+    from pathlib import Path
+
+    from reproscope.diagnostics.paths import display_arg, display_path
+    home = Path.home()
+    assert display_path(tmp_path / "a" / "b", tmp_path) == "a/b" and display_path(tmp_path, tmp_path) == "."
+    assert display_path("data/x", tmp_path) == "data/x" and display_path("", tmp_path) == ""  # not absolute: as given
+    assert display_path(home / "me" / "datasets" / "imagenette", tmp_path) == ".../datasets/imagenette"
+    assert display_path(home / "x", tmp_path) == ".../x"  # never the home folder itself
+    assert display_arg(f"data.root={tmp_path}/d", tmp_path) == "data.root=d"
+    assert display_arg(f"{home}/net.py:make", tmp_path) == ".../net.py:make"
+    assert display_arg("timm:vit_tiny", tmp_path) == "timm:vit_tiny" and display_arg("--set", tmp_path) == "--set"

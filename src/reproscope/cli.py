@@ -21,15 +21,20 @@ def resolved_recipe(args):
     return apply_overrides(get_recipe(args.recipe), args.overrides)
 
 
+def train_overrides(args) -> list[str]:
+    """The ``--set`` strings with the train flags that stand for recipe keys (``--skip-corrupt``,
+    ``--no-progress``) appended as the same strings: the one list a new run applies to the named recipe
+    and a resume applies to the saved one, so a flag reaches the trainer either way."""
+    flags = {"skip_corrupt": "data.skip_corrupt=true", "no_progress": "run.progress=false"}
+    return [*args.overrides, *(s for flag, s in flags.items() if getattr(args, flag, False))]
+
+
 def cmd_train(args) -> int:
     from .launch import train
-    recipe = resolved_recipe(args)
-    if args.no_progress:
-        recipe = apply_overrides(recipe, {"run.progress": False})
-    if args.skip_corrupt:
-        recipe = apply_overrides(recipe, {"data.skip_corrupt": True})
+    overrides = train_overrides(args)
+    recipe = apply_overrides(get_recipe(args.recipe), overrides)
     trainer, metrics = train(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
-                             overrides=args.overrides if args.resume else None, download=args.download,
+                             overrides=overrides if args.resume else None, download=args.download,
                              trust_pickle=args.trust_pickle, weights=args.weights, model_spec=args.model)
     rd = trainer.run_dir
     if trainer.tripped is not None:
@@ -186,6 +191,11 @@ def cmd_note(args) -> int:
     return note_to_pdf(args.path)
 
 
+def cmd_audit(args) -> int:
+    from .diagnostics.audit import run_audit
+    return run_audit(args.run_dir, args.against)
+
+
 def cmd_compare(args) -> int:
     from .diagnostics.compare import compare
     return compare(args.run_a, args.run_b, args.rtol, args.out)
@@ -320,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     nt = sub.add_parser("note", help="render a hand-written reproduction note (Markdown) as a PDF beside it")
     nt.add_argument("path", metavar="NOTE.md")
     nt.set_defaults(fn=cmd_note)
+
+    au = sub.add_parser("audit", help="hold a run's training loop (reproscope.watch or train) against a paper "
+                                      "recipe: every deviation with its code and consequence; exit 1 on a likely mistake")
+    au.add_argument("run_dir", metavar="RUN_DIR")
+    au.add_argument("--against", default=None, metavar="RECIPE",
+                    help="registered recipe (default: the run's paper= / parent recipe)")
+    au.set_defaults(fn=cmd_audit)
 
     cp = sub.add_parser("compare", help="config diff, metric table, first step where the training losses diverge, "
                                         "and an overlay plot of two runs")

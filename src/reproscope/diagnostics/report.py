@@ -17,6 +17,7 @@ from pathlib import Path
 from ..config import ConfigError
 from ..model import list_models, model_info
 from ..recipes import get_recipe
+from .paths import display_arg, display_path, report_base
 from .report_figures import plot_curves, plot_grad_norms
 from .runs import Group, RunRecord, group_runs, is_science, load_run, welch
 
@@ -81,8 +82,11 @@ def paper_facts(run: RunRecord) -> dict:
 # ----------------------------------------------------------------------------- content
 
 
-def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
-    """The report as blocks: ('h', text), ('p', text), ('table', header, rows), ('img', path, caption), ('code', lines)."""
+def build_blocks(groups: list[Group], out: Path, command: str, base: Path | None = None) -> list[tuple]:
+    """The report as blocks: ('h', text), ('p', text), ('table', header, rows), ('img', path, caption), ('code', lines).
+    Paths (data root, model files, the runs' commands) are shown relative to ``base`` (default: the
+    repository holding ``out``, else the current directory; ``paths.display_path``)."""
+    base = base or report_base(out)
     runs = [r for g in groups for r in g.runs]
     first = runs[0]
     claim = find_claim(groups, first.recipe.split("-")[0])
@@ -94,7 +98,7 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
                       "resolution and schedule than the paper), not a GPU-scale one.")
     blocks += [("h", "Scope of reproducibility"), ("p", "The claim tested: " + (claim.text if claim else
                                                     "(no registered claim for this paper)") + scale_note),
-               ("h", "Methodology"), ("p", _methodology(runs))]
+               ("h", "Methodology"), ("p", _methodology(runs, base))]
 
     # setup: paper vs ours
     p = facts.get("recipe")
@@ -103,8 +107,9 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
     def both(label, paper_val, ours):
         rows.append([label, str(paper_val), str(ours)])
     d = first.config["data"]
-    both("data", f"{p.data.dataset} (1.28M train images)" if p else "-", f"{d['dataset']} ({d['root'] or 'built-in'})")
-    both("model", p.model.name if p else "-", ", ".join(sorted({g.first.model for g in groups})))
+    both("data", f"{p.data.dataset} (1.28M train images)" if p else "-",
+         f"{d['dataset']} ({display_path(d['root'], base) or 'built-in'})")
+    both("model", p.model.name if p else "-", ", ".join(sorted({g.first.model_label(base) for g in groups})))
     both("resolution (px)", p.data.img_size if p else "-", d["img_size"])
     both("epochs", p.sched.epochs if p else "-", first.config["sched"]["epochs"])
     both("batch", p.data.batch_size if p else "-", d["batch_size"])
@@ -214,10 +219,20 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
                 continue
             if key not in seen:
                 seen.add(key)
-                dev_rows.append([dv["key"], str(dv["parent"]), str(dv["value"]), dv.get("reason", "")])
+                code = dv.get("code", "value")  # a watched loop's audit: the code, and likely mistakes marked
+                tag = f" [{code}{', likely mistake' if dv.get('mistake') else ''}]" if code != "value" else ""
+                dev_rows.append([dv["key"], _shown_value(dv["parent"], base), _shown_value(dv["value"], base),
+                                 dv.get("reason", "") + tag])
     blocks += [("h", f"Deviation log (against {first.config.get('parent') or 'no parent recipe'}; seeds, threads "
                      f"and other operational settings omitted)"),
                ("table", ["field", "paper", "ours", "reason"], dev_rows)]
+    unseen = sorted({k for r in runs for k in r.not_observed})
+    if unseen:
+        blocks.append(("p", f"Not observed in the watched loop, so not compared (pass data= and ema= to "
+                            f"reproscope.watch to show them): {', '.join(unseen)}."))
+    elif any(r.config.get("name") == "watch" and not r.deviations for r in runs):
+        blocks.append(("p", "A watched loop without paper=: run `reproscope audit RUN_DIR --against RECIPE` to "
+                            "fill this log."))
 
     env = first.env
     blocks += [("h", "Environment"),
@@ -225,13 +240,19 @@ def build_blocks(groups: list[Group], out: Path, command: str) -> list[tuple]:
                      f"{env.get('torchvision', '?')}, device {first.device}, CUDA {env.get('cuda') or '-'}, "
                      f"{env.get('platform', '?')}; git commit of each run: {_commits(runs)}.")]
     blocks += [("h", "Commands that reproduce every number"),
-               ("code", [r.command for r in runs] + [command])]
+               ("code", [r.command_line(base) for r in runs] + [command])]
     return blocks
 
 
-def _methodology(runs: list[RunRecord]) -> str:
-    """Code used, reference consulted, data splits and preprocessing, from the run directories."""
-    user = sorted({r.model for r in runs if r.model_source})
+def _shown_value(value, base: Path) -> str:
+    """A config value in a table: a path (data.root, a model file spec) as ``paths.display_arg`` shows it."""
+    return display_arg(value, base) if isinstance(value, str) else str(value)
+
+
+def _methodology(runs: list[RunRecord], base: Path) -> str:
+    """Code used, reference consulted, data splits and preprocessing, from the run directories (the
+    user's model files shown relative to ``base``)."""
+    user = sorted({r.model_label(base) for r in runs if r.model_source})
     ours = sorted({r.config.get("model", {}).get("name", "?") for r in runs if not r.model_source})
     code = "; ".join(([f"reproscope's {', '.join(ours)}, written from the paper (the model file's docstring lists "
                        f"where it deviates)"] if ours else [])
@@ -588,14 +609,19 @@ def _own_figures(out: Path) -> set[str]:
 
 
 def report(run_dirs: list[str], out_dir: str | None = None) -> int:
+    """Write ``report.md`` and ``report.pdf`` into ``out_dir`` (default ./report) from ``run_dirs``; every
+    path in them is shown relative to the repository holding ``out_dir`` (else the current directory),
+    or by its last components when outside it (``paths.display_path``), never as this machine's."""
     if not run_dirs:
         raise ConfigError("reproscope report: give at least one run directory")
-    runs = [load_run(p) for p in run_dirs]
-    groups = group_runs(runs)
     out = Path(out_dir) if out_dir else Path("report")
-    command = "reproscope report " + " ".join(str(p) for p in run_dirs) + (f" --out {out_dir}" if out_dir else "")
+    base = report_base(out)
+    runs = [load_run(p) for p in run_dirs]
+    groups = group_runs(runs, base)
+    command = "reproscope report " + " ".join(display_path(p, base) for p in run_dirs) + \
+        (f" --out {display_path(out_dir, base)}" if out_dir else "")
     before = _own_figures(out)
-    blocks = build_blocks(groups, out, command)
+    blocks = build_blocks(groups, out, command, base)
     (out / "report.md").write_text(to_markdown(blocks, out))
     for stale in before - _own_figures(out):  # a figure the previous report drew and this one does not
         (out / stale).unlink(missing_ok=True)

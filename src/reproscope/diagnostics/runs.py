@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError
+from .paths import display_arg, display_command
 
 # fields that may differ between seeds of one variant without making it another variant
 REPEAT_KEYS = ("run.seed", "run.out_dir", "run.threads", "run.progress", "run.log_every", "run.ckpt_every",
@@ -36,13 +37,19 @@ class RunRecord:
     epoch_end_steps: list[int] = field(default_factory=list)
     epoch_steps: list = field(default_factory=list)  # steps each epoch_time_s covers (None in older logs)
     model_source: dict | None = None  # model_source.json: the user's --model spec, file sha256 and copy
+    not_observed: list = field(default_factory=list)  # a watched loop's keys its audit could not compare
 
     @property
     def model(self) -> str:
         """The model trained: the user's ``--model`` spec (with the file's short sha256), else ``model.name``."""
+        return self.model_label()
+
+    def model_label(self, base: Path | None = None) -> str:
+        """``model``, its spec's file shown relative to ``base`` (``paths.display_arg``) when given."""
         if self.model_source:
             sha = self.model_source.get("sha256")
-            return self.model_source.get("spec", "?") + (f" (sha256 {sha[:12]})" if sha else "")
+            spec = self.model_source.get("spec", "?")
+            return (spec if base is None else display_arg(spec, base)) + (f" (sha256 {sha[:12]})" if sha else "")
         return self.config.get("model", {}).get("name", "?")
 
     @property
@@ -102,8 +109,15 @@ class RunRecord:
 
     @property
     def command(self) -> str:
+        return self.command_line()
+
+    def command_line(self, base: Path | None = None) -> str:
+        """The command that made the run (its recorded argv), its paths shown relative to ``base``
+        (``paths.display_command``) when given."""
         argv = self.env.get("argv") or []
-        return "reproscope " + " ".join(argv[1:]) if argv else f"reproscope train --recipe {self.recipe}"
+        if not argv:
+            return f"reproscope train --recipe {self.recipe}"
+        return "reproscope " + (" ".join(argv[1:]) if base is None else display_command(argv[1:], base))
 
     def flat_config(self) -> dict:
         """``section.key -> value``; a user's model adds ``model.source`` (its spec and file hash), so that
@@ -128,10 +142,12 @@ def _config_defaults() -> dict:
     return flat_items(Recipe(name="", description=""))
 
 
-def _shown(key: str, value) -> str:
-    """A config value in a group label: a model option left at its "the model's own" default says so."""
-    return "default" if key.startswith("model.") and value in (0, "default") and _config_defaults().get(key) == value \
-        else str(value)
+def _shown(key: str, value, base: Path | None = None) -> str:
+    """A config value in a group label: a model option left at its "the model's own" default says so; a
+    path (data.root) relative to ``base`` (``paths.display_arg``) when given."""
+    if key.startswith("model.") and value in (0, "default") and _config_defaults().get(key) == value:
+        return "default"
+    return display_arg(value, base) if base is not None and isinstance(value, str) else str(value)
 
 
 def _read_json(path: Path, default):
@@ -159,9 +175,10 @@ def load_run(path: str | Path) -> RunRecord:
                     if i < len(lines):  # only a torn last line is tolerated
                         raise ConfigError(f"{metrics}:{i}: not valid JSON") from None
     train = [r for r in rows if r.get("kind") == "train" and "loss" in r]
+    devs = _read_json(p / "deviations.json", {})
     return RunRecord(
         path=p, config=_read_json(p / "config.json", {}), env=_read_json(p / "environment.json", {}),
-        deviations=_read_json(p / "deviations.json", {}).get("deviations", []), train=train,
+        deviations=devs.get("deviations", []), not_observed=devs.get("not_observed", []), train=train,
         val=[r for r in rows if r.get("kind") == "val"], events=[r for r in rows if r.get("kind") == "event"],
         epoch_times=[r["epoch_time_s"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
         epoch_end_steps=[r["step"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
@@ -190,8 +207,9 @@ class Group:
         return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
 
 
-def group_runs(runs: list[RunRecord]) -> list[Group]:
-    """Runs with the same config except seed-like fields form a group; labels name what differs."""
+def group_runs(runs: list[RunRecord], base: Path | None = None) -> list[Group]:
+    """Runs with the same config except seed-like fields form a group; labels name what differs, their
+    paths (a user's model file, a data root) shown relative to ``base`` when given (a report's)."""
     groups: dict[tuple, Group] = {}
     for r in runs:
         groups.setdefault(r.variant_key(), Group([])).runs.append(r)
@@ -204,12 +222,13 @@ def group_runs(runs: list[RunRecord]) -> list[Group]:
         m = f.get("model.source") or f.get("model.name", "?")
         norm = f.get("model.norm", "default") if "model.source" not in f else "default"
         same_model = [x for x in flat if (x.get("model.source") or x.get("model.name", "?")) == m]
-        extra = [f"{k.split('.')[-1]}={_shown(k, f.get(k))}" for k in varying
+        extra = [f"{k.split('.')[-1]}={_shown(k, f.get(k), base)}" for k in varying
                  if k not in ("model.name", "model.norm", "model.source")
                  and not (k.startswith("model.dyt_") and norm != "dyt")  # DyT settings mean nothing for LN
                  # a model option that no other group of this model sets differently says nothing here
                  and not (k.startswith("model.") and len({json.dumps(x.get(k)) for x in same_model}) == 1)]
-        g.label = f"{m}" + (f" ({norm})" if norm != "default" else "") + (f" [{', '.join(extra)}]" if extra else "")
+        shown = g.first.model_label(base) if "model.source" in f else _shown("model.name", m, base)
+        g.label = f"{shown}" + (f" ({norm})" if norm != "default" else "") + (f" [{', '.join(extra)}]" if extra else "")
     return out
 
 

@@ -1,6 +1,8 @@
 """Instrumentation overhead: the same training steps with probes off, at the default sampling
 (histograms included, every 1,000 steps), with histograms on every probe step (5x as often), and
-probing every step (histograms off), alternating in one process.
+probing every step (histograms off), and with probes off but the loop observer that
+``reproscope.watch`` attaches to a user's loop (optimizer step hooks, forward hook, gradient-norm
+hooks; ``instrument.loop.LoopObserver``), alternating in one process.
 
     python benchmarks/instrument_overhead.py [--recipe quickstart] [--steps 400] [--chunk 10] [--set ...]
 
@@ -22,6 +24,7 @@ import torch
 from reproscope.config import apply_overrides
 from reproscope.recipes import get_recipe
 from reproscope.instrument import standard_callbacks
+from reproscope.instrument.loop import LoopObserver
 from reproscope.train.trainer import Trainer
 from reproscope.runtime import synchronize as sync
 
@@ -32,7 +35,9 @@ CONFIGS = {
     "default, histograms every 200 steps": {"instrument.enabled": True, "instrument.hist_every": 200},
     "every-step probing": {"instrument.enabled": True, "instrument.probe_every": 1, "instrument.probe_early": False,
                            "instrument.histograms": False},
+    "off + loop observer (watch)": {"instrument.enabled": False},
 }
+LOOP = "off + loop observer (watch)"  # attaches instrument.loop.LoopObserver to the Trainer's model and optimizer
 
 
 def main() -> None:
@@ -50,6 +55,8 @@ def main() -> None:
             r = apply_overrides(base, kv)
             tr = Trainer(r, f"{d}/{len(runs)}", tensorboard=True, callbacks=standard_callbacks(r))
             tr.start()
+            if name == LOOP:
+                LoopObserver(tr.orig_model, tr.optimizer).attach()
             runs[name] = {"tr": tr, "epoch": 0, "it": tr.train_loader.epoch(0), "time": 0.0, "steps": 0}
 
         def next_batch(run):

@@ -1,11 +1,18 @@
-"""Your own model and your own 40-line loop, watched by reproscope.
+"""Your own model and your own 50-line loop, watched by reproscope and audited against a recipe.
 
-    python examples/own_loop.py            # ~20 s on 2 CPU cores; writes runs/own-loop/
+    python examples/own_loop.py            # ~30 s on 2 CPU cores; writes runs/own-loop/
+    reproscope audit runs/own-loop         # the loop against the recipe, as a table
 
 A small CNN written here (not a reproscope model) trains on the built-in shapes10 data with a plain
-PyTorch loop. ``reproscope.watch`` adds the Trainer's probes (stats.jsonl, TensorBoard), loss-spike
-events and the NaN/Inf tripwire with a replayable reproducer, without changing the loop.
+PyTorch loop that follows the ``quickstart`` recipe's optimizer (AdamW, no weight decay on 1-D
+parameters), schedule (linear warmup for one epoch, then cosine per step) and batch, for 3 of its 20
+epochs. ``reproscope.watch`` adds the Trainer's probes (stats.jsonl, TensorBoard), loss-spike events
+and the NaN/Inf tripwire with a replayable reproducer, and with ``paper="quickstart"`` reads the loop
+(optimizer groups, the lr curve, targets, evaluation mode) and writes every deviation from the
+recipe to ``deviations.json``: here the 3 epochs, and the augmentation it never saw (no ``data=``).
 """
+
+import math
 
 import torch
 import torch.nn as nn
@@ -32,10 +39,18 @@ def main() -> None:
     xtr, ytr = generate_shapes(4000, 32, seed=0)
     xva, yva = generate_shapes(1000, 32, seed=1)
     norm = lambda x: (x.float() / 255 - 0.5) / 0.25  # noqa: E731
+    hparams = {"lr": 2e-3, "weight_decay": 0.05, "batch": 128, "epochs": 3, "warmup_epochs": 1, "min_lr": 1e-5}
     model = SmallCNN()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    hparams = {"lr": 2e-3, "weight_decay": 0.05, "batch": 64, "epochs": 3}
-    with reproscope.watch(model, opt, run_dir="runs/own-loop", config=hparams) as w:
+    decay = [p for p in model.parameters() if p.ndim > 1]  # no decay on biases and BatchNorm (1-D)
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": hparams["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=hparams["lr"])
+    steps_per_epoch = math.ceil(len(ytr) / hparams["batch"])
+    total, warmup = hparams["epochs"] * steps_per_epoch, hparams["warmup_epochs"] * steps_per_epoch
+    floor = hparams["min_lr"] / hparams["lr"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup if s < warmup else
+                                              floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
+    with reproscope.watch(model, opt, run_dir="runs/own-loop", config=hparams, paper="quickstart") as w:
         for epoch in range(hparams["epochs"]):
             model.train()
             for idx in torch.randperm(len(ytr)).split(hparams["batch"]):
@@ -45,12 +60,13 @@ def main() -> None:
                 if w.step(loss, targets=y):  # False: non-finite; located and a reproducer written
                     opt.step()
                 opt.zero_grad()
+                sched.step()
             model.eval()
             with torch.no_grad():
                 top1 = (model(norm(xva)).argmax(1) == yva).float().mean().item() * 100
             w.evaluate(top1=top1)
             print(f"epoch {epoch + 1}: val top-1 {top1:.1f}%")
-    print("run directory: runs/own-loop (stats.jsonl, metrics.jsonl, tb/)")
+    print("run directory: runs/own-loop (stats.jsonl, metrics.jsonl, tb/, loop.json, deviations.json)")
 
 
 if __name__ == "__main__":

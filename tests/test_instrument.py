@@ -52,7 +52,8 @@ def test_probes_write_stats_and_tensorboard(tiny_recipe, tmp_path):
 
 def test_histograms_are_on_by_default_at_a_sparse_schedule(tiny_recipe, tmp_path):
     """#18: gradient/weight/activation histograms without asking, on the first probe step and then at the
-    first probe step hist_every steps later; activations are held only for those steps."""
+    first probe step hist_every steps later, and always at the run's middle and last step (6 and 12);
+    activations are held only for those steps."""
     r = apply_overrides(tiny_recipe, {**SMALL, "sched.epochs": 3, "instrument.probe_every": 2,
                                       "instrument.hist_every": 4})  # 12 steps; probes at 1, 2, 4, 6, 8, 10, 12
     assert get_recipe("quickstart").instrument.histograms is True
@@ -63,7 +64,7 @@ def test_histograms_are_on_by_default_at_a_sparse_schedule(tiny_recipe, tmp_path
     tags = acc.Tags()["histograms"]
     assert {"grads/head.weight", "weights/head.weight"} <= set(tags) and any(t.startswith("activations/") for t in tags)
     for tag in ("grads/head.weight", "weights/head.weight"):
-        assert [e.step for e in acc.Histograms(tag)] == [1, 6, 10]
+        assert [e.step for e in acc.Histograms(tag)] == [1, 6, 10, 12]
 
 
 def test_hooks_toggle_and_handles_are_idempotent():

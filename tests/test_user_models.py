@@ -382,3 +382,40 @@ def test_diagnose_names_a_figures_folder_only_when_it_wrote_one(tmp_path, capsys
     rc = main(["diagnose", "loss-at-init", "--set", "data.train_size=256", "--set", "data.batch_size=32",
                "--out", str(tmp_path / "d")])
     assert rc in (0, 1) and "figures in" not in capsys.readouterr().out
+
+
+DP_NET = """
+    import torch
+    import torch.nn as nn
+    from torchvision.ops import StochasticDepth
+    class Net(nn.Module):
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 4, 4)
+            self.convs = nn.ModuleList(nn.Conv2d(16, 16, 3, 1, 1) for _ in range(3))
+            self.drops = nn.ModuleList(StochasticDepth(p, "row") for p in (0.0, 0.05, 0.1))
+            self.head = nn.Linear(16, num_classes)
+        def forward(self, x):
+            x = self.stem(x)
+            for conv, drop in zip(self.convs, self.drops):
+                x = x + drop(conv(x))
+            return self.head(x.mean((2, 3)))
+    def make(num_classes):
+        return Net(num_classes)
+"""
+
+
+def test_a_user_models_deviation_rows_say_what_the_model_is(tmp_path):
+    """A --model run on a recipe whose model.* rows describe another model (patch size, drop path 0.0,
+    'stochastic depth would only slow it'): those rows go; the model's own drop path (0.1, linear) is
+    read from its modules; a --set sched.epochs row does not carry the recipe's reason for 15 epochs."""
+    import json
+    src = _file(tmp_path, DP_NET)
+    rd = tmp_path / "run"
+    args = ["train", "--recipe", "dyt-vit_quick-imagenette-cpu", "--model", f"{src}:make", "--run-dir", str(rd),
+            "--set", "data.dataset=shapes10", "--set", "data.root=", *TRAIN]
+    assert main(args) == 0
+    devs = {d["key"]: d for d in json.loads((rd / "deviations.json").read_text())["deviations"]}
+    assert devs["model.name"]["value"] == f"{src}:make" and "parameters" in devs["model.name"]["reason"]
+    assert "model.patch_size" not in devs and "model.drop_path" not in devs  # 0.1, linear: the paper's own
+    assert devs["sched.epochs"]["value"] == 1 and devs["sched.epochs"]["reason"] == "command-line override (recipe had 15)"

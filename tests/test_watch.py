@@ -215,3 +215,58 @@ def test_an_exception_inside_the_block_leaves_valid_files_and_no_hooks(tmp_path)
         assert lines and all(json.loads(line) for line in lines)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["batch_size"] == 8
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_a_grad_norm_overflow_gets_the_trainers_code_in_a_watched_loop(tiny_recipe, tmp_path, capsys):
+    """Logits x 1e20: every gradient finite, their norm overflows float32. The Trainer stops with code
+    ``divergence`` and the largest gradients named; the watched loop gets the same decision (one guard)."""
+    from reproscope.model import create_model
+    from reproscope.train.trainer import Trainer
+    from reproscope.config import apply_overrides
+    codes = {}
+    for loop in ("trainer", "watch"):
+        torch.manual_seed(0)
+        model = create_model("vit_quick", num_classes=10)
+        model.head.register_forward_hook(lambda m, i, o: o * 1e20)
+        if loop == "trainer":
+            t = Trainer(apply_overrides(tiny_recipe, {"instrument.enabled": False}), tmp_path / loop, model=model,
+                        tensorboard=False)
+            t.fit()
+            d = t.tripped
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            with reproscope.watch(model, opt, run_dir=tmp_path / loop, tensorboard=False) as w:
+                x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                assert w.step(loss, targets=y) is False and w.stop_requested
+            d = w.last_decision
+        codes[loop] = (d.action, d.code, "head.weight" in [n for n, _ in d.findings["largest_grads"]])
+    assert codes["trainer"] == codes["watch"] == ("stop", "divergence", True)
+    out = capsys.readouterr().out
+    assert "not reproducible" not in out and out.count("DIVERGED") == 2
+
+
+def test_a_nan_report_records_an_input_of_any_shape(tmp_path, capsys):
+    """Tabular input [B, 4]: the reproducer records it as it is (no image size is made up from it)."""
+    class Tab(torch.nn.Module):
+        def __init__(self, num_classes=3):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, num_classes)
+            with torch.no_grad():
+                self.fc.weight[0, 0] = float("nan")
+
+        def forward(self, x):
+            return self.fc(x)
+
+    model = Tab()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with reproscope.watch(model, opt, run_dir=tmp_path / "run", tensorboard=False, model_spec=None) as w:
+        x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        assert w.step(loss, targets=y) is False
+    assert w.last_decision.code == "nonfinite"
+    rep = torch.load(tmp_path / "run" / "nonfinite-step1.pt", weights_only=True)
+    assert tuple(rep["batches"][0][0].shape) == (6, 4)
+    assert "phase forward, module 'fc'" in capsys.readouterr().out

@@ -8,12 +8,12 @@ Each layer imports only from its own layer and the layers below it, function-loc
 (``tests/test_layers.py`` enforces it, and that the order below is the test's):
 
 Layers: config, recipes, hardware, plotting -> model -> runtime -> train -> instrument -> checks -> diagnostics -> launch, cli, __main__, __init__
+
+The public API for your own loop: :func:`watch` (and the :class:`Watch` it returns).
 """
 
 __version__ = "0.1.0"
 
+from .instrument.watch import Watch, watch  # noqa: E402  (the public API: help(reproscope.watch))
 
-def watch(*args, **kwargs):
-    """Our instruments inside your own training loop: see ``reproscope.instrument.watch``."""
-    from .instrument.watch import watch as _watch
-    return _watch(*args, **kwargs)
+__all__ = ["Watch", "watch", "__version__"]

@@ -76,7 +76,7 @@ class DataConfig:
 class OptimConfig:
     name: str = _f("adamw", "optimizer", choices=("adamw", "sgd"))
     lr: float = _f(2e-3, "peak learning rate (absolute, after warmup)", gt=0)
-    weight_decay: float = _f(0.05, "decoupled weight decay (not on 1-D params, pos_embed, cls_token)", min=0)
+    weight_decay: float = _f(0.05, "decoupled weight decay (not on 1-D params, position embeddings, class/register tokens, or what the model lists in no_weight_decay())", min=0)
     beta1: float = _f(0.9, "AdamW beta1 / SGD momentum", min=0, max=1)
     beta2: float = _f(0.999, "AdamW beta2", min=0, max=1)
     eps: float = _f(1e-8, "AdamW epsilon", gt=0)

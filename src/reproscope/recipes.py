@@ -47,7 +47,8 @@ def register_recipe(recipe: Recipe) -> Recipe:
 
 def deviation_log(recipe: Recipe) -> list[dict]:
     """Every field in which ``recipe`` (as resolved, overrides included) differs from its parent paper
-    recipe, with the reason: the recipe's stated one, or 'command-line override' for --set changes."""
+    recipe, with the reason: the recipe's stated one, or 'command-line override' for --set changes (the
+    recipe's reason was written for the recipe's value, so it is not repeated beside another one)."""
     rows = []
     registered = _RECIPES.get(recipe.name)
     parent = _RECIPES.get(recipe.parent) if recipe.parent else None
@@ -58,7 +59,7 @@ def deviation_log(recipe: Recipe) -> list[dict]:
     for key, (was, now) in recipe_diff(base, recipe).items():
         reason = recipe.deviations.get(key, "")
         if key in overridden:
-            reason = f"command-line override (recipe had {overridden[key][0]!r})" + (f"; {reason}" if reason else "")
+            reason = f"command-line override (recipe had {overridden[key][0]!r})"  # its reason was for that value
         rows.append({"key": key, "parent": was, "value": now, "reason": reason})
     return rows
 

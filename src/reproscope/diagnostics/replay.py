@@ -59,4 +59,6 @@ def _rebuild_model(path: Path, rep: dict, recipe):
         return build_model(recipe.model, rep["num_classes"], recipe.data.img_size)
     spec = spec_in_run(source, path.parent)
     print(f"replay: rebuilding the user's model from {spec}")
-    return user_model(spec, rep["num_classes"], img_size=recipe.data.img_size)()
+    x = rep["batches"][0][0] if rep.get("batches") else None  # the input as it was: its size, not the recipe's
+    img_size = int(x.shape[-1]) if x is not None and x.ndim == 4 else None
+    return user_model(spec, rep["num_classes"], img_size=img_size)()

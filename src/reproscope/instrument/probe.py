@@ -59,6 +59,7 @@ class Instrument(Callback):
         self._tb_written_at = -10**9
         self._hist_written_at: int | None = None
         self._hist_now = False
+        self._key_steps: set[int] = set()  # the run's middle and last step: probed, with histograms
 
     # ---------------------------------------------------------------- events
     def on_train_start(self, trainer) -> None:
@@ -66,15 +67,18 @@ class Instrument(Callback):
             self.acts = ActivationStats(trainer.orig_model,
                                         samples=self.cfg.stat_samples, elements=self.cfg.stat_elements)
         self.params = [(n, p) for n, p in trainer.orig_model.named_parameters() if p.requires_grad]
+        total = getattr(trainer, "total_steps", 0)  # a watched loop does not know its length
+        self._key_steps = {max(1, total // 2), total} if total else set()
         self.stats_file = open(trainer.run_dir / "stats.jsonl", "a", buffering=1) if trainer.dist.is_main else None
         if trainer.step == 0:  # the paper-figure probes at initialisation: epoch -1 in paper_probes.jsonl
             self.on_epoch_end(trainer, -1)
 
     def on_step_start(self, trainer, step: int) -> None:
-        self.probing = probe_schedule(step, self.cfg.probe_every, self.cfg.probe_early)
+        key = step in self._key_steps  # every run shows its first, middle and last state
+        self.probing = key or probe_schedule(step, self.cfg.probe_every, self.cfg.probe_early)
         if self.probing:
             self._hist_now = self.cfg.histograms and trainer.log.tb is not None and (
-                self._hist_written_at is None or step - self._hist_written_at >= self.cfg.hist_every)
+                key or self._hist_written_at is None or step - self._hist_written_at >= self.cfg.hist_every)
             self.acts.keep_outputs = self._hist_now  # activations are held only for a histogram step
             trainer.request_eager_step()
             self.acts.clear()

@@ -9,7 +9,7 @@
             optimizer.zero_grad()
         w.evaluate(top1=..., loss=...)    # optional, once per epoch
 
-What it does, with the same code the Trainer uses (``Instrument``, ``SpikeDetector``,
+What it does, with the same code the Trainer uses (``Instrument``, ``StepGuard``, ``DivergenceWatch``,
 ``locate_nonfinite``, ``MetricsLog``): probes on the Trainer's schedule (per-module activation and
 gradient statistics, parameter norms, update-to-weight ratios) into ``stats.jsonl`` and TensorBoard;
 the loss, grad norm and events into ``metrics.jsonl``; loss-spike events; and on a non-finite loss or
@@ -30,10 +30,19 @@ Replay: pass ``targets=`` (and ``criterion=``, default cross-entropy) for an exa
 targets the backward phase is replayed with a surrogate loss (the mean square of the outputs).
 The reproducer rebuilds your model from ``model_spec`` (``file.py:factory``) or, when it is not
 given, from the model's class (its source file and name, called with ``num_classes``).
+
+Your loop, as a recipe: a :class:`~reproscope.instrument.loop.LoopObserver` reads the optimizer, its
+param groups and the lr of every step, the schedule from that lr curve, clipping, accumulation,
+label smoothing and mixing from the targets, drop path, precision, an ``ema=`` and whether
+evaluation ran in eval mode (``data=`` adds the transforms and the sampler). ``config.json`` holds
+it in the recipe's shape ("not observed" where the loop did not show a key), ``loop.json`` the
+evidence; with ``paper=NAME`` (any registered recipe) ``deviations.json`` holds every deviation from
+it, coded (``instrument.loop_audit``), and the closing summary prints the likely mistakes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -45,11 +54,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import InstrumentConfig, apply_overrides
+from ..config import InstrumentConfig, flat_items
 from ..recipes import get_recipe
 from ..runtime import distributed
-from ..train.guard import DivergenceWatch, SpikeDetector
+from ..train.guard import DivergenceWatch, StepDecision, StepGuard, grads_finite, overflow_findings
 from ..train.rundir import MetricsLog, NullLog, environment, write_json
+from .loop import LoopObserver
+from .loop_audit import audit
+from .loop_data import describe_data
 from .probe import Instrument
 from .tripwire import trip
 
@@ -73,11 +85,37 @@ class _TrainerView:
 
 class Watch:
     """See the module docstring. ``run_dir`` is created; ``config`` (any JSON-able dict) is written to
-    ``user_config.json``."""
+    ``user_config.json``.
+
+    Args:
+        model: your module (a ``torch.compile``d or DDP-wrapped one is unwrapped for the hooks).
+        optimizer: your optimizer (its groups, lr curve and the norms it sees are read through hooks).
+        run_dir: the run directory (created).
+        config: your own hyperparameters, kept whole under ``user_config``.
+        paper: a registered recipe name (``reproscope recipes``): the loop is audited against it
+            (``deviations.json``, printed at the end).
+        ema: your EMA (``torch.optim.swa_utils.AveragedModel``, timm ``ModelEma*``, or any object with
+            ``decay``): its decay and whether evaluation used it.
+        data: your training ``DataLoader`` / ``Dataset``, or ``{"train": ..., "val": ..., "mixup": ...}``:
+            transforms, sampler and mixing are read from them (``instrument.loop_data``).
+        instrument: the probe settings (``InstrumentConfig``; ``nan_policy`` "rollback" acts as "skip":
+            a loop that is not ours has no checkpoint to roll back to).
+        log_every: steps between two ``metrics.jsonl`` rows (loss, grad norm, lr of every group).
+        criterion: your loss function (the replay uses it; an ``nn.CrossEntropyLoss`` also tells the
+            label smoothing).
+        scaler: your ``torch.amp.GradScaler``.
+        model_spec: ``file.py:factory`` that rebuilds your model for a NaN reproducer.
+        tensorboard: write TensorBoard events beside ``metrics.jsonl``.
+
+    Raises:
+        ConfigError: ``paper`` is not a registered recipe (the message names the nearest).
+    """
 
     def __init__(self, model: nn.Module, optimizer=None, run_dir: str | Path = "runs/watch", config: dict | None = None,
-                 *, instrument: InstrumentConfig | None = None, log_every: int = 10, criterion=None, scaler=None,
-                 model_spec: str | None = None, tensorboard: bool = True):
+                 *, paper: str | None = None, ema=None, data=None, instrument: InstrumentConfig | None = None,
+                 log_every: int = 10, criterion=None, scaler=None, model_spec: str | None = None,
+                 tensorboard: bool = True):
+        self.paper = get_recipe(paper) if paper else None  # fails now, not at the end of the run
         self.model = model
         self.orig_model = unwrap(model)
         self.optimizer, self.scaler, self.criterion = optimizer, scaler, criterion
@@ -90,7 +128,10 @@ class Watch:
         self._view = _TrainerView(self.orig_model, self.run_dir, self.dist, self.log, log_every)
         self.cfg = instrument or InstrumentConfig()
         self.instrument = Instrument(self.cfg)
-        self.spikes = SpikeDetector(self.cfg.spike_window, self.cfg.spike_threshold)
+        scaler_on = scaler is not None and scaler.is_enabled()
+        self.guard = StepGuard(self.cfg, scaler=scaler_on)  # the Trainer's decision table
+        self.last_decision: StepDecision | None = None
+        self.stop_requested = False  # a decision said stop (non-finite with nan_policy=stop, a divergence)
         self.divergence: DivergenceWatch | None = None  # made once the number of classes is known
         self.nonfinite_steps: list[int] = []
         self.scaler_skips = 0
@@ -98,6 +139,10 @@ class Watch:
         self.last_input: torch.Tensor | None = None
         self.num_classes: int | None = None
         self.model_spec = model_spec or _infer_spec(self.orig_model)
+        self.loop = LoopObserver(self.orig_model, optimizer, scaler=scaler, criterion=criterion, ema=ema,
+                                 compiled=unwrap(model) is not model and hasattr(model, "_orig_mod"),
+                                 world_size=self.dist.world_size)
+        self.data = _describe(data)
         self._pending_end = False
         self._armed = False
         self._handles = []
@@ -107,6 +152,7 @@ class Watch:
         self.evals = 0
         self._t_eval = time.perf_counter()
         self._steps_at_eval: list[int] = []
+        self.audit: dict | None = None
         if self.dist.is_main:
             write_json(self.run_dir / "user_config.json", self.user_config)
             self._write_config()
@@ -116,6 +162,7 @@ class Watch:
     def __enter__(self) -> "Watch":
         self.instrument.on_train_start(self._view)
         self._register()
+        self.loop.attach()
         return self
 
     def _register(self) -> None:
@@ -142,57 +189,87 @@ class Watch:
     def step(self, loss: torch.Tensor, targets: torch.Tensor | None = None) -> bool:
         """Call once per optimizer step, after ``backward()``, before ``optimizer.step()``.
 
-        Returns False when the loss or the gradient norm is non-finite (the module and phase are
-        printed and logged, a reproducer is written): skip ``optimizer.step()`` then. A GradScaler
-        overflow (scale about to drop) returns True: the scaler skips that step itself.
+        The step gets the Trainer's decision (``train.guard.StepGuard``: ok, loss-spike,
+        scaler-overflow, divergence, nonfinite; kept in ``last_decision``). Returns True when the
+        optimizer should step: False on a non-finite loss or gradient norm (the module and phase are
+        printed and logged, a reproducer is written), on a grad-norm overflow of finite gradients
+        (``divergence``: the largest gradients are named) and on a skipped spike; then skip
+        ``optimizer.step()``, and end the loop when ``stop_requested`` is set. A GradScaler overflow
+        returns True: the scaler skips that step itself. ``targets``: the batch's labels (hard or
+        soft): an exact NaN replay, and the loop audit's label smoothing and mixing.
         """
-        grads = [p.grad for p in self.orig_model.parameters() if p.grad is not None]
-        scale = self.scaler.get_scale() if self.scaler is not None and self.scaler.is_enabled() else 1.0
-        gn_t = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+        named = [(n, p) for n, p in self.orig_model.named_parameters() if p.grad is not None]
+        gn_t = torch.nn.utils.get_total_norm([p.grad for _, p in named]) if named else torch.zeros((), device=loss.device)
         lv, gn = torch.stack([loss.detach().float(), gn_t.float().to(loss.device)]).tolist()  # one sync
         self._view.step = self.step_count
         if self._train_shape is None and self.last_input is not None:  # the first training batch's shape
             self._train_shape = tuple(self.last_input.shape)  # (a last partial batch is smaller)
         self.instrument.on_after_backward(self._view)
-        ok = math.isfinite(lv) and math.isfinite(gn)
-        if not ok and self.scaler is not None and self.scaler.is_enabled() and math.isfinite(lv):
-            self.scaler_skips += 1  # fp16 overflow: the scaler skips this step and backs off
-            self.log.log("event", self.step_count + 1, type="scaler_skip", scale=scale)
-            ok = True
-        elif not ok:
-            self._nonfinite(lv, gn, targets)
-        else:
-            spike = self.spikes.check(lv)
-            if spike is not None:
-                self.spike_count += 1
-                self.log.log("event", self.step_count + 1, type="loss_spike", **spike)
+        self.loop.on_step(loss, targets)
+        finite = None
+        if math.isfinite(lv) and not math.isfinite(gn) and not self.guard.scaler:
+            finite = grads_finite(p for _, p in named)
+        d = self._announce(self.guard.decide(lv, gn, self.step_count + 1, grads_finite=finite), targets, named)
+        if d.action == "step" and d.code != "scaler-overflow":
             self._watch_divergence(lv, gn)
+        self.last_decision = d
         self.step_count += 1
         self._view.step = self.step_count
         if self.step_count % self.log_every == 0 or self.step_count == 1:
-            self.log.log("train", self.step_count, loss=lv, grad_norm=gn)
+            lrs = {} if self.optimizer is None else {
+                "lr": float(self.optimizer.param_groups[0]["lr"]),
+                **({f"lr_group{i}": float(g["lr"]) for i, g in enumerate(self.optimizer.param_groups)}
+                   if len(self.optimizer.param_groups) > 1 else {})}
+            self.log.log("train", self.step_count, loss=lv, grad_norm=gn, **lrs)
         self._pending_end, self._armed = True, False
-        return ok
+        return d.action == "step"
+
+    def _announce(self, d: StepDecision, targets, named) -> StepDecision:
+        """Log the decision's event as the Trainer does (same event types and fields)."""
+        if d.code == "scaler-overflow":
+            self.scaler_skips += 1  # fp16 overflow: the scaler skips this step and backs off
+            self.log.log("event", d.step, type="scaler_skip", scale=float(self.scaler.get_scale()),
+                         in_a_row=self.guard.scaler_overflows)
+        elif d.code == "loss-spike":
+            self.spike_count += 1
+            self.log.log("event", d.step, type="loss_spike", skipped=d.action == "skip", **d.spike)
+        elif d.code == "divergence":
+            d = dataclasses.replace(d, findings=overflow_findings(named))
+            self.log.log("event", d.step, type="divergence", reason="grad norm overflow", loss=d.loss,
+                         grad_norm_fp64=d.findings["grad_norm_fp64"],
+                         largest_grads=[[n, v] for n, v in d.findings["largest_grads"]])
+            print(f"DIVERGED: {d.reason()}", flush=True)
+        elif d.code == "nonfinite":
+            d = dataclasses.replace(d, findings=self._nonfinite(d.loss, d.grad_norm, targets))
+        if d.action == "stop":
+            self.stop_requested = True
+        return d
 
     def _watch_divergence(self, loss: float, grad_norm: float) -> None:
         if self.divergence is None:
             self.divergence = DivergenceWatch(self.num_classes or 2)
-        ev = self.divergence.check(loss, grad_norm, self.step_count + 1)
-        if ev is not None and ev["step"] == self.step_count + 1:
-            findings = {}
-            if self.cfg.probes and self.dist.is_main and self.last_input is not None:  # the paper-figure probes now
-                findings = self.instrument.probe_now(self.orig_model, self.last_input[:64].detach(), self.run_dir,
-                                                     "probes_at_divergence.pt")
-            ev["findings"] = findings
+        ev = self.divergence.flag(loss, grad_norm, self.step_count + 1, find=self._probe_divergence)
+        if ev is not None:
             self.log.log("event", ev["step"], type="divergence", **{k: v for k, v in ev.items() if k != "step"})
             print(f"DIVERGING at step {ev['step']}: {ev['reason']} (still finite)", flush=True)
-            for f in findings.values():
+            for f in ev["findings"].values():
                 print(f"  {f['sentence']}", flush=True)
+
+    def _probe_divergence(self, flagged: dict, findings: dict) -> None:
+        """The paper-figure probes at the step a finite run is flagged as diverging."""
+        if self.cfg.probes and self.dist.is_main and self.last_input is not None:
+            findings.update(self.instrument.probe_now(self.orig_model, self.last_input[:64].detach(), self.run_dir,
+                                                      "probes_at_divergence.pt"))
 
     def evaluate(self, **metrics: float) -> None:
         """Log evaluation metrics (e.g. ``top1=``, ``top5=``, ``loss=``) at the current step; one call per
-        epoch makes the run directory's epochs (``reproscope report`` counts them)."""
+        epoch makes the run directory's epochs (``reproscope report`` counts them). Call it after your
+        evaluation forwards: the loop audit reads whether they ran in eval mode, and on the EMA."""
         now = time.perf_counter()
+        ran = self.loop.on_evaluate()
+        if ran["train_mode"] and self.evals == 0:
+            print(f"warning: the model was in train mode in {ran['train_mode']} evaluation forwards (call "
+                  f"model.eval() before evaluating; BatchNorm and dropout behave differently)", flush=True)
         self.log.log("train", self.step_count, epoch_time_s=now - self._t_eval)
         self.log.log("val", self.step_count, epoch=self.evals, **metrics)
         self._t_eval = now
@@ -200,41 +277,69 @@ class Watch:
         if self.dist.is_main:
             self._write_config()
 
-    def _write_config(self) -> None:
-        """``config.json`` in the recipe's shape, with what a watched loop tells us (batch and image size
-        from the last input, lr and weight decay from the optimizer, epochs = ``evaluate`` calls), so
-        ``report`` and ``compare`` read the run; the keys a loop does not expose are absent, and your own
-        ``config`` dict is kept whole under ``user_config``."""
-        x = self._train_shape
-        g = self.optimizer.param_groups[0] if self.optimizer is not None and self.optimizer.param_groups else {}
-        cfg = {"name": "watch", "parent": "", "user_config": self.user_config,
-               "model": {"name": self.model_spec},
-               "data": {"dataset": "your loop", "root": "-", "batch_size": int(x[0]) if x else 0,
-                        "img_size": int(x[-1]) if x and len(x) == 4 else 0,
-                        "num_classes": self.num_classes or 0},
-               "optim": {"name": type(self.optimizer).__name__ if self.optimizer is not None else "-",
-                         "lr": g.get("lr"), "weight_decay": g.get("weight_decay"), "accum_steps": 1},
-               "sched": {"epochs": max(self.evals, 1)},
-               "precision": {"amp": "fp16 (GradScaler)" if self.scaler is not None and self.scaler.is_enabled()
-                             else "as in your loop"},
-               "run": {"log_every": self.log_every}}
-        write_json(self.run_dir / "config.json", cfg)
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps per epoch: from ``data=``'s length when given, else steps / ``evaluate`` calls."""
+        n = self.data.get("train_batches")
+        if n:
+            accum = max(1, self.loop.forwards_per_step.most_common(1)[0][0]) if self.loop.forwards_per_step else 1
+            return max(1, n // accum)
+        return self.step_count // self.evals if self.evals else None
 
-    def _nonfinite(self, loss: float, grad_norm: float, targets) -> None:
+    def facts(self) -> tuple[dict, dict]:
+        """What the loop showed, as flat recipe keys (absent = not observed), and the evidence."""
+        spe = self.steps_per_epoch()
+        facts, details = self.loop.facts(spe)
+        facts.update(self.data.get("observed", {}))
+        details["data"] = {k: v for k, v in self.data.items() if k != "observed"}
+        if self.evals or spe:
+            facts["sched.epochs"] = round(self.step_count / spe, 2) if spe and self.data.get("train_batches") \
+                else self.evals
+        if self._train_shape and "data.batch_size" not in facts:
+            facts["data.batch_size"] = int(self._train_shape[0])
+        return facts, details
+
+    def _write_config(self) -> None:
+        """``config.json`` in the recipe's shape: every key, with its observed value or "not observed"
+        (never a default taken as equal); ``loop.json`` the evidence; ``deviations.json`` the audit
+        against ``paper`` (when given). ``report`` and ``compare`` read it as any run."""
+        facts, details = self.facts()
+        cfg: dict = {"name": "watch", "parent": self.paper.name if self.paper else "",
+                     "user_config": self.user_config}
+        for key in flat_items(get_recipe("quickstart")):
+            section, name = key.split(".")
+            if section in ("run", "instrument"):
+                continue
+            cfg.setdefault(section, {})[name] = facts.get(key, "not observed")
+        cfg["model"]["name"] = self.model_spec
+        cfg["data"].update(dataset="your loop", root="-")
+        cfg["run"] = {"log_every": self.log_every}
+        cfg["not_observed"] = sorted(k for k in flat_items(get_recipe("quickstart"))
+                                     if k not in facts and not k.startswith(("run.", "instrument.", "model.", "data.")))
+        write_json(self.run_dir / "config.json", cfg)
+        write_json(self.run_dir / "loop.json", {"facts": facts, "details": details, "steps": self.step_count,
+                                                "evaluations": self.evals})
+        if self.paper is not None:
+            self.audit = audit(facts, self.paper)
+            write_json(self.run_dir / "deviations.json", self.audit)
+
+    def _nonfinite(self, loss: float, grad_norm: float, targets) -> dict:
+        """Replay the step, write the reproducer (the input recorded as it is: any shape), log the event."""
         x = self.last_input
         criterion = self.criterion or (F.cross_entropy if targets is not None else _surrogate)
         step = self.step_count + 1
         for h in self._handles:  # the replay deep-copies the model with its hooks; ours hold open files
             h.remove()
-        recipe = apply_overrides(get_recipe("quickstart"), {"data.img_size": int(x.shape[-1])}) if x is not None else None
+        self.loop.detach()
         try:
             _, fields = trip(self.orig_model, [(x, targets)], criterion, step=step, run_dir=self.run_dir,
-                             write=self.dist.is_main, recipe_json=json.dumps(recipe.to_dict()) if recipe else "{}",
+                             write=self.dist.is_main, recipe_json=json.dumps(get_recipe("quickstart").to_dict()),
                              model_source={"spec": self.model_spec}, num_classes=self.num_classes or 0)
         finally:
             self._register()
+            self.loop.attach()
         self.log.log("event", step, type="nonfinite", loss=loss, grad_norm=grad_norm, **fields)
         self.nonfinite_steps.append(step)
+        return fields
 
     def close(self) -> None:
         """Finish the last probe, remove every hook, flush and close the files (idempotent)."""
@@ -247,10 +352,24 @@ class Watch:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self.loop.detach()
         self.instrument.close()
         if self.dist.is_main:
             self._write_config()
+            self._print_audit()
         self.log.close()
+
+    def _print_audit(self) -> None:
+        if self.audit is None:
+            return
+        rows = self.audit["deviations"]
+        mistakes = [r for r in rows if r["mistake"]]
+        print(f"loop audit against {self.paper.name}: {len(rows)} deviations, {len(mistakes)} likely mistakes "
+              f"(deviations.json in {self.run_dir}; `reproscope audit {self.run_dir}` prints the table)", flush=True)
+        for r in mistakes:
+            print(f"  [{r['code']}] {r['key']}: {r['reason']}", flush=True)
+        if self.audit["not_observed"]:
+            print(f"  not observed: {', '.join(self.audit['not_observed'])}", flush=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -262,6 +381,22 @@ def unwrap(model: nn.Module) -> nn.Module:
         if inner is None:
             return model
         model = inner
+
+
+def _describe(data) -> dict:
+    """``describe_data`` of ``data=`` (a loader / dataset, or a dict with train, val, mixup), plus the
+    number of training batches when the train loader has a length."""
+    if data is None:
+        return {}
+    parts = data if isinstance(data, dict) else {"train": data}
+    out = describe_data(parts.get("train"), parts.get("val"), parts.get("mixup"))
+    train = parts.get("train")
+    if isinstance(train, torch.utils.data.DataLoader):
+        try:
+            out["train_batches"] = len(train)
+        except TypeError:  # an iterable dataset without a length
+            pass
+    return out
 
 
 def _infer_spec(model: nn.Module) -> str:
@@ -278,7 +413,23 @@ def _infer_spec(model: nn.Module) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def watch(model: nn.Module, optimizer=None, run_dir: str | Path = "runs/watch", config: dict | None = None,
-          **kwargs) -> Watch:
-    """``with reproscope.watch(model, optimizer, run_dir=..., config=...) as w:`` (see ``Watch``)."""
-    return Watch(model, optimizer, run_dir, config, **kwargs)
+def watch(model: nn.Module, optimizer=None, run_dir: str | Path = "runs/watch", config: dict | None = None, *,
+          paper: str | None = None, ema=None, data=None, instrument: InstrumentConfig | None = None,
+          log_every: int = 10, criterion=None, scaler=None, model_spec: str | None = None,
+          tensorboard: bool = True) -> Watch:
+    """Our instruments, and the loop audit, inside your own training loop::
+
+        with reproscope.watch(model, optimizer, run_dir="runs/mine", paper="dyt-vit_base-paper") as w:
+            for x, y in loader:
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                if w.step(loss, targets=y):   # False: skip optimizer.step() (see Watch.step)
+                    optimizer.step()
+                optimizer.zero_grad()
+            w.evaluate(top1=...)
+
+    Every argument is described on :class:`Watch`; this returns one.
+    """
+    return Watch(model, optimizer, run_dir, config, paper=paper, ema=ema, data=data, instrument=instrument,
+                 log_every=log_every, criterion=criterion, scaler=scaler, model_spec=model_spec,
+                 tensorboard=tensorboard)

@@ -27,6 +27,8 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
+import torch
+
 from ..config import InstrumentConfig
 
 MAX_CONSECUTIVE_ROLLBACKS = 3
@@ -180,7 +182,34 @@ class DivergenceWatch:
     def state_dict(self) -> dict:
         return {"losses": self.losses, "norms": self.norms, "flagged": self.flagged}
 
+    def flag(self, loss: float, grad_norm: float, step: int, find=None) -> dict | None:
+        """The divergence event the first time the run is flagged at ``step`` (else None), with the
+        ``findings`` that ``find(flagged, findings)`` adds (the Trainer fires its ``divergence`` event
+        there, ``watch`` runs the paper-figure probes). One path for both loops."""
+        ev = self.check(loss, grad_norm, step)
+        if ev is None or ev["step"] != step:
+            return None
+        findings: dict = {}
+        if find is not None:
+            find(dict(ev), findings)
+        ev["findings"] = findings
+        return ev
+
     def load_state_dict(self, state: dict) -> None:
         self.losses = list(state.get("losses", []))
         self.norms = list(state.get("norms", []))
         self.flagged = state.get("flagged")
+
+
+def grads_finite(params) -> bool:
+    """Whether every gradient of ``params`` is finite (asked only when the total norm is not: a norm of
+    finite gradients can still overflow float32)."""
+    return all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+
+
+def overflow_findings(named_params) -> dict:
+    """For a grad-norm overflow: the total norm in float64 and the three largest per-parameter gradient
+    norms (float64, ``[[name, norm], ...]``), what the ``divergence`` stop reports."""
+    norms = sorted(((n, torch.linalg.vector_norm(p.grad.double()).item()) for n, p in named_params
+                    if p.grad is not None), key=lambda t: -t[1])
+    return {"grad_norm_fp64": math.sqrt(sum(v ** 2 for _, v in norms)), "largest_grads": norms[:3]}

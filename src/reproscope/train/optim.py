@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 
 import torch
@@ -10,12 +11,98 @@ import torch.nn as nn
 from ..config import OptimConfig, ScheduleConfig
 
 
+# Layers whose parameters are decided by their ndim alone (weight matrices / kernels decayed, vectors
+# not): a parameter registered directly on one of these is never read as a token or an embedding.
+_STANDARD_LAYERS: tuple[type, ...] = tuple(t for t in (
+    nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.Embedding, nn.EmbeddingBag,
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None),
+    nn.MultiheadAttention, nn.RNNBase, nn.RNNCellBase, nn.PReLU) if t is not None)
+
+DECAY_RULES = ("decay", "1-d", "no_weight_decay()", "position-embedding", "class-token")
+
+
+def _declared_no_decay(model: nn.Module) -> set[str]:
+    """Full names of the parameters that the model or any submodule lists in its ``no_weight_decay()``.
+
+    timm's convention: a module's ``no_weight_decay()`` returns names relative to that module
+    (``pos_embed``, ``blocks.0.attn.relative_position_bias_table``); ``fnmatch`` wildcards are allowed
+    (as timm's optimizer factory allows them). A name also matches every parameter below that module
+    whose last component it is (``"relative_position_bias_table"`` listed on the root covers each block's).
+    """
+    out: set[str] = set()
+    for prefix, mod in model.named_modules():
+        fn = getattr(mod, "no_weight_decay", None)
+        if not callable(fn):
+            continue
+        listed = {str(s) for s in fn()}
+        if not listed:
+            continue
+        for rel, _ in mod.named_parameters():
+            last = rel.rsplit(".", 1)[-1]
+            if rel in listed or last in listed or any(fnmatch.fnmatchcase(rel, s) for s in listed):
+                out.add(f"{prefix}.{rel}" if prefix else rel)
+    return out
+
+
+def decay_rules(model: nn.Module) -> dict[str, str]:
+    """``{param name: rule}`` for every trainable parameter: which rule decides its weight decay.
+
+    The rules, first match wins:
+
+    ``"1-d"`` (no decay)
+        ``ndim <= 1``: norm and DyT weights/biases/alpha, biases, 1-D layer scales.
+    ``"no_weight_decay()"`` (no decay)
+        the model or one of its submodules lists it in its own ``no_weight_decay()`` (timm's convention;
+        see :func:`_declared_no_decay` for how names are matched).
+    ``"class-token"`` (no decay) and ``"position-embedding"`` (no decay)
+        decided by kind, not by name: a parameter registered directly on a module that is not a standard
+        layer (``_STANDARD_LAYERS``: Linear, Conv*, Embedding, norm layers, MultiheadAttention, RNNs, ...),
+        with ``ndim >= 3`` and leading dim 1, is something added to or concatenated with the token
+        sequence (a weight matrix or kernel has no leading batch dim of 1). Of those, a ``[1, k, C]``
+        parameter is a ``"class-token"`` (cls / register / distillation tokens) when ``k == 1`` or when
+        the same module holds another ``[1, N, C]`` one with the same ``C`` and a larger ``N`` (the
+        position embedding next to its register tokens); every other one (``[1, N, C]``,
+        ``[1, C, H, W]``, ``[1, H, W, C]``) is a ``"position-embedding"``. Shape alone cannot tell a
+        ``[1, 1, C]`` token from a layer scale stored as ``[1, 1, C]``, or a ``[1, C, H, W]`` embedding
+        from a ``[1, C, 1, 1]`` scale; all of them get no decay, only the label reads them as tokens.
+    ``"decay"``
+        everything else: weight matrices, conv kernels, embedding tables, and other 2-D parameters. In
+        particular a relative-position-bias table (Swin's ``relative_position_bias_table``,
+        ``[(2W-1)^2, heads]`` on the attention module) is decayed unless the model declares it in a
+        ``no_weight_decay()`` (timm's Swin does, so it is then ``"no_weight_decay()"``): the same default
+        as timm, whose optimizer factory only exempts 1-D parameters and declared names.
+    """
+    declared = _declared_no_decay(model)
+    modules = dict(model.named_modules())
+    # tokens / embeddings: directly registered, ndim >= 3, leading dim 1, on a non-standard module
+    seq: dict[str, str] = {}
+    for mname, mod in modules.items():
+        if isinstance(mod, _STANDARD_LAYERS):
+            continue
+        own = [(n, p) for n, p in mod.named_parameters(recurse=False) if p.ndim >= 3 and p.shape[0] == 1]
+        for n, p in own:
+            full = f"{mname}.{n}" if mname else n
+            token = p.ndim == 3 and (p.shape[1] == 1 or any(
+                q.ndim == 3 and q.shape[2] == p.shape[2] and q.shape[1] > p.shape[1] for _, q in own))
+            seq[full] = "class-token" if token else "position-embedding"
+    rules: dict[str, str] = {}
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1:
+            rules[n] = "1-d"
+        elif n in declared:
+            rules[n] = "no_weight_decay()"
+        else:
+            rules[n] = seq.get(n, "decay")
+    return rules
+
+
 def no_decay_names(model: nn.Module) -> set[str]:
-    """Parameters that get no weight decay: every 1-D (or scalar) parameter (norm/DyT
-    parameters, biases, layer scales) and whatever the model lists in ``no_weight_decay()``
-    (positional embedding, class token)."""
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    return {n for n, p in model.named_parameters() if p.ndim <= 1 or n in skip or n.split(".")[-1] in skip}
+    """Trainable parameters that get no weight decay: every rule of :func:`decay_rules` but ``"decay"``
+    (1-D parameters, names declared in a ``no_weight_decay()``, class/register tokens and position
+    embeddings found by kind)."""
+    return {n for n, r in decay_rules(model).items() if r != "decay"}
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -33,16 +33,18 @@ from torch.profiler import record_function
 
 from ..config import ConfigError, Recipe, recipe_from_dict
 from ..model.build import build_model
+from ..model.observe import drop_path_rates, drop_path_rule
 from ..runtime.progress import progress
 from ..runtime import (autocast, distributed, is_conv_model, resolve_amp, resolve_device, rng_state,
                        seed_everything, set_rng_state)
-from ..recipes import deviation_log
+from ..recipes import deviation_log, get_recipe
 from .augment import BatchTransform, soft_cross_entropy
 from .callbacks import EVENTS, Callback
 from .checkpoint import atomic_save, load_checkpoint, read_manifest, saved_recipe, save_weights, write_manifest
 from .data import ArrayDataset, BatchLoader, build_datasets, channel_stats, check_labels
 from .ema import ModelEma
-from .guard import DivergenceWatch, StepDecision, StepGuard
+from .guard import DivergenceWatch, StepDecision, StepGuard, overflow_findings
+from .guard import grads_finite as guard_grads_finite
 from .optim import WarmupCosine, build_optimizer
 from .rundir import MetricsLog, NullLog, environment, write_json
 
@@ -267,7 +269,7 @@ class Trainer:
             self.request_stop("another process is stopping")
         grads_finite = None
         if math.isfinite(loss_v) and not math.isfinite(gn_v) and not self.scaler.is_enabled():
-            grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in self.params if p.grad is not None)
+            grads_finite = guard_grads_finite(self.params)
         decision = self.guard.decide(loss_v, gn_v, self.step + 1, grads_finite=grads_finite)
         decision = self._announce(decision, micro_batches, rng_before)
         self._act(decision, grad_norm)
@@ -275,22 +277,14 @@ class Trainer:
             self._watch_divergence(loss_v, gn_v, decision.step)
         return {"loss": loss_mean, "grad_norm": grad_norm.detach(), "lr": torch.tensor(lr)}
 
-    def _grad_norms_fp64(self) -> list[tuple[str, float]]:
-        """Every parameter's gradient norm in float64 (they may overflow float32), largest first."""
-        norms = [(n, torch.linalg.vector_norm(p.grad.double()).item()) for n, p in self.named_params
-                 if p.grad is not None]
-        return sorted(norms, key=lambda t: -t[1])
-
     def _watch_divergence(self, loss: float, grad_norm: float, step: int) -> None:
-        ev = self.divergence.check(loss, grad_norm, step)
-        if ev is not None and ev["step"] == step:  # the first time only
-            findings: dict = {}
-            self.fire("divergence", flagged=dict(ev), findings=findings)
-            ev["findings"] = findings
+        ev = self.divergence.flag(loss, grad_norm, step,
+                                  find=lambda flagged, findings: self.fire("divergence", flagged=flagged, findings=findings))
+        if ev is not None:
             self.log.log("event", step, type="divergence", **{k: v for k, v in ev.items() if k != "step"})
             print(f"DIVERGING at step {step}: {ev['reason']} (still finite; lower optim.lr, add warmup or "
                   f"optim.grad_clip)", flush=True)
-            for f in findings.values():
+            for f in ev["findings"].values():
                 print(f"  {f.get('sentence', f)}", flush=True)
 
     def _announce(self, d: StepDecision, micro_batches, rng_before) -> StepDecision:
@@ -300,11 +294,10 @@ class Trainer:
             self.log.log("event", d.step, type="scaler_skip", scale=float(self.scaler.get_scale()),
                          in_a_row=self.guard.scaler_overflows)
         elif d.code == "divergence":
-            norms = self._grad_norms_fp64()  # one pass gives the total and the largest
-            norm64, top = math.sqrt(sum(v ** 2 for _, v in norms)), norms[:3]
-            d = dataclasses.replace(d, findings={"grad_norm_fp64": norm64, "largest_grads": top})
+            d = dataclasses.replace(d, findings=overflow_findings(self.named_params))
             self.log.log("event", d.step, type="divergence", reason="grad norm overflow", loss=d.loss,
-                         grad_norm_fp64=norm64, largest_grads=[[n, v] for n, v in top])
+                         grad_norm_fp64=d.findings["grad_norm_fp64"],
+                         largest_grads=[[n, v] for n, v in d.findings["largest_grads"]])
             print(f"DIVERGED: {d.reason()}", flush=True)
         elif d.code == "loss-spike":
             last = self.train_loader.last_indices
@@ -391,8 +384,7 @@ class Trainer:
             devs = deviation_log(r) + self._resume_deviations()
             if self.model_source is not None:
                 write_json(self.run_dir / "model_source.json", self.model_source)
-                devs = [{"key": "model.name", "parent": r.model.name, "value": self.model_source["spec"],
-                         "reason": "the user's own model (--model); model.* keys do not apply to it"}, *devs]
+                devs = self._user_model_deviations(devs)
             write_json(self.run_dir / "deviations.json", {"recipe": r.name, "parent": r.parent, "deviations": devs})
         self.start()
         self._warn_ema_horizon()
@@ -425,6 +417,23 @@ class Trainer:
             save_weights(self.orig_model.state_dict(), self.run_dir / "model.safetensors")
         self.log.close()
         return self.last_eval
+
+    def _user_model_deviations(self, devs: list[dict]) -> list[dict]:
+        """For a ``--model`` run: the recipe's ``model.*`` rows describe a model that did not run, so they
+        go; the model rows say what the user's model *is* (spec, parameter count, drop-path rates and
+        their rule over depth, read from its modules) against the paper recipe's model."""
+        r = self.recipe
+        paper = get_recipe(r.parent).model if r.parent else r.model
+        n = sum(p.numel() for p in self.orig_model.parameters())
+        rows = [{"key": "model.name", "parent": paper.name, "value": self.model_source["spec"],
+                 "reason": f"the user's own model (--model), {n / 1e6:.2f}M parameters; the recipe's model.* "
+                           f"keys do not apply to it"}]
+        rates = [p for _, p in drop_path_rates(self.orig_model)]
+        rule, top = drop_path_rule(rates), max(rates, default=0.0)
+        if top != paper.drop_path or (rule not in ("linear", "off")):
+            rows.append({"key": "model.drop_path", "parent": paper.drop_path, "value": top,
+                         "reason": f"observed in the user's model: {len(rates)} stochastic-depth modules, {rule} over depth"})
+        return rows + [d for d in devs if not d["key"].startswith("model.")]
 
     def _warn_ema_horizon(self) -> None:
         """EMA averages over ~1 / (1 - decay) steps; more than half the run means its weights lag far behind."""

@@ -91,3 +91,37 @@ def test_keys_lists_type_default_and_accepted_values(capsys):
     assert main(["keys", "--names"]) == 0
     from reproscope.config import all_keys
     assert capsys.readouterr().out.split() == all_keys()
+
+
+def test_train_starts_from_a_config_file(tmp_path):
+    """--config: a run's config.json, or a JSON/YAML mapping of overrides; bad keys name the file."""
+    import json
+    from reproscope.config import ConfigError
+    from reproscope.recipes import get_recipe, recipe_from_file
+    run_cfg = tmp_path / "config.json"
+    run_cfg.write_text(get_recipe("quickstart-dyt").to_json())
+    assert recipe_from_file(str(run_cfg)).model.norm == "dyt"
+    over = tmp_path / "over.json"
+    over.write_text(json.dumps({"recipe": "quickstart", "optim.lr": 1e-3, "data": {"batch_size": 64}}))
+    r = recipe_from_file(str(over))
+    assert (r.optim.lr, r.data.batch_size, r.name) == (1e-3, 64, "quickstart")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"optim.lrr": 1e-3}))
+    with pytest.raises(ConfigError, match=r"bad.json: unknown key 'optim.lrr' \(did you mean 'optim.lr'\?\)"):
+        recipe_from_file(str(bad))
+    yml = tmp_path / "over.yaml"
+    yml.write_text("optim:\n  lr: 0.002\nsched.epochs: 3\n")
+    pytest.importorskip("yaml")
+    assert recipe_from_file(str(yml)).sched.epochs == 3
+    with pytest.raises(ConfigError, match="no such file"):
+        recipe_from_file(str(tmp_path / "missing.json"))
+
+
+def test_cli_help_and_a_closed_pipe(tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "reproscope", "--help"], capture_output=True, text=True)
+    assert "COMMAND --help" in out.stdout
+    piped = subprocess.run(f"{sys.executable} -m reproscope keys --names | head -2", shell=True, capture_output=True,
+                           text=True)
+    assert len(piped.stdout.splitlines()) == 2 and "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr

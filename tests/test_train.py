@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from reproscope.config import apply_overrides
+from reproscope.recipes import get_recipe
 from reproscope.model import create_model
 from reproscope.launch import train
 from reproscope.train.rundir import read_metrics
@@ -219,3 +220,24 @@ def test_tensorboard_gets_the_config_deviations_and_hparams(tiny_recipe, tmp_pat
         acc.Reload()
         tags |= set(acc.Tags().get("tensors", [])) | set(acc.Tags().get("scalars", []))
     assert {"config/text_summary", "deviations/text_summary", "hparam/final_top1"} <= tags, tags
+
+
+def test_hparams_columns_are_the_compared_knobs_and_the_deviations(tmp_path):
+    """The HPARAMS tab gets the recipe, the usual knobs (model.norm among them) and the deviation keys,
+    not all ~70 keys (which pushed the one that differed off-screen)."""
+    import json
+    from reproscope.launch import HPARAM_KEYS, tensorboard_summary
+
+    class TB:
+        def add_text(self, *a, **k):
+            pass
+
+        def add_hparams(self, hparams, metrics, **k):
+            self.hparams, self.metrics = hparams, metrics
+
+    r = get_recipe("dyt-vit_quick-imagenette-cpu")
+    (tmp_path / "deviations.json").write_text(json.dumps({"deviations": [{"key": "optim.lr"}, {"key": "aug.mix_prob"}]}))
+    tb = TB()
+    tensorboard_summary(tb, r, tmp_path, {"final_top1": 40.0, "best_top1": 41.0}, 10)
+    assert tb.hparams["model.norm"] == "dyt" and tb.hparams["recipe"] == r.name and "aug.mix_prob" in tb.hparams
+    assert len(tb.hparams) <= len(HPARAM_KEYS) + 3 and "instrument.hist_every" not in tb.hparams

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from .config import ConfigError, all_keys, apply_overrides, key_table
-from .recipes import DEFAULT_RECIPE, get_recipe, list_recipes
+from .recipes import DEFAULT_RECIPE, get_recipe, list_recipes, recipe_from_file
 
 
 def _add_recipe_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_RECIPE,
@@ -32,7 +32,8 @@ def train_overrides(args) -> list[str]:
 def cmd_train(args) -> int:
     from .launch import train
     overrides = train_overrides(args)
-    recipe = apply_overrides(get_recipe(args.recipe), overrides)
+    base = recipe_from_file(args.config, args.recipe) if args.config else get_recipe(args.recipe)
+    recipe = apply_overrides(base, overrides)
     trainer, metrics = train(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
                              overrides=overrides if args.resume else None, download=args.download,
                              trust_pickle=args.trust_pickle, weights=args.weights, model_spec=args.model)
@@ -241,11 +242,16 @@ def cmd_zoo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reproscope", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="reproscope", description=(
+        "Train, instrument and diagnose re-implementations of vision papers; `reproscope COMMAND --help` "
+        "describes each command, `reproscope keys` every --set key."))
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a recipe")
     _add_recipe_args(t)
+    t.add_argument("--config", default=None, metavar="FILE",
+                   help="start from a file: a run's config.json, or a JSON/YAML mapping of overrides (flat "
+                        "'optim.lr: 1e-3' or nested; 'recipe: NAME' picks the base); --set applies on top")
     t.add_argument("--run-dir", default=None, help="run directory (default: runs/<recipe>-<timestamp>)")
     t.add_argument("--resume", default=None, metavar="PATH|auto",
                    help="continue from a checkpoint file, a run directory, or 'auto' (the highest-step checkpoint "
@@ -393,7 +399,13 @@ def main(argv: list[str] | None = None) -> int:
     from .train.checkpoint import CheckpointError
     from .train.rundir import RunDirError
     try:
-        return args.fn(args)
+        status = args.fn(args)
+        sys.stdout.flush()  # inside the try: a reader that left shows here, not as a traceback at exit
+        return status
+    except BrokenPipeError:  # `reproscope keys --names | head`: the reader left; no traceback
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ConfigError, RunDirError, CheckpointError) as e:
         print(f"reproscope: error: {e}", file=sys.stderr)
         return 2

@@ -159,6 +159,8 @@ class InstrumentConfig:
                          choices=("stop", "skip", "rollback"))
     spike_window: int = _f(100, "loss-spike detector window (steps)", min=5)
     spike_threshold: float = _f(8.0, "a spike is loss > median + threshold x MAD of the window", gt=0)
+    spike_min_rel: float = _f(0.25, "a spike must also exceed the window's median by this fraction of it (a flat "
+                                    "run's wiggles score high against a near-zero MAD)", min=0)
     spike_skip: bool = _f(False, "skip the optimizer step on a loss spike")
     probes: bool = _f(True, "paper-figure probes (DyT curves and alpha, KAT ranges, MambaOut gates): numbers every epoch, figures at the end")
 

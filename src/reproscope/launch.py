@@ -58,9 +58,16 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     return trainer, metrics
 
 
+# the HPARAMS tab's columns: the knobs runs are usually compared on, then the run's deviation keys (the
+# whole config, ~70 keys, pushed the one that differed off-screen; it stays in the TEXT tab)
+HPARAM_KEYS = ("model.name", "model.norm", "run.seed", "optim.lr", "optim.weight_decay", "data.dataset",
+               "data.batch_size", "data.img_size", "sched.epochs", "precision.amp")
+
+
 def tensorboard_summary(tb, recipe: Recipe, run_dir: Path, summary: dict, step: int) -> None:
-    """The resolved config and the deviation log as TensorBoard text (TEXT tab), and the recipe's
-    scalar settings with the final and best top-1 for the HPARAMS tab (runs side by side)."""
+    """The resolved config and the deviation log as TensorBoard text (TEXT tab), and for the HPARAMS tab
+    (runs side by side) the recipe name, ``HPARAM_KEYS`` and the keys of the deviation log, with the
+    final and best top-1."""
     import json
     tb.add_text("config", "```\n" + json.dumps(recipe.to_dict(), indent=1) + "\n```", step)
     devs_file = run_dir / "deviations.json"
@@ -69,7 +76,9 @@ def tensorboard_summary(tb, recipe: Recipe, run_dir: Path, summary: dict, step: 
     tb.add_text("deviations", "| field | paper | ours | reason |\n|---|---|---|---|\n" + "\n".join(rows)
                 if rows else "no deviations from the parent recipe", step)
     flat = {f"{sec}.{k}": v for sec, fields in recipe.to_dict().items() if sec in SECTIONS for k, v in fields.items()}
-    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}
+    keys = dict.fromkeys([*HPARAM_KEYS, *sorted(d["key"] for d in devs if d.get("key") in flat)])
+    hparams = {"recipe": recipe.name, **{k: (flat[k] if isinstance(flat[k], (int, float, str, bool)) else str(flat[k]))
+                                         for k in keys if k in flat}}
     metrics = {f"hparam/{k}": summary[k] for k in ("final_top1", "best_top1") if summary.get(k) is not None}
     if metrics:
         tb.add_hparams(hparams, metrics, run_name=".", global_step=step)

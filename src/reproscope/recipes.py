@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from .config import (AugConfig, ConfigError, DataConfig, ModelConfig, OptimConfig, PrecisionConfig, Recipe,
-                     RegConfig, ScheduleConfig, apply_overrides, flat_items, nearest, recipe_diff, validate)
+from .config import (SECTIONS, AugConfig, ConfigError, DataConfig, ModelConfig, OptimConfig, PrecisionConfig, Recipe,
+                     RegConfig, ScheduleConfig, apply_overrides, flat_items, nearest, recipe_diff, recipe_from_dict,
+                     validate)
 
 _RECIPES: dict[str, Recipe] = {}
 
@@ -68,6 +70,48 @@ def get_recipe(name: str) -> Recipe:
     if name not in _RECIPES:
         raise ConfigError(f"unknown recipe {name!r}{nearest(name, _RECIPES)}; `reproscope recipes` lists them")
     return _RECIPES[name]
+
+
+def recipe_from_file(path: str, default: str = "quickstart") -> Recipe:
+    """The recipe a config file describes (``reproscope train --config FILE``): a run's ``config.json``
+    (the whole recipe, as a run wrote it), or a JSON / YAML mapping of overrides on a registered recipe,
+    flat (``{"optim.lr": 1e-3}``) or nested (``{"optim": {"lr": 1e-3}}``), with an optional
+    ``recipe: NAME`` (else ``default``). Every key and value is validated as ``--set`` is.
+
+    Raises:
+        ConfigError: a missing or unreadable file, or a bad key or value (the message names the file).
+    """
+    import json
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    text = p.read_text()
+    yaml_file = p.suffix in (".yaml", ".yml")
+    if yaml_file:
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml), or give the "
+                              f"same mapping as JSON") from None
+    try:
+        data = yaml.safe_load(text) if yaml_file else json.loads(text)
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError
+        raise ConfigError(f"--config {path}: not valid {'YAML' if yaml_file else 'JSON'}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of keys to values, got {type(data).__name__}")
+    try:
+        if "name" in data and any(isinstance(v, dict) for k, v in data.items() if k in SECTIONS):
+            return recipe_from_dict(data)  # a run's config.json
+        base = get_recipe(str(data.pop("recipe", default)))
+        flat = {}
+        for k, v in data.items():
+            if isinstance(v, dict):
+                flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+            else:
+                flat[k] = v
+        return apply_overrides(base, flat)
+    except ConfigError as e:
+        raise ConfigError(f"--config {path}: {e}") from None
 
 
 def list_recipes() -> list[Recipe]:

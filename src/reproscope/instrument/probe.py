@@ -60,6 +60,7 @@ class Instrument(Callback):
         self._hist_written_at: int | None = None
         self._hist_now = False
         self._key_steps: set[int] = set()  # the run's middle and last step: probed, with histograms
+        self._nonfinite_seen: set[str] = set()  # per-module non-finite tags, written from their first count on
 
     # ---------------------------------------------------------------- events
     def on_train_start(self, trainer) -> None:
@@ -91,9 +92,9 @@ class Instrument(Callback):
         self._norms = parameter_norms(self.params)
         self._snapshot = [p.detach().clone() for _, p in self.params]
         if self._hist_now:  # grads are gone after the step
-            for n, p in self.params:
-                if p.grad is not None:
-                    self._hist(trainer.log.tb, f"grads/{n}", p.grad, trainer.step + 1)
+            tb = trainer.log.tb
+            bad = sum(self._hist(tb, f"grads/{n}", p.grad, trainer.step + 1) for n, p in self.params if p.grad is not None)
+            tb.add_scalar("nonfinite/grads", bad, trainer.step + 1)
 
     def on_step_end(self, trainer, **_) -> None:
         if not self.probing:
@@ -178,24 +179,38 @@ class Instrument(Callback):
         if tb is None or step - self._tb_written_at < trainer.recipe.run.log_every:
             return
         self._tb_written_at = step
+        totals = {"nonfinite": 0.0, "grad_nonfinite": 0.0}
         for name, st in layers.items():
             for k, v in st.items():
+                if k in totals:  # counts: one summary scalar per phase; a module's own from its first one
+                    totals[k] += v
+                    if not (v or f"{name}/{k}" in self._nonfinite_seen):
+                        continue
+                    self._nonfinite_seen.add(f"{name}/{k}")
                 tb.add_scalar(f"layers/{name}/{k}", v, step)
+        tb.add_scalar("nonfinite/activations", totals["nonfinite"], step)
+        tb.add_scalar("nonfinite/gradients", totals["grad_nonfinite"], step)
         for name, st in params.items():
             for k, v in st.items():
                 if math.isfinite(v):
                     tb.add_scalar(f"params/{name}/{k}", v, step)
 
     @staticmethod
-    def _hist(tb, tag: str, t: torch.Tensor, step: int) -> None:
+    def _hist(tb, tag: str, t: torch.Tensor, step: int) -> int:
+        """A histogram of ``t``'s finite values; returns how many were not finite (counted, never hidden:
+        the tensor's own ``nonfinite/<tag>`` scalar appears only when there are some)."""
         t = t.detach().float().flatten()
         finite = torch.isfinite(t)
-        tb.add_scalar(f"nonfinite/{tag}", float((~finite).sum()), step)  # counted, never hidden
+        bad = int((~finite).sum())
+        if bad:
+            tb.add_scalar(f"nonfinite/{tag}", bad, step)
         if finite.any():
             tb.add_histogram(tag, t[finite].cpu(), step)
+        return bad
 
     def _histograms(self, tb, step: int) -> None:
-        for n, p in self.params:
-            self._hist(tb, f"weights/{n}", p, step)
-        for n, out in self.acts.outputs.items():
-            self._hist(tb, f"activations/{n}", out, step)
+        """Weights and module outputs (``outputs/``: sorted after ``grads/``, so TensorBoard's landing view
+        opens on the gradients), with one non-finite count per kind."""
+        tb.add_scalar("nonfinite/weights", sum(self._hist(tb, f"weights/{n}", p, step) for n, p in self.params), step)
+        tb.add_scalar("nonfinite/outputs", sum(self._hist(tb, f"outputs/{n}", out, step)
+                                               for n, out in self.acts.outputs.items()), step)

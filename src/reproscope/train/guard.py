@@ -38,14 +38,18 @@ CODES = ("ok", "loss-spike", "scaler-overflow", "divergence", "nonfinite")
 
 
 class SpikeDetector:
-    """Robust rolling detector: a loss above median + k * MAD of the last ``window`` losses.
+    """Robust rolling detector: a loss above median + k * MAD of the last ``window`` losses that is
+    also at least ``min_rel`` x the median above it.
 
     ``threshold`` k is in units of the MAD scaled to a normal std (1.4826 MAD); no flag before
-    ``min_history`` finite losses. Non-finite losses and flagged losses never enter the window.
+    ``min_history`` finite losses. The relative floor keeps a flat run from flagging wiggles: at a
+    plateau (loss 2.3025 +- 0.001) the MAD is near 0 and any wiggle scores high (2.3050 scored 13),
+    so a spike also has to be a real jump (our 25 %; Lightning's SpikeDetection asks for 3x its
+    running mean). Non-finite losses and flagged losses never enter the window.
     """
 
-    def __init__(self, window: int = 100, threshold: float = 8.0, min_history: int = 20):
-        self.window, self.threshold, self.min_history = window, threshold, min_history
+    def __init__(self, window: int = 100, threshold: float = 8.0, min_history: int = 20, min_rel: float = 0.25):
+        self.window, self.threshold, self.min_history, self.min_rel = window, threshold, min_history, min_rel
         self.history: deque[float] = deque(maxlen=window)
 
     def check(self, loss: float) -> dict | None:
@@ -55,7 +59,7 @@ class SpikeDetector:
             med = statistics.median(self.history)
             mad = statistics.median(abs(v - med) for v in self.history) or 1e-12
             score = (loss - med) / (1.4826 * mad)
-            if score > self.threshold:
+            if score > self.threshold and loss - med > self.min_rel * max(abs(med), 1e-12):
                 event = {"loss": loss, "median": med, "mad": mad, "score": score}
         if math.isfinite(loss) and event is None:
             self.history.append(loss)
@@ -102,7 +106,7 @@ class StepGuard:
 
     def __init__(self, cfg: InstrumentConfig, *, scaler: bool = False):
         self.nan_policy, self.spike_skip, self.scaler = cfg.nan_policy, cfg.spike_skip, scaler
-        self.spikes = SpikeDetector(cfg.spike_window, cfg.spike_threshold)
+        self.spikes = SpikeDetector(cfg.spike_window, cfg.spike_threshold, min_rel=cfg.spike_min_rel)
         self.consecutive_rollbacks = 0
         self.scaler_overflows = 0  # in a row
 

@@ -45,10 +45,14 @@ def format_table(result: dict, width: int = 0) -> str:
     rows = result["deviations"]
     head = f"{'key':<26} {'paper':<24} {'yours':<24} code"
     lines = [head, "-" * min(width, len(head) + 20)]
+    last_source = ""
     for r in sorted(rows, key=lambda r: (not r["mistake"], r["key"])):
         lines.append(f"{r['key']:<26} {_cut(r['parent'], 24):<24} {_cut(r['value'], 24):<24} "
                      f"{r['code']}{' (likely mistake)' if r['mistake'] else ''}")
-        lines += textwrap.wrap(r["reason"], width - 4, initial_indent="    ", subsequent_indent="    ")
+        source = r.get("source") or ""
+        why = r["reason"] + (f" (source: {source})" if source and source != last_source else "")
+        last_source = source or last_source
+        lines += textwrap.wrap(why, width - 4, initial_indent="    ", subsequent_indent="    ")
     if result["not_observed"]:
         lines += textwrap.wrap("not observed (not compared): " + ", ".join(result["not_observed"]), width,
                                subsequent_indent="  ")
@@ -56,7 +60,7 @@ def format_table(result: dict, width: int = 0) -> str:
 
 
 def _cut(v, n: int) -> str:
-    s = str(v)
+    s = f"{v:.4g}" if isinstance(v, float) else str(v)
     return s if len(s) <= n else s[:n - 1] + "…"
 
 

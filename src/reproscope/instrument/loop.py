@@ -80,10 +80,12 @@ def ema_decay(ema) -> tuple[float | None, str]:
 
 
 def _ema_module(ema) -> nn.Module | None:
-    if isinstance(ema, nn.Module):
-        return ema
+    """The module holding the averaged weights: ``ema.module`` (AveragedModel, timm's ModelEma*, ours),
+    which runs whether the loop calls ``ema(x)`` or ``ema.module(x)``; else ``ema`` itself."""
     m = getattr(ema, "module", None)
-    return m if isinstance(m, nn.Module) else None
+    if isinstance(m, nn.Module):
+        return m
+    return ema if isinstance(ema, nn.Module) else None
 
 
 def _amp_name(dtype: torch.dtype | None) -> str:
@@ -314,7 +316,7 @@ class LoopObserver:
         self._target_facts(f, d)
         rates = drop_path_rates(self.model)
         d["drop_path"] = rates
-        f["model.drop_path"] = max((r for _, r in rates), default=0.0)
+        f["model.drop_path"] = round(max((r for _, r in rates), default=0.0), 6)  # float32 attributes
         f["model.drop_path_rule"] = drop_path_rule([r for _, r in rates])
         d["dropout"] = [(n, m.p) for n, m in self.model.named_modules()
                         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]

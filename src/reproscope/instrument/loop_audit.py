@@ -146,7 +146,7 @@ def lr_batch_sentence(lr: float, eff: int, ref_lr: float, ref_eff: int, who: str
             f"linear scaling gives {fix}")
 
 
-def smells(facts: dict, ref: Recipe | None = None, *, ref_name: str = "") -> list[Finding]:
+def smells(facts: dict, ref: Recipe | None = None, *, ref_name: str = "", fix_keys: bool = True) -> list[Finding]:
     """Settings that usually mean a mistake, whatever the paper: 1-D parameters decayed, warmup not
     shorter than training, an EMA horizon over half the run, lr per image far from ``ref``'s, label
     smoothing >= 0.5. ``recipe-audit`` runs these on a recipe's facts, the loop audit on a loop's."""
@@ -154,7 +154,7 @@ def smells(facts: dict, ref: Recipe | None = None, *, ref_name: str = "") -> lis
     nd = facts.get("optim.decayed_no_decay") or []
     if nd:
         shown = ", ".join(nd[:4]) + (f" (+{len(nd) - 4} more)" if len(nd) > 4 else "")
-        out.append(Finding("optim.weight_decay", 0.0, f"decayed: {len(nd)} parameters", (
+        out.append(Finding("optim.weight_decay", "0 on 1-D, embeddings", f"decayed: {len(nd)} parameters", (
             f"{len(nd)} parameters that papers exclude from weight decay are decayed ({shown}): decay pulls norm "
             f"gains, DyT's alpha and embeddings toward 0 every step; put them in a group with weight_decay=0"),
             "decay-on-1d-params", mistake=True))
@@ -171,7 +171,7 @@ def smells(facts: dict, ref: Recipe | None = None, *, ref_name: str = "") -> lis
     if ref is not None and facts.get("optim.lr") and facts.get("data.batch_size"):
         eff = facts["data.batch_size"] * (facts.get("optim.accum_steps") or 1)
         sent = lr_batch_sentence(facts["optim.lr"], eff, ref.optim.lr, ref.data.batch_size * ref.optim.accum_steps,
-                                 ref_name or f"{ref.name}'s")
+                                 ref_name or f"{ref.name}'s", fix_keys)
         if sent:
             out.append(Finding("optim.lr", ref.optim.lr, facts["optim.lr"], sent, "lr-batch-ratio",
                                source_of(ref, "optim.lr"), mistake=True))
@@ -250,9 +250,14 @@ def compare(facts: dict, recipe: Recipe) -> list[Finding]:
         add("sched.min_lr", f["sched.min_lr"], f"the lr ends at {f['sched.min_lr'] / f['optim.lr']:.2%} of its peak; "
             f"the paper's at {p['sched.min_lr'] / p['optim.lr']:.2%}", "value", mistake=False)
     for key in COMPARED:
-        if key in f and key not in done and key in p and _differs(f[key], p[key]):
-            add(key, f[key], "differs from the paper recipe", "value", mistake=False)
+        if key in f and key not in done and key in p and _differs(f[key], p[key]) and not _auto_matches(key, f, p):
+            add(key, f[key], f"{recipe.name} has {p[key]!r}; the loop {f[key]!r}", "value", mistake=False)
     return out
+
+
+def _auto_matches(key: str, f: dict, p: dict) -> bool:
+    """``precision.amp: auto`` is bf16 on CUDA and fp32 on CPU (``runtime.resolve_amp``): either matches."""
+    return key == "precision.amp" and p[key] == "auto" and f[key] in ("bf16", "fp32")
 
 
 def _same_floor(f: dict, p: dict) -> bool:
@@ -293,7 +298,7 @@ def audit(facts: dict, recipe: Recipe | str) -> dict:
     "mistakes": n}`` in ``deviations.json``'s schema (``recipe`` is the one audited against)."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     found = compare(facts, recipe)
-    for s in smells(facts, recipe):
+    for s in smells(facts, recipe, fix_keys=False):  # a loop has no --set: the fix is said as a value
         prior = next((i for i, x in enumerate(found) if x.key == s.key), None)
         if prior is not None and found[prior].code == "value":
             found[prior] = s  # the coded smell explains that key better than a bare "differs"

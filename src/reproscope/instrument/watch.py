@@ -364,7 +364,8 @@ class Watch:
             return
         rows = self.audit["deviations"]
         mistakes = [r for r in rows if r["mistake"]]
-        print(f"loop audit against {self.paper.name}: {len(rows)} deviations, {len(mistakes)} likely mistakes "
+        print(f"loop audit against {self.paper.name}: {len(rows)} deviation{'s' * (len(rows) != 1)}, "
+              f"{len(mistakes)} likely mistake{'s' * (len(mistakes) != 1)} "
               f"(deviations.json in {self.run_dir}; `reproscope audit {self.run_dir}` prints the table)", flush=True)
         for r in mistakes:
             print(f"  [{r['code']}] {r['key']}: {r['reason']}", flush=True)

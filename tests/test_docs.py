@@ -2,8 +2,10 @@
 
 Every relative link in README.md and docs/**/*.md, and every repository path in a code span
 (a token whose first component is a top-level folder, ``reproscope/`` or a subpackage of it), must be
-a tracked file or a folder holding tracked files. The report of each note's committed runs must
-reproduce the results table committed beside the note.
+a tracked file or a folder holding tracked files, and every link to a heading (``doc.md#anchor``) must
+name one. The report of each note's committed runs must reproduce the results table committed beside
+the note. The tables the docs copy from the code (the commands, the Trainer's events and event types,
+the bug zoo, the L4-day plan, the models) must equal it, and README.md must list every doc.
 """
 
 import re
@@ -134,3 +136,138 @@ def test_committed_runs_reproduce_the_committed_results_table(folder, tmp_path):
     params = [line for line in text.splitlines() if line.startswith("| model parameters |")]
     assert params and ": ?" not in params[0], params  # every registered model is counted (KAT's init too)
     shutil.rmtree(tmp_path / "out")
+
+
+# --- anchors: a link to `doc.md#heading` must name a heading of that doc ---------------------------------
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(doc: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    in_fence = False
+    for line in doc.read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+        m = None if in_fence else re.match(r"^#{1,6} (.+)$", line)
+        if m:
+            s = _slug(m.group(1))
+            n = seen.get(s, 0)
+            seen[s] = n + 1
+            yield s if n == 0 else f"{s}-{n}"
+
+
+def test_every_anchor_names_a_heading():
+    bad = []
+    for doc in _docs():
+        for n, ref in doc_references(doc):
+            path, _, anchor = ref.partition("#")
+            if not anchor:
+                continue
+            target = doc if not path else (doc.parent / path)
+            if target.suffix == ".md" and target.exists() and anchor not in set(_anchors(target)):
+                bad.append(f"{doc.relative_to(ROOT)}:{n}: {ref}")
+    assert not bad, "links to headings that do not exist:\n" + "\n".join(bad)
+
+
+def test_the_readme_lists_every_doc():
+    readme = (ROOT / "README.md").read_text()
+    linked = {t for _, t in doc_references(ROOT / "README.md")}
+    missing = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if f"docs/{p.name}" not in linked]
+    assert not missing, f"README.md's docs list misses {missing}"
+    assert len(readme.splitlines()) <= 160, "README.md is the pitch and the index; topics go in docs/"
+
+
+# --- tables copied from the code must equal it ----------------------------------------------------------
+
+def _table_rows(doc: Path, heading: str) -> list[list[str]]:
+    """The cells of the first table under ``heading`` (a Markdown heading's text), header and rule left out."""
+    lines = doc.read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if re.match(r"^#+ ", l) and l.lstrip("# ").strip() == heading)
+    rows, started = [], False
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            started = True
+            rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]])
+        elif started:
+            break
+    return rows[2:]
+
+
+def _code(cell: str) -> str:
+    assert cell.startswith("`") and cell.endswith("`"), cell
+    return cell[1:-1]
+
+
+def test_the_documented_events_are_the_callbacks_methods():
+    import inspect
+
+    from reproscope.train.callbacks import EVENTS, Callback
+    rows = _table_rows(ROOT / "docs" / "architecture.md", "The event vocabulary")
+    assert [_code(r[0]) for r in rows] == list(EVENTS), "docs/architecture.md: the event table != train.callbacks.EVENTS"
+    for r in rows:
+        event = _code(r[0])
+        params = list(inspect.signature(getattr(Callback, f"on_{event}")).parameters.values())[1:]
+        want = f"on_{event}({', '.join(('**' if p.kind is p.VAR_KEYWORD else '') + p.name for p in params)})"
+        assert _code(r[1]) == want, (event, r[1], want)
+
+
+def test_the_documented_event_types_are_the_vocabulary():
+    from reproscope.train.events import Event
+    lines = (ROOT / "docs" / "architecture.md").read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("| type | meaning |"))
+    rows = [l for l in lines[start + 2:] if l.startswith("|")][:len(Event) + 1]
+    rows = rows[:next((i for i, l in enumerate(rows) if not l.startswith("| `")), len(rows))]
+    assert [_code(l.split("|")[1].strip()) for l in rows] == [e.value for e in Event]
+
+
+def test_the_zoo_table_is_the_zoo():
+    from reproscope.checks.zoo import BUGS
+    doc = ROOT / "docs" / "zoo.md"
+    rows = _table_rows(doc, "The bug zoo")
+    got = [(_code(r[0]), _code(r[1]), r[2], _code(r[3]), _code(r[4]), r[5]) for r in rows]
+    want = [(b.name, b.recipe, b.what, b.expect, b.code, "yes" if b.any_model else "no") for b in BUGS]
+    assert got == want
+    assert f"plants {len(BUGS)} classic bugs" in doc.read_text()
+
+
+PLAN_ROW = r"^\| {label} \| (\w[\w-]*), (\d+), (\d+) \|.*\| ([\d.]+) / ([\d.]+) / ([\d.]+) \|$"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/planning.md"])
+def test_the_l4_day_table_is_what_plan_fit_24_prints(doc):
+    from reproscope.diagnostics.budget import RANGE, fit
+    text = (ROOT / doc).read_text()
+    for paper, label in (("dyt", "DyT"), ("kat", "KAT"), ("mambaout", "MambaOut")):
+        row = re.search(PLAN_ROW.format(label=label), text, re.M)
+        assert row, (doc, label)
+        c = fit(paper, 24)
+        assert (row.group(1).lower(), int(row.group(2)), int(row.group(3))) == (c.dataset.name, c.res, c.epochs)
+        assert [float(x) for x in row.groups()[3:]] == [round(c.hours[k], 1) for k in RANGE]
+
+
+def test_the_models_table_is_what_reproscope_models_prints():
+    """Names, parameter counts, the paper's numbers and resolution (the FLOP columns need a forward pass
+    per model: `reproscope models` prints them; the doc says which torch printed them)."""
+    from reproscope.diagnostics.models_table import model_rows
+    text = (ROOT / "docs" / "models.md").read_text()
+    block = text[text.index("```\nmodel "):]
+    lines = block.splitlines()[2:]
+    lines = lines[:next(i for i, l in enumerate(lines) if l.startswith("GFLOPs:"))]
+    got = [(l.split()[0], l.split()[1], l.split()[2]) for l in lines]
+    want = [(r["name"], f"{r['params_m']:.2f}M",
+             f"({r['paper_params_m']:.1f}M)" if r["paper_params_m"] else "(-)") for r in model_rows(flops=False)]
+    assert got == want
+
+
+def test_the_commands_table_names_every_subcommand_and_its_doc():
+    import argparse
+
+    from reproscope.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    rows = _table_rows(ROOT / "README.md", "Commands")
+    named = {_code(r[0]).split()[1] for r in rows}
+    assert named == set(sub.choices), f"README.md's commands table: {sorted(named ^ set(sub.choices))}"
+    assert all(LINK.search(r[-1]) for r in rows), "every command row links to the doc that covers it"

@@ -309,7 +309,7 @@ def test_loss_spike_is_logged_with_step_and_batch_indices(tiny_recipe, tmp_path)
                                       "optim.lr": 1e-4})
     trainer = Trainer(r, tmp_path / "run", model=model, tensorboard=False, callbacks=[Spike(model, 25)])
     trainer.fit()
-    spikes = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "loss_spike"]
+    spikes = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "loss-spike"]
     assert [e["step"] for e in spikes] == [25]
     assert len(spikes[0]["batch_indices"]) == 32 and spikes[0]["score"] > 8
 
@@ -348,7 +348,7 @@ def test_fp16_scaler_overflow_steps_are_skipped_and_counted_not_a_nan(tiny_recip
     trainer.fit()
     assert trainer.tripped is None and trainer.step == trainer.total_steps and trainer.scaler_skips == 2
     events = [e for e in read_metrics(tmp_path / "run") if e["kind"] == "event"]
-    assert [e["type"] for e in events] == ["scaler_skip", "scaler_skip"] and events[1]["in_a_row"] == 2
+    assert [e["type"] for e in events] == ["scaler-overflow", "scaler-overflow"] and events[1]["in_a_row"] == 2
 
 
 def test_fp16_scaler_that_cannot_recover_is_a_nan_stop(tiny_recipe, tmp_path):
@@ -373,11 +373,11 @@ def test_a_grad_norm_that_overflows_with_finite_gradients_is_divergence(tiny_rec
                       tensorboard=False, callbacks=[Tripwire()])
     trainer.fit()
     d = trainer.tripped
-    assert (d.action, d.code, d.step) == ("stop", "divergence", 1)
+    assert (d.action, d.code, d.step) == ("stop", "grad-norm-overflow", 1)
     assert d.findings["grad_norm_fp64"] ** 2 > 3.4e38 and d.findings["largest_grads"][0][0] == "head.weight"
     out = capsys.readouterr().out
     assert "DIVERGED" in out and "resume with" not in out and "not reproducible" not in out
-    ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "divergence"]
+    ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "grad-norm-overflow"]
     assert ev and ev[0]["largest_grads"][0][0] == "head.weight"
 
 
@@ -400,7 +400,7 @@ def test_divergence_without_nan_is_an_event_and_said_at_the_end(at, tiny_recipe,
     trainer = Trainer(r, tmp_path / "run", model=model, tensorboard=False, callbacks=[Blowup(model)])
     trainer.fit()
     assert trainer.tripped is None and trainer.step == trainer.total_steps
-    ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "divergence"]
+    ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "diverging"]
     assert len(ev) == 1 and ev[0]["step"] == at and ev[0]["loss"] > 4 * math.log(10)
     out = capsys.readouterr().out
     assert f"DIVERGING at step {at}" in out and f"this run diverged at step {at}" in out
@@ -414,7 +414,7 @@ def test_a_kat_run_diverging_at_step_2_shows_the_rational_range_then(tiny_recipe
     r = apply_overrides(tiny_recipe, {"model.name": "kat_tiny", "optim.lr": 1.0, "sched.warmup_epochs": 0,
                                       "optim.grad_clip": 0.0, "run.progress": False})
     train(r, run_dir=tmp_path / "run")
-    ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "divergence"]
+    ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "diverging"]
     assert len(ev) == 1 and ev[0]["step"] <= 3, ev
     kat = ev[0]["findings"]["kat-range"]
     assert kat["code"] == "kat-range" and kat["max_abs_input"] > 30 and kat["layers_outside"] >= 1
@@ -488,3 +488,14 @@ def test_paper_figure_probes_are_duck_typed_for_your_own_layers():
     assert list(out["norm_curves"]) == ["1"] and out["norm_curves"]["1"]["kind"] == "DyT (alpha 0.7)"
     rec = out["kat"]["2"]
     assert rec["fit_range"] == (-3.0, 3.0) and -1 <= rec["in_min"] < rec["in_max"] <= 1 and rec["var_ratio"] > 0
+
+
+def test_event_vocabulary_reads_older_spellings():
+    """One word per meaning; runs written before it (loss_spike, scaler_skip, divergence for two things) read the same."""
+    from reproscope.train.events import Event, event_type
+    assert event_type({"type": "loss_spike"}) == Event.LOSS_SPIKE == "loss-spike"
+    assert event_type({"type": "scaler_skip"}) == "scaler-overflow"
+    assert event_type({"type": "divergence", "reason": "grad norm overflow"}) == "grad-norm-overflow"
+    assert event_type({"type": "divergence", "reason": "the loss 40 is 17x its start"}) == "diverging"
+    from reproscope.train.guard import CODES
+    assert set(CODES) - {"ok"} <= {e.value for e in Event}

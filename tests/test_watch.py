@@ -219,7 +219,7 @@ def test_an_exception_inside_the_block_leaves_valid_files_and_no_hooks(tmp_path)
 
 def test_a_grad_norm_overflow_gets_the_trainers_code_in_a_watched_loop(tiny_recipe, tmp_path, capsys):
     """Logits x 1e20: every gradient finite, their norm overflows float32. The Trainer stops with code
-    ``divergence`` and the largest gradients named; the watched loop gets the same decision (one guard)."""
+    ``grad-norm-overflow`` and the largest gradients named; the watched loop gets the same decision (one guard)."""
     from reproscope.model import create_model
     from reproscope.train.trainer import Trainer
     from reproscope.config import apply_overrides
@@ -242,7 +242,7 @@ def test_a_grad_norm_overflow_gets_the_trainers_code_in_a_watched_loop(tiny_reci
                 assert w.step(loss, targets=y) is False and w.stop_requested
             d = w.last_decision
         codes[loop] = (d.action, d.code, "head.weight" in [n for n, _ in d.findings["largest_grads"]])
-    assert codes["trainer"] == codes["watch"] == ("stop", "divergence", True)
+    assert codes["trainer"] == codes["watch"] == ("stop", "grad-norm-overflow", True)
     out = capsys.readouterr().out
     assert "not reproducible" not in out and out.count("DIVERGED") == 2
 

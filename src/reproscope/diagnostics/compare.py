@@ -19,7 +19,7 @@ def config_diff(a: RunRecord, b: RunRecord) -> list[tuple[str, object, object]]:
             if json.dumps(fa.get(k)) != json.dumps(fb.get(k))]
 
 
-def first_divergence(a: RunRecord, b: RunRecord, rtol: float) -> tuple[int | None, int]:
+def parting_step(a: RunRecord, b: RunRecord, rtol: float) -> tuple[int | None, int]:
     """(first logged step where |loss_a - loss_b| > rtol * max(1, |loss_a|), number of shared steps)."""
     lb = {r["step"]: r["loss"] for r in b.train}
     shared = [(r["step"], r["loss"], lb[r["step"]]) for r in a.train if r["step"] in lb]
@@ -39,9 +39,9 @@ def _metrics(r: RunRecord) -> dict[str, str]:
             "steps": str(r.steps), "epochs evaluated": str(len(r.val)),
             "img/s (median)": f"{sorted(ips)[len(ips) // 2]:.0f}" if ips else "-",
             "device-hours": f"{r.device_hours:.3f}", "device": r.device,
-            "non-finite / divergence / spike events": f"{sum(e.get('type') == 'nonfinite' for e in r.events)} / "
-                                                      f"{sum(e.get('type') == 'divergence' for e in r.events)} / "
-                                                      f"{sum(e.get('type') == 'loss_spike' for e in r.events)}"}
+            "non-finite / diverging / spike events": f"{sum(e.get('type') == Event.NONFINITE for e in r.events)} / "
+                                                     f"{sum(e.get('type') in (Event.DIVERGING, Event.GRAD_NORM_OVERFLOW) for e in r.events)} / "
+                                                     f"{sum(e.get('type') == Event.LOSS_SPIKE for e in r.events)}"}
 
 
 def compare(run_a: str, run_b: str, rtol: float = 1e-3, out: str | None = None) -> int:
@@ -57,14 +57,14 @@ def compare(run_a: str, run_b: str, rtol: float = 1e-3, out: str | None = None) 
     print(f"\n{'metric':<{w}}  {'A':>14}  {'B':>14}")
     for k in ma:
         print(f"{k:<{w}}  {ma[k]:>14}  {mb[k]:>14}")
-    step, n = first_divergence(a, b, rtol)
+    step, n = parting_step(a, b, rtol)
     log_every = a.config.get("run", {}).get("log_every", "?")
     if step is None:
         print(f"\ntraining losses agree within rtol {rtol:g} at all {n} shared logged steps (logged every {log_every})")
     else:
         la = next(r["loss"] for r in a.train if r["step"] == step)
         lb = next(r["loss"] for r in b.train if r["step"] == step)
-        print(f"\nfirst divergence beyond rtol {rtol:g}: logged step {step} (A {la:.6g}, B {lb:.6g}; losses are "
+        print(f"\nparting step (first difference beyond rtol {rtol:g}): logged step {step} (A {la:.6g}, B {lb:.6g}; losses are "
               f"logged every {log_every} steps, so it began after the previous logged step)")
     out_dir = Path(out) if out else Path("compare")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ def plot_curves(groups: list[Group], path: Path, vline: int | None = None) -> Pa
         _band(b, [([v.get("epoch", j) + 1 for j, v in enumerate(r.val)], [v["top1"] for v in r.val]) for r in g.runs],
               g.label, c)
     if vline is not None:
-        a.axvline(vline, color="k", ls=":", lw=1, label=f"first divergence (step {vline})")
+        a.axvline(vline, color="k", ls=":", lw=1, label=f"parting step {vline}")
         legend_outside(a)
     a.set_xlabel("step")
     a.set_ylabel("train loss")

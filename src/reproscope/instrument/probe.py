@@ -113,7 +113,7 @@ class Instrument(Callback):
         if trainer.dist.is_main:
             self._write(trainer, layers, params)
 
-    def on_divergence(self, trainer, flagged: dict, findings: dict) -> None:
+    def on_diverging(self, trainer, flagged: dict, findings: dict) -> None:
         """The paper-figure probes at the step the run was flagged, on the first 64 validation images:
         see ``probe_now``."""
         if self.cfg.probes and trainer.dist.is_main:

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from ..config import InstrumentConfig, flat_items
 from ..recipes import get_recipe
 from ..runtime import distributed
+from ..train.events import Event
 from ..train.guard import DivergenceWatch, StepDecision, StepGuard, grads_finite, overflow_findings
 from ..train.rundir import MetricsLog, NullLog, environment, write_json
 from .loop import LoopObserver
@@ -190,10 +191,10 @@ class Watch:
         """Call once per optimizer step, after ``backward()``, before ``optimizer.step()``.
 
         The step gets the Trainer's decision (``train.guard.StepGuard``: ok, loss-spike,
-        scaler-overflow, divergence, nonfinite; kept in ``last_decision``). Returns True when the
+        scaler-overflow, grad-norm-overflow, nonfinite; kept in ``last_decision``). Returns True when the
         optimizer should step: False on a non-finite loss or gradient norm (the module and phase are
         printed and logged, a reproducer is written), on a grad-norm overflow of finite gradients
-        (``divergence``: the largest gradients are named) and on a skipped spike; then skip
+        (``grad-norm-overflow``: the largest gradients are named) and on a skipped spike; then skip
         ``optimizer.step()``, and end the loop when ``stop_requested`` is set. A GradScaler overflow
         returns True: the scaler skips that step itself. ``targets``: the batch's labels (hard or
         soft): an exact NaN replay, and the loop audit's label smoothing and mixing.
@@ -228,14 +229,14 @@ class Watch:
         """Log the decision's event as the Trainer does (same event types and fields)."""
         if d.code == "scaler-overflow":
             self.scaler_skips += 1  # fp16 overflow: the scaler skips this step and backs off
-            self.log.log("event", d.step, type="scaler_skip", scale=float(self.scaler.get_scale()),
+            self.log.log("event", d.step, type=Event.SCALER_OVERFLOW, scale=float(self.scaler.get_scale()),
                          in_a_row=self.guard.scaler_overflows)
         elif d.code == "loss-spike":
             self.spike_count += 1
-            self.log.log("event", d.step, type="loss_spike", skipped=d.action == "skip", **d.spike)
-        elif d.code == "divergence":
+            self.log.log("event", d.step, type=Event.LOSS_SPIKE, skipped=d.action == "skip", **d.spike)
+        elif d.code == "grad-norm-overflow":
             d = dataclasses.replace(d, findings=overflow_findings(named))
-            self.log.log("event", d.step, type="divergence", reason="grad norm overflow", loss=d.loss,
+            self.log.log("event", d.step, type=Event.GRAD_NORM_OVERFLOW, loss=d.loss,
                          grad_norm_fp64=d.findings["grad_norm_fp64"],
                          largest_grads=[[n, v] for n, v in d.findings["largest_grads"]])
             print(f"DIVERGED: {d.reason()}", flush=True)
@@ -250,7 +251,7 @@ class Watch:
             self.divergence = DivergenceWatch(self.num_classes or 2)
         ev = self.divergence.flag(loss, grad_norm, self.step_count + 1, find=self._probe_divergence)
         if ev is not None:
-            self.log.log("event", ev["step"], type="divergence", **{k: v for k, v in ev.items() if k != "step"})
+            self.log.log("event", ev["step"], type=Event.DIVERGING, **{k: v for k, v in ev.items() if k != "step"})
             print(f"DIVERGING at step {ev['step']}: {ev['reason']} (still finite)", flush=True)
             for f in ev["findings"].values():
                 print(f"  {f['sentence']}", flush=True)
@@ -337,7 +338,7 @@ class Watch:
         finally:
             self._register()
             self.loop.attach()
-        self.log.log("event", step, type="nonfinite", loss=loss, grad_norm=grad_norm, **fields)
+        self.log.log("event", step, type=Event.NONFINITE, loss=loss, grad_norm=grad_norm, **fields)
         self.nonfinite_steps.append(step)
         return fields
 

@@ -39,7 +39,7 @@ class Callback:
         """A loss spike (``decision.spike`` holds loss, median, MAD, score); ``decision.action`` says
         whether the step is taken or skipped."""
 
-    def on_divergence(self, trainer, flagged: dict, findings: dict) -> None:
+    def on_diverging(self, trainer, flagged: dict, findings: dict) -> None:
         """A finite run was flagged as diverging (``guard.DivergenceWatch``; ``flagged`` holds step, reason,
         loss, grad_norm and their starts), once per run, after the step. Add what explains it to
         ``findings`` as ``{name: {"code": ..., "sentence": ..., <numbers>}}`` (e.g. what the paper-figure

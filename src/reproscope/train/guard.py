@@ -6,7 +6,7 @@ logging) and decides, from ``instrument.nan_policy`` and the loss-spike detector
     finite, no spike          -> step       code "ok"
     finite, spike             -> step, or skip with ``instrument.spike_skip``     code "loss-spike"
     fp16: loss finite, grads not -> step (the GradScaler skips it and backs off)  code "scaler-overflow"
-    grad norm overflows, every gradient finite -> stop                           code "divergence"
+    grad norm overflows, every gradient finite -> stop                           code "grad-norm-overflow"
     loss or grad non-finite   -> stop | skip | rollback (``nan_policy``)          code "nonfinite"
 
 A rollback turns into a stop after ``MAX_CONSECUTIVE_ROLLBACKS`` rollbacks without a finite step in
@@ -17,7 +17,7 @@ instrument layer's tripwire does it.
 
 :class:`DivergenceWatch` flags, once per run, a loss that has grown far above where it started, or
 a grad norm grown by decades, while everything is still finite; the trainer logs it as a
-``divergence`` event and says so at the end of the run.
+``diverging`` event and says so at the end of the run.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ..config import InstrumentConfig
 MAX_CONSECUTIVE_ROLLBACKS = 3
 MAX_SCALER_OVERFLOWS = 25
 ACTIONS = ("step", "skip", "stop", "rollback")
-CODES = ("ok", "loss-spike", "scaler-overflow", "divergence", "nonfinite")
+CODES = ("ok", "loss-spike", "scaler-overflow", "grad-norm-overflow", "nonfinite")  # train.events' words
 
 
 class SpikeDetector:
@@ -86,7 +86,7 @@ class StepDecision:
 
     def reason(self) -> str:
         """One line for the stop message and the log."""
-        if self.code == "divergence":
+        if self.code == "grad-norm-overflow":
             top = ", ".join(f"{n} {v:.3g}" for n, v in self.findings.get("largest_grads", [])[:3])
             return (f"diverged at step {self.step}: the gradient norm overflowed float32 ("
                     f"{self.findings.get('grad_norm_fp64', float('inf')):.3g} in float64) while every gradient is finite"
@@ -120,7 +120,7 @@ class StepGuard:
         elif math.isfinite(grad_norm):
             self.scaler_overflows = 0
         if math.isfinite(loss) and not math.isfinite(grad_norm) and grads_finite and not self.scaler:
-            return StepDecision("stop", "divergence", step, loss, grad_norm, policy="stop")
+            return StepDecision("stop", "grad-norm-overflow", step, loss, grad_norm, policy="stop")
         if math.isfinite(loss) and math.isfinite(grad_norm):
             self.consecutive_rollbacks = 0
             spike = self.spikes.check(loss)

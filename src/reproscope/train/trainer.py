@@ -6,7 +6,7 @@ step -> zero_grad -> EMA update. bf16/fp32 need no loss scaling; the GradScaler 
 for fp16, and the same calls run either way.
 
 Events are the no-op methods of :class:`~reproscope.train.callbacks.Callback` (train_start,
-epoch_start, step_start, after_backward, nonfinite, spike, step_end, log, eval_end, epoch_end,
+epoch_start, step_start, after_backward, nonfinite, spike, diverging, step_end, log, eval_end, epoch_end,
 checkpoint, train_end). Instruments attach through them without editing the loop; this module
 imports nothing of ``reproscope.instrument`` (``reproscope.launch.train`` attaches the standard
 instruments and the tripwire). ``orig_model`` is the uncompiled module: checkpoints and instruments
@@ -43,6 +43,7 @@ from .callbacks import EVENTS, Callback
 from .checkpoint import atomic_save, load_checkpoint, read_manifest, saved_recipe, save_weights, write_manifest
 from .data import ArrayDataset, BatchLoader, build_datasets, channel_stats, check_labels
 from .ema import ModelEma
+from .events import Event
 from .guard import DivergenceWatch, StepDecision, StepGuard, overflow_findings
 from .guard import grads_finite as guard_grads_finite
 from .optim import WarmupCosine, build_optimizer
@@ -279,9 +280,9 @@ class Trainer:
 
     def _watch_divergence(self, loss: float, grad_norm: float, step: int) -> None:
         ev = self.divergence.flag(loss, grad_norm, step,
-                                  find=lambda flagged, findings: self.fire("divergence", flagged=flagged, findings=findings))
+                                  find=lambda flagged, findings: self.fire("diverging", flagged=flagged, findings=findings))
         if ev is not None:
-            self.log.log("event", step, type="divergence", **{k: v for k, v in ev.items() if k != "step"})
+            self.log.log("event", step, type=Event.DIVERGING, **{k: v for k, v in ev.items() if k != "step"})
             print(f"DIVERGING at step {step}: {ev['reason']} (still finite; lower optim.lr, add warmup or "
                   f"optim.grad_clip)", flush=True)
             for f in ev["findings"].values():
@@ -291,24 +292,24 @@ class Trainer:
         """Fire the decision's event and log it; returns it with the listeners' findings."""
         if d.code == "scaler-overflow":
             self.scaler_skips += 1
-            self.log.log("event", d.step, type="scaler_skip", scale=float(self.scaler.get_scale()),
+            self.log.log("event", d.step, type=Event.SCALER_OVERFLOW, scale=float(self.scaler.get_scale()),
                          in_a_row=self.guard.scaler_overflows)
-        elif d.code == "divergence":
+        elif d.code == "grad-norm-overflow":
             d = dataclasses.replace(d, findings=overflow_findings(self.named_params))
-            self.log.log("event", d.step, type="divergence", reason="grad norm overflow", loss=d.loss,
+            self.log.log("event", d.step, type=Event.GRAD_NORM_OVERFLOW, loss=d.loss,
                          grad_norm_fp64=d.findings["grad_norm_fp64"],
                          largest_grads=[[n, v] for n, v in d.findings["largest_grads"]])
             print(f"DIVERGED: {d.reason()}", flush=True)
         elif d.code == "loss-spike":
             last = self.train_loader.last_indices
-            self.log.log("event", d.step, type="loss_spike", skipped=d.action == "skip",
+            self.log.log("event", d.step, type=Event.LOSS_SPIKE, skipped=d.action == "skip",
                          batch_indices=last.tolist() if last is not None else None, **d.spike)
             self.fire("spike", decision=d)
         elif d.code == "nonfinite":
             findings: dict = {}
             self.fire("nonfinite", decision=d, batches=micro_batches, rng_state=rng_before, findings=findings)
             d = dataclasses.replace(d, findings=findings)
-            self.log.log("event", d.step, type="nonfinite", policy=d.policy, loss=d.loss, grad_norm=d.grad_norm,
+            self.log.log("event", d.step, type=Event.NONFINITE, policy=d.policy, loss=d.loss, grad_norm=d.grad_norm,
                          **findings)
             if not findings:
                 print(f"NON-FINITE at step {d.step} (loss {d.loss}, grad norm {d.grad_norm}); policy {d.policy}. "
@@ -348,7 +349,7 @@ class Trainer:
         self.rollbacks += 1
         print(f"rollback: restored step {self.step} from {self.run_dir / 'last.pt'}; lr scale now {scale:g}",
               flush=True)
-        self.log.log("event", bad_step, type="rollback", restored_step=self.step, lr_scale=scale)
+        self.log.log("event", bad_step, type=Event.ROLLBACK, restored_step=self.step, lr_scale=scale)
 
     # ------------------------------------------------------------------ loop
     def start(self) -> None:
@@ -396,7 +397,7 @@ class Trainer:
                 self._train_epoch(bar)
             if self.stop_requested:
                 path = self.save_checkpoint()
-                diverged = self.tripped is not None and self.tripped.code == "divergence"
+                diverged = self.tripped is not None and self.tripped.code == "grad-norm-overflow"
                 bar.write(f"stopped at step {self.step} ({self.stop_reason}); checkpoint {path}"
                           + ("" if diverged else f"\nresume with: reproscope train --resume {self.run_dir}"))
         finally:
@@ -406,7 +407,7 @@ class Trainer:
         self._started = False
         if self.divergence.flagged is not None and self.dist.is_main:
             ev = self.divergence.flagged
-            print(f"this run diverged at step {ev['step']}: {ev['reason']}; see the divergence event in "
+            print(f"this run diverged at step {ev['step']}: {ev['reason']}; see the diverging event in "
                   f"{self.run_dir / 'metrics.jsonl'}", flush=True)
             for f in (ev.get("findings") or {}).values():
                 print(f"  at step {ev['step']}: {f.get('sentence', f)}", flush=True)
@@ -443,7 +444,7 @@ class Trainer:
         msg = (f"reg.ema_decay={d} averages over ~{1 / (1 - d):.0f} steps, more than half of this run's "
                f"{self.total_steps} steps: the EMA weights will lag the raw ones (both are evaluated and logged)")
         print(f"warning: {msg}", flush=True)
-        self.log.log("event", self.step, type="ema_horizon", horizon_steps=1 / (1 - d), total_steps=self.total_steps)
+        self.log.log("event", self.step, type=Event.EMA_HORIZON, horizon_steps=1 / (1 - d), total_steps=self.total_steps)
 
     def _train_epoch(self, bar) -> None:
         r = self.recipe

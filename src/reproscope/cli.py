@@ -179,7 +179,13 @@ def cmd_diagnose(args) -> int:
             raise ConfigError("usage: reproscope diagnose replay PATH (a nonfinite-stepN.pt reproducer)")
         return replay(args.path, trust_pickle=args.trust_pickle)
     from .diagnostics.diagnose import diagnose
-    return diagnose(resolved_recipe(args), args.check, args.model, args.json, args.out, args.bug, args.data)
+    return diagnose(resolved_recipe(args), args.check, args.model, args.json, args.out, args.bug, args.data,
+                    quick=args.quick)
+
+
+def _checks_help() -> str:
+    from .diagnostics.diagnose import checks_help  # imports torch: only when the help is shown
+    return checks_help() + "\n"
 
 
 def cmd_report(args) -> int:
@@ -206,6 +212,9 @@ def cmd_align(args) -> int:
     import json
 
     from .diagnostics.align import align, format_result
+    from .model.spec import with_args
+    args.mine = with_args(args.mine, args.mine_arg, "--mine-arg")  # appended: they win over the spec's own
+    args.ref = with_args(args.ref, args.ref_arg, "--ref-arg")
     r = align(args.mine, args.ref, img_size=args.img_size, num_classes=args.num_classes, batch=args.batch,
               seed=args.seed, atol=args.atol, rtol=args.rtol, train_mode=args.train_mode, map_path=args.map,
               out_dir=args.out, float32=args.float32)
@@ -257,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from a checkpoint file, a run directory, or 'auto' (the highest-step checkpoint "
                         "listed in the run's manifest)")
     t.add_argument("--model", default=None, metavar="SPEC",
-                   help="train your own model: package.module:factory, path/to/file.py:factory or timm:NAME "
-                        "(gets num_classes, img_size, in_chans when it accepts them)")
+                   help="train your own model: package.module:factory, path/to/file.py:factory or timm:NAME, optionally "
+                        "with constructor arguments (file.py:make:depth=4,dyt=true); it gets num_classes, img_size, "
+                        "in_chans when it accepts them")
     t.add_argument("--weights", default=None, metavar="FILE",
                    help="start from these model weights (.safetensors, a state-dict .pt or a checkpoint)")
     t.add_argument("--trust-pickle", action="store_true",
@@ -316,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="unpickle a reproducer or checkpoint that a weights-only load refuses (can run code)")
     _add_recipe_args(dg, None, f"default: {DEFAULT_RECIPE}; for eval, the recipe the checkpoint or its run's "
                                 "config.json carries")
-    dg.add_argument("--model", default=None, metavar="package.module:factory", help="diagnose your own model")
+    dg.add_argument("--model", default=None, metavar="SPEC", help="diagnose your own model: file.py:factory, "
+                    "package.module:factory, timm:NAME or a registered name, optionally :KEY=VALUE,... constructor "
+                    "arguments")
     dg.add_argument("--json", action="store_true", help="machine-readable output")
     dg.add_argument("--data", default=None, metavar="DIR|FILE.pt",
                     help="your data: an image folder with train/ and val/ class folders, or a .pt file holding "
@@ -325,7 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="plant a bug from the zoo first (`reproscope zoo` lists them), to see what the checks say")
     dg.add_argument("--out", default=None, metavar="DIR",
                     help="where figures go (contact sheet, lr sweep); default <run.out_dir>/diagnose-<recipe>")
+    dg.add_argument("--quick", action="store_true",
+                    help="the quick tier: the cheap checks (marked * below) with short budgets (fewer steps); "
+                         "under a minute for a ViT-Ti-width model at 32 px on 2 CPU cores")
     dg.set_defaults(fn=cmd_diagnose)
+    dg.format_help = lambda: argparse.ArgumentParser.format_help(dg) + "\n" + _checks_help()
 
     rp = sub.add_parser("report", help="report.md + report.pdf (<= 3 pages) from run directories: setup vs paper, "
                                        "results over seeds, the measured difference, curves, deviations, commands")
@@ -355,8 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     al = sub.add_parser("align", help="hold your model against the reference layer by layer: match and copy weights, "
                                       "first module whose output differs, first gradient that differs")
     al.add_argument("mine", metavar="MINE", help="your model: file.py:factory, package.module:factory, timm:NAME or a "
-                                                 "registered name")
-    al.add_argument("ref", metavar="REF", help="the reference model, in the same forms")
+                                                 "registered name, optionally with constructor arguments "
+                                                 "(file.py:make:depth=4,dyt=true)")
+    al.add_argument("ref", metavar="REF", help="the reference model, in the same forms (e.g. "
+                                               "timm:vit_tiny_patch16_224:global_pool=avg,class_token=False)")
+    al.add_argument("--mine-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="a constructor argument for MINE, appended to its spec (repeatable; a Python literal, "
+                         "true/false/none, or text)")
+    al.add_argument("--ref-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="a constructor argument for REF, e.g. --ref-arg global_pool=avg --ref-arg class_token=False")
     al.add_argument("--img-size", type=int, default=224)
     al.add_argument("--num-classes", type=int, default=1000)
     al.add_argument("--batch", type=int, default=2)

@@ -43,7 +43,7 @@ from ..config import ConfigError, Recipe, apply_overrides, recipe_from_dict
 from ..model.build import build_model
 from ..model.spec import spec_in_run, user_model
 from ..train.augment import center_crop
-from ..train.checkpoint import CheckpointError, load_file, saved_recipe
+from ..train.checkpoint import CheckpointError, load_file, read_state_dict, saved_recipe
 from ..train.data import build_datasets, channel_stats
 from ..train.folders import DataError
 
@@ -86,17 +86,11 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoi
             recipe = None
     if recipe is None and (path.parent / "config.json").is_file():  # weights inside a run directory
         recipe = json.loads((path.parent / "config.json").read_text())
-    sd, ema, step = obj, None, None
+    ema, step = None, None
     if isinstance(obj, dict):
         step = obj.get("step") if isinstance(obj.get("step"), int) else None
         ema = next((obj[k] for k in EMA_KEYS if isinstance(obj.get(k), dict)), None)
-        if isinstance(obj.get("model"), dict):
-            sd = obj["model"]
-        elif isinstance(obj.get("state_dict"), dict):
-            sd = obj["state_dict"]
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"checkpoint {path} holds no state dict of tensors (expected {{name: tensor}}, or a "
-                              f"dict with a 'model' or 'state_dict' entry)")
+    sd = read_state_dict(obj, path)  # prefixes are kept: a "module." prefix is one of the causes diagnosed
     return Checkpoint(sd, ema if isinstance(ema, dict) else None, recipe, step, path)
 
 

@@ -2,14 +2,14 @@
 
 Every key of :class:`~reproscope.config.ModelConfig` whose value is still the config's default is
 dropped (the model then uses its own default); the others are passed as keywords of the same name
-(``drop_path`` is passed as ``drop_path_rate``). A constructor that does not know a keyword fails
-with a :class:`~reproscope.config.ConfigError` naming the ``model.*`` key, not with a TypeError.
+(``drop_path`` is passed as ``drop_path_rate``). A keyword the model's family does not take (its
+signatures, ``registry.options_of``) is refused before the call with a
+:class:`~reproscope.config.ConfigError` naming the ``model.*`` key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import torch.nn as nn
 
@@ -35,14 +35,12 @@ def build_model(cfg: ModelConfig, num_classes: int, img_size: int) -> nn.Module:
     """
     info = model_info(cfg.name)
     kw = {"num_classes": num_classes, "img_size": img_size, **model_kwargs(cfg)}
+    refused = sorted(k for k in kw if info.options is not None and k not in info.options)
+    if refused:  # asked of the family's signatures (registry.options_of), before the call
+        key = _FIELD.get(refused[0], refused[0])
+        raise ConfigError(f"model.{key}={getattr(cfg, key, '?')!r} is not an option of model.name={cfg.name!r}; "
+                          f"remove --set model.{key} or choose a model that has it")
     try:
         return info.fn(**kw)
-    except TypeError as e:
-        m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-        if m is None:
-            raise
-        key = _FIELD.get(m.group(1), m.group(1))
-        raise ConfigError(f"model.{key}={getattr(cfg, key, '?')!r} is not an option of model.name={cfg.name!r}; "
-                          f"remove --set model.{key} or choose a model that has it") from e
     except ValueError as e:
         raise ConfigError(f"model.name={cfg.name!r} could not be built with {kw}: {e}") from e

@@ -22,13 +22,15 @@ Chosen where the papers are silent, or deviations:
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from .layers import trunc_normal_init_, LayerScale, Mlp, drop_path_or_identity, norm_factory
-from .registry import register_model
+from .registry import register_model, options_of
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -134,37 +136,40 @@ def _convnext(depths, dims, *, num_classes=1000, drop_path_rate=0.0, norm="ln", 
                                    drop_path_rate=drop_path_rate, norm=norm, **kw))
 
 
-@register_model(paper="ConvNeXt (prints 28M; DyT: LN baseline)", paper_params_m=28.6, paper_top1=82.1)
+register_convnext = functools.partial(register_model, options=options_of(_convnext, ConvNeXtConfig))
+
+
+@register_convnext(paper="ConvNeXt (prints 28M; DyT: LN baseline)", paper_params_m=28.6, paper_top1=82.1)
 def convnext_tiny(**kw):
     """ConvNeXt-T with LayerNorm."""
     return _convnext((3, 3, 9, 3), (96, 192, 384, 768), **kw)
 
 
-@register_model(paper="ConvNeXt (DyT: LN baseline)", paper_params_m=50.0, paper_top1=83.1)
+@register_convnext(paper="ConvNeXt (DyT: LN baseline)", paper_params_m=50.0, paper_top1=83.1)
 def convnext_small(**kw):
     """ConvNeXt-S with LayerNorm."""
     return _convnext((3, 3, 27, 3), (96, 192, 384, 768), **kw)
 
 
-@register_model(paper="DyT (LN baseline, Table 1)", paper_params_m=89.0, paper_top1=83.7)
+@register_convnext(paper="DyT (LN baseline, Table 1)", paper_params_m=89.0, paper_top1=83.7)
 def convnext_base(**kw):
     """ConvNeXt-B with LayerNorm."""
     return _convnext((3, 3, 27, 3), (128, 256, 512, 1024), **kw)
 
 
-@register_model(paper="DyT (LN baseline, Table 1)", paper_params_m=198.0, paper_top1=84.3)
+@register_convnext(paper="DyT (LN baseline, Table 1)", paper_params_m=198.0, paper_top1=84.3)
 def convnext_large(**kw):
     """ConvNeXt-L with LayerNorm."""
     return _convnext((3, 3, 27, 3), (192, 384, 768, 1536), **kw)
 
 
-@register_model(paper="DyT (Table 1)", paper_params_m=89.0, paper_top1=83.7)
+@register_convnext(paper="DyT (Table 1)", paper_params_m=89.0, paper_top1=83.7)
 def convnext_base_dyt(**kw):
     """ConvNeXt-B with DyT in place of every LayerNorm."""
     return _convnext((3, 3, 27, 3), (128, 256, 512, 1024), **{"norm": "dyt", **kw})
 
 
-@register_model(paper="DyT (Table 1)", paper_params_m=198.0, paper_top1=84.4)
+@register_convnext(paper="DyT (Table 1)", paper_params_m=198.0, paper_top1=84.4)
 def convnext_large_dyt(**kw):
     """ConvNeXt-L with DyT in place of every LayerNorm."""
     return _convnext((3, 3, 27, 3), (192, 384, 768, 1536), **{"norm": "dyt", **kw})

@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .registry import register_model
+from .registry import register_model, options_of
 from .vit import VisionTransformer, ViTConfig
 
 NUM_DEG, DEN_DEG = 5, 4
@@ -230,30 +230,33 @@ def _kat(dim, depth, heads, *, img_size=224, patch_size=16, num_classes=1000, dr
     return KAT(cfg, **kan)
 
 
+register_kat = functools.partial(register_model, options=options_of(_kat, ViTConfig, KAT))
+
+
 # The authors' public training path (their GPU kernel, not its CPU fallback): every flag that differs
 # from the paper's text, set together. See the module docstring for what each one changes.
 PUBLIC = dict(denominator="abs_terms", share_numerator=True, linear_init="trunc_normal", attn_init="mimetic")
 
 
-@register_model(paper="KAT (Table 5)", paper_params_m=5.7, paper_top1=74.6)
+@register_kat(paper="KAT (Table 5)", paper_params_m=5.7, paper_top1=74.6)
 def kat_tiny(**kw):
     """KAT-T: ViT-Ti/16 with GR-KAN MLPs (8 groups, rational degrees 5/4)."""
     return _kat(192, 12, 3, **kw)
 
 
-@register_model(paper="KAT (Table 5; size not checked against the paper)")
+@register_kat(paper="KAT (Table 5; size not checked against the paper)")
 def kat_small(**kw):
     """KAT-S: ViT-S/16 with GR-KAN MLPs."""
     return _kat(384, 12, 6, **kw)
 
 
-@register_model(paper="KAT (Table 5; size not checked against the paper)")
+@register_kat(paper="KAT (Table 5; size not checked against the paper)")
 def kat_base(**kw):
     """KAT-B: ViT-B/16 with GR-KAN MLPs."""
     return _kat(768, 12, 12, **kw)
 
 
-@register_model(paper="reproscope (CPU campaign size; KAT-T's block at vit_quick's width)", default_img_size=32)
+@register_kat(paper="reproscope (CPU campaign size; KAT-T's block at vit_quick's width)", default_img_size=32)
 def kat_quick(**kw):
     """KAT at ``vit_quick``'s size (width 96, depth 4, 4 heads, 8 rational groups of 12 channels), patch 8
     at 32 px: the CPU-scale KAT campaign (docs/reproductions/kat.md) against ``vit_quick``'s GELU MLP."""
@@ -262,7 +265,7 @@ def kat_quick(**kw):
     return _kat(96, 4, 4, **kw)
 
 
-@register_model(paper="KAT (Table 5; the public code's training path)", paper_params_m=5.7, paper_top1=74.6)
+@register_kat(paper="KAT (Table 5; the public code's training path)", paper_params_m=5.7, paper_top1=74.6)
 def kat_tiny_public(**kw):
     """KAT-T as the authors' public code trains it (``PUBLIC``: |b_i| |x|^i denominators, a shared
     numerator, trunc_normal(0.02) MLP linears, mimetic attention init); keywords override."""

@@ -25,13 +25,15 @@ Chosen where the paper is silent, or deviations:
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from .layers import trunc_normal_init_, drop_path_or_identity, norm_factory
-from .registry import register_model
+from .registry import register_model, options_of
 
 
 def _conv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -164,13 +166,16 @@ def _mambaout(depths, dims, *, num_classes=1000, drop_path_rate=0.0, patch_size=
                                    drop_path_rate=drop_path_rate, **kw))
 
 
-@register_model(paper="MambaOut (Table 1)", paper_params_m=7.3, paper_top1=78.9)
+register_mambaout = functools.partial(register_model, options=options_of(_mambaout, MambaOutConfig))
+
+
+@register_mambaout(paper="MambaOut (Table 1)", paper_params_m=7.3, paper_top1=78.9)
 def mambaout_femto(**kw):
     """MambaOut-Femto: Gated CNN, depths (3,3,9,3), widths (48,96,192,288)."""
     return _mambaout((3, 3, 9, 3), (48, 96, 192, 288), **kw)
 
 
-@register_model(paper="reproscope (CPU campaign size; MambaOut's Gated CNN at vit_quick's parameter count with 10 classes)",
+@register_mambaout(paper="reproscope (CPU campaign size; MambaOut's Gated CNN at vit_quick's parameter count with 10 classes)",
                 default_img_size=32)
 def mambaout_quick(**kw):
     """MambaOut with depths (2, 2, 3, 2) and widths (16, 32, 64, 112): 0.49M parameters at 10 classes, the
@@ -180,25 +185,25 @@ def mambaout_quick(**kw):
     return _mambaout((2, 2, 3, 2), (16, 32, 64, 112), **kw)
 
 
-@register_model(paper="MambaOut (Table 1)", paper_params_m=9.1, paper_top1=80.0)
+@register_mambaout(paper="MambaOut (Table 1)", paper_params_m=9.1, paper_top1=80.0)
 def mambaout_kobe(**kw):
     """MambaOut-Kobe: Gated CNN, depths (3,3,15,3), widths (48,96,192,288)."""
     return _mambaout((3, 3, 15, 3), (48, 96, 192, 288), **kw)
 
 
-@register_model(paper="MambaOut (Table 4)", paper_params_m=26.5, paper_top1=82.7)
+@register_mambaout(paper="MambaOut (Table 4)", paper_params_m=26.5, paper_top1=82.7)
 def mambaout_tiny(**kw):
     """MambaOut-Tiny: Gated CNN, depths (3,3,9,3), widths (96,192,384,576)."""
     return _mambaout((3, 3, 9, 3), (96, 192, 384, 576), **kw)
 
 
-@register_model(paper="MambaOut (Table 4)", paper_params_m=48.5, paper_top1=84.1)
+@register_mambaout(paper="MambaOut (Table 4)", paper_params_m=48.5, paper_top1=84.1)
 def mambaout_small(**kw):
     """MambaOut-Small: Gated CNN, depths (3,4,27,3), widths (96,192,384,576)."""
     return _mambaout((3, 4, 27, 3), (96, 192, 384, 576), **kw)
 
 
-@register_model(paper="MambaOut (Table 4)", paper_params_m=84.8, paper_top1=84.2)
+@register_mambaout(paper="MambaOut (Table 4)", paper_params_m=84.8, paper_top1=84.2)
 def mambaout_base(**kw):
     """MambaOut-Base: Gated CNN, depths (3,4,27,3), widths (128,256,512,768)."""
     return _mambaout((3, 4, 27, 3), (128, 256, 512, 768), **kw)

@@ -6,6 +6,8 @@ Each constructor is registered with the facts the paper reports about it, so tha
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,18 +25,35 @@ class ModelInfo:
     paper_top1: float | None = None  # ImageNet-1K top-1 the paper reports
     default_img_size: int = 224
     description: str = ""
+    options: frozenset[str] | None = None  # the keywords it takes (options_of); None = not declared
+
+
+def options_of(builder: Callable, *targets) -> frozenset[str]:
+    """The keywords a family of models takes, read from signatures, never from an error's text: the
+    builder's named parameters, and for what its ``**kwargs`` forward to, the fields of each config
+    dataclass and the named parameters of each constructor in ``targets``."""
+    names = {n for n, p in inspect.signature(builder).parameters.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for t in targets:
+        if dataclasses.is_dataclass(t):
+            names |= {f.name for f in dataclasses.fields(t)}
+        else:
+            names |= {n for n, p in inspect.signature(t).parameters.items()
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ("self", "cfg")}
+    return frozenset(names)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(*, paper: str, paper_params_m: float | None = None, paper_top1: float | None = None,
-                   default_img_size: int = 224):
-    """Decorator: register ``fn`` under its function name."""
+                   default_img_size: int = 224, options: frozenset[str] | None = None):
+    """Decorator: register ``fn`` under its function name; ``options``: the keywords it takes
+    (``options_of`` its family's builder), so a key it does not take is refused before the call."""
     def deco(fn):
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[fn.__name__] = ModelInfo(fn.__name__, fn, paper, paper_params_m, paper_top1,
-                                           default_img_size, doc[0] if doc else "")
+                                           default_img_size, doc[0] if doc else "", options)
         return fn
     return deco
 

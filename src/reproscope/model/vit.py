@@ -15,7 +15,15 @@ From the papers:
 Chosen where the paper is silent, or deviations:
 - ``global_pool='token'`` (DeiT: class token, final norm before pooling) is the default. The
   DyT reference builds timm's ViT with average pooling and a norm after pooling ("fc_norm");
-  ``global_pool='avg'`` gives that layout (the final norm then sits after pooling).
+  ``global_pool='avg'`` gives that layout (the final norm then sits after pooling; the patch
+  tokens are averaged, the class token left out). ``class_token=False`` (with ``global_pool='avg'``)
+  drops the class token altogether, as timm's ``class_token=False``: N tokens instead of N + 1.
+- The DyT family at every size the planner and the recipes use: ``vit_tiny_dyt``, ``vit_small_dyt``,
+  ``vit_base_dyt``, ``vit_large_dyt`` (DyT in place of every LayerNorm: both per block and the final
+  one, alpha0 0.5, gamma 1, beta 0); every LN model takes ``norm="dyt"`` too (the recipes' way:
+  ``model.norm=dyt``). The DyT reference's layout is ``global_pool="avg"`` (and, for a student ViT
+  without a class token, ``class_token=False``), e.g. the spec
+  ``vit_tiny_dyt:global_pool=avg,class_token=False`` for ``reproscope align``.
 - Init: trunc_normal(std=0.02) for Linear weights and the positional embedding, zero biases,
   class token normal(std=1e-6), PyTorch's default init for the patch convolution (as timm).
   ``attn_init="mimetic"`` re-initialises every attention layer mimetically (Trockman and Kolter,
@@ -28,6 +36,8 @@ Chosen where the paper is silent, or deviations:
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +45,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from .layers import trunc_normal_init_, Attention, Mlp, drop_path_or_identity, mimetic_init_, norm_factory
-from .registry import register_model
+from .registry import register_model, options_of
 
 
 # ----------------------------------------------------------------------------- layers
@@ -88,6 +98,7 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
     global_pool: str = "token"  # "token" (DeiT) or "avg" (DyT reference / timm fc_norm)
+    class_token: bool = True  # False: no class token (needs global_pool="avg"); tokens [B, N, C]
     norm: str = "ln"  # "ln" or "dyt"
     dyt_alpha0: float = 0.5
     dyt_squash: str = "tanh"
@@ -103,14 +114,17 @@ class VisionTransformer(nn.Module):
         super().__init__()
         if cfg.global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool={cfg.global_pool!r}: choose 'token' or 'avg'")
+        if not cfg.class_token and cfg.global_pool != "avg":
+            raise ValueError("class_token=False needs global_pool='avg' (there is no class token to pool)")
         if cfg.attn_init not in ("trunc_normal", "mimetic"):
             raise ValueError(f"attn_init={cfg.attn_init!r}: choose 'trunc_normal' or 'mimetic'")
         self.cfg = cfg
         norm_layer = norm_factory(cfg.norm, alpha0=cfg.dyt_alpha0, eps=cfg.ln_eps,
                                   squash=cfg.dyt_squash, learn_alpha=cfg.dyt_learn_alpha)
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, cfg.dim))
+        self.num_prefix_tokens = 1 if cfg.class_token else 0
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, cfg.dim))
         dpr = [cfg.drop_path_rate * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]  # linear depth rule
         self.blocks = nn.Sequential(*[
             Block(cfg.dim, cfg.num_heads, cfg.mlp_ratio, dpr[i], norm_layer=norm_layer, mlp_layer=mlp_layer)
@@ -123,7 +137,8 @@ class VisionTransformer(nn.Module):
 
     def reset_parameters(self):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
         trunc_normal_init_(self, (nn.Linear,))
         if self.cfg.attn_init == "mimetic":
             for m in self.modules():
@@ -131,17 +146,22 @@ class VisionTransformer(nn.Module):
                     mimetic_init_(m)
 
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token"} if self.cls_token is not None else {"pos_embed"}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # [B, 3, H, W] -> [B, N, C]
-        cls = self.cls_token.expand(x.shape[0], -1, -1)  # [1, 1, C] -> [B, 1, C]
-        x = torch.cat([cls, x], dim=1) + self.pos_embed  # [B, N+1, C]
+        if self.cls_token is not None:
+            cls = self.cls_token.expand(x.shape[0], -1, -1)  # [1, 1, C] -> [B, 1, C]
+            x = torch.cat([cls, x], dim=1)  # [B, N+1, C]
+        x = x + self.pos_embed  # [B, N+1, C] ([B, N, C] without a class token)
         x = self.blocks(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, 0] if self.cfg.global_pool == "token" else x[:, 1:].mean(dim=1)  # [B, N+1, C] -> [B, C]
+        if self.cfg.global_pool == "token":
+            x = x[:, 0]  # [B, N+1, C] -> [B, C]
+        else:
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)  # patch tokens only: [B, N(+1), C] -> [B, C]
         return self.head(self.fc_norm(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,43 +177,58 @@ def _vit(dim, depth, heads, *, img_size=224, patch_size=16, num_classes=1000, dr
                                        drop_path_rate=drop_path_rate, norm=norm, **kw))
 
 
-@register_model(paper="DeiT (baseline for DyT, KAT, MambaOut)", paper_params_m=5.7, paper_top1=72.2)
+register_vit = functools.partial(register_model, options=options_of(_vit, ViTConfig))
+
+
+@register_vit(paper="DeiT (baseline for DyT, KAT, MambaOut)", paper_params_m=5.7, paper_top1=72.2)
 def vit_tiny(**kw):
     """ViT-Ti/16 (DeiT-T) with LayerNorm."""
     return _vit(192, 12, 3, **kw)
 
 
-@register_model(paper="DeiT", paper_params_m=22.1, paper_top1=79.8)
+@register_vit(paper="DeiT", paper_params_m=22.1, paper_top1=79.8)
 def vit_small(**kw):
     """ViT-S/16 (DeiT-S) with LayerNorm."""
     return _vit(384, 12, 6, **kw)
 
 
-@register_model(paper="DyT (LN baseline, Table 1)", paper_params_m=86.6, paper_top1=82.3)
+@register_vit(paper="DyT (LN baseline, Table 1)", paper_params_m=86.6, paper_top1=82.3)
 def vit_base(**kw):
     """ViT-B/16 with LayerNorm."""
     return _vit(768, 12, 12, **kw)
 
 
-@register_model(paper="DyT (LN baseline, Table 1)", paper_params_m=304.4, paper_top1=83.1)
+@register_vit(paper="DyT (LN baseline, Table 1)", paper_params_m=304.4, paper_top1=83.1)
 def vit_large(**kw):
     """ViT-L/16 with LayerNorm."""
     return _vit(1024, 24, 16, **kw)
 
 
-@register_model(paper="DyT (Table 1)", paper_params_m=86.6, paper_top1=82.5)
+@register_vit(paper="DyT on DeiT-Ti (the planner's Ti size; the DyT paper reports no Ti)")
+def vit_tiny_dyt(**kw):
+    """ViT-Ti/16 with DyT in place of every LayerNorm (alpha0 0.5)."""
+    return _vit(192, 12, 3, **{"norm": "dyt", **kw})
+
+
+@register_vit(paper="DyT (Table 7, ViT-S with tanh)", paper_top1=80.3)
+def vit_small_dyt(**kw):
+    """ViT-S/16 with DyT in place of every LayerNorm (alpha0 0.5)."""
+    return _vit(384, 12, 6, **{"norm": "dyt", **kw})
+
+
+@register_vit(paper="DyT (Table 1)", paper_params_m=86.6, paper_top1=82.5)
 def vit_base_dyt(**kw):
     """ViT-B/16 with DyT in place of every LayerNorm."""
     return _vit(768, 12, 12, **{"norm": "dyt", **kw})
 
 
-@register_model(paper="DyT (Table 1)", paper_params_m=304.4, paper_top1=83.6)
+@register_vit(paper="DyT (Table 1)", paper_params_m=304.4, paper_top1=83.6)
 def vit_large_dyt(**kw):
     """ViT-L/16 with DyT in place of every LayerNorm."""
     return _vit(1024, 24, 16, **{"norm": "dyt", **kw})
 
 
-@register_model(paper="reproscope (CPU quickstart size)", default_img_size=32)
+@register_vit(paper="reproscope (CPU quickstart size)", default_img_size=32)
 def vit_quick(**kw):
     """ViT width 96, depth 4, 4 heads, patch 8 at 32 px: trains on 2 CPU cores in minutes."""
     kw.setdefault("img_size", 32)

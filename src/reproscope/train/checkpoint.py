@@ -197,6 +197,24 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, trust_pickle
     return ckpt
 
 
+def read_state_dict(obj, path, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The model state dict inside a loaded file: the file itself when it is ``{name: tensor}``, else its
+    ``model`` or ``state_dict`` entry (reproscope, timm and Lightning checkpoints). The one reader of
+    foreign weight files (``load_weights`` and ``diagnose eval``'s ``read_checkpoint``).
+
+    Raises:
+        CheckpointError: no state dict of tensors inside (the message names ``path``).
+    """
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{what} {path} holds no state dict of tensors (expected {{name: tensor}}, "
+                              f"or a checkpoint with a 'model' or 'state_dict' entry)")
+    return obj
+
+
 def load_weights(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """A model state dict from a ``.safetensors`` file, a plain state-dict ``.pt``, or a reproscope
     checkpoint (its ``model`` entry). A leading ``module.`` (DDP) or ``_orig_mod.`` (torch.compile)
@@ -205,14 +223,7 @@ def load_weights(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict
     Raises:
         CheckpointError: unreadable file, or no tensor dict inside it.
     """
-    obj = load_file(path, trust_pickle=trust_pickle, what="weights file")
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"weights file {path} holds no state dict of tensors (expected {{name: tensor}}, "
-                              f"or a checkpoint with a 'model' or 'state_dict' entry)")
+    obj = read_state_dict(load_file(path, trust_pickle=trust_pickle, what="weights file"), path, "weights file")
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}

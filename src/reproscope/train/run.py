@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 from ..config import Recipe, apply_overrides, recipe_from_dict
-from ..model.spec import factory_for, model_source, spec_file, spec_in_run
+from ..model.spec import factory_for, model_source, respec, spec_file, spec_in_run
 from .checkpoint import (CheckpointError, listed_checkpoints, load_checkpoint, load_weights, read_manifest,
                          saved_recipe)
 from .rundir import new_run_dir, prepare_run_dir, read_metrics, truncate_metrics
@@ -194,7 +194,7 @@ def _user_factory(spec: str, recipe: Recipe, rd: Path, is_main: bool):
         if is_main:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, dst)
-        source["copy"] = f"model_src/{f.name}:{spec.rsplit(':', 1)[1]}"
+        source["copy"] = respec(spec, f"model_src/{f.name}")
 
     return factory_for(spec, recipe.data.img_size), source
 

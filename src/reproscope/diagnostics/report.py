@@ -1,9 +1,12 @@
 """`reproscope report RUN_DIR [RUN_DIR ...]`: the reproduction note's numbers, tables and figures.
 
 Groups runs by variant (seeds are repeats), compares each method with its paper baseline, and
-writes ``report.md`` and ``report.pdf`` (fpdf2; at most 3 pages) with PNG figures beside them.
-The same list of content blocks feeds both renderers, so the two never disagree. Only reads run
-directories.
+writes ``report.md`` and ``report.pdf`` (fpdf2; at most 3 pages, laid out to the content) with PNG
+figures beside them, and a PNG preview of each page (``report-page1.png``, ...; pypdfium2) for a
+machine without a PDF viewer. The same list of content blocks feeds both renderers, so the two never
+disagree. Every sentence is generated from the numbers it states; the verdict on the paper's claim
+carries a code ([claim-holds], [claim-fails], [claim-inconclusive], [claim-untested]; see
+``verdict_sentences``). Only reads run directories.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from pathlib import Path
 from ..config import ConfigError
 from ..model import list_models, model_info
 from ..recipes import get_recipe
+from ..train.events import Event
 from .paths import display_arg, display_path, report_base
 from .report_figures import plot_curves, plot_grad_norms
-from .runs import Group, RunRecord, group_runs, is_science, load_run, welch
+from .runs import (Group, Interval, RunRecord, group_runs, is_science, load_run, seeds_for_half_width,
+                   welch_interval)
 
 
 @dataclass(frozen=True)
@@ -29,12 +34,22 @@ class Claim:
     baseline: dict  # ... and its baseline's
     paper_top1: tuple[float, float] | None = None  # the paper's (method, baseline) top-1; None: per norm (DyT)
     paper_models: str = ""  # the paper's models behind paper_top1, for the column header
+    relation: str = "beats"  # what the paper claims of method vs baseline: "beats" or "matches or beats"
+    tolerance: float = 1.0  # points of top-1: a smaller gap counts as "the two match" (see _verdict)
+    tolerance_why: str = "one point of top-1"
+
+    @property
+    def paper_gap(self) -> float | None:
+        """The paper's method minus baseline top-1, where the claim names one pair."""
+        return None if self.paper_top1 is None else self.paper_top1[0] - self.paper_top1[1]
 
 
 CLAIMS = {
     "dyt": Claim("Replacing every normalization layer with DyT(x) = γ · tanh(α x) + β matches or beats "
                  "LayerNorm (paper, Table 1: ViT-B 82.3 → 82.5, ViT-L 83.1 → 83.6 ImageNet-1K top-1).",
-                 {"model.norm": "dyt", "model.dyt_squash": "tanh", "model.dyt_alpha0": 0.5}, {"model.norm": "ln"}),
+                 {"model.norm": "dyt", "model.dyt_squash": "tanh", "model.dyt_alpha0": 0.5}, {"model.norm": "ln"},
+                 relation="matches or beats", tolerance=0.5,
+                 tolerance_why="the paper's own LN-to-DyT gaps, +0.2 and +0.5"),
     "kat": Claim("GR-KAN MLPs beat the GELU MLP of a ViT of the same size (paper, Table 5: DeiT-T 72.2 → KAT-T 74.6).",
                  {"model.name": ("kat_tiny", "kat_quick"), "model.denominator": ("default", "paper")},
                  {"model.name": ("vit_tiny", "vit_quick"), "model.norm": ("default", "ln")},
@@ -139,8 +154,7 @@ def build_blocks(groups: list[Group], out: Path, command: str, base: Path | None
         if incomplete:
             seeds += f" ({len(incomplete)} run(s) incomplete: last eval at epoch " \
                      f"{incomplete[0].val[-1]['epoch'] + 1 if incomplete[0].val else 0})"
-        res_rows.append([g.label, f"{paper_top1:.1f}" if paper_top1 else "-",
-                         f"{m:.2f} ± {s:.2f}" if n else "no eval", str(n), seeds])
+        res_rows.append([g.label, f"{paper_top1:.1f}" if paper_top1 else "-", _mean_std(m, s, n), str(n), seeds])
     paper_col = (f"paper {claim.paper_models} (IN-1K)" if claim is not None and claim.paper_models else
                  f"paper {facts['model']} (IN-1K)" if facts else "paper")
     blocks += [("h", "Results (val top-1, %)"),
@@ -157,7 +171,7 @@ def build_blocks(groups: list[Group], out: Path, command: str, base: Path | None
                    ("table", ["variant", "raw top-1", "EMA top-1", "reported"], ema_rows)]
 
     blocks += [("h", "Reproducibility checklist"),
-               ("table", ["item (NeurIPS / ACL checklists)", "this campaign"], _checklist(groups, runs))]
+               ("table", ["item (NeurIPS / ACL checklists)", "this campaign"], _checklist(groups, runs, claim))]
     blocks += [("h", "What was easy, what was difficult, communication with the authors"),
                ("p", "(fill in before sharing: edit report.md, then `reproscope note report.md` renders it. What "
                      "was easy to reproduce; what was difficult and why; whether the authors were contacted and "
@@ -178,19 +192,20 @@ def build_blocks(groups: list[Group], out: Path, command: str, base: Path | None
         for e in r.events:
             kinds[e.get("type", "?")] = kinds.get(e.get("type", "?"), 0) + 1
         first_ev = next((e for e in r.events if e.get("type") == "nonfinite"), None)
-        div = next((e for e in r.events if e.get("type") == "divergence"), None)
+        div = next((e for e in r.events if e.get("type") == Event.DIVERGING), None)
         notes = ([f"first non-finite at step {first_ev['step']} in {first_ev.get('module') or '?'}"] if first_ev else []) \
             + ([f"diverging from step {div['step']}: {div.get('reason', '')}"] if div else []) \
             + [f.get("sentence", "") for f in ((div or {}).get("findings") or {}).values()]
-        ev_rows.append([r.name, str(kinds.get("nonfinite", 0)), str(kinds.get("divergence", 0)),
-                        str(kinds.get("loss_spike", 0)), str(kinds.get("scaler_skip", 0)),
-                        str(kinds.get("rollback", 0)), "; ".join(notes)])
-    blocks.append(("table", ["run", "non-finite", "divergence", "loss spikes", "fp16 skips", "rollbacks", "note"],
+        ev_rows.append([r.name, str(kinds.get(Event.NONFINITE, 0)),
+                        str(kinds.get(Event.DIVERGING, 0) + kinds.get(Event.GRAD_NORM_OVERFLOW, 0)),
+                        str(kinds.get(Event.LOSS_SPIKE, 0)), str(kinds.get(Event.SCALER_OVERFLOW, 0)),
+                        str(kinds.get(Event.ROLLBACK, 0)), "; ".join(notes)])
+    blocks.append(("table", ["run", "non-finite", "diverging", "loss spikes", "fp16 skips", "rollbacks", "note"],
                    ev_rows))
     blocks.append(("img", gn, "Global gradient norm (before clipping), mean over seeds."))
-    diverged = [r for r in runs if any(e.get("type") == "divergence" for e in r.events)]
+    diverged = [r for r in runs if any(e.get("type") == Event.DIVERGING for e in r.events)]
     for r in diverged[:2]:  # the paper-figure probes taken when the run was flagged: what blew up
-        step = next(e["step"] for e in r.events if e.get("type") == "divergence")
+        step = next(e["step"] for e in r.events if e.get("type") == Event.DIVERGING)
         for fig in ("kat_ranges_at_divergence.png", "dyt_fig2_norm_curves_at_divergence.png"):
             src = r.path / "figures" / fig
             if src.exists():
@@ -268,7 +283,7 @@ def _methodology(runs: list[RunRecord], base: Path) -> str:
             f"std; training augmentation as in config.json (aug.*).")
 
 
-def _checklist(groups: list[Group], runs: list[RunRecord]) -> list[list[str]]:
+def _checklist(groups: list[Group], runs: list[RunRecord], claim: Claim | None = None) -> list[list[str]]:
     """The rows of the NeurIPS / ACL reproducibility checklists that the run directories answer."""
     params = []
     for g in groups:
@@ -287,15 +302,51 @@ def _checklist(groups: list[Group], runs: list[RunRecord]) -> list[list[str]]:
             params.append(f"{g.label}: see the model file")
     hours = sum(r.device_hours for r in runs)
     seeds = "; ".join(f"{g.label}: {len(g.runs)} (seeds {', '.join(str(r.seed) for r in g.runs)})" for g in groups)
-    n_dev = len({dv["key"] for r in runs for dv in r.deviations if is_science(dv["key"])})
+    n_dev = _n_deviations(runs)
+    parents = _parents(runs)
+    orphans = sorted({r.recipe for r in runs if not r.config.get("parent")})
+    hyper = (f"no paper recipe ({', '.join(orphans)}: no parent recipe): {n_dev} changed from the recipe "
+             f"(deviation log)" if not parents else
+             f"the paper recipe {parents[0]}'s, {n_dev} changed (deviation log, with reasons)" if len(parents) == 1
+             else f"the paper recipes {', '.join(parents)}: {n_dev} changed (deviation log, with reasons)")
+    if parents and orphans:
+        hyper += f"; {', '.join(orphans)} name no paper recipe"
     return [["model parameters", "; ".join(params)],
             ["compute (all runs)", f"{hours:.2f} device-hours on {runs[0].device}; "
                                    f"{sum(r.images_seen for r in runs) / 1e6:.2f}M images seen"],
             ["number of runs", seeds],
-            ["statistics", "mean ± standard deviation over seeds; the difference with a 95 % Welch interval"],
+            ["statistics", _statistics(groups, claim)],
             ["splits", "train / val as in Methodology; no test set is used for any choice"],
-            ["hyperparameters", f"the paper recipe's, {n_dev} changed (deviation log, with reasons); "
-                                f"search: (fill in: none, or its bounds and trials)"]]
+            ["hyperparameters", f"{hyper}; search: (fill in: none, or its bounds and trials)"]]
+
+
+def _statistics(groups: list[Group], claim: Claim | None) -> str:
+    """The checklist's statistics row: what the results and the verdict computed, for these runs."""
+    ns = sorted({len(g.metric("top1")) for g in groups})
+    head = "mean ± standard deviation over seeds (n = " + ", ".join(map(str, ns)) + ")" + \
+        ("; one seed: its value, no std" if 1 in ns else "")
+    method, base = claim_pair(groups, claim)
+    if method is None or base is None:
+        return head + "; no difference computed (no method and baseline pair among these runs)"
+    if min(len(method.metric("top1")), len(base.metric("top1"))) < 2:
+        return head + "; no interval for the difference (a side has fewer than 2 seeds)"
+    return head + "; the method minus baseline difference with a 95 % Welch interval (exact t quantile at its " \
+                  "fractional df)"
+
+
+def _parents(runs: list[RunRecord]) -> list[str]:
+    """The paper recipes the runs were derived from (their config's ``parent``), sorted, once each."""
+    return sorted({r.config["parent"] for r in runs if r.config.get("parent")})
+
+
+def _n_deviations(runs: list[RunRecord]) -> int:
+    """How many config keys differ from the parent (or the recipe): seeds, threads and logging not counted."""
+    return len({dv["key"] for r in runs for dv in r.deviations if is_science(dv["key"])})
+
+
+def _mean_std(m: float, s: float, n: int) -> str:
+    """A results cell: mean ± std over n seeds; one seed has no std, so none is shown."""
+    return "no eval" if not n else f"{m:.2f} (one seed: no std)" if n == 1 else f"{m:.2f} ± {s:.2f}"
 
 
 def _commits(runs: list[RunRecord]) -> str:
@@ -319,30 +370,105 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in s).strip("_")
 
 
-def _verdict(groups: list[Group], claim: Claim | None) -> str:
+def claim_pair(groups: list[Group], claim: Claim | None) -> tuple[Group | None, Group | None]:
+    """The claim's method group and baseline group among ``groups`` (None where absent)."""
     if claim is None:
-        return ""
+        return None, None
     method = [g for g in groups if _matches(g, claim.method)]
     base = [g for g in groups if _matches(g, claim.baseline)]
-    if not method or not base:
-        return "The method and its baseline are not both among these runs: no difference to report."
-    a, b = method[0].metric("top1"), base[0].metric("top1")
+    return (method[0] if method else None), (base[0] if base else None)
+
+
+def _verdict(groups: list[Group], claim: Claim | None) -> str:
+    """The measured difference between the claim's method and baseline and what it says of the claim,
+    as one paragraph (``verdict_sentences``; the deviations counted are those of these two groups' runs
+    from their parent recipes); "" without a claim."""
+    if claim is None:
+        return ""
+    method, base = claim_pair(groups, claim)
+    if method is None or base is None:
+        return "The method and its baseline are not both among these runs: no difference to report [claim-untested]."
+    a, b = method.metric("top1"), base.metric("top1")
     if not a or not b:
-        return "A method or baseline run has no evaluation yet."
-    d, lo, hi = welch(a, b)
-    ci = f"95% CI [{lo:+.2f}, {hi:+.2f}] (Welch t, n = {len(a)} + {len(b)})" if not math.isnan(lo) else \
-        "no confidence interval (one seed per variant)"
-    head = f"Measured difference, {method[0].label} minus {base[0].label}: {d:+.2f} points top-1, {ci}. "
-    if math.isnan(lo):
-        return head + "With one seed per variant this says little; run at least 3 seeds."
-    if lo > 0:
-        return head + "The method is better at this scale: the paper's claim holds here."
-    if hi < 0:
-        return head + ("The method is worse at this scale, beyond seed noise: the paper's 'matches or beats' does "
-                       "not hold here. Check the deviation log before blaming the method: the scale differs.")
-    return head + ("The interval contains 0: no difference resolved at this scale, which is consistent with "
-                   "'matches' but cannot show 'beats'; with 3 seeds only differences larger than the interval's "
-                   "half-width are detectable.")
+        return "A method or baseline run has no evaluation yet: no difference to report [claim-untested]."
+    n_dev = _n_deviations(method.runs + base.runs)
+    against = " and ".join(_parents(method.runs + base.runs))
+    return " ".join(verdict_sentences(claim, method.label, base.label, welch_interval(a, b), n_dev, against))
+
+
+def verdict_sentences(claim: Claim, method: str, base: str, iv: Interval, n_dev: int = 0,
+                      against: str = "") -> list[str]:
+    """Each sentence from the numbers it states: the difference and its interval, whether the interval
+    resolves a difference, the verdict on the claim with its code ([claim-holds], [claim-fails],
+    [claim-inconclusive], [claim-untested]), the paper's gap against the interval, and what would
+    resolve an inconclusive one. The claim's ``tolerance`` (points) is the gap below which the two
+    count as matching: "matches or beats" holds when the interval's lower end is above -tolerance and
+    fails when its upper end is below it; "beats" holds when the lower end is above 0 and fails when
+    the upper end is below 0 or the whole interval is within +-tolerance; any other interval includes
+    both 0 (or a gap within the tolerance) and a gap beyond it, and supports no claim either way."""
+    n = f"n = {iv.n_a} + {iv.n_b}"
+    if math.isnan(iv.lo):
+        return [f"Measured difference, {method} minus {base}: {iv.d:+.2f} points top-1 ({n}).",
+                f"A variant with one seed has no spread, so there is no interval and no verdict: run at least "
+                f"3 seeds per variant [claim-untested]."]
+    df = f"df {iv.df:.1f}, " if not math.isnan(iv.df) else ""
+    out = [f"Measured difference, {method} minus {base}: {iv.d:+.2f} points top-1, 95% CI [{iv.lo:+.2f}, "
+           f"{iv.hi:+.2f}] (Welch t, {df}{n})."]
+    if iv.lo > 0 or iv.hi < 0:
+        out.append(f"The interval excludes 0: the method is {'better' if iv.lo > 0 else 'worse'} beyond seed noise.")
+    else:
+        out.append(f"The interval contains 0: no difference is resolved; with {n} seeds only differences larger "
+                   f"than its half-width, {iv.half_width:.2f} points, are detectable.")
+    code = _claim_code(claim, iv)
+    out.append(_claim_sentence(claim, iv, code))
+    if claim.paper_gap is not None:
+        where = "above" if claim.paper_gap > iv.hi else "below" if claim.paper_gap < iv.lo else "inside"
+        out.append(f"The paper's gap, {claim.paper_gap:+.2f} points, lies {where} the interval.")
+    if code == "claim-inconclusive":
+        need = seeds_for_half_width(iv.std_a, iv.std_b, claim.tolerance)
+        spread = f"the observed seed spread (std {iv.std_a:.2f} and {iv.std_b:.2f})"
+        out.append(f"At {spread}, an interval of ±{claim.tolerance:.2f} points needs about {need} seeds per variant."
+                   if need else f"At {spread}, more than 1000 seeds per variant would be needed for an interval of "
+                                f"±{claim.tolerance:.2f} points.")
+    if code == "claim-fails" and n_dev:
+        out.append(f"The method's and the baseline's runs differ from {against or 'their recipe'} in {n_dev} "
+                   f"settings (deviation log): check those before blaming the method.")
+    return out
+
+
+def _claim_code(claim: Claim, iv: Interval) -> str:
+    """claim-holds, claim-fails or claim-inconclusive for an interval (see ``verdict_sentences``)."""
+    tol = claim.tolerance
+    if claim.relation == "matches or beats":
+        return "claim-holds" if iv.lo >= -tol else "claim-fails" if iv.hi < -tol else "claim-inconclusive"
+    if iv.lo > 0:
+        return "claim-holds"
+    if iv.hi < 0 or (iv.lo >= -tol and iv.hi <= tol):
+        return "claim-fails"
+    return "claim-inconclusive"
+
+
+def _claim_sentence(claim: Claim, iv: Interval, code: str) -> str:
+    """The verdict on the claim, with the end of the interval and the tolerance that decide it."""
+    tol, rel = claim.tolerance, f"'{claim.relation}'"
+    why = f"(tolerance ±{tol:.2f} points: {claim.tolerance_why})"
+    if code == "claim-holds":
+        if iv.lo > 0:
+            return f"The lower end, {iv.lo:+.2f}, is above 0: {rel} holds at this scale [claim-holds]."
+        return (f"The lower end, {iv.lo:+.2f}, is not below -{tol:.2f}: 'matches' holds at this scale, 'beats' is "
+                f"not shown {why} [claim-holds].")
+    if code == "claim-fails":
+        if claim.relation == "matches or beats":
+            return (f"The upper end, {iv.hi:+.2f}, is below -{tol:.2f}: the method is behind by more than the "
+                    f"tolerance, so {rel} does not hold at this scale {why} [claim-fails].")
+        if iv.hi < 0:
+            return f"The upper end, {iv.hi:+.2f}, is below 0: {rel} does not hold at this scale [claim-fails]."
+        return (f"The whole interval lies within ±{tol:.2f} points: the two match at this scale and {rel} does "
+                f"not show {why} [claim-fails].")
+    edge = tol if claim.relation == "beats" and iv.hi > tol else -tol
+    inside = "0" if iv.lo <= 0 <= iv.hi else f"{iv.hi:+.2f} (within the tolerance)"
+    return (f"The interval, {iv.hi - iv.lo:.2f} points wide, includes both {inside} and gaps of {edge:+.2f} "
+            f"points or beyond: it supports no claim either way {why} [claim-inconclusive].")
 
 
 # ----------------------------------------------------------------------------- renderers
@@ -406,13 +532,16 @@ def wrap_command(line: str, max_chars: int, indent: int = 4) -> list[str]:
     return out + [cur]
 
 
-def _block_height(pdf, b: tuple, width: float, font_size: float) -> float:
-    """A rough height (mm) of the first part of block ``b``: what must fit below a heading."""
+def _block_height(pdf, b: tuple, width: float, font_size: float, fig_scale: float = 1.0) -> float:
+    """A rough height (mm) of the first part of block ``b``: what must fit below a heading. A short code
+    block (``KEEP_CODE_LINES`` lines or fewer) counts whole: a command stays with its section."""
     if b[0] == "img" and b[1] is not None:
         from PIL import Image
         with Image.open(b[1]) as im:
             w, h = im.size
-        return width * _img_frac(w / h) * h / w + 6
+        return width * _img_frac(w / h) * fig_scale * h / w + 6
+    if b[0] == "code" and len(b[1]) <= KEEP_CODE_LINES:
+        return _code_height(pdf, b[1], width, font_size)
     return font_size * 0.45 * 3  # three lines of text or table rows
 
 
@@ -422,18 +551,56 @@ def _img_frac(aspect: float) -> float:
     return 0.8 if aspect > 2.2 else 0.55
 
 
+KEEP_CODE_LINES = 12  # a code block this short is never split across pages
+SPARSE_LAST_PAGE = 0.6  # a last page filled less than this share is worth trying a tighter layout for
+TIGHTEN_TO_SAVE_A_PAGE = 1.0  # points of text size given up, at most, to save a page
+
+
 def to_pdf(blocks: list[tuple], path: Path, font_size: float = 8.5, max_pages: int | None = MAX_PAGES,
            layout: list | None = None) -> int:
-    """Render with fpdf2; returns the page count (shrinks the text while it runs past ``max_pages``).
+    """Render with fpdf2; returns the page count.
 
     Text is set left-aligned (monospace is never justified) in DejaVu Sans / Sans Mono; long commands
     wrap at argument boundaries (``wrap_command``); a heading moves to the next page when the start of
-    what follows it (three lines, or the whole figure) would not fit below it. ``layout``, if given,
-    receives one ``(kind, page, y_mm)`` per block, where the block starts."""
+    what follows it (three lines, a whole figure, a whole short code block) would not fit below it, and
+    a figure never leaves its caption behind. Laid out to the content: tighter layouts (text 0.5 pt
+    smaller and figures 7.5 % smaller per step, ``_tightenings``) are tried where the result runs past
+    ``max_pages`` (down to 6.5 pt) or its last page is less than ``SPARSE_LAST_PAGE`` full (down to
+    ``TIGHTEN_TO_SAVE_A_PAGE`` pt smaller), and the first that fits with one page fewer is kept.
+    ``layout``, if given, receives one ``(kind, page, y_mm)`` per block, where the block starts."""
+    chosen = None
+    for size, scale in _tightenings(font_size):
+        lay: list = []
+        pdf, fill = _render(blocks, size, scale, lay)
+        fits = max_pages is None or pdf.pages_count <= max_pages
+        if chosen is None:
+            chosen, first_fill = (pdf, lay, fits), fill
+        elif fits and (not chosen[2] or pdf.pages_count < chosen[0].pages_count):
+            chosen = (pdf, lay, fits)
+            break
+        elif not chosen[2]:  # nothing fits yet: keep the tightest
+            chosen = (pdf, lay, fits)
+        if chosen[2] and (chosen[0].pages_count == 1 or first_fill >= SPARSE_LAST_PAGE
+                          or font_size - size >= TIGHTEN_TO_SAVE_A_PAGE):
+            break
+    pdf, lay, _ = chosen
+    if layout is not None:
+        layout[:] = lay
+    pdf.output(str(path))
+    return pdf.pages_count
+
+
+def _tightenings(font_size: float) -> list[tuple[float, float]]:
+    """(text size, figure scale) from the given layout to the tightest readable one (6.5 pt)."""
+    steps = max(0, int((font_size - 6.5) / 0.5 + 1e-9))
+    return [(font_size - 0.5 * k, 1.0 - 0.075 * k) for k in range(steps + 1)]
+
+
+def _render(blocks: list[tuple], font_size: float, fig_scale: float, layout: list):
+    """One layout of ``blocks``: the FPDF document and how full its last page is (0..1)."""
     from fpdf import FPDF
-    from fpdf.fonts import FontFace
     pdf = FPDF(format="A4")
-    sans, mono = _fonts(pdf)
+    fonts = _fonts(pdf)
     pdf.set_margins(12, 10, 12)
     pdf.set_auto_page_break(True, margin=10)
     pdf.add_page()
@@ -441,61 +608,179 @@ def to_pdf(blocks: list[tuple], path: Path, font_size: float = 8.5, max_pages: i
     for i, b in enumerate(blocks):
         kind = b[0]
         if kind in ("title", "h") and i + 1 < len(blocks):  # keep a heading with what follows it
-            need = 7 + _block_height(pdf, blocks[i + 1], width, font_size)
+            need = 7 + _block_height(pdf, blocks[i + 1], width, font_size, fig_scale)
             if pdf.get_y() + need > pdf.page_break_trigger:
                 pdf.add_page()
-        if layout is not None:
-            layout.append((kind, pdf.page, pdf.get_y()))
+        whole = _whole_height(pdf, b, width, font_size, fig_scale)  # a figure with its caption, a short code block
+        if whole and pdf.get_y() + whole > pdf.page_break_trigger and whole < pdf.page_break_trigger - pdf.t_margin:
+            pdf.add_page()
+        layout.append((kind, pdf.page, pdf.get_y()))
         if kind == "title":
-            pdf.set_font(sans, "B", font_size + 5)
+            pdf.set_font(fonts[0], "B", font_size + 5)
             pdf.multi_cell(width, 7, b[1], align="L", **NL)
         elif kind == "h":
             pdf.ln(1.5)
-            pdf.set_font(sans, "B", font_size + 2)
+            pdf.set_font(fonts[0], "B", font_size + 2)
             pdf.multi_cell(width, 5.5, b[1], align="L", **NL)
         elif kind == "p":
             pdf.ln(0.8)
-            pdf.set_font(sans, "", font_size)
-            pdf.multi_cell(width, font_size * 0.45, b[1], align="L", markdown=len(b) > 2 and b[2], **NL)
+            _draw_runs(pdf, fonts, font_size, paragraph_runs(b[1], len(b) > 2 and b[2]))
         elif kind == "table":
-            pdf.set_font(sans, "", font_size - 1)
-            widths = _col_widths([b[1], *b[2]])
-            with pdf.table(headings_style=FontFace(emphasis="BOLD"), line_height=font_size * 0.45,
-                           text_align="LEFT", padding=0.8, col_widths=widths) as t:
-                for row in [b[1], *b[2]]:
-                    r = t.row()
-                    for c in row:
-                        r.cell(str(c))
+            _draw_table(pdf, fonts[0], font_size - 1, b[1], b[2], width)
         elif kind == "img" and b[1] is not None:
-            from PIL import Image
-            with Image.open(b[1]) as im:
-                w = width * _img_frac(im.size[0] / im.size[1])
-            pdf.image(str(b[1]), w=w, x=pdf.l_margin + (width - w) / 2)
-            pdf.set_font(sans, "I", font_size - 1)
-            pdf.multi_cell(width, font_size * 0.42, b[2], align="L", **NL)
+            _draw_image(pdf, fonts[0], font_size, b[1], b[2], width, fig_scale)
         elif kind == "code":
-            size = font_size - 2
-            pdf.set_font(mono, "", size)
-            max_chars = int(width / pdf.get_string_width("m"))
-            for line in b[1]:
-                for part in wrap_command(line, max_chars):
-                    fit = min(size, size * width / max(pdf.get_string_width(part) * 1.01, 1e-6))
-                    pdf.set_font(mono, "", fit)  # a single word wider than the line: smaller, never split
-                    pdf.cell(width, font_size * 0.4, part, align="L", **NL)
-                    pdf.set_font(mono, "", size)
-            pdf.ln(1.0)  # a gap before whatever follows, another code block included
-    if max_pages and pdf.pages_count > max_pages and font_size > 6.5:
-        if layout is not None:
-            layout.clear()
-        return to_pdf(blocks, path, font_size - 1, max_pages, layout)
-    pdf.output(str(path))
-    return pdf.pages_count
+            _draw_code(pdf, fonts[1], font_size, b[1], width)
+    top, bottom = pdf.t_margin, pdf.page_break_trigger
+    return pdf, (pdf.get_y() - top) / (bottom - top)
 
 
-def _col_widths(rows: list[list[str]]) -> tuple[float, ...]:
-    """Column widths in proportion to the longest cell (capped, so one long reason does not squeeze the rest)."""
-    n = len(rows[0])
-    return tuple(min(60, max(6, max(len(str(r[i])) for r in rows))) for i in range(n))
+def paragraph_runs(text: str, marked: bool = False) -> list[tuple[str, str]]:
+    """A paragraph as ``(style, text)`` runs; style holds ``B`` (bold), ``I`` (italic), ``M`` (monospace).
+    ``marked`` text is ``markdown_blocks``' paragraph format: ``**`` toggles bold, ``__`` italic, a
+    backtick monospace, and a backslash makes the next marker (or backslash) literal. Plain text (the
+    report's own) has only its backtick spans set in monospace."""
+    if not marked:
+        parts = text.split("`")
+        if len(parts) % 2 == 0:  # an unpaired backtick: print as written
+            return [("", text)]
+        return [("M" if i % 2 else "", p) for i, p in enumerate(parts) if p]
+    runs, cur, style, i = [], [], set(), 0
+    toggles = {"**": "B", "__": "I", "`": "M"}
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            lit = text[i + 1:i + 3] if text[i + 1:i + 3] in ("**", "__", "--", "~~") else text[i + 1]
+            cur.append(lit)
+            i += 1 + len(lit)
+            continue
+        marker = text[i:i + 2] if text[i:i + 2] in toggles else text[i] if text[i] == "`" else None
+        if marker is None:
+            cur.append(text[i])
+            i += 1
+            continue
+        if cur:
+            runs.append(("".join(sorted(style)), "".join(cur)))
+            cur = []
+        style ^= {toggles[marker]}
+        i += len(marker)
+    if cur:
+        runs.append(("".join(sorted(style)), "".join(cur)))
+    return runs
+
+
+def _draw_runs(pdf, fonts: tuple[str, str], size: float, runs: list[tuple[str, str]]) -> None:
+    """A left-aligned paragraph across the text width, each run in its font (``M``: DejaVu Sans Mono)."""
+    h = size * 0.45
+    pdf.set_x(pdf.l_margin)
+    for style, text in runs:
+        pdf.set_font(fonts[1] if "M" in style else fonts[0], style.replace("M", ""), size)
+        pdf.write(h, text)
+    pdf.ln(h)
+
+
+def _draw_image(pdf, sans: str, font_size: float, img, caption: str, width: float, scale: float) -> None:
+    """A figure centred, with a gap above (its white box never covers a table border), and its caption."""
+    from PIL import Image
+    with Image.open(img) as im:
+        w = width * _img_frac(im.size[0] / im.size[1]) * scale
+    pdf.ln(1.2)
+    pdf.image(str(img), w=w, x=pdf.l_margin + (width - w) / 2)
+    pdf.set_font(sans, "I", font_size - 1)
+    pdf.multi_cell(width, font_size * 0.42, caption, align="L", **NL)
+
+
+def _draw_table(pdf, sans: str, size: float, header: list, rows: list, width: float) -> None:
+    """A table whose columns are at least as wide as their longest word (no word is split), the rest
+    of the width shared by how much text each column holds; the font shrinks (to 5.5 pt) only where
+    the longest words together are wider than the page."""
+    from fpdf.fonts import FontFace
+    padding = 0.8
+    while True:
+        pdf.set_font(sans, "", size)
+        widths, whole = col_widths(pdf, [header, *rows], width, padding)
+        if whole or size <= 5.5:
+            break
+        size -= 0.5
+    with pdf.table(headings_style=FontFace(emphasis="BOLD"), line_height=(size + 1) * 0.45, text_align="LEFT",
+                   padding=padding, col_widths=widths) as t:
+        for row in [header, *rows]:
+            r = t.row()
+            for c in row:
+                r.cell(str(c))
+
+
+def col_widths(pdf, rows: list[list], width: float, padding: float) -> tuple[tuple[float, ...], bool]:
+    """Column widths (mm, summing to ``width``) in the current font: each column at least its longest
+    word in bold (the header row is bold) plus padding; what is left goes to the columns whose text
+    is longer than that, in proportion to the excess (a column never gets more than its longest
+    cell needs, unless every column has all it needs; a column that needs little more gets it first,
+    then the rest is shared equally). The flag says whether every word fits whole; where the longest
+    words together are wider than ``width``, the widths are in proportion to them."""
+    family, size = pdf.font_family, pdf.font_size_pt
+    pdf.set_font(family, "B", size)
+    extra = 2 * padding + 0.6  # both paddings, the border line, rounding
+
+    def longest(cells, split):
+        return max(max((pdf.get_string_width(w) for w in (str(c).split() if split else [str(c)])), default=0)
+                   for c in cells) + extra
+    cols = list(zip(*rows))
+    need = [longest(c, True) for c in cols]
+    want = [max(n, longest(c, False)) for n, c in zip(need, cols)]
+    pdf.set_font(family, "", size)
+    if sum(need) > width:
+        return tuple(n * width / sum(need) for n in need), False
+    if sum(want) <= width:
+        return tuple(w + (width - sum(want)) * w / sum(want) for w in want), True
+    excess = [w - n for w, n in zip(want, need)]
+    widths, free = list(need), width - sum(need)
+    for k, i in enumerate(sorted(range(len(cols)), key=lambda i: excess[i])):  # water-filling
+        give = min(excess[i], free / (len(cols) - k))
+        widths[i] += give
+        free -= give
+    return tuple(widths), True
+
+
+def _whole_height(pdf, b: tuple, width: float, font_size: float, fig_scale: float) -> float:
+    """The height (mm) of a block that must not split across pages: a figure with its caption, a code
+    block of ``KEEP_CODE_LINES`` lines or fewer; 0 for any other block."""
+    if b[0] == "img" and b[1] is not None:
+        from PIL import Image
+        with Image.open(b[1]) as im:
+            w = width * _img_frac(im.size[0] / im.size[1]) * fig_scale
+            h = w * im.size[1] / im.size[0]
+        pdf.set_font("DejaVu", "I", font_size - 1)
+        lines = len(pdf.multi_cell(width, font_size * 0.42, b[2], dry_run=True, output="LINES"))
+        return 1.2 + h + lines * font_size * 0.42
+    if b[0] == "code" and len(b[1]) <= KEEP_CODE_LINES:
+        return _code_height(pdf, b[1], width, font_size)
+    return 0.0
+
+
+def _code_height(pdf, lines: list[str], width: float, font_size: float) -> float:
+    """The height (mm) of a code block's wrapped lines, and the gap after it."""
+    pdf.set_font("DejaVuMono", "", font_size - 2)
+    max_chars = int(width / pdf.get_string_width("m"))
+    return sum(len(wrap_command(line, max_chars)) for line in lines) * font_size * 0.4 + 1.8
+
+
+def _draw_code(pdf, mono: str, font_size: float, lines: list[str], width: float) -> None:
+    """Monospace lines, long commands wrapped (``wrap_command``); a block longer than ``KEEP_CODE_LINES``
+    (a shorter one is kept whole, ``_whole_height``) leaves at least two lines for the next page."""
+    size = font_size - 2
+    pdf.ln(0.8)  # clear of a table border above
+    pdf.set_font(mono, "", size)
+    h = font_size * 0.4
+    max_chars = int(width / pdf.get_string_width("m"))
+    parts = [p for line in lines for p in wrap_command(line, max_chars)]
+    room = lambda n: pdf.get_y() + n * h <= pdf.page_break_trigger  # noqa: E731
+    for i, part in enumerate(parts):
+        if i == len(parts) - 2 and not room(2) and i > 0:
+            pdf.add_page()  # no single line alone at the top of a page
+        fit = min(size, size * width / max(pdf.get_string_width(part) * 1.01, 1e-6))
+        pdf.set_font(mono, "", fit)  # a single word wider than the line: smaller, never split
+        pdf.cell(width, h, part, align="L", **NL)
+        pdf.set_font(mono, "", size)
+    pdf.ln(1.0)  # a gap before whatever follows, another code block included
 
 
 def markdown_blocks(text: str, base: Path | None = None) -> list[tuple]:
@@ -527,8 +812,11 @@ def markdown_blocks(text: str, base: Path | None = None) -> list[tuple]:
             pos = m.end()
         return "".join(out + [inner(t[pos:])])
 
-    def marked(t: str) -> str:  # bold outside, italics inside it too: **a *b* c**
-        return spans(unlink(t), bold, "**", lambda u: spans(u, italic, "__", escaped))
+    def marked(t: str) -> str:  # bold outside, italics inside it too: **a *b* c**; `code` in monospace
+        codes: list[str] = []  # each code span held aside (a private-use placeholder) while the rest is marked
+        t = re.sub(r"`([^`]+)`", lambda m: f"\ue000{codes.append(m.group(1)) or len(codes) - 1}\ue001", t)
+        t = spans(unlink(t), bold, "**", lambda u: spans(u, italic, "__", escaped))
+        return re.sub("\ue000(\\d+)\ue001", lambda m: "`" + escaped(codes[int(m.group(1))]) + "`", t)
     blocks, para, table, code = [], [], [], None
     lines = text.splitlines()
 
@@ -600,6 +888,36 @@ def note_to_pdf(md_path: str) -> int:
     return 0
 
 
+PREVIEW_DPI = 150
+
+
+def write_previews(pdf_path: Path, stem: str = "report") -> list[Path] | None:
+    """``<stem>-page1.png``, ... beside ``pdf_path``, one per page (pypdfium2, ``PREVIEW_DPI`` dpi, 256
+    colours): the pages for a machine without a PDF viewer. Previews of pages the PDF no longer has are
+    removed. Returns the files, or None (and removes every old preview) where pypdfium2 is missing."""
+    import re
+    folder = pdf_path.parent
+    old = {f for f in folder.glob(f"{stem}-page*.png") if re.fullmatch(rf"{re.escape(stem)}-page\d+\.png", f.name)}
+    try:
+        import pypdfium2 as pdfium
+    except ImportError:
+        made = None
+    else:
+        from PIL import Image
+        made = []
+        doc = pdfium.PdfDocument(str(pdf_path))
+        try:
+            for i, page in enumerate(doc, 1):
+                image = page.render(scale=PREVIEW_DPI / 72).to_pil().convert("RGB")
+                made.append(folder / f"{stem}-page{i}.png")
+                image.quantize(256, method=Image.Quantize.FASTOCTREE).save(made[-1], optimize=True)
+        finally:
+            doc.close()
+    for f in old - set(made or []):
+        f.unlink(missing_ok=True)
+    return made
+
+
 def _own_figures(out: Path) -> set[str]:
     """The PNG files beside ``out/report.md`` that it shows (only those: nothing else there is touched)."""
     import re
@@ -627,6 +945,9 @@ def report(run_dirs: list[str], out_dir: str | None = None) -> int:
         (out / stale).unlink(missing_ok=True)
     pages = to_pdf(blocks, out / "report.pdf")
     print(f"{len(runs)} runs in {len(groups)} groups -> {out / 'report.md'}, {out / 'report.pdf'} ({pages} pages)")
+    previews = write_previews(out / "report.pdf")
+    print(f"page previews: {', '.join(str(p) for p in previews)}" if previews is not None else
+          "page previews skipped: pypdfium2 is not installed (pip install pypdfium2 to get report-page1.png, ...)")
     for b in blocks:
         if b[0] == "p" and b[1].startswith("Measured difference"):
             print(b[1])

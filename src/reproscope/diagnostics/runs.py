@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError
+from ..train.events import event_type
 from .paths import display_arg, display_command
 
 # fields that may differ between seeds of one variant without making it another variant
@@ -32,7 +34,7 @@ class RunRecord:
     deviations: list[dict]
     train: list[dict]  # kind == "train" rows with a loss
     val: list[dict]  # kind == "val" rows
-    events: list[dict]  # kind == "event" rows (nonfinite, loss_spike, rollback)
+    events: list[dict]  # kind == "event" rows, types in train.events' words (older spellings read as today's)
     epoch_times: list[float] = field(default_factory=list)
     epoch_end_steps: list[int] = field(default_factory=list)
     epoch_steps: list = field(default_factory=list)  # steps each epoch_time_s covers (None in older logs)
@@ -117,7 +119,13 @@ class RunRecord:
         argv = self.env.get("argv") or []
         if not argv:
             return f"reproscope train --recipe {self.recipe}"
-        return "reproscope " + (" ".join(argv[1:]) if base is None else display_command(argv[1:], base))
+        args = " ".join(argv[1:]) if base is None else display_command(argv[1:], base)
+        prog = str(argv[0]).replace("\\", "/")
+        if Path(prog).name == "reproscope" or prog.endswith("reproscope/__main__.py"):
+            return ("reproscope " + args).rstrip()
+        # a script that trained through the Python API (reproscope.watch, launch.train): that script ran
+        shown = prog if base is None else display_command([prog], base)
+        return ((f"python {shown} " if prog.endswith(".py") else f"{Path(prog).name} ") + args).rstrip()
 
     def flat_config(self) -> dict:
         """``section.key -> value``; a user's model adds ``model.source`` (its spec and file hash), so that
@@ -179,7 +187,8 @@ def load_run(path: str | Path) -> RunRecord:
     return RunRecord(
         path=p, config=_read_json(p / "config.json", {}), env=_read_json(p / "environment.json", {}),
         deviations=devs.get("deviations", []), not_observed=devs.get("not_observed", []), train=train,
-        val=[r for r in rows if r.get("kind") == "val"], events=[r for r in rows if r.get("kind") == "event"],
+        val=[r for r in rows if r.get("kind") == "val"],
+        events=[{**r, "type": event_type(r)} for r in rows if r.get("kind") == "event"],  # today's words
         epoch_times=[r["epoch_time_s"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
         epoch_end_steps=[r["step"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
         epoch_steps=[r.get("epoch_steps") for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
@@ -233,29 +242,66 @@ def group_runs(runs: list[RunRecord], base: Path | None = None) -> list[Group]:
 
 
 def t_critical_95(df: float) -> float:
-    """Two-sided 95% Student-t critical value (table lookup, linear in 1/df between entries)."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-             15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
-    if df >= 120:
-        return 1.960
-    keys = sorted(table)
-    lo = max(k for k in keys if k <= max(df, 1))
-    hi = min(k for k in keys if k >= max(df, 1))
-    if lo == hi:
-        return table[lo]
-    w = (1 / df - 1 / hi) / (1 / lo - 1 / hi)
-    return table[hi] + w * (table[lo] - table[hi])
+    """Two-sided 95% Student-t critical value at ``df`` degrees of freedom, fractional ``df`` included
+    (Welch's): the exact quantile ``scipy.stats.t.ppf(0.975, df)``, e.g. 6.02 at df 1.5, 4.30 at 2."""
+    from scipy.stats import t
+    return float(t.ppf(0.975, df))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A difference of means a - b with its 95% Welch interval: ``lo``/``hi`` are NaN with fewer than
+    two values on a side (no interval), and equal ``d`` when every value on each side is the same."""
+
+    d: float
+    lo: float
+    hi: float
+    df: float  # Welch-Satterthwaite degrees of freedom (NaN without an interval)
+    n_a: int
+    n_b: int
+    std_a: float
+    std_b: float
+
+    @property
+    def half_width(self) -> float:
+        return (self.hi - self.lo) / 2
+
+
+def welch_interval(a: list[float], b: list[float]) -> Interval:
+    """Mean difference a - b and its 95% confidence interval (Welch's t, exact t quantile at the
+    fractional Welch-Satterthwaite df)."""
+    d = statistics.fmean(a) - statistics.fmean(b)
+    sa = statistics.stdev(a) if len(a) > 1 else float("nan")
+    sb = statistics.stdev(b) if len(b) > 1 else float("nan")
+    nan = float("nan")
+    if len(a) < 2 or len(b) < 2:
+        return Interval(d, nan, nan, nan, len(a), len(b), sa, sb)
+    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
+    se = (va + vb) ** 0.5
+    if se == 0:
+        return Interval(d, d, d, nan, len(a), len(b), sa, sb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    h = t_critical_95(df) * se
+    return Interval(d, d - h, d + h, df, len(a), len(b), sa, sb)
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
-    """Mean difference a - b and its 95% confidence interval (Welch's t)."""
-    d = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2 or len(b) < 2:
-        return d, float("nan"), float("nan")
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    se = (va + vb) ** 0.5
-    if se == 0:
-        return d, d, d
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    h = t_critical_95(df) * se
-    return d, d - h, d + h
+    """Mean difference a - b and its 95% confidence interval (Welch's t): ``(d, lo, hi)``."""
+    i = welch_interval(a, b)
+    return i.d, i.lo, i.hi
+
+
+def seeds_for_half_width(std_a: float, std_b: float, target: float, most: int = 1000) -> int | None:
+    """Seeds per variant (the same number on both sides) for which a 95% Welch interval at these seed
+    standard deviations is at most ``target`` points wide on each side of the difference; None if
+    more than ``most`` would be needed or the spreads are unknown."""
+    if not target > 0 or math.isnan(std_a) or math.isnan(std_b):
+        return None
+    s2 = std_a ** 2 + std_b ** 2
+    if s2 == 0:
+        return 2
+    for n in range(2, most + 1):
+        df = s2 ** 2 * (n - 1) / (std_a ** 4 + std_b ** 4)
+        if t_critical_95(df) * (s2 / n) ** 0.5 <= target:
+            return n
+    return None

@@ -13,12 +13,14 @@ held-out halves; ``recipe_subject(recipe)`` gives them the recipe's own data pip
 
 Checks (in run order): loss-at-init, init-scale, grad-flow, batch-independence (``model.py``);
 data (``data.py``); overfit-batch, input-independent, determinism, lr-range (``training.py``);
+tensor-attributes, rational-denominator, paper-init (``layers.py``: the papers' layers, one forward pass each);
 recipe-audit (``audit.py``, needs a recipe). The bug zoo that proves they work: ``zoo.py``.
 """
 
 from . import model as _model  # noqa: F401  (registers the checks, in this order)
 from . import data as _data  # noqa: F401
 from . import training as _training  # noqa: F401
+from . import layers as _layers  # noqa: F401
 from .audit import recipe_audit
 from .core import CHECKS, CheckData, CheckResult, DataSource, ReferenceRun, StepOut, run_checks
 from .subject import Mutation, recipe_subject

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -30,7 +31,7 @@ class CheckResult:
     code (e.g. "grad-leak", "eval-mode-differs"): programs (the bug zoo, tests) match codes, never wording."""
 
     name: str
-    status: str  # "pass", "warn" or "fail"
+    status: str  # "pass", "warn", "fail" or "skip" (not measured: neither a pass nor a fail; see NOT_MEASURED)
     measured: str
     expected: str
     explanation: str = ""
@@ -48,6 +49,28 @@ class CheckResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def measured_ok(self) -> bool:
+        """False for a result that could not be measured (status "skip")."""
+        return self.status != NOT_MEASURED
+
+
+NOT_MEASURED = "skip"  # a check that could not measure on this model/size/budget says so: never pass, never fail
+STATUSES = ("pass", "warn", "fail", NOT_MEASURED)
+
+
+def tally(results) -> str:
+    """The closing line of a diagnosis: 'N passed, M warned, K failed, J not measured'."""
+    n = {s: sum(1 for r in results if r.status == s) for s in STATUSES}
+    return f"{n['pass']} passed, {n['warn']} warned, {n['fail']} failed, {n[NOT_MEASURED]} not measured"
+
+
+def not_measured(name: str, why: str, expected: str, explanation: str = "", details: dict | None = None,
+                 code: str = "not-measured") -> CheckResult:
+    """A "not measured" result: ``why`` says what stopped the measurement and what would measure it."""
+    return CheckResult(name, NOT_MEASURED, f"not measured: {why}", expected, explanation, [why],
+                       details or {}, [code])
 
 
 class Causes:
@@ -125,6 +148,7 @@ class CheckData:
     source: DataSource | None = None
     runner: Callable[[nn.Module, bool], Run] | None = None  # (model, clean) -> Run; clean = no aug/smoothing
     out_dir: Path | None = None  # where checks write figures (contact sheet, lr sweep)
+    quick: bool = False  # the quick tier: each check's short budget (fewer steps; see SLOW_CHECKS)
     workdir: object = None  # a TemporaryDirectory owned by this data (the runs' folders), if any
 
     def run(self, model: nn.Module, clean: bool = False) -> Run:
@@ -262,7 +286,14 @@ def structural_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 MODEL_FREE = ("data",)  # checks that measure the data pipeline, not the model
+# the quick tier (`diagnose all --quick`): every check but these, each with its short budget (CheckData.quick);
+# input-independent trains for hundreds of steps, and its controls as many again
+SLOW_CHECKS = ("input-independent",)
 FORWARD_ONLY = ("loss-at-init", "init-scale")  # still measurable when only the backward is non-finite
+
+
+def in_quick_tier(name: str) -> bool:
+    return name not in SLOW_CHECKS
 
 
 def nonfinite_at_init(make_model, data: CheckData, n: int = 16):
@@ -290,7 +321,9 @@ def _not_measured(name: str, report) -> CheckResult:
 def run_checks(make_model, data: CheckData, names: list[str] | None = None, progress: bool = False) -> list[CheckResult]:
     """Run the model/data checks (all by default) and return their results. A model whose forward or
     backward is non-finite at init is located once with the tripwire, and every check that measures
-    the model reports that (code ``nonfinite-model``) instead of measuring NaNs."""
+    the model reports that (code ``nonfinite-model``) instead of measuring NaNs. With ``progress``,
+    one line per check as its verdict lands (status, name, elapsed time, what it measured), and
+    inside long checks a line at least every ~10 s (``check_progress``)."""
     out = []
     names = list(CHECKS) if names is None else names
     report = None
@@ -299,17 +332,56 @@ def run_checks(make_model, data: CheckData, names: list[str] | None = None, prog
             report = nonfinite_at_init(make_model, data)
         except Exception:  # a model that cannot run at all: each check says so (check-crashed)
             report = None
-    for name in names:
-        if progress:
-            print(f"  running {name} ...", flush=True)
-        if report is not None and name not in MODEL_FREE and not (report.phase == "backward" and name in FORWARD_ONLY):
-            out.append(_not_measured(name, report))
-            continue
-        seed_everything(0)  # every check starts from the same random state, whatever ran before it
-        try:
-            out.append(CHECKS[name](make_model, data))
-        except Exception as e:  # a check that crashes is itself a finding
-            out.append(CheckResult(name, "fail", f"raised {type(e).__name__}: {e}", "no error",
-                                   "The check could not run on this model/data.", [str(e)],
-                                   codes=["check-crashed"]))
+    _PROGRESS[0] = progress
+    try:
+        for i, name in enumerate(names):
+            t0 = time.perf_counter()
+            if report is not None and name not in MODEL_FREE and not (report.phase == "backward" and name in FORWARD_ONLY):
+                out.append(_not_measured(name, report))
+            else:
+                seed_everything(0)  # every check starts from the same random state, whatever ran before it
+                try:
+                    out.append(CHECKS[name](make_model, data))
+                except Exception as e:  # a check that crashes is itself a finding
+                    out.append(CheckResult(name, "fail", f"raised {type(e).__name__}: {e}", "no error",
+                                           "The check could not run on this model/data.", [str(e)],
+                                           codes=["check-crashed"]))
+            if progress:
+                r = out[-1]
+                print(f"  [{i + 1}/{len(names)}] {r.status.upper():4} {name:<19} {time.perf_counter() - t0:6.1f} s  "
+                      f"{r.measured[:110]}", flush=True)
+    finally:
+        _PROGRESS[0] = False
     return out
+
+
+_PROGRESS = [False]  # set by run_checks(progress=True) while it runs
+
+
+class _Silent:
+    def update(self, k: int = 1) -> None:
+        pass
+
+    def set_postfix(self, refresh: bool = False, **kw) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def check_progress(total: int, what: str):
+    """Progress inside a long check (``total`` steps): when ``run_checks(progress=True)`` runs it, a line
+    at least every ~10 s with the steps done, the rate and what is measured (``set_postfix``), from the
+    trainer's progress module (``runtime.progress.LineProgress``); a check done within 10 s prints none.
+    Silent otherwise."""
+    if not _PROGRESS[0]:
+        return _Silent()
+    from ..runtime.progress import LineProgress
+
+    class _Lines(LineProgress):
+        def update(self, k: int = 1) -> None:
+            if self.n + k >= self.total and time.perf_counter() - self._last_t < self.seconds:
+                self.n += k  # the closing frame of a loop that took under ~10 s: the verdict line follows
+                return
+            super().update(k)
+    return _Lines(total, desc=f"      {what}", unit="step", every=1.0, seconds=10.0, min_seconds=10.0)

@@ -79,7 +79,7 @@ def strided_indices(n: int, k: int) -> torch.Tensor:
 
 
 def recipe_subject(recipe: Recipe, *, mutation: Mutation | None = None, make_model=None, n: int = 64,
-                   n_val: int = 256, out_dir: Path | None = None, workdir: Path | None = None,
+                   n_val: int = 512, out_dir: Path | None = None, workdir: Path | None = None,
                    progress: bool = False):
     """(make_model, CheckData, recipe as given) for ``recipe`` (mutation applied); ``make_model``
     defaults to the recipe's model."""

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..checks import CHECKS, CheckData, CheckResult, recipe_audit, recipe_subject, run_checks
+from ..checks.core import in_quick_tier, tally
 from ..checks.subject import Mutation
 from ..checks.zoo import get_bug
 from ..config import ConfigError, Recipe, apply_overrides, nearest
@@ -14,6 +15,23 @@ from ..model.build import build_model
 from ..model.spec import user_model
 
 CHECK_NAMES = list(CHECKS) + ["recipe-audit"]
+
+
+def checks_help() -> str:
+    """The checks that exist, in run order, with the first line of each docstring; ``*`` marks the quick tier."""
+    from ..checks import audit
+    import sys
+    rows = [(n, fn.__doc__ or sys.modules[fn.__module__].__doc__) for n, fn in CHECKS.items()]
+    rows.append(("recipe-audit", audit.recipe_audit.__doc__))
+    width = max(len(n) for n, _ in rows) + 2
+    lines = ["checks (run in this order by `diagnose all`; * = also in the --quick tier, which runs them with "
+             "short budgets):"]
+    for n, doc in rows:
+        first = (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+        lines.append(f"  {n + ('*' if in_quick_tier(n) else ''):<{width}} {first}")
+    lines.append("A check that cannot measure on this model, size or budget says 'not measured' (status SKIP): "
+                 "neither a pass nor a fail; the exit code is 1 only when a check fails.")
+    return "\n".join(lines)
 
 
 def preflight(make_model, data: CheckData, spec: str) -> None:
@@ -62,8 +80,9 @@ def tensor_subject(recipe: Recipe, path: str, out_dir: Path | None):
 
 def run_diagnosis(recipe: Recipe, which: str = "all", *, model_spec: str | None = None,
                   mutation: Mutation | None = None, out_dir: Path | None = None,
-                  progress: bool = False, data_path: str | None = None) -> list[CheckResult]:
-    """The checks named by ``which`` (a check or 'all') on ``recipe`` (with ``mutation`` planted)."""
+                  progress: bool = False, data_path: str | None = None, quick: bool = False) -> list[CheckResult]:
+    """The checks named by ``which`` (a check or 'all') on ``recipe`` (with ``mutation`` planted).
+    ``quick``: the quick tier (for 'all', every check but ``SLOW_CHECKS``; each with its short budget)."""
     if which != "all" and which not in CHECK_NAMES:
         raise ConfigError(f"unknown check {which!r}{nearest(which, CHECK_NAMES)}; available: "
                           f"{', '.join(CHECK_NAMES)}, all")
@@ -74,12 +93,21 @@ def run_diagnosis(recipe: Recipe, which: str = "all", *, model_spec: str | None 
     else:
         make_model, data, as_given = recipe_subject(recipe, mutation=mutation, out_dir=out_dir, progress=progress)
     if model_spec:
-        user = user_model(model_spec, data.num_classes, img_size=int(data.x.shape[-1]), in_chans=int(data.x.shape[1]))
+        k, chans = data.num_classes, int(data.x.shape[1])
+        user = user_model(model_spec, k, img_size=int(data.x.shape[-1]), in_chans=chans)
         make_model = (lambda: mutation.model(user())) if mutation is not None and mutation.model else user
+        # grad-flow may rebuild the model for a larger input (a stage reduced to 1x1 at this size)
+        make_model.at_size = lambda px: user_model(model_spec, k, img_size=px, in_chans=chans)
     preflight(make_model, data, model_spec or recipe.model.name)
-    results = run_checks(make_model, data, [n for n in CHECKS if which in ("all", n)], progress=progress)
+    data.quick = quick
+    names = [n for n in CHECKS if which == n or (which == "all" and (not quick or in_quick_tier(n)))]
+    results = run_checks(make_model, data, names, progress=progress)
     if which in ("all", "recipe-audit"):
         results.append(recipe_audit(as_given, make_model(), len(data.source.train_images) if data.source else None))
+        if progress:
+            r = results[-1]
+            print(f"  [{len(results)}/{len(results)}] {r.status.upper():4} {r.name:<19}    0.0 s  {r.measured[:110]}",
+                  flush=True)
     return results
 
 
@@ -93,19 +121,27 @@ def format_results(results: list[CheckResult]) -> str:
 
 
 def diagnose(recipe: Recipe, which: str, model_spec: str | None = None, as_json: bool = False,
-             out_dir: str | None = None, bug: str | None = None, data_path: str | None = None) -> int:
+             out_dir: str | None = None, bug: str | None = None, data_path: str | None = None,
+             quick: bool = False) -> int:
+    """Run and print the checks; exit code 1 when a check fails, else 0 (a check that could not measure,
+    status skip, is neither a pass nor a fail)."""
     out = Path(out_dir) if out_dir else Path(recipe.run.out_dir) / f"diagnose-{recipe.name}{f'-{bug}' if bug else ''}"
     mutation = None
     if bug:
         mutation = get_bug(bug).mutation
         print(f"planted bug {bug!r}: {get_bug(bug).what}")
     t0 = time.perf_counter()
+    if not as_json:
+        tier = f"the quick tier (every check but {', '.join(n for n in CHECKS if not in_quick_tier(n))}; short budgets)" if quick else "every check"
+        print(f"diagnose {which} on {model_spec or recipe.model.name}: " +
+              (tier if which == "all" else f"{which}{' (short budget)' if quick else ''}"), flush=True)
     results = run_diagnosis(recipe, which, model_spec=model_spec, mutation=mutation, out_dir=out,
-                            progress=not as_json, data_path=data_path)
+                            progress=not as_json, data_path=data_path, quick=quick)
     if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=1, default=str))
     else:
-        print(format_results(results))
+        print("\n" + format_results(results))
         wrote = out.is_dir() and any(out.iterdir())
-        print(f"\n{len(results)} checks in {time.perf_counter() - t0:.0f} s" + (f"; figures in {out}" if wrote else ""))
+        print(f"\n{tally(results)} ({len(results)} checks in {time.perf_counter() - t0:.0f} s)"
+              + (f"; figures in {out}" if wrote else ""))
     return 1 if any(r.status == "fail" for r in results) else 0

@@ -148,9 +148,12 @@ class ActivationStats:
             self.forward[name] = raw_moments(sample_elements(out, k, e))
             inp = first_tensor(inputs)
             if dyt_like(module) and inp is not None:
+                alpha = module.alpha.detach()
                 xi = sample_elements(inp.detach(), k, e).float()
+                # a per-channel alpha scales the whole input before sampling (a scalar one scales the sample)
+                pre = alpha * xi if alpha.numel() == 1 else sample_elements(alpha * inp.detach(), k, e).float()
                 # [fraction saturated (|alpha x| > 2), std of the input] for DyT Fig. 8
-                self.saturation[name] = torch.stack([saturated_fraction(module.alpha.detach() * xi), xi.std()])
+                self.saturation[name] = torch.stack([saturated_fraction(pre), xi.std()])
             if self.keep_outputs:
                 self.outputs[name] = out.detach()
             if out.requires_grad:

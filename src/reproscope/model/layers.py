@@ -60,8 +60,16 @@ SATURATION = 2.0
 
 def dyt_like(m: nn.Module) -> bool:
     """The duck-typing rule the instruments and checks use: a module with a tensor ``alpha`` (ours, or a
-    user's DyT written from the paper) is DyT-like; its pre-activation is ``alpha * input``."""
-    return isinstance(getattr(m, "alpha", None), torch.Tensor)
+    user's DyT written from the paper) is DyT-like; its pre-activation is ``alpha * input``. The paper's
+    alpha is "a learnable scalar" beside a per-channel scale and shift (Sec. 3): a per-channel ``alpha``
+    counts only beside two more tensors (a student's per-channel DyT, alpha, weight and bias); with a
+    shift alone it is another layer (ResMLP's ``Affine``: alpha * x + beta, no squash)."""
+    alpha = getattr(m, "alpha", None)
+    if not isinstance(alpha, torch.Tensor):
+        return False
+    others = [t for n, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))
+              if n != "alpha"] + [v for k, v in vars(m).items() if isinstance(v, torch.Tensor) and k != "alpha"]
+    return alpha.numel() == 1 or len(others) >= 2
 
 
 def saturated_fraction(pre: torch.Tensor) -> torch.Tensor:

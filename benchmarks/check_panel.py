@@ -7,7 +7,10 @@ Each model runs every model check in the quick tier (``CheckData.quick``) at 32 
 (quickstart recipe, ``ZOO_RECIPE_OVERRIDES``), through the recipe's own Trainer, as `tests/test_panel.py`
 does. One line per model and check as it lands (status, seconds, codes, what was measured); then a
 table per half: how many models each check passed, warned, failed, could not measure (skip) or raised
-on. ``--jsonl`` appends every row to a file and skips rows already there (a long run survives a stop).
+on. ``--jsonl`` appends every row to a file and skips rows already there (a long run survives a stop):
+``--jsonl benchmarks/check_panel.jsonl`` reprints the committed table without running a check.
+``benchmarks/check_panel_first_run.jsonl`` holds the first run of both halves (the held-back half's
+only untouched run; docs/checks.md says what changed after it).
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def table(half: str, rows: list[dict]) -> str:
     count = collections.Counter((r["check"], r["status"]) for r in rows)
     lines = [f"{half} half: {n_models} models", "",
              "| check | " + " | ".join(STATUSES) + " |", "|---|" + "---|" * len(STATUSES)]
-    for check in dict.fromkeys(r["check"] for r in rows):
+    order = {n: i for i, n in enumerate(CHECKS)}
+    for check in sorted({r["check"] for r in rows}, key=lambda c: order.get(c, len(order))):
         lines.append(f"| {check} | " + " | ".join(str(count[(check, s)]) for s in STATUSES) + " |")
     lines.append("| **all** | " + " | ".join(str(sum(1 for r in rows if r["status"] == s)) for s in STATUSES) + " |")
     seconds = sum(r["seconds"] for r in rows)

@@ -590,3 +590,36 @@ def test_a_skip_that_does_not_reach_the_block_output_is_not_measured(shapes):
     assert "does not reach the output" in r.measured
     ok = one("init-scale", SmallCNN, shapes)  # relu(x + f(x)) carries the skip to the output: measured
     assert ok.details["skip_corr"] and not ok.details["skip_not_at_output"]
+
+
+class FunctionalDropoutNet(SmallCNN):
+    """timm's legacy SENet head: dropout applied functionally (``F.dropout(x, p, self.training)``), which no
+    module walk can switch off."""
+
+    def forward(self, x):
+        h = self.blocks(self.stem(x)).mean((2, 3))
+        return self.head(F.dropout(h, 0.2, self.training))
+
+
+def test_a_functional_dropout_is_not_a_gradient_leak(shapes):
+    r = one("overfit-batch", FunctionalDropoutNet, shapes)
+    assert "grad-leak" not in r.codes and r.details["grad_leak"] < 1e-4, (r.measured, r.causes)
+
+
+class DeadReLUHead(SmallCNN):
+    """SqueezeNet's ending (classifier -> ReLU) with every unit dead: each output exactly 0."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        with torch.no_grad():
+            self.head.bias.fill_(-100.0)
+
+    def forward(self, x):
+        return F.relu(super().forward(x))
+
+
+def test_dead_outputs_are_a_warning_that_names_them_not_softmax_or_an_ignored_input(shapes):
+    r = one("overfit-batch", DeadReLUHead, shapes)
+    assert r.status == "warn" and r.codes[0] == "outputs-dead", (r.measured, r.causes)
+    r = one("input-independent", DeadReLUHead, shapes, max_steps=20)
+    assert r.status == "warn" and "outputs-dead" in r.codes and "ignores-input" not in r.codes, (r.measured, r.causes)

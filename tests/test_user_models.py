@@ -213,10 +213,10 @@ def test_loss_at_init_warns_on_a_head_sized_for_other_classes():
     r = loss_at_init(big_head, _shapes_data(256))
     assert r.status == "warn" and r.codes == ["large-head-init"] and r.details["head_gain"] > 3
 
-    def huge_head():  # logits many times too large (~6.5 ln K): a FAIL whatever makes them
+    def huge_head():  # a head 100x too large: logits many times too large, a FAIL whatever makes them
         m = SmallBNNet(momentum=0.1)
         with torch.no_grad():
-            m.head.weight.mul_(40)
+            m.head.weight.mul_(100)
         return m
     r = loss_at_init(huge_head, _shapes_data(256))
     assert r.status == "fail" and "logits-too-large" in r.codes

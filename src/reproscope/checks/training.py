@@ -33,10 +33,15 @@ def _device(model) -> torch.device:
 
 
 def reference_grad_norm(model, x, y) -> float:
-    """The gradient norm of plain cross-entropy at the model's current weights, on a copy."""
+    """The gradient norm of plain cross-entropy at the model's current weights, on a copy, drawing the
+    same random numbers the next step will draw (the RNG is forked and restored): a dropout the model
+    applies functionally (``F.dropout(x, p, self.training)``, timm's legacy SENet head), which no module
+    walk can switch off, then uses the same mask in both, so only a real leak makes them differ."""
     m = copy.deepcopy(model)
     m.zero_grad(set_to_none=True)
-    F.cross_entropy(m(x).float(), y).backward()
+    cuda = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        F.cross_entropy(m(x).float(), y).backward()
     gs = [p.grad for p in m.parameters() if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in gs])).item()
 
@@ -57,6 +62,12 @@ def loss_slope(losses: list[float], window: float = SLOPE_WINDOW) -> tuple[float
     y = torch.tensor(tail, dtype=torch.float64).log()
     b = float(((t - t.mean()) * (y - y.mean())).sum() / ((t - t.mean()) ** 2).sum())
     return max(0.0, 1.0 - math.exp(b * (len(tail) - 1))), len(tail)
+
+
+def dead_outputs(logits: torch.Tensor) -> bool:
+    """True when every output is exactly 0 ([N, K]): a ReLU or clamp after the classifier whose units all
+    died in training (torchvision's SqueezeNet ends in conv -> ReLU -> pool; at a high lr its outputs go to 0)."""
+    return logits.ndim == 2 and logits.numel() > 0 and bool((logits == 0).all())
 
 
 def bounded_outputs(logits: torch.Tensor) -> str | None:
@@ -149,6 +160,11 @@ def overfit_batch(make_model, data: CheckData, steps: int | None = None, batch: 
         where = f" (tripwire: first non-finite in {report.module}, {report.phase})" if getattr(report, "module", None) else ""
         causes.add("loss-nonfinite", f"the loss became non-finite at step {len(losses)}{where}: lr too high ({data.lr:g}) "
                       f"or an unstable op")
+    elif dead_outputs(logits) and not ok:
+        warns.add("outputs-dead", f"every output of the trained model is exactly 0 after {len(losses)} steps (loss "
+                  f"{final:.4f} = ln K): a ReLU or clamp after the classifier whose units all died at lr {data.lr:g} "
+                  f"(torchvision's SqueezeNet ends in conv -> ReLU -> pool); a correct model can do this at a high "
+                  f"lr: try a lower lr or warmup, or drop the final ReLU if the paper has none")
     elif bounded and not ok:
         causes.add("outputs-bounded", f"the trained model's outputs are {bounded} and the loss is stuck at {final:.2f} "
                    f"(accuracy {acc:.0%}): the outputs are bounded before the loss (softmax or sigmoid applied before "
@@ -451,7 +467,12 @@ def input_independent(make_model, data: CheckData, max_steps: int | None = None,
         z_acc, z_loss, z_rank = _z_scores(run.model, vx, vy, real, zero)
         dep = (_train_logits(run.model, vx) - _train_logits(run.model, torch.zeros_like(vx))).abs().max().item()
         controls.update(output_difference=dep, z_rank=z_rank)
-        if dep == 0:
+        if dep == 0 and dead_outputs(_train_logits(run.model, vx)):
+            warns.add("outputs-dead", f"after {len(losses)} steps every output is exactly 0 for real and for blank "
+                      f"images: a ReLU or clamp after the classifier whose units all died in training (torchvision's "
+                      f"SqueezeNet at a high lr), not a model that ignores its input by construction; try a lower "
+                      f"lr or warmup (overfit-batch says the same)")
+        elif dep == 0:
             causes.add("ignores-input", f"after {len(losses)} steps the outputs for the {len(vy)} held-out images and for "
                        f"blank images are identical (max difference 0; measured directly): the model's output does "
                        f"not depend on its input (the input is dropped, detached into a constant, or overwritten "
@@ -623,7 +644,7 @@ def determinism(make_model, data: CheckData, k: int | None = None, resume_at: in
     Measures the training losses of two runs from the same seed for ``k`` (6) steps, of a run resumed
     from the first one's state at step ``resume_at`` (3) into a model built from another seed, and two
     eval-mode forward passes of 8 images. On CPU every difference must be exactly 0 (CPU kernels are
-    deterministic: every model of the issue-34 panel gives 0); on a GPU within 1e-4 relative (its
+    deterministic: every model of the correct-model panel, checks.panel, gives 0); on a GPU within 1e-4 relative (its
     kernels may not be). Always measured (18 steps; the quick tier: k 4, resume at 2, 12 steps)."""
 
     k = k or (4 if data.quick else 6)

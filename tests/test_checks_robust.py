@@ -623,3 +623,17 @@ def test_dead_outputs_are_a_warning_that_names_them_not_softmax_or_an_ignored_in
     assert r.status == "warn" and r.codes[0] == "outputs-dead", (r.measured, r.causes)
     r = one("input-independent", DeadReLUHead, shapes, max_steps=20)
     assert r.status == "warn" and "outputs-dead" in r.codes and "ignores-input" not in r.codes, (r.measured, r.causes)
+
+
+def test_result_lines_fit_the_terminal_without_splitting_words():
+    from reproscope.checks.core import CheckResult, verdict_line
+    from reproscope.diagnostics.diagnose import format_results
+    long = " ".join(f"word{i}" for i in range(60))
+    r = CheckResult("overfit-batch", "fail", long, "loss < 0.1 " * 8, "why " * 40, ["cause " * 50], {}, ["plateau"])
+    text = format_results([r, CheckResult("data", "pass", "ok", "ok")], width=90)
+    lines = text.splitlines()
+    assert max(len(ln) for ln in lines) <= 90 and lines[-1].strip().startswith("cause")
+    words = text.split()
+    assert all(f"word{i}" in words for i in range(60))  # every word whole, none split across lines
+    line = verdict_line(3, 12, r, 1.5, width=90)
+    assert len(line) <= 90 and line.endswith(" ...") and line.split()[-2].startswith("word")

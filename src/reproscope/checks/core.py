@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -347,12 +348,19 @@ def run_checks(make_model, data: CheckData, names: list[str] | None = None, prog
                                            "The check could not run on this model/data.", [str(e)],
                                            codes=["check-crashed"]))
             if progress:
-                r = out[-1]
-                print(f"  [{i + 1}/{len(names)}] {r.status.upper():4} {name:<19} {time.perf_counter() - t0:6.1f} s  "
-                      f"{r.measured[:110]}", flush=True)
+                print(verdict_line(i + 1, len(names), out[-1], time.perf_counter() - t0), flush=True)
     finally:
         _PROGRESS[0] = False
     return out
+
+
+def verdict_line(i: int, n: int, r: CheckResult, seconds: float, width: int | None = None) -> str:
+    """``  [i/n] STATUS name  seconds s  measured``, cut at a word to fit one line of ``width`` columns
+    (default: the terminal's, 100 when it has none)."""
+    head = f"  [{i}/{n}] {r.status.upper():4} {r.name:<19} {seconds:6.1f} s  "
+    room = max(20, (width or shutil.get_terminal_size((100, 24)).columns) - len(head) - 1)
+    text = r.measured if len(r.measured) <= room else r.measured[:room - 4].rsplit(" ", 1)[0] + " ..."
+    return head + text
 
 
 _PROGRESS = [False]  # set by run_checks(progress=True) while it runs

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import textwrap
 import time
 from pathlib import Path
 
 from ..checks import CHECKS, CheckData, CheckResult, recipe_audit, recipe_subject, run_checks
-from ..checks.core import in_quick_tier, tally
+from ..checks.core import in_quick_tier, tally, verdict_line
 from ..checks.subject import Mutation
 from ..checks.zoo import get_bug
 from ..config import ConfigError, Recipe, apply_overrides, nearest
@@ -105,18 +107,25 @@ def run_diagnosis(recipe: Recipe, which: str = "all", *, model_spec: str | None 
     if which in ("all", "recipe-audit"):
         results.append(recipe_audit(as_given, make_model(), len(data.source.train_images) if data.source else None))
         if progress:
-            r = results[-1]
-            print(f"  [{len(results)}/{len(results)}] {r.status.upper():4} {r.name:<19}    0.0 s  {r.measured[:110]}",
-                  flush=True)
+            print(verdict_line(len(results), len(results), results[-1], 0.0), flush=True)
     return results
 
 
-def format_results(results: list[CheckResult]) -> str:
-    lines = [r.summary() for r in results]
+def format_results(results: list[CheckResult], width: int | None = None) -> str:
+    """One verdict per check, then each non-passing check's explanation and causes, wrapped at word
+    boundaries to ``width`` columns (default: the terminal's, 100 when it has none), continuation lines
+    indented under the text they continue."""
+    width = max(60, width or shutil.get_terminal_size((100, 24)).columns)
+
+    def wrap(text: str, indent: int) -> list[str]:
+        return textwrap.wrap(text, width, subsequent_indent=" " * indent, break_long_words=False,
+                             break_on_hyphens=False) or [""]
+
+    lines = [ln for r in results for ln in wrap(r.summary(), 25)]
     for r in results:
         if r.status != "pass":
-            lines.append(f"\n{r.name}: {r.explanation}")
-            lines += [f"  - [{code}] {c}" for code, c in zip(r.codes, r.causes)]
+            lines += [""] + wrap(f"{r.name}: {r.explanation}", 2)
+            lines += [ln for code, c in zip(r.codes, r.causes) for ln in wrap(f"  - [{code}] {c}", 6)]
     return "\n".join(lines)
 
 

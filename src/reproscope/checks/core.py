@@ -46,7 +46,7 @@ class CheckResult:
                              "build them with Causes.add(code, sentence)")
 
     def summary(self) -> str:
-        return f"{self.status.upper():4}  {self.name:<19} {self.measured}  (expected {self.expected})"
+        return f"{self.status.upper():4}  {self.name:<20} {self.measured}  (expected {self.expected})"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -319,12 +319,14 @@ def _not_measured(name: str, report) -> CheckResult:
                        ["nonfinite-model"])
 
 
-def run_checks(make_model, data: CheckData, names: list[str] | None = None, progress: bool = False) -> list[CheckResult]:
+def run_checks(make_model, data: CheckData, names: list[str] | None = None, progress: bool = False,
+               total: int | None = None) -> list[CheckResult]:
     """Run the model/data checks (all by default) and return their results. A model whose forward or
     backward is non-finite at init is located once with the tripwire, and every check that measures
     the model reports that (code ``nonfinite-model``) instead of measuring NaNs. With ``progress``,
     one line per check as its verdict lands (status, name, elapsed time, what it measured), and
-    inside long checks a line at least every ~10 s (``check_progress``)."""
+    inside long checks a line at least every ~10 s (``check_progress``); ``total`` is the count the
+    lines number against when the caller runs more checks after these (``diagnose``'s recipe-audit)."""
     out = []
     names = list(CHECKS) if names is None else names
     report = None
@@ -348,7 +350,7 @@ def run_checks(make_model, data: CheckData, names: list[str] | None = None, prog
                                            "The check could not run on this model/data.", [str(e)],
                                            codes=["check-crashed"]))
             if progress:
-                print(verdict_line(i + 1, len(names), out[-1], time.perf_counter() - t0), flush=True)
+                print(verdict_line(i + 1, total or len(names), out[-1], time.perf_counter() - t0), flush=True)
     finally:
         _PROGRESS[0] = False
     return out
@@ -357,7 +359,8 @@ def run_checks(make_model, data: CheckData, names: list[str] | None = None, prog
 def verdict_line(i: int, n: int, r: CheckResult, seconds: float, width: int | None = None) -> str:
     """``  [i/n] STATUS name  seconds s  measured``, cut at a word to fit one line of ``width`` columns
     (default: the terminal's, 100 when it has none)."""
-    head = f"  [{i}/{n}] {r.status.upper():4} {r.name:<19} {seconds:6.1f} s  "
+    tag = f"[{i}/{n}]"
+    head = f"  {tag:<{2 * len(str(n)) + 3}} {r.status.upper():4} {r.name:<20} {seconds:6.1f} s  "
     room = max(20, (width or shutil.get_terminal_size((100, 24)).columns) - len(head) - 1)
     text = r.measured if len(r.measured) <= room else r.measured[:room - 4].rsplit(" ", 1)[0] + " ..."
     return head + text

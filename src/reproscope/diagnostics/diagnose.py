@@ -103,8 +103,9 @@ def run_diagnosis(recipe: Recipe, which: str = "all", *, model_spec: str | None 
     preflight(make_model, data, model_spec or recipe.model.name)
     data.quick = quick
     names = [n for n in CHECKS if which == n or (which == "all" and (not quick or in_quick_tier(n)))]
-    results = run_checks(make_model, data, names, progress=progress)
-    if which in ("all", "recipe-audit"):
+    audit = which in ("all", "recipe-audit")
+    results = run_checks(make_model, data, names, progress=progress, total=len(names) + audit)
+    if audit:
         results.append(recipe_audit(as_given, make_model(), len(data.source.train_images) if data.source else None))
         if progress:
             print(verdict_line(len(results), len(results), results[-1], 0.0), flush=True)
@@ -121,7 +122,7 @@ def format_results(results: list[CheckResult], width: int | None = None) -> str:
         return textwrap.wrap(text, width, subsequent_indent=" " * indent, break_long_words=False,
                              break_on_hyphens=False) or [""]
 
-    lines = [ln for r in results for ln in wrap(r.summary(), 25)]
+    lines = [ln for r in results for ln in wrap(r.summary(), 26)]
     for r in results:
         if r.status != "pass":
             lines += [""] + wrap(f"{r.name}: {r.explanation}", 2)

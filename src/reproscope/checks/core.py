@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..instrument.tripwire import format_report, locate_nonfinite
 from ..runtime import seed_everything
+from ..runtime.progress import LineProgress, progress
 
 
 @dataclass
@@ -369,30 +370,22 @@ def verdict_line(i: int, n: int, r: CheckResult, seconds: float, width: int | No
 _PROGRESS = [False]  # set by run_checks(progress=True) while it runs
 
 
-class _Silent:
+class _CheckLines(LineProgress):
+    """``LineProgress`` that stays silent at the end of a loop that took under ``seconds``: the check's
+    verdict line follows at once."""
+
     def update(self, k: int = 1) -> None:
-        pass
-
-    def set_postfix(self, refresh: bool = False, **kw) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+        if self.n + k >= self.total and time.perf_counter() - self._last_t < self.seconds:
+            self.n += k
+            return
+        super().update(k)
 
 
 def check_progress(total: int, what: str):
     """Progress inside a long check (``total`` steps): when ``run_checks(progress=True)`` runs it, a line
     at least every ~10 s with the steps done, the rate and what is measured (``set_postfix``), from the
     trainer's progress module (``runtime.progress.LineProgress``); a check done within 10 s prints none.
-    Silent otherwise."""
+    Silent otherwise (``runtime.progress.progress(enabled=False)``)."""
     if not _PROGRESS[0]:
-        return _Silent()
-    from ..runtime.progress import LineProgress
-
-    class _Lines(LineProgress):
-        def update(self, k: int = 1) -> None:
-            if self.n + k >= self.total and time.perf_counter() - self._last_t < self.seconds:
-                self.n += k  # the closing frame of a loop that took under ~10 s: the verdict line follows
-                return
-            super().update(k)
-    return _Lines(total, desc=f"      {what}", unit="step", every=1.0, seconds=10.0, min_seconds=10.0)
+        return progress(total, desc=what, enabled=False)
+    return _CheckLines(total, desc=f"      {what}", unit="step", every=1.0, seconds=10.0, min_seconds=10.0)

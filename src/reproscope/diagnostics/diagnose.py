@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -21,10 +22,8 @@ CHECK_NAMES = list(CHECKS) + ["recipe-audit"]
 
 def checks_help() -> str:
     """The checks that exist, in run order, with the first line of each docstring; ``*`` marks the quick tier."""
-    from ..checks import audit
-    import sys
     rows = [(n, fn.__doc__ or sys.modules[fn.__module__].__doc__) for n, fn in CHECKS.items()]
-    rows.append(("recipe-audit", audit.recipe_audit.__doc__))
+    rows.append(("recipe-audit", recipe_audit.__doc__))
     width = max(len(n) for n, _ in rows) + 2
     lines = ["checks (run in this order by `diagnose all`; * = also in the --quick tier, which runs them with "
              "short budgets):"]

@@ -83,9 +83,15 @@ def main() -> None:
     done = {}
     if args.jsonl and args.jsonl.exists():
         done = {(r["model"], r["check"]): r for r in map(json.loads, args.jsonl.read_text().splitlines())}
+    only = set(args.only.split(",")) if args.only else None
+    known = {e[2] for entries in HALVES.values() for e in entries}
+    if only and only - known:
+        ap.error(f"--only: not in the panel: {', '.join(sorted(only - known))}; the panel's models: "
+                 f"{', '.join(sorted(known))}")
+    if args.jsonl:
+        args.jsonl.parent.mkdir(parents=True, exist_ok=True)
     _, data, _ = recipe_subject(apply_overrides(get_recipe("quickstart"), ZOO_RECIPE_OVERRIDES))
     data.quick = True
-    only = set(args.only.split(",")) if args.only else None
     out = {}
     for half, entries in HALVES.items():
         if args.half in (half, "all"):

@@ -24,7 +24,7 @@ import torch
 
 from reproscope.config import apply_overrides
 from reproscope.recipes import get_recipe
-from reproscope.train.folders import decode_image
+from reproscope.data.folders import decode_image
 from reproscope.train.trainer import Trainer
 from reproscope.runtime import synchronize as sync
 
@@ -77,7 +77,7 @@ def main() -> None:
     fed_s = (time.perf_counter() - t0) / steps
 
     # one epoch of uint8 images: gathered from the cache vs decoded from JPEG (no augmentation either way)
-    from reproscope.train.data import batch_indices
+    from reproscope.data.datasets import batch_indices
     t0 = time.perf_counter()
     n = 0
     for idx in batch_indices(len(L.ds), bs, 0, 2):
@@ -86,7 +86,7 @@ def main() -> None:
     sync(dev)
     cache_img_s = n / (time.perf_counter() - t0)
     decode_img_s = None
-    from reproscope.train import folders
+    from reproscope.data import folders
     if r.data.dataset != "shapes10":
         root = folders.Path(r.data.root)
         files = folders.imagenette(root) if r.data.dataset == "imagenette" else folders.imagefolder(root, r.data.dataset)
@@ -98,7 +98,7 @@ def main() -> None:
         decode_img_s = len(paths) / (time.perf_counter() - t0)
 
     # RandAugment alone on one cached uint8 batch: batched (ours) vs torchvision's per-sample loop
-    from reproscope.train.augment import rand_augment, rand_augment_reference
+    from reproscope.data.augment import rand_augment, rand_augment_reference
     raw, _ = L.raw_batch(torch.arange(bs))
     ra_rows = []
     for label, fn in (("batched", rand_augment), ("per-sample torchvision loop", rand_augment_reference)):

@@ -128,7 +128,7 @@ def smoke(out: Path, cpu: bool) -> int:
 def campaign(out: Path, cpu: bool, data_root: str, epochs: int, budget_s: float) -> int:
     """Stage 5: LN vs DyT, seeds alternating while the next run still fits; report; pack small files."""
     from reproscope.config import apply_overrides
-    from reproscope.diagnostics.report import report
+    from reproscope.report.report import report
     from reproscope.launch import train
     from reproscope.recipes import get_recipe
     t_end = time.perf_counter() + budget_s

@@ -19,7 +19,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from reproscope.config import apply_overrides  # noqa: E402
 from reproscope.recipes import DEFAULT_RECIPE, get_recipe  # noqa: E402
-from reproscope.train.data import build_datasets  # noqa: E402
+from reproscope.data.datasets import build_datasets  # noqa: E402
 from reproscope.launch import train  # noqa: E402
 
 

@@ -35,11 +35,11 @@ import torch
 import torch.nn as nn
 
 from reproscope.config import apply_overrides
-from reproscope.diagnostics.models_table import count_flops_of_copy
+from reproscope.model.counting import count_flops_of_copy
 from reproscope.hardware import lookup, peak_flops
 from reproscope.model import create_model
 from reproscope.recipes import get_recipe
-from reproscope.train.data import ArrayDataset
+from reproscope.data.datasets import ArrayDataset
 from reproscope.runtime import synchronize
 from reproscope.instrument import standard_callbacks
 from reproscope.train.trainer import Trainer

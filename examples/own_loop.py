@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import reproscope
-from reproscope.train.shapes import generate_shapes
+from reproscope.data.shapes import generate_shapes
 
 
 class SmallCNN(nn.Module):

@@ -48,7 +48,7 @@ def token_mixer_share() -> None:
 
 
 def kernel_ablation() -> None:
-    from reproscope.diagnostics.runs import welch
+    from reproscope.report.runs import welch
     final: dict[str, list[float]] = {}
     for run in run_dirs(RUNS):
         kind = "ViT" if "vit_quick" in run.name else "3x3" if "-k3-" in run.name else "7x7"

@@ -2,9 +2,11 @@ import pytest
 import torch
 
 from reproscope.config import apply_overrides
+from reproscope.console import install_console
 from reproscope.recipes import get_recipe
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+install_console()  # as the CLI does: the package's messages on stdout, where the tests read them
 
 TINY = {
     "data.train_size": 320, "data.val_size": 100, "data.batch_size": 32, "data.eval_batch_size": 50,

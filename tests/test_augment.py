@@ -8,7 +8,7 @@ from torchvision.transforms import InterpolationMode as IM
 from torchvision.transforms.v2 import functional as TF
 
 from reproscope.config import AugConfig
-from reproscope.train.augment import (BatchTransform, MixCut, random_erasing, random_resized_crop_flip,
+from reproscope.data.augment import (BatchTransform, MixCut, random_erasing, random_resized_crop_flip,
                                       smooth_targets, soft_cross_entropy)
 from reproscope.train.ema import ModelEma
 
@@ -130,7 +130,7 @@ def _uint8_batch(n=16, size=32):
     ("Equalize", TF.equalize),
 ])
 def test_batched_randaugment_photometric_ops_match_torchvision(name, ref):
-    from reproscope.train.augment import _photometric, _ra_magnitude
+    from reproscope.data.augment import _photometric, _ra_magnitude
     x = _uint8_batch()
     mag = {"Posterize": _ra_magnitude("Posterize", torch.full((16,), 9.0), 32, 32),
            "Solarize": _ra_magnitude("Solarize", torch.full((16,), 9.0), 32, 32)}.get(name, torch.full((16,), 0.63))
@@ -150,7 +150,7 @@ def test_batched_randaugment_photometric_ops_match_torchvision(name, ref):
 def test_batched_randaugment_geometric_ops_match_torchvision(op, mag, ref, agree):
     """Rotation and translation agree exactly; shear agrees on ~90% of pixels (torchvision samples at
     pixel centres shifted by half a pixel; the random sign makes the direction convention irrelevant)."""
-    from reproscope.train.augment import _geometric_theta, _warp
+    from reproscope.data.augment import _geometric_theta, _warp
     x = _uint8_batch(4)
     ours = _warp(x.float(), _geometric_theta(torch.full((4,), op), torch.full((4,), mag), 32, 32))
     theirs = torch.stack([ref(im) for im in x]).float()
@@ -158,7 +158,7 @@ def test_batched_randaugment_geometric_ops_match_torchvision(op, mag, ref, agree
 
 
 def test_batched_randaugment_draws_per_sample_ops():
-    from reproscope.train.augment import rand_augment
+    from reproscope.data.augment import rand_augment
     x = _uint8_batch(64)
     torch.manual_seed(1)
     y = rand_augment(x, 2, 9, 0.5)

@@ -205,7 +205,7 @@ class ConstantOutput(nn.Module):
 @pytest.fixture(scope="module")
 def shapes():
     """256 shapes10 images at 32 px, normalised (the first half trains, the second is held out)."""
-    from reproscope.train.shapes import generate_shapes
+    from reproscope.data.shapes import generate_shapes
     x, y = generate_shapes(256, 32, seed=0)
     return CheckData((x.float() / 255 - 0.5) / 0.25, y, num_classes=10, lr=2e-3)
 
@@ -355,7 +355,7 @@ def test_input_independent_catches_shuffled_labels_by_the_gradient_signal():
     """Training labels permuted, held-out labels intact: the held-out labels steer the ViT's gradient at
     init, the training labels (on 1024 images) do not; a slow learner cannot produce that."""
     from reproscope.model import create_model
-    from reproscope.train.shapes import generate_shapes
+    from reproscope.data.shapes import generate_shapes
     x, y = generate_shapes(1024 + 384, 32, seed=1)
     x = (x.float() / 255 - 0.5) / 0.25
     g = torch.Generator().manual_seed(0)

@@ -1,7 +1,7 @@
 import torch
 
-from reproscope.train.data import BatchLoader, batch_indices, build_datasets, random_crop_flip
-from reproscope.train.shapes import CLASSES, generate_shapes
+from reproscope.data.datasets import BatchLoader, batch_indices, build_datasets, random_crop_flip
+from reproscope.data.shapes import CLASSES, generate_shapes
 from reproscope.config import DataConfig
 
 
@@ -41,7 +41,7 @@ def test_batch_order_resumes_mid_epoch():
 def test_augmentation_is_a_function_of_step():
     tr, _ = build_datasets(DataConfig(train_size=64, val_size=10))
     from reproscope.config import AugConfig
-    from reproscope.train.augment import BatchTransform
+    from reproscope.data.augment import BatchTransform
     tf = BatchTransform(AugConfig(crop_pad=2, hflip=0.5), 32, (0.5,) * 3, (0.25,) * 3, 10, 0.0, train=True)
     L = BatchLoader(tr, 16, torch.device("cpu"), tf, train=True, seed=0)
     idx = torch.arange(16)

@@ -12,9 +12,9 @@ from PIL import Image
 
 from reproscope.cli import main
 from reproscope.config import DataConfig
-from reproscope.train.data import build_datasets
-from reproscope.train import folders
-from reproscope.train.folders import DataError, imagenet100_classes
+from reproscope.data.datasets import build_datasets
+from reproscope.data import folders
+from reproscope.data.folders import DataError, imagenet100_classes
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -323,7 +323,7 @@ def _gradient_modes(tmp_path):
 
 @pytest.mark.parametrize("mode", ["I;16", "I", "F", "L", "LA", "1", "P+transparency", "CMYK", "YCbCr"])
 def test_every_pillow_mode_decodes_to_the_right_8bit_rgb(tmp_path, mode):
-    from reproscope.train.folders import decode_image
+    from reproscope.data.folders import decode_image
     im, want = _gradient_modes(tmp_path)[mode]
     path = tmp_path / ("img.tiff" if mode in ("I", "F", "CMYK", "YCbCr", "LA") else "img.png")
     if mode == "YCbCr":
@@ -337,7 +337,7 @@ def test_every_pillow_mode_decodes_to_the_right_8bit_rgb(tmp_path, mode):
 
 def test_constant_images_are_refused_before_training(tmp_path):
     from reproscope.config import ConfigError
-    from reproscope.train.data import ArrayDataset, channel_stats
+    from reproscope.data.datasets import ArrayDataset, channel_stats
     ds = ArrayDataset(torch.full((8, 3, 4, 4), 255, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), ("a",), "x/train")
     with pytest.raises(ConfigError, match=r"x/train: channel std .* 8 of 8 images are a single constant value"):
         channel_stats(ds)

@@ -126,7 +126,7 @@ NOTES = {  # note folder -> its committed runs; the report there was generated f
 
 @pytest.mark.parametrize("folder", sorted(NOTES))
 def test_committed_runs_reproduce_the_committed_results_table(folder, tmp_path):
-    from reproscope.diagnostics.report import report
+    from reproscope.report.report import report
     runs = sorted(p for p in (ROOT / NOTES[folder]).iterdir() if p.is_dir())
     assert runs, f"{NOTES[folder]} holds no run folders"
     assert report([str(r) for r in runs], str(tmp_path / "out")) == 0

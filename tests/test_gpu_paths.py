@@ -92,8 +92,8 @@ def test_the_host_cache_copy_branch_gives_the_same_batches():
     (``non_blocking``); a device-resident cache is indexed on the device. ``cpu:0`` is a device that
     is not ``cpu`` to the loader, so the copy branch runs here: both give the same augmented batches."""
     from reproscope.config import AugConfig
-    from reproscope.train.augment import BatchTransform
-    from reproscope.train.data import ArrayDataset, BatchLoader
+    from reproscope.data.augment import BatchTransform
+    from reproscope.data.datasets import ArrayDataset, BatchLoader
     g = torch.Generator().manual_seed(0)
     ds = ArrayDataset(torch.randint(0, 256, (64, 3, 36, 36), dtype=torch.uint8, generator=g), torch.arange(64) % 10,
                       tuple("abcdefghij"), "t")

@@ -410,7 +410,7 @@ def test_a_kat_run_diverging_at_step_2_shows_the_rational_range_then(tiny_recipe
     """Issue 16 item 5: KAT-T at lr 1.0 without warmup blows up within its first steps, all finite. The
     divergence is flagged at once, the paper-figure probes taken then say how far the rationals' inputs
     left their [-3, 3] fit range, the end of the run repeats it, and the report shows the figure."""
-    from reproscope.diagnostics.report import report
+    from reproscope.report.report import report
     r = apply_overrides(tiny_recipe, {"model.name": "kat_tiny", "optim.lr": 1.0, "sched.warmup_epochs": 0,
                                       "optim.grad_clip": 0.0, "run.progress": False})
     train(r, run_dir=tmp_path / "run")

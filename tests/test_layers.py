@@ -14,12 +14,14 @@ import reproscope
 
 SRC = Path(reproscope.__file__).parent
 LAYERS = (  # low -> high; a name is a top-level module or subpackage of reproscope
-    ("config", "recipes", "hardware", "plotting"),
+    ("config", "console", "papers", "recipes", "hardware", "plotting"),
     ("model",),
     ("runtime",),
+    ("data",),
     ("train",),
     ("instrument",),
     ("checks",),
+    ("report",),
     ("diagnostics",),
     ("launch", "cli", "__main__", "__init__"),
 )

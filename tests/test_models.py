@@ -92,7 +92,7 @@ def test_no_weight_decay_on_1d_pos_cls():
 def test_flop_count_includes_attention_on_cpu():
     """torch's counter has no formula for the CPU attention kernel; ours adds its two matmuls."""
     import torch.nn.functional as F
-    from reproscope.diagnostics.models_table import count_flops
+    from reproscope.model.counting import count_flops
 
     class OnlyAttention(torch.nn.Module):
         def forward(self, x):  # [1, 3, 16, 16] -> q = k = v: [1, 3 heads, 16 tokens, 16 dims]

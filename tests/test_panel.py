@@ -129,7 +129,7 @@ def _hosts():
 
 @pytest.fixture(scope="module")
 def shapes_data():
-    from reproscope.train.shapes import generate_shapes
+    from reproscope.data.shapes import generate_shapes
     x, y = generate_shapes(256, 32, seed=0)
     return (x.float() / 255 - 0.5) / 0.25, y
 

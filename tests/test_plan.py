@@ -33,7 +33,7 @@ def test_evidence_gives_plausible_mfu_and_ordered_ranges():
 
 
 def test_flops_follow_torchs_counter_at_other_resolutions():
-    from reproscope.diagnostics.models_table import count_flops
+    from reproscope.model.counting import count_flops
     from reproscope.model import create_model
     want = count_flops(create_model("vit_tiny", num_classes=1000, img_size=160, patch_size=16), 160)
     assert budget.forward_flops("vit_tiny", 160) == pytest.approx(want, rel=1e-6)
@@ -47,7 +47,7 @@ def test_fit_stays_within_the_budget_and_lists_every_deviation(paper):
     assert c.hours["optimistic"] <= c.hours["likely"] <= 24 < c.hours["pessimistic"] * 10
     assert all(seeds >= 3 for v, seeds in c.variants if v.role != "ablation")
     roles = [v.role for v, _ in c.variants]
-    assert roles[:2] == ["method", "baseline"] and (("ablation" in roles) == (PAPERS[paper].ablation is not None))
+    assert roles[:2] == ["method", "baseline"] and (("ablation" in roles) == (PAPERS[paper].plan.ablation is not None))
     for name, sets, _ in campaign_runs(c):
         rows = deviation_log(apply_overrides(get_recipe(name), sets))
         assert rows and all(r["reason"] for r in rows), (name, [r for r in rows if not r["reason"]])

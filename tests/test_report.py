@@ -6,7 +6,7 @@ import pytest
 
 from reproscope.cli import main
 from reproscope.config import apply_overrides
-from reproscope.diagnostics.runs import t_critical_95, welch
+from reproscope.report.runs import t_critical_95, welch
 from reproscope.launch import train
 
 from conftest import TINY
@@ -70,6 +70,22 @@ def test_compare_finds_config_diff_and_the_parting_step(runs, tmp_path, capsys):
     assert (tmp_path / "compare.png").stat().st_size > 1000
 
 
+def test_compare_counts_each_runs_events_by_type(runs, tmp_path, capsys):
+    """A run with logged events (here one non-finite, one diverging, two spikes) is compared, and the
+    counts are per type, older spellings included."""
+    import json
+    import shutil
+    a = runs[("quickstart", 0)]
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    with open(b / "metrics.jsonl", "a") as f:
+        for typ in ("nonfinite", "diverging", "loss-spike", "loss_spike"):
+            f.write(json.dumps({"kind": "event", "step": 3, "type": typ}) + "\n")
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("non-finite / diverging"))
+    assert "0 / 0 / 0" in row and row.rstrip().endswith("1 / 1 / 2"), row
+
+
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
@@ -87,7 +103,7 @@ def test_note_to_pdf(tmp_path, capsys):
     note = tmp_path / "note.md"
     note.write_text("# A note\n\nDyT(x) = gamma * tanh(alpha x), **bold**, [link](x.md).\n\n## Results\n\n"
                     "| a | b |\n|---|---|\n| 1 | 2 |\n\n- a bullet\n\n```\nreproscope train\n```\n")
-    from reproscope.diagnostics.report import markdown_blocks
+    from reproscope.report.report import markdown_blocks
     blocks = markdown_blocks(note.read_text())
     assert [b[0] for b in blocks] == ["title", "p", "h", "table", "p", "code"]
     assert blocks[1][1:] == ("DyT(x) = gamma * tanh(alpha x), **bold**, link.", True)  # fpdf2 markdown
@@ -147,7 +163,7 @@ def test_note_paragraphs_keep_bold_and_italic_and_print_options_as_such(tmp_path
     are text, not fpdf2 markup (underline, italics, strikethrough)."""
     note = tmp_path / "note.md"
     note.write_text("plain text, **KQZ** and *VWX*, then `--set a=1 --fit`, __init__ and ~~y~~.\n")
-    from reproscope.diagnostics.report import markdown_blocks
+    from reproscope.report.report import markdown_blocks
     assert markdown_blocks(note.read_text())[0][2] is True
     assert main(["note", str(note)]) == 0
     fonts = _pdf_font_codepoints((tmp_path / "note.pdf").read_bytes())
@@ -161,7 +177,7 @@ def test_note_paragraphs_keep_bold_and_italic_and_print_options_as_such(tmp_path
 def test_note_subheadings_numbered_items_bullets_and_nested_emphasis():
     """What a user's note holds beyond ours: '###' is a heading (not literal '###'), each numbered item
     and '* ' bullet is its own paragraph, bullets print as '•', italics inside bold are kept."""
-    from reproscope.diagnostics.report import markdown_blocks
+    from reproscope.report.report import markdown_blocks
     blocks = markdown_blocks("# T\n\n### Sub\n\n**bold *it* bold** x\n\n1. first\n2. second\n\n- a\n* b\n")
     assert blocks == [("title", "T"), ("h", "Sub"), ("p", "**bold __it__ bold** x", True), ("p", "1. first", True),
                       ("p", "2. second", True), ("p", "• a", True), ("p", "• b", True)]
@@ -177,7 +193,7 @@ def test_note_prints_greek_and_math_symbols_as_such(tmp_path, capsys):
 
 
 def test_note_tables_take_escaped_pipes_and_name_a_broken_row(tmp_path, capsys):
-    from reproscope.diagnostics.report import markdown_blocks
+    from reproscope.report.report import markdown_blocks
     blocks = markdown_blocks("| a | b |\n|---|---|\n| 1 + \\|x\\| | 2 |\n")
     assert blocks == [("table", ["a", "b"], [["1 + |x|", "2"]])]
     note = tmp_path / "n.md"
@@ -188,7 +204,7 @@ def test_note_tables_take_escaped_pipes_and_name_a_broken_row(tmp_path, capsys):
 
 
 def test_long_commands_wrap_at_argument_boundaries():
-    from reproscope.diagnostics.report import wrap_command
+    from reproscope.report.report import wrap_command
     line = ("reproscope train --recipe dyt-vit_quick-imagenette-cpu --run-dir runs/dyt-cpu/a-long-name "
             "--no-progress --set run.threads=1 --set model.dyt_alpha0=1.0")
     assert wrap_command("reproscope train", 40) == ["reproscope train"]
@@ -202,7 +218,7 @@ def test_long_commands_wrap_at_argument_boundaries():
 
 def test_a_heading_never_ends_a_page(tmp_path):
     """#18: a heading that would sit alone at the bottom of a page moves to the next one, with what follows."""
-    from reproscope.diagnostics.report import to_pdf
+    from reproscope.report.report import to_pdf
     text = "A sentence that fills some of the line with words. " * 6
     for filler in range(30, 60):  # headings land at many heights on the first page
         blocks = [("title", "T")] + [("p", text)] * filler + [("h", "A heading"), ("p", text), ("h", "B"), ("p", "x")]
@@ -231,8 +247,9 @@ def test_a_knob_added_after_a_run_reads_as_its_default_in_groups_labels_and_clai
     import json
     import shutil
     from pathlib import Path
-    from reproscope.diagnostics.report import CLAIMS, _matches
-    from reproscope.diagnostics.runs import group_runs, load_run
+    from reproscope.papers import PAPERS
+    from reproscope.report.report import _matches
+    from reproscope.report.runs import group_runs, load_run
     keep = Path(__file__).resolve().parents[1] / "docs" / "reproductions" / "mambaout-cpu" / "runs"
     old, k3 = keep / "mambaout-mambaout_quick-imagenette-cpu-s0", keep / "mambaout-mambaout_quick-imagenette-cpu-k3-s0"
     assert "kernel_size" not in json.loads((old / "config.json").read_text())["model"]
@@ -244,7 +261,7 @@ def test_a_knob_added_after_a_run_reads_as_its_default_in_groups_labels_and_clai
     groups = group_runs([load_run(old), load_run(stated), load_run(k3)])
     assert sorted((g.label, len(g.runs)) for g in groups) == [("mambaout_quick [kernel_size=3]", 1),
                                                              ("mambaout_quick [kernel_size=default]", 2)]
-    method = [g.label for g in groups if _matches(g, CLAIMS["mambaout"].method)]
+    method = [g.label for g in groups if _matches(g, PAPERS["mambaout"].claim.method)]
     assert method == ["mambaout_quick [kernel_size=default]"]
 
 
@@ -291,7 +308,7 @@ def test_a_report_shows_paths_under_the_working_directory_relative_to_it(tmp_pat
 def test_display_path_is_relative_to_the_base_or_only_its_last_components(tmp_path):
     from pathlib import Path
 
-    from reproscope.diagnostics.paths import display_arg, display_path
+    from reproscope.report.paths import display_arg, display_path
     home = Path.home()
     assert display_path(tmp_path / "a" / "b", tmp_path) == "a/b" and display_path(tmp_path, tmp_path) == "."
     assert display_path("data/x", tmp_path) == "data/x" and display_path("", tmp_path) == ""  # not absolute: as given

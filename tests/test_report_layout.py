@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reproscope.cli import main
-from reproscope.diagnostics.report import markdown_blocks, paragraph_runs, to_pdf
+from reproscope.report.report import markdown_blocks, paragraph_runs, to_pdf
 
 from report_fakes import four_runs
 

@@ -5,13 +5,14 @@ import math
 
 import pytest
 
-from reproscope.diagnostics.report import CLAIMS, Claim, _checklist, _mean_std, _statistics, verdict_sentences
-from reproscope.diagnostics.runs import (Interval, group_runs, load_run, seeds_for_half_width, t_critical_95,
+from reproscope.papers import PAPERS, Claim
+from reproscope.report.report import _checklist, _mean_std, _statistics, verdict_sentences
+from reproscope.report.runs import (Interval, group_runs, load_run, seeds_for_half_width, t_critical_95,
                                          welch_interval)
 
 from report_fakes import fake_run
 
-DYT, KAT = CLAIMS["dyt"], CLAIMS["kat"]
+DYT, KAT = PAPERS["dyt"].claim, PAPERS["kat"].claim
 
 
 def iv(lo: float, hi: float, n=(3, 3), std=(1.0, 1.0), df=3.9) -> Interval:
@@ -147,7 +148,7 @@ def test_a_run_made_by_a_script_shows_that_script_as_its_command(tmp_path):
 
 def test_a_campaign_of_two_paper_recipes_names_both(tmp_path):
     """DyT's LN baseline derives from dyt-vit_base_ln-paper, the method from dyt-vit_base-paper."""
-    from reproscope.diagnostics.report import _verdict
+    from reproscope.report.report import _verdict
     runs = [load_run(fake_run(tmp_path, "dyt-vit_quick-imagenette-cpu", s, 30.0 + s)) for s in (0, 1, 2)] + \
         [load_run(fake_run(tmp_path, "dyt-vit_quick_ln-imagenette-cpu", s, 40.0 + s)) for s in (0, 1, 2)]
     groups = group_runs(runs)

@@ -73,7 +73,7 @@ def test_resume_continues_at_same_step_and_lr(tiny_recipe, tmp_path):
 def test_a_resumed_epoch_says_its_time_covers_part_of_it(tiny_recipe, tmp_path, capsys):
     """#18: after a resume mid-epoch, the epoch line and metrics say how many steps the time covers,
     and the report's device-hours count time per step, not a part-epoch as a whole one."""
-    from reproscope.diagnostics.runs import load_run
+    from reproscope.report.runs import load_run
     train(tiny_recipe, run_dir=tmp_path / "part", callbacks=[StopAt(13)])  # mid-epoch 2 (10 steps an epoch)
     capsys.readouterr()
     train(tiny_recipe, resume="auto", run_dir=tmp_path / "part")

@@ -93,7 +93,7 @@ class SmallBNNet(nn.Module):
 
 
 def _shapes_data(n=256):
-    from reproscope.train.shapes import generate_shapes
+    from reproscope.data.shapes import generate_shapes
     x, y = generate_shapes(n, 32, seed=0)
     x = (x.float() / 255 - 0.5) / 0.25
     return CheckData(x, y, num_classes=10, lr=2e-3)
@@ -182,7 +182,7 @@ def test_train_your_own_model_from_a_file_and_resume_without_it(tmp_path, capsys
     assert main(["train", "--resume", str(rd), "--set", "sched.epochs=2", "--no-progress"]) == 0
     assert "rebuilding the run's own model" in capsys.readouterr().out
     # report and compare name the user's model (spec and file hash), not the recipe's model.name
-    from reproscope.diagnostics.runs import group_runs, load_run
+    from reproscope.report.runs import group_runs, load_run
     run = load_run(rd)
     assert run.model == f"{src}:make (sha256 {source['sha256'][:12]})"
     assert group_runs([run])[0].label.startswith(f"{src}:make")

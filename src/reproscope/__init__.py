@@ -1,13 +1,15 @@
 """reproscope: a debugging-focused, instrumented PyTorch trainer for reproducing vision papers.
 
-Subpackages: ``model`` (paper models), ``runtime`` (device, autocast, seeding, RNG, distributed),
-``train`` (trainer and data), ``instrument`` (hooks that collect), ``checks`` (sanity checks) and
-``diagnostics`` (CLI reports that read and explain); ``launch`` and ``cli`` put them together.
+Subpackages: ``model`` (paper models, counting), ``runtime`` (device, autocast, seeding, RNG,
+distributed), ``data`` (image folders, datasets, loaders, augmentation), ``train`` (the trainer),
+``instrument`` (hooks that collect), ``checks`` (sanity checks), ``report`` (readers of finished runs:
+run records, the note, its figures, comparison) and ``diagnostics`` (tools that run models to explain
+them: diagnose, align, eval, replay, profile, plan); ``launch`` and ``cli`` put them together.
 
 Each layer imports only from its own layer and the layers below it, function-local imports included
 (``tests/test_layers.py`` enforces it, and that the order below is the test's):
 
-Layers: config, recipes, hardware, plotting -> model -> runtime -> train -> instrument -> checks -> diagnostics -> launch, cli, __main__, __init__
+Layers: config, console, papers, recipes, hardware, plotting -> model -> runtime -> data -> train -> instrument -> checks -> report -> diagnostics -> launch, cli, __main__, __init__
 
 The public API for your own loop: :func:`watch` (and the :class:`Watch` it returns).
 """

@@ -8,6 +8,7 @@ import sys
 
 from .config import ConfigError, all_keys, apply_overrides, key_table
 from .recipes import DEFAULT_RECIPE, get_recipe, list_recipes, recipe_from_file
+from .console import install_console
 
 
 def _add_recipe_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_RECIPE,
@@ -189,12 +190,12 @@ def _checks_help() -> str:
 
 
 def cmd_report(args) -> int:
-    from .diagnostics.report import report
+    from .report.report import report
     return report(args.run_dirs, args.out)
 
 
 def cmd_note(args) -> int:
-    from .diagnostics.report import note_to_pdf
+    from .report.report import note_to_pdf
     return note_to_pdf(args.path)
 
 
@@ -204,7 +205,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .diagnostics.compare import compare
+    from .report.compare import compare
     return compare(args.run_a, args.run_b, args.rtol, args.out)
 
 
@@ -419,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    install_console()
     from .train.checkpoint import CheckpointError
     from .train.rundir import RunDirError
     try:

@@ -2,7 +2,7 @@
 
 This module sits at the top with the CLI: it is the one place that puts the layers together
 (``train.run`` opens the run and builds the Trainer, ``instrument.standard_callbacks`` attaches the
-probes and the NaN/Inf tripwire, ``diagnostics.figures`` draws the paper-figure probes at the end).
+probes and the NaN/Inf tripwire, ``report.figures`` draws the paper-figure probes at the end).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .config import SECTIONS, Recipe
-from .diagnostics.figures import plot_run
+from .report.figures import plot_run
 from .instrument import standard_callbacks
 from .train.run import open_run, run_summary, start_trainer, stop_on_signals
 from .train.rundir import write_json

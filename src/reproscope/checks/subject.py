@@ -9,9 +9,7 @@ arguments) and is how the bug zoo (``checks/zoo.py``) plants its bugs in the sam
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import itertools
 import tempfile
 from dataclasses import dataclass
@@ -22,9 +20,10 @@ import torch
 import torch.nn as nn
 
 from ..config import Recipe, apply_overrides
+from ..console import quiet
 from ..instrument.tripwire import Tripwire
 from ..model.build import build_model
-from ..train.data import build_datasets, check_labels
+from ..data.datasets import build_datasets, check_labels
 from ..train.trainer import Trainer
 from .core import CheckData, DataSource, StepOut
 
@@ -52,7 +51,7 @@ class TrainerRun:
         run_dir = workdir / f"run{next(self._ids)}"
         self.tripwire = Tripwire()
         extra = (mutation.trainer if mutation is not None else None) or {}
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet():
             self.trainer = Trainer(recipe, run_dir, tensorboard=False, model=model, datasets=datasets,
                                    callbacks=[self.tripwire], **extra)
         self.model = self.trainer.orig_model
@@ -62,7 +61,7 @@ class TrainerRun:
         micro = t.step_batches(t.step) if x is None else [(x, y)]
         t.set_lr(lr)
         self.tripwire.report = None
-        with contextlib.redirect_stdout(io.StringIO()):  # the tripwire's report goes into StepOut instead
+        with quiet():  # the tripwire's report goes into StepOut instead
             out = t.train_step(micro)
         return StepOut(out["loss"].item(), out["grad_norm"].item(), self.tripwire.report)
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, nearest
-from ..train.augment import BatchTransform
+from ..data.augment import BatchTransform
 from .core import block_modules
 from .subject import Mutation
 

@@ -44,6 +44,7 @@ import math
 from dataclasses import dataclass
 
 from ..hardware import KNOWN_GPUS, GPU
+from ..papers import PAPERS, PaperPlan  # each registered paper's spec; its .plan is what a campaign needs
 from ..recipes import DATASETS, Dataset  # noqa: F401  (the planner's datasets: the reduced recipes' table)
 
 RANGE = ("optimistic", "likely", "pessimistic")
@@ -98,8 +99,8 @@ def _flop_fit(model: str) -> tuple[float, float, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from ..model import create_model
-    from .models_table import _register_cpu_attention_flops
-    _register_cpu_attention_flops()
+    from ..model.counting import register_cpu_attention_flops
+    register_cpu_attention_flops()
     name = _FLOPS_AS.get(model, model)
     conv = name.startswith(_CONV)
     rows, fs = [], []
@@ -191,33 +192,6 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class PaperPlan:
-    """What a paper's claim needs: method and baseline model per size tier (paper's first), and the one
-    ablation the claim hinges on (None: none is implemented)."""
-    paper: str
-    tiers: tuple[tuple[str, str], ...]
-    method: tuple[str, str, tuple[str, ...]]  # (label, paper recipe, sets)
-    baseline: tuple[str, str, tuple[str, ...]]
-    ablation: tuple[str, str, tuple[str, ...]] | None
-    paper_models: str
-
-
-PAPERS = {
-    "dyt": PaperPlan("dyt", (("vit_base", "vit_base"), ("vit_small", "vit_small"), ("vit_tiny", "vit_tiny")),
-                     ("DyT", "dyt-vit_base-paper", ()), ("LayerNorm", "dyt-vit_base_ln-paper", ()),
-                     ("DyT with identity in place of tanh (Tab. 7)", "dyt-vit_base-paper", ("model.dyt_squash=identity",)),
-                     "ViT-B/16 (DyT vs LN)"),
-    "kat": PaperPlan("kat", (("kat_tiny", "vit_tiny"),),
-                     ("KAT-T", "kat-kat_tiny-paper", ()), ("DeiT-T (GELU MLP)", "kat-kat_tiny-paper", ()),
-                     ("KAT-T with the public kernel's denominator", "kat-kat_tiny-paper", ("model.denominator=abs_terms",)),
-                     "KAT-T vs DeiT-T"),
-    "mambaout": PaperPlan("mambaout", (("mambaout_femto", "vit_tiny"),),
-                          ("MambaOut-Femto", "mambaout-mambaout_femto-paper", ()),
-                          ("DeiT-T", "mambaout-mambaout_femto-paper", ()), None, "MambaOut-Femto vs DeiT-T"),
-}
-
-
-@dataclass(frozen=True)
 class Campaign:
     paper: str
     dataset: Dataset
@@ -230,7 +204,7 @@ class Campaign:
     def faithfulness(self) -> tuple:
         """Larger is closer to the paper, compared in the fidelity order: model size, resolution,
         schedule, seeds, then data."""
-        plan = PAPERS[self.paper]
+        plan = PAPERS[self.paper].plan
         tier = [m for m, _ in plan.tiers].index(self.variants[0][0].model)
         return (-tier, self.res, self.epochs, sum(s for _, s in self.variants),
                 -[d.name for d in DATASETS].index(self.dataset.name))
@@ -271,7 +245,7 @@ def candidates(paper: str, dataset: str | None = None, gpu: str = "L4") -> tuple
     Raises:
         KeyError: an unknown paper or dataset.
     """
-    plan = PAPERS[paper]
+    plan = PAPERS[paper].plan
     datasets = [d for d in DATASETS if dataset in (None, d.name, d.subset)]
     if not datasets:
         raise KeyError(dataset)
@@ -297,7 +271,7 @@ def fit(paper: str, hours: float, dataset: str | None = None, gpu: str = "L4") -
     cheapest = min(everything, key=lambda c: c.hours["likely"])
     need = math.ceil(cheapest.hours["likely"] * 100) / 100  # rounded up: --fit with this number fits
     raise BudgetError(
-        f"{hours:g} device-hours cannot hold {min(SEEDS)} seeds each of {PAPERS[paper].paper_models}: the cheapest "
+        f"{hours:g} device-hours cannot hold {min(SEEDS)} seeds each of {PAPERS[paper].plan.paper_models}: the cheapest "
         f"campaign ({cheapest.variants[0][0].model} at {cheapest.res} px, {cheapest.epochs} epochs on "
         f"{cheapest.dataset.name}) needs {need:g} h (likely); give it at least --fit {need:g} rather than fewer seeds")
 

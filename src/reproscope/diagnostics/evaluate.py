@@ -42,10 +42,10 @@ from ..checks.training import frozen_norm_statistics
 from ..config import ConfigError, Recipe, apply_overrides, recipe_from_dict
 from ..model.build import build_model
 from ..model.spec import spec_in_run, user_model
-from ..train.augment import center_crop
+from ..data.augment import center_crop
 from ..train.checkpoint import CheckpointError, load_file, read_state_dict, saved_recipe
-from ..train.data import build_datasets, channel_stats
-from ..train.folders import DataError
+from ..data.datasets import build_datasets, channel_stats
+from ..data.folders import DataError
 
 GAIN = 0.2  # top-1 (fraction) a hypothesis must add over the configured evaluation to explain it
 PREFIXES = ("module.", "_orig_mod.", "model.")

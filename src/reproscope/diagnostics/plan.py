@@ -19,10 +19,10 @@ from ..config import Recipe, apply_overrides
 from ..hardware import KNOWN_GPUS, peak_flops
 from ..instrument import standard_callbacks
 from ..runtime import resolve_device, synchronize
-from ..train.data import ArrayDataset
+from ..data.datasets import ArrayDataset
 from ..train.trainer import Trainer
 from .budget import DATASETS
-from .models_table import count_flops_of_copy
+from ..model.counting import count_flops_of_copy
 
 # images in the standard training split of each dataset (used for epochs per budget)
 TRAIN_IMAGES = {"imagenet": 1_281_167, **{d.name: d.n_train for d in DATASETS}}
@@ -148,7 +148,7 @@ def campaign_runs(c) -> list[tuple[str, list[str], str]]:
         if name not in registered:  # a smaller tier: the quick recipe, else the paper model's day recipe
             name = reduced_name(parent, v.model, c.dataset.subset, "quick")
         if name not in registered:
-            paper_model = PAPERS[c.paper].tiers[0][0 if v.role != "baseline" else 1]
+            paper_model = PAPERS[c.paper].plan.tiers[0][0 if v.role != "baseline" else 1]
             name = reduced_name(parent, paper_model, c.dataset.subset)
             sets.append(f"model.name={v.model}")
         r = get_recipe(name)
@@ -191,7 +191,7 @@ def print_campaign(c, hours: float, dataset: str | None = None) -> None:
     from ..recipes import deviation_log, get_recipe
     from ..config import apply_overrides
     from .budget import PAPERS, RANGE
-    plan_ = PAPERS[c.paper]
+    plan_ = PAPERS[c.paper].plan
     print(f"plan --fit {hours:g} --paper {c.paper}: the most faithful campaign whose LIKELY L4 time fits "
           f"{hours:g} h ({plan_.paper_models}; searched in the order model size, resolution, schedule, seeds, data)")
     print(f"dataset {c.dataset.name} ({c.dataset.n_train:,} train / {c.dataset.n_val:,} val images), {c.res} px, "

@@ -33,7 +33,7 @@ from ..config import Recipe
 from ..hardware import mfu
 from ..instrument import standard_callbacks
 from ..train.trainer import Trainer
-from .models_table import count_flops_of_copy
+from ..model.counting import count_flops_of_copy
 
 RANGES = ("data", "forward", "backward", "optimizer")
 STACK_FRAMES = 5  # Python frames per group in the by-stack table (torch prints at most 5)
@@ -167,7 +167,7 @@ def top_memory_ops(events, attr: str, steps: int, k: int = 10) -> list[dict]:
 def _frame(f: str) -> str:
     """A stack frame as torch records it (``path(line): function``), its path shown relative to the
     working directory or by its last components (``paths.display_arg``), never as this machine's."""
-    from .paths import display_arg
+    from ..report.paths import display_arg
     path, sep, rest = f.partition("(")
     return display_arg(path, Path.cwd()) + sep + rest if sep and os.path.isabs(path) else f
 

@@ -15,7 +15,7 @@ from ..config import recipe_from_dict
 from ..model.build import build_model
 from ..model.spec import spec_in_run, user_model
 from ..instrument.tripwire import format_report, locate_nonfinite
-from ..train.augment import soft_cross_entropy
+from ..data.augment import soft_cross_entropy
 from ..train.checkpoint import CheckpointError, load_file, saved_recipe
 
 

@@ -8,7 +8,7 @@
   on, and per GR-KAN layer the output/input variance ratio.
 - MambaOut: per stage, the fraction of gate activations GELU(g) near zero (|.| < 0.01).
 
-Collection only; ``reproscope.diagnostics.figures`` draws the PNGs.
+Collection only; ``reproscope.report.figures`` draws the PNGs.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ class Instrument(Callback):
     @staticmethod
     def probe_now(model, x: torch.Tensor, run_dir, name: str) -> dict:
         """Collect the paper-figure probes of ``model`` on ``x`` ([B, C, H, W]), save them as
-        ``run_dir/figures/<name>`` (``reproscope.diagnostics.figures.plot_run`` draws them) and return
+        ``run_dir/figures/<name>`` (``reproscope.report.figures.plot_run`` draws them) and return
         what they measure (``paper_probes.probe_findings``)."""
         data = collect(model, x)
         (Path(run_dir) / "figures").mkdir(exist_ok=True)
@@ -176,7 +176,7 @@ class Instrument(Callback):
             self.acts.outputs = {}
         # TensorBoard gets per-layer scalars at most once per run.log_every steps (serialising
         # hundreds of scalars costs more than a small step); stats.jsonl keeps every probe
-        if tb is None or step - self._tb_written_at < trainer.recipe.run.log_every:
+        if tb is None or step - self._tb_written_at < trainer.log_every:
             return
         self._tb_written_at = step
         totals = {"nonfinite": 0.0, "grad_nonfinite": 0.0}

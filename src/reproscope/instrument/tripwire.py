@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..console import log as console
 from ..runtime import autocast as autocast_ctx
 from ..runtime import set_rng_state
 from ..train.callbacks import Callback
@@ -243,8 +244,8 @@ def trip(model: nn.Module, batches, criterion, *, step: int, run_dir: Path, writ
     path = Path(run_dir) / f"nonfinite-step{step}.pt"
     if write:
         save_reproducer(path, model=model, batches=batches, rng=rng_state, step=step, report=report, **reproducer)
-    print(format_report(report) + f"\n  reproducer: {path}  (reproscope diagnose replay {path})"
-          + (f"\n  policy: {policy}" if policy else ""), flush=True)
+    console.warning("%s", format_report(report) + f"\n  reproducer: {path}  (reproscope diagnose replay {path})"
+                    + (f"\n  policy: {policy}" if policy else ""))
     return report, event_fields(report, path)
 
 

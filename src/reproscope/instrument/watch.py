@@ -48,7 +48,6 @@ import json
 import math
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -57,8 +56,8 @@ import torch.nn.functional as F
 from ..config import InstrumentConfig, flat_items
 from ..recipes import get_recipe
 from ..runtime import distributed
-from ..train.events import Event
-from ..train.guard import DivergenceWatch, StepDecision, StepGuard, grads_finite, overflow_findings
+from ..train.events import EventWriter
+from ..train.guard import DivergenceWatch, StepDecision, StepGuard, grads_finite
 from ..train.rundir import MetricsLog, NullLog, environment, write_json
 from .loop import LoopObserver
 from .loop_audit import audit
@@ -72,11 +71,12 @@ def _surrogate(out, _targets):
 
 
 class _TrainerView:
-    """What the Trainer-facing ``Instrument`` reads from a trainer, for a loop that is not ours."""
+    """Your loop as a :class:`~reproscope.train.callbacks.TrainerView`: what the Trainer-facing
+    ``Instrument`` reads from a trainer."""
 
     def __init__(self, model: nn.Module, run_dir: Path, dist, log, log_every: int):
         self.orig_model, self.run_dir, self.dist, self.log = model, run_dir, dist, log
-        self.recipe = SimpleNamespace(run=SimpleNamespace(log_every=log_every))
+        self.log_every = log_every
         self.step = 0
         self.val_loader = None  # no validation data in your loop: no per-epoch paper-figure probes
 
@@ -124,6 +124,7 @@ class Watch:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.dist = distributed.from_env()
         self.log = MetricsLog(self.run_dir, tensorboard=tensorboard) if self.dist.is_main else NullLog()
+        self.events = EventWriter(self.log)
         self.step_count = 0
         self.log_every = log_every
         self._view = _TrainerView(self.orig_model, self.run_dir, self.dist, self.log, log_every)
@@ -226,22 +227,18 @@ class Watch:
         return d.action == "step"
 
     def _announce(self, d: StepDecision, targets, named) -> StepDecision:
-        """Log the decision's event as the Trainer does (same event types and fields)."""
+        """Log the decision's event as the Trainer does (the same ``EventWriter``)."""
         if d.code == "scaler-overflow":
             self.scaler_skips += 1  # fp16 overflow: the scaler skips this step and backs off
-            self.log.log("event", d.step, type=Event.SCALER_OVERFLOW, scale=float(self.scaler.get_scale()),
-                         in_a_row=self.guard.scaler_overflows)
+            self.events.scaler_overflow(d, self.scaler.get_scale(), self.guard.scaler_overflows)
         elif d.code == "loss-spike":
             self.spike_count += 1
-            self.log.log("event", d.step, type=Event.LOSS_SPIKE, skipped=d.action == "skip", **d.spike)
+            self.events.loss_spike(d)
         elif d.code == "grad-norm-overflow":
-            d = dataclasses.replace(d, findings=overflow_findings(named))
-            self.log.log("event", d.step, type=Event.GRAD_NORM_OVERFLOW, loss=d.loss,
-                         grad_norm_fp64=d.findings["grad_norm_fp64"],
-                         largest_grads=[[n, v] for n, v in d.findings["largest_grads"]])
-            print(f"DIVERGED: {d.reason()}", flush=True)
+            d = self.events.grad_norm_overflow(d, named)
         elif d.code == "nonfinite":
-            d = dataclasses.replace(d, findings=self._nonfinite(d.loss, d.grad_norm, targets))
+            d = dataclasses.replace(d, findings=self._nonfinite(targets))
+            self.events.nonfinite(d, d.findings)
         if d.action == "stop":
             self.stop_requested = True
         return d
@@ -251,10 +248,7 @@ class Watch:
             self.divergence = DivergenceWatch(self.num_classes or 2)
         ev = self.divergence.flag(loss, grad_norm, self.step_count + 1, find=self._probe_divergence)
         if ev is not None:
-            self.log.log("event", ev["step"], type=Event.DIVERGING, **{k: v for k, v in ev.items() if k != "step"})
-            print(f"DIVERGING at step {ev['step']}: {ev['reason']} (still finite)", flush=True)
-            for f in ev["findings"].values():
-                print(f"  {f['sentence']}", flush=True)
+            self.events.diverging(ev)
 
     def _probe_divergence(self, flagged: dict, findings: dict) -> None:
         """The paper-figure probes at the step a finite run is flagged as diverging."""
@@ -323,8 +317,9 @@ class Watch:
             self.audit = audit(facts, self.paper)
             write_json(self.run_dir / "deviations.json", self.audit)
 
-    def _nonfinite(self, loss: float, grad_norm: float, targets) -> dict:
-        """Replay the step, write the reproducer (the input recorded as it is: any shape), log the event."""
+    def _nonfinite(self, targets) -> dict:
+        """Replay the step and write the reproducer (the input recorded as it is: any shape); returns the
+        event's fields (module, phase, reproducer)."""
         x = self.last_input
         criterion = self.criterion or (F.cross_entropy if targets is not None else _surrogate)
         step = self.step_count + 1
@@ -338,7 +333,6 @@ class Watch:
         finally:
             self._register()
             self.loop.attach()
-        self.log.log("event", step, type=Event.NONFINITE, loss=loss, grad_norm=grad_norm, **fields)
         self.nonfinite_steps.append(step)
         return fields
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ConfigError
+from . import distributed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,6 +38,48 @@ def resolve_amp(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
+
+
+def prepare_process(precision, run) -> tuple:
+    """Set this process up for training from a recipe's ``precision`` and ``run`` sections: threads,
+    deterministic algorithms, the device (``cuda:<local rank>`` under torchrun), the process group,
+    TF32 and the seed. Returns ``(dist, device, amp_dtype)``; ``dist`` is ``distributed.from_env()``.
+
+    Raises:
+        ConfigError: a device this machine does not have.
+    """
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    if run.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    dist = distributed.from_env()
+    device = resolve_device(precision.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    distributed.init(dist, device.type)
+    amp_dtype = resolve_amp(precision.amp, device)
+    if device.type == "cuda" and precision.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    seed_everything(run.seed)
+    return dist, device, amp_dtype
+
+
+def place_model(model: nn.Module, device: torch.device, channels_last: str, dist) -> tuple[nn.Module, nn.Module, bool]:
+    """Put ``model`` on ``device``: ``(orig_model, eager_model, channels_last)``. ``channels_last``
+    (``precision.channels_last``): "on", "off", or "auto" = on for a conv model on CUDA. ``eager_model``
+    is what the steps run: DDP-wrapped under torchrun (gradients averaged across ranks), else
+    ``orig_model`` itself, which stays the unwrapped module for hooks and checkpoints."""
+    orig = model.to(device)
+    cl = channels_last == "on" or (channels_last == "auto" and device.type == "cuda" and is_conv_model(orig))
+    if cl:
+        orig = orig.to(memory_format=torch.channels_last)
+    eager = orig
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        eager = DistributedDataParallel(orig, device_ids=[device.index] if device.type == "cuda" else None)
+    return orig, eager, cl
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -6,9 +6,45 @@ A callback reads the trainer; the supported ways to change what the trainer does
 ``request_stop``, ``request_eager_step`` and ``set_lr`` and its constructor arguments, never
 assignment into its attributes. (Any object with some of these methods works too; the base class
 documents the contract.)
+
+What every callback may read from the trainer that calls it is :class:`TrainerView`; the Trainer
+implements it, and so does ``reproscope.watch``'s view of your own loop, so an instrument written
+against it runs in both. The Trainer offers more (``optimizer``, ``criterion``, ``device``, ...) to
+callbacks that only run there (the tripwire's replay).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch.nn as nn
+
+
+@runtime_checkable
+class TrainerView(Protocol):
+    """What a callback may read from any trainer (the Trainer, or ``reproscope.watch``'s loop).
+
+    Attributes:
+        orig_model: the uncompiled, unwrapped module: register hooks here.
+        run_dir: the run folder (files an instrument writes go here).
+        dist: ``runtime.distributed`` info (``enabled``, ``is_main``, ``rank``, ``world_size``).
+        log: the run's ``MetricsLog`` (``.log(kind, step, **values)``; ``.tb`` the TensorBoard writer or None).
+        step: optimizer steps taken so far.
+        log_every: how often (in optimizer steps) the ``log`` event fires.
+        val_loader: the validation ``BatchLoader``, or None when the loop has none.
+    """
+
+    orig_model: nn.Module
+    run_dir: Path
+    dist: Any
+    log: Any
+    step: int
+    log_every: int
+    val_loader: Any
+
+    def request_eager_step(self) -> None:
+        """Run the step now starting on the uncompiled module (a loop that has none ignores it)."""
 
 
 class Callback:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..console import log as console
 from .rundir import write_json
 
 MANIFEST = "checkpoints.json"
@@ -260,6 +261,54 @@ def listed_checkpoints(run_dir: str | os.PathLike):
         if not p.is_file() or "/" in name or name.startswith("."):
             continue
         if sha256_of(p) != entry["sha256"]:
-            print(f"resume auto: skipping {p}: its contents changed since reproscope wrote it (sha256 mismatch)")
+            console.warning(f"resume auto: skipping {p}: its contents changed since reproscope wrote it (sha256 mismatch)")
             continue
         yield int(entry["step"]), p
+
+
+def _atomic_link(target: Path, link: Path) -> None:
+    """``link`` becomes another name for ``target`` (hard link, or a copy where links are not supported)."""
+    import shutil
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(target, tmp)
+    except OSError:
+        shutil.copyfile(target, tmp)
+    os.replace(tmp, link)
+
+
+class CheckpointManager:
+    """The checkpoint files of one run folder: ``ckpt-step<N>.pt`` written atomically, ``last.pt`` and
+    ``best.pt`` as other names for the same bytes, the last ``keep_last`` kept, and the manifest
+    (name -> step, sha256) that ``resume auto`` trusts.
+
+    ``save`` is called on every rank: rank 0 (``is_main``) writes and the caller's barrier makes the
+    others wait; the state is built only where it is written (``state()`` is called by rank 0 alone).
+    """
+
+    def __init__(self, run_dir: Path, keep_last: int, is_main: bool = True):
+        self.run_dir, self.keep_last, self.is_main = Path(run_dir), keep_last, is_main
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    def save(self, state, step: int, best: bool) -> Path:
+        """Write ``state()`` (a callable, so other ranks never build it) as the checkpoint of optimizer step
+        ``step``; ``best``: it is also ``best.pt``. Returns the path written (on every rank)."""
+        path = self.run_dir / f"ckpt-step{step:08d}.pt"
+        if not self.is_main:
+            return path
+        entry = {"step": step, "sha256": atomic_save(state(), path)}
+        manifest = read_manifest(self.run_dir)
+        manifest[path.name] = manifest["last.pt"] = entry
+        _atomic_link(path, self.last)
+        if best:  # the same bytes: another name for this checkpoint, not a second write
+            _atomic_link(path, self.run_dir / "best.pt")
+            manifest["best.pt"] = entry
+        for old in sorted(self.run_dir.glob("ckpt-step*.pt"))[:-self.keep_last]:
+            old.unlink(missing_ok=True)
+            manifest.pop(old.name, None)
+        write_manifest(self.run_dir, manifest)
+        return path

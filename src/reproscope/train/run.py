@@ -1,7 +1,8 @@
 """Starting and resuming a training run from a recipe: the train-layer half of ``reproscope train``.
 
 ``open_run`` resolves the resume point and the run folder, ``start_trainer`` builds the Trainer
-(resumed, or from given weights, or on the user's ``--model``), ``stop_on_signals`` turns SIGTERM/SIGINT
+(resumed, or from given weights, or on the user's ``--model``; a resume's changed settings are
+compared with the checkpoint's by ``resume_changes``), ``stop_on_signals`` turns SIGTERM/SIGINT
 into a clean stop. ``reproscope.launch.train`` puts them together with the instruments and the figures.
 """
 
@@ -17,11 +18,13 @@ from pathlib import Path
 
 
 from ..config import Recipe, apply_overrides, recipe_from_dict
+from ..console import log as console
 from ..model.spec import factory_for, model_source, respec, spec_file, spec_in_run
+from ..runtime import distributed, resolve_device
 from .checkpoint import (CheckpointError, listed_checkpoints, load_checkpoint, load_weights, read_manifest,
                          saved_recipe)
-from .rundir import new_run_dir, prepare_run_dir, read_metrics, truncate_metrics
-from ..runtime import distributed, resolve_device
+from .optim import WarmupCosine
+from .rundir import new_run_dir, prepare_run_dir, read_metrics, record_resume_changes, truncate_metrics
 from .trainer import Trainer
 
 
@@ -62,13 +65,13 @@ def find_resume_checkpoint(recipe: Recipe, run_dir: Path | None) -> Path | None:
     for d in dirs:
         unlisted = sorted({p.name for p in d.glob("*.pt")} - set(read_manifest(d)))
         if unlisted:
-            print(f"resume auto: not opening {', '.join(unlisted)} in {d}: not in its checkpoint manifest "
+            console.warning(f"resume auto: not opening {', '.join(unlisted)} in {d}: not in its checkpoint manifest "
                   f"(only checkpoints reproscope wrote are read; give a file explicitly with --resume PATH)")
         for _, c in listed_checkpoints(d):
             try:
                 load_checkpoint(c)
             except CheckpointError as e:
-                print(f"resume auto: skipping {c}: {e}")
+                console.warning(f"resume auto: skipping {c}: {e}")
                 continue
             return c
     return None
@@ -100,7 +103,7 @@ def open_run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str |
     if resume == "auto":
         ckpt_path = find_resume_checkpoint(recipe, rd)
         if ckpt_path is None:
-            print("resume auto: no checkpoint found; starting a new run")
+            console.info("resume auto: no checkpoint found; starting a new run")
     elif resume:
         p = Path(resume)
         ckpt_path = p / "last.pt" if p.is_dir() else p
@@ -114,8 +117,8 @@ def open_run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str |
             recipe = recipe_from_dict(json.loads((rd / "config.json").read_text()))
         if overrides:
             recipe = apply_overrides(recipe, overrides)
-            print(f"resume: applying overrides on top of the saved config: {' '.join(overrides)}")
-        print(f"resuming {ckpt_path} at step {ckpt['step']}")
+            console.info(f"resume: applying overrides on top of the saved config: {' '.join(overrides)}")
+        console.info(f"resuming {ckpt_path} at step {ckpt['step']}")
     d = distributed.from_env()
     if rd is None:
         rd = new_run_dir(recipe.run.out_dir, recipe.name)
@@ -128,7 +131,7 @@ def open_run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str |
         if ckpt is not None:
             dropped = truncate_metrics(rd, int(ckpt["step"]))
             if dropped:
-                print(f"resume: dropped {dropped} metrics.jsonl rows logged after step {ckpt['step']} (they are "
+                console.info(f"resume: dropped {dropped} metrics.jsonl rows logged after step {ckpt['step']} (they are "
                       f"logged again as the run repeats those steps)")
     distributed.barrier(d)
     return RunStart(recipe, rd, ckpt, ckpt_path, created)
@@ -152,18 +155,48 @@ def start_trainer(start: RunStart, *, callbacks=(), download: bool = False, trus
     if model_spec is None and ckpt is not None and (rd / "model_source.json").is_file():
         source = json.loads((rd / "model_source.json").read_text())  # kept as written: the original spec
         spec = spec_in_run(source, rd)
-        print(f"resume: rebuilding the run's own model from {spec}")
+        console.info(f"resume: rebuilding the run's own model from {spec}")
         factory = factory_for(spec, recipe.data.img_size)
     elif model_spec is not None:
         factory, source = _user_factory(model_spec, recipe, rd, distributed.from_env().is_main)
     trainer = Trainer(recipe, rd, callbacks=callbacks, download=download, model_factory=factory,
                       model_source=source)
     if ckpt is not None:
+        if (rd / "config.json").exists():
+            changes = resume_changes(ckpt, recipe, trainer.steps_per_epoch)
+            if changes and trainer.dist.is_main:
+                record_resume_changes(rd, changes)
         trainer.load_state_dict(ckpt)
     elif weights is not None:
         load_into(trainer.orig_model, load_weights(weights, trust_pickle=trust_pickle), weights)
-        print(f"weights: started from {weights}")
+        console.info(f"weights: started from {weights}")
     return trainer
+
+
+def resume_changes(ckpt: dict, recipe: Recipe, steps_per_epoch: int) -> list[dict]:
+    """The keys ``recipe`` changes against the recipe saved in ``ckpt`` (``run.*`` and ``instrument.*``
+    aside), as ``{"key", "was", "now", "from_step"}`` rows; warns once naming them and, when the
+    learning rate at the resumed step differs by more than 0.8-1.25x between the two schedules, the jump.
+    A checkpoint without a saved recipe has no changes."""
+    try:
+        saved = saved_recipe(ckpt)
+    except (KeyError, json.JSONDecodeError):
+        return []
+    now, step = recipe.to_dict(), int(ckpt["step"])
+    changes = [{"key": f"{sec}.{k}", "was": v, "now": now.get(sec, {}).get(k), "from_step": step}
+               for sec, vals in (saved or {}).items() if isinstance(vals, dict) and sec not in ("run", "instrument")
+               for k, v in vals.items() if now.get(sec, {}).get(k) != v]
+    if not changes:
+        return []
+    old = recipe_from_dict(saved)
+    before = WarmupCosine.from_config(old.optim, old.sched, steps_per_epoch)(step)
+    after = WarmupCosine.from_config(recipe.optim, recipe.sched, steps_per_epoch)(step)
+    keys = ", ".join(f"{c['key']} {c['was']} -> {c['now']}" for c in changes)
+    jump = f"; the lr at step {step} jumps {after / max(before, 1e-30):.3g}x ({before:.3g} -> {after:.3g})" \
+        if not 0.8 <= after / max(before, 1e-30) <= 1.25 else ""
+    console.warning("warning: resuming with changed settings (%s)%s; recorded as deviations from step %d, "
+                    "config.json keeps the run's original settings", keys, jump, step)
+    return changes
 
 
 def load_into(model, state: dict, source) -> None:

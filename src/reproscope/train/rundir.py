@@ -1,4 +1,5 @@
-"""Run directories: config, environment record, metrics.jsonl and TensorBoard scalars."""
+"""Run directories: the run record (config, environment, data, deviations, model source), metrics.jsonl
+and TensorBoard scalars."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..model.observe import drop_path_rates, drop_path_rule
 
 
 class RunDirError(RuntimeError):
@@ -73,9 +76,63 @@ def environment() -> dict[str, Any]:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as indented JSON at ``path``, written to a temporary name first (never half a file)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def write_run_record(run_dir: Path, recipe, *, world_size: int, splits: dict, deviations: list[dict],
+                     model_source: dict | None = None) -> None:
+    """The run's record at the start of ``fit()``: ``config.json`` (only if absent: the run's original
+    settings; changes on resume go to the deviations with their step), ``environment.json``,
+    ``data.json`` (per split: name, images, classes, unreadable files skipped), ``deviations.json``
+    and, for a user model, ``model_source.json``. ``splits``: ``{"train": dataset, "val": dataset}``."""
+    if not (run_dir / "config.json").exists():
+        write_json(run_dir / "config.json", recipe.to_dict())
+    write_json(run_dir / "environment.json", {**environment(), "world_size": world_size})
+    write_json(run_dir / "data.json", {
+        split: {"name": ds.name, "images": len(ds), "classes": len(ds.classes), "skipped_unreadable": ds.skipped}
+        for split, ds in splits.items()})
+    if model_source is not None:
+        write_json(run_dir / "model_source.json", model_source)
+    write_json(run_dir / "deviations.json", {"recipe": recipe.name, "parent": recipe.parent, "deviations": deviations})
+
+
+def record_resume_changes(run_dir: Path, changes: list[dict]) -> None:
+    """Add ``changes`` (``{"key", "was", "now", "from_step"}`` rows) to ``resume_changes.json``, which
+    keeps every resume's changes for the run's deviations."""
+    path = run_dir / "resume_changes.json"
+    old = json.loads(path.read_text()) if path.is_file() else []
+    new = [c for c in changes if c not in old]
+    if new:
+        write_json(path, old + new)
+
+
+def resume_deviations(run_dir: Path) -> list[dict]:
+    """Keys changed when this run was resumed (``resume_changes.json``), as deviation rows, each with the
+    step from which it applies."""
+    path = run_dir / "resume_changes.json"
+    old = json.loads(path.read_text()) if path.is_file() else []
+    return [{"key": c["key"], "parent": c["was"], "value": c["now"],
+             "reason": f"changed on resume from step {c['from_step']} (the steps before it ran with the parent value)"}
+            for c in old]
+
+
+def user_model_deviations(devs: list[dict], paper_model, model: torch.nn.Module, spec: str) -> list[dict]:
+    """For a ``--model`` run: the recipe's ``model.*`` rows describe a model that did not run, so they go;
+    the model rows say what the user's model *is* (``spec``, parameter count, drop-path rates and their
+    rule over depth, read from its modules) against the paper recipe's model config ``paper_model``."""
+    n = sum(p.numel() for p in model.parameters())
+    rows = [{"key": "model.name", "parent": paper_model.name, "value": spec,
+             "reason": f"the user's own model (--model), {n / 1e6:.2f}M parameters; the recipe's model.* "
+                       f"keys do not apply to it"}]
+    rates = [p for _, p in drop_path_rates(model)]
+    rule, top = drop_path_rule(rates), max(rates, default=0.0)
+    if top != paper_model.drop_path or (rule not in ("linear", "off")):
+        rows.append({"key": "model.drop_path", "parent": paper_model.drop_path, "value": top,
+                     "reason": f"observed in the user's model: {len(rates)} stochastic-depth modules, {rule} over depth"})
+    return rows + [d for d in devs if not d["key"].startswith("model.")]
 
 
 class MetricsLog:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..model import list_models, model_info
+from ..papers import PAPERS, Claim, figure_captions
 from ..recipes import get_recipe
 from ..train.events import Event
 from .paths import display_arg, display_path, report_base
@@ -27,38 +28,6 @@ from .runs import (Group, Interval, RunRecord, group_runs, is_science, load_run,
                    welch_interval)
 
 
-@dataclass(frozen=True)
-class Claim:
-    text: str
-    method: dict  # config values that select the method's groups (a tuple value: any of them)
-    baseline: dict  # ... and its baseline's
-    paper_top1: tuple[float, float] | None = None  # the paper's (method, baseline) top-1; None: per norm (DyT)
-    paper_models: str = ""  # the paper's models behind paper_top1, for the column header
-    relation: str = "beats"  # what the paper claims of method vs baseline: "beats" or "matches or beats"
-    tolerance: float = 1.0  # points of top-1: a smaller gap counts as "the two match" (see _verdict)
-    tolerance_why: str = "one point of top-1"
-
-    @property
-    def paper_gap(self) -> float | None:
-        """The paper's method minus baseline top-1, where the claim names one pair."""
-        return None if self.paper_top1 is None else self.paper_top1[0] - self.paper_top1[1]
-
-
-CLAIMS = {
-    "dyt": Claim("Replacing every normalization layer with DyT(x) = γ · tanh(α x) + β matches or beats "
-                 "LayerNorm (paper, Table 1: ViT-B 82.3 → 82.5, ViT-L 83.1 → 83.6 ImageNet-1K top-1).",
-                 {"model.norm": "dyt", "model.dyt_squash": "tanh", "model.dyt_alpha0": 0.5}, {"model.norm": "ln"},
-                 relation="matches or beats", tolerance=0.5,
-                 tolerance_why="the paper's own LN-to-DyT gaps, +0.2 and +0.5"),
-    "kat": Claim("GR-KAN MLPs beat the GELU MLP of a ViT of the same size (paper, Table 5: DeiT-T 72.2 → KAT-T 74.6).",
-                 {"model.name": ("kat_tiny", "kat_quick"), "model.denominator": ("default", "paper")},
-                 {"model.name": ("vit_tiny", "vit_quick"), "model.norm": ("default", "ln")},
-                 (74.6, 72.2), "KAT-T / DeiT-T"),
-    "mambaout": Claim("Gated CNN blocks without SSM (MambaOut-Femto, 78.9) beat DeiT-T (72.2) at similar size "
-                      "(paper, Table 1).", {"model.name": ("mambaout_femto", "mambaout_quick"), "model.kernel_size": 0},
-                      {"model.name": ("vit_tiny", "vit_quick"), "model.norm": ("default", "ln")},
-                      (78.9, 72.2), "MambaOut-Femto / DeiT-T"),
-}
 MAX_PAGES = 3
 NL = {"new_x": "LMARGIN", "new_y": "NEXT"}  # fpdf2: every paragraph starts at the left margin on a new line
 
@@ -70,10 +39,10 @@ def _matches(g: Group, sel: dict) -> bool:
 
 def find_claim(groups: list[Group], paper_key: str) -> Claim | None:
     """The claim whose method and baseline are both among the groups (else the recipe's paper's claim)."""
-    for c in CLAIMS.values():
+    for c in (spec.claim for spec in PAPERS.values()):
         if any(_matches(g, c.method) for g in groups) and any(_matches(g, c.baseline) for g in groups):
             return c
-    return CLAIMS.get(paper_key)
+    return PAPERS[paper_key].claim if paper_key in PAPERS else None
 
 
 def paper_facts(run: RunRecord) -> dict:
@@ -97,137 +66,188 @@ def paper_facts(run: RunRecord) -> dict:
 # ----------------------------------------------------------------------------- content
 
 
+@dataclass(frozen=True)
+class Context:
+    """What every report section reads: the seed groups and their runs, where the report goes (``out``),
+    the command that wrote it, the folder paths are shown relative to (``base``), the claim under test
+    and the parent paper recipe's facts (``paper_facts``)."""
+
+    groups: list[Group]
+    runs: list[RunRecord]
+    out: Path
+    command: str
+    base: Path
+    claim: Claim | None
+    facts: dict
+
+    @property
+    def first(self) -> RunRecord:
+        return self.runs[0]
+
+
 def build_blocks(groups: list[Group], out: Path, command: str, base: Path | None = None) -> list[tuple]:
-    """The report as blocks: ('h', text), ('p', text), ('table', header, rows), ('img', path, caption), ('code', lines).
-    Paths (data root, model files, the runs' commands) are shown relative to ``base`` (default: the
-    repository holding ``out``, else the current directory; ``paths.display_path``)."""
-    base = base or report_base(out)
+    """The report as blocks: ('h', text), ('p', text), ('table', header, rows), ('img', path, caption), ('code', lines),
+    one section function of ``SECTIONS`` after the other. Paths (data root, model files, the runs' commands)
+    are shown relative to ``base`` (default: the repository holding ``out``, else the current directory;
+    ``paths.display_path``)."""
     runs = [r for g in groups for r in g.runs]
-    first = runs[0]
-    claim = find_claim(groups, first.recipe.split("-")[0])
-    facts = paper_facts(first)
+    ctx = Context(groups, runs, out, command, base or report_base(out), find_claim(groups, runs[0].recipe.split("-")[0]),
+                  paper_facts(runs[0]))
     blocks: list[tuple] = [("title", f"Reproduction report: {', '.join(sorted({r.recipe for r in runs}))}")]
+    for section in SECTIONS:
+        blocks += section(ctx)
+    return blocks
+
+
+def _scope(c: Context) -> list[tuple]:
     scale_note = ""
-    if not any(r.env.get("gpus") for r in runs):
+    if not any(r.env.get("gpus") for r in c.runs):
         scale_note = (" All runs here were trained on a CPU: this is a CPU-scale reproduction (smaller model, "
                       "resolution and schedule than the paper), not a GPU-scale one.")
-    blocks += [("h", "Scope of reproducibility"), ("p", "The claim tested: " + (claim.text if claim else
-                                                    "(no registered claim for this paper)") + scale_note),
-               ("h", "Methodology"), ("p", _methodology(runs, base))]
+    return [("h", "Scope of reproducibility"), ("p", "The claim tested: " + (c.claim.text if c.claim else
+                                                "(no registered claim for this paper)") + scale_note),
+            ("h", "Methodology"), ("p", _methodology(c.runs, c.base))]
 
-    # setup: paper vs ours
-    p = facts.get("recipe")
-    rows = []
+
+def _setup(c: Context) -> list[tuple]:
+    """Paper vs ours: data, model, resolution, epochs, batch, images seen, device-hours, precision."""
+    p, first, rows = c.facts.get("recipe"), c.first, []
 
     def both(label, paper_val, ours):
         rows.append([label, str(paper_val), str(ours)])
     d = first.config["data"]
     both("data", f"{p.data.dataset} (1.28M train images)" if p else "-",
-         f"{d['dataset']} ({display_path(d['root'], base) or 'built-in'})")
-    both("model", p.model.name if p else "-", ", ".join(sorted({g.first.model_label(base) for g in groups})))
+         f"{d['dataset']} ({display_path(d['root'], c.base) or 'built-in'})")
+    both("model", p.model.name if p else "-", ", ".join(sorted({g.first.model_label(c.base) for g in c.groups})))
     both("resolution (px)", p.data.img_size if p else "-", d["img_size"])
     both("epochs", p.sched.epochs if p else "-", first.config["sched"]["epochs"])
     both("batch", p.data.batch_size if p else "-", d["batch_size"])
     both("images seen per run", f"{p.sched.epochs * 1.281e6 / 1e6:.0f}M" if p else "-",
          f"{first.config['sched']['epochs'] * first.images_per_epoch / 1e6:.2f}M "
          f"({first.images_per_epoch:,} per epoch)")
-    hours = sum(r.device_hours for r in runs)
-    both("device-hours (all runs)", "not stated", f"{hours:.2f} h on {first.device} ({len(runs)} runs; median "
+    hours = sum(r.device_hours for r in c.runs)
+    both("device-hours (all runs)", "not stated", f"{hours:.2f} h on {first.device} ({len(c.runs)} runs; median "
                                                      f"epoch time x epochs)")
     both("precision", p.precision.amp if p else "-", first.config["precision"]["amp"])
-    blocks += [("h", "Setup: paper vs ours"), ("table", ["", "paper", "ours"], rows)]
+    return [("h", "Setup: paper vs ours"), ("table", ["", "paper", "ours"], rows)]
 
-    # results
+
+def _paper_top1(c: Context, g: Group) -> float | None:
+    """The paper's top-1 beside group ``g``: the claim's method or baseline number, else the paper's per
+    norm (DyT); none for a squash ablation."""
+    claim, norm = c.claim, g.first.config["model"].get("norm", "default")
+    if claim is not None and claim.paper_top1 is not None:  # the paper's method and baseline rows only
+        top1 = (claim.paper_top1[0] if _matches(g, claim.method) else
+                claim.paper_top1[1] if _matches(g, claim.baseline) else None)
+    else:
+        top1 = c.facts.get("top1", {}).get(norm) if norm in ("ln", "dyt") else None
+    return None if g.first.config["model"].get("dyt_squash", "tanh") != "tanh" else top1
+
+
+def _results(c: Context) -> list[tuple]:
+    """Val top-1 per group beside the paper's, the verdict on the claim, and raw vs EMA weights."""
     res_rows = []
-    for g in groups:
+    for g in c.groups:
         m, s, n = g.mean_std("top1")
-        norm = g.first.config["model"].get("norm", "default")
-        if claim is not None and claim.paper_top1 is not None:  # the paper's method and baseline rows only
-            paper_top1 = (claim.paper_top1[0] if _matches(g, claim.method) else
-                          claim.paper_top1[1] if _matches(g, claim.baseline) else None)
-        else:
-            paper_top1 = facts.get("top1", {}).get(norm) if norm in ("ln", "dyt") else None
-        if g.first.config["model"].get("dyt_squash", "tanh") != "tanh":
-            paper_top1 = None
+        paper_top1 = _paper_top1(c, g)
         seeds = ", ".join(f"{v:.2f}" for v in g.metric("top1"))
         incomplete = [r for r in g.runs if not r.complete]
         if incomplete:
             seeds += f" ({len(incomplete)} run(s) incomplete: last eval at epoch " \
                      f"{incomplete[0].val[-1]['epoch'] + 1 if incomplete[0].val else 0})"
         res_rows.append([g.label, f"{paper_top1:.1f}" if paper_top1 else "-", _mean_std(m, s, n), str(n), seeds])
-    paper_col = (f"paper {claim.paper_models} (IN-1K)" if claim is not None and claim.paper_models else
-                 f"paper {facts['model']} (IN-1K)" if facts else "paper")
-    blocks += [("h", "Results (val top-1, %)"),
-               ("table", ["variant", paper_col, "ours: mean ± std", "n", "per seed"], res_rows)]
-    verdict = _verdict(groups, claim)
+    paper_col = (f"paper {c.claim.paper_models} (IN-1K)" if c.claim is not None and c.claim.paper_models else
+                 f"paper {c.facts['model']} (IN-1K)" if c.facts else "paper")
+    blocks = [("h", "Results (val top-1, %)"),
+              ("table", ["variant", paper_col, "ours: mean ± std", "n", "per seed"], res_rows)]
+    verdict = _verdict(c.groups, c.claim)
     if verdict:
         blocks.append(("p", verdict))
     ema_rows = [[g.label, f"{statistics.fmean(g.metric('raw_top1')):.2f}", f"{statistics.fmean(g.metric('ema_top1')):.2f}",
                  "EMA" if g.first.config.get("reg", {}).get("eval_ema") else "raw"]
-                for g in groups if g.metric("raw_top1") and g.metric("ema_top1")]
+                for g in c.groups if g.metric("raw_top1") and g.metric("ema_top1")]
     if ema_rows:
         blocks += [("p", "Raw and EMA weights, both evaluated at the end (mean over seeds; the results above "
                          "report the one reg.eval_ema names). A large gap means the EMA lags the run."),
                    ("table", ["variant", "raw top-1", "EMA top-1", "reported"], ema_rows)]
+    return blocks
 
-    blocks += [("h", "Reproducibility checklist"),
-               ("table", ["item (NeurIPS / ACL checklists)", "this campaign"], _checklist(groups, runs, claim))]
-    blocks += [("h", "What was easy, what was difficult, communication with the authors"),
-               ("p", "(fill in before sharing: edit report.md, then `reproscope note report.md` renders it. What "
-                     "was easy to reproduce; what was difficult and why; whether the authors were contacted and "
-                     "what they said; the development effort in plain words.)")]
 
-    # curves
-    out.mkdir(parents=True, exist_ok=True)
-    curves = plot_curves(groups, out / "curves.png")
-    gn = plot_grad_norms(groups, out / "grad_norm.png")
-    blocks += [("h", "Curves"), ("img", curves, "Train loss (left) and val top-1 (right): mean over seeds, "
-                                                 "shaded min-max.")]
+def _checklist_and_notes(c: Context) -> list[tuple]:
+    return [("h", "Reproducibility checklist"),
+            ("table", ["item (NeurIPS / ACL checklists)", "this campaign"], _checklist(c.groups, c.runs, c.claim)),
+            ("h", "What was easy, what was difficult, communication with the authors"),
+            ("p", "(fill in before sharing: edit report.md, then `reproscope note report.md` renders it. What "
+                  "was easy to reproduce; what was difficult and why; whether the authors were contacted and "
+                  "what they said; the development effort in plain words.)")]
 
-    # instrumentation
-    blocks += [("h", "Instrumentation highlights")]
-    ev_rows = []
-    for r in runs:
-        kinds: dict[str, int] = {}
-        for e in r.events:
-            kinds[e.get("type", "?")] = kinds.get(e.get("type", "?"), 0) + 1
-        first_ev = next((e for e in r.events if e.get("type") == "nonfinite"), None)
-        div = next((e for e in r.events if e.get("type") == Event.DIVERGING), None)
-        notes = ([f"first non-finite at step {first_ev['step']} in {first_ev.get('module') or '?'}"] if first_ev else []) \
-            + ([f"diverging from step {div['step']}: {div.get('reason', '')}"] if div else []) \
-            + [f.get("sentence", "") for f in ((div or {}).get("findings") or {}).values()]
-        ev_rows.append([r.name, str(kinds.get(Event.NONFINITE, 0)),
-                        str(kinds.get(Event.DIVERGING, 0) + kinds.get(Event.GRAD_NORM_OVERFLOW, 0)),
-                        str(kinds.get(Event.LOSS_SPIKE, 0)), str(kinds.get(Event.SCALER_OVERFLOW, 0)),
-                        str(kinds.get(Event.ROLLBACK, 0)), "; ".join(notes)])
-    blocks.append(("table", ["run", "non-finite", "diverging", "loss spikes", "fp16 skips", "rollbacks", "note"],
-                   ev_rows))
-    blocks.append(("img", gn, "Global gradient norm (before clipping), mean over seeds."))
-    diverged = [r for r in runs if any(e.get("type") == Event.DIVERGING for e in r.events)]
+
+def _curves(c: Context) -> list[tuple]:
+    c.out.mkdir(parents=True, exist_ok=True)
+    curves = plot_curves(c.groups, c.out / "curves.png")
+    return [("h", "Curves"), ("img", curves, "Train loss (left) and val top-1 (right): mean over seeds, shaded min-max.")]
+
+
+def _event_row(r: RunRecord) -> list[str]:
+    """A run's event counts by type, and what its first non-finite step and its divergence flag say."""
+    kinds: dict[str, int] = {}
+    for e in r.events:
+        kinds[e.get("type", "?")] = kinds.get(e.get("type", "?"), 0) + 1
+    first_ev = next((e for e in r.events if e.get("type") == "nonfinite"), None)
+    div = next((e for e in r.events if e.get("type") == Event.DIVERGING), None)
+    notes = ([f"first non-finite at step {first_ev['step']} in {first_ev.get('module') or '?'}"] if first_ev else []) \
+        + ([f"diverging from step {div['step']}: {div.get('reason', '')}"] if div else []) \
+        + [f.get("sentence", "") for f in ((div or {}).get("findings") or {}).values()]
+    return [r.name, str(kinds.get(Event.NONFINITE, 0)), str(kinds.get(Event.DIVERGING, 0) + kinds.get(Event.GRAD_NORM_OVERFLOW, 0)),
+            str(kinds.get(Event.LOSS_SPIKE, 0)), str(kinds.get(Event.SCALER_OVERFLOW, 0)),
+            str(kinds.get(Event.ROLLBACK, 0)), "; ".join(notes)]
+
+
+def _figure_order(claim: Claim | None) -> list[str]:
+    """The registered papers' figures, the claim's own paper's first (``papers.PaperSpec.figures``)."""
+    specs = sorted(PAPERS.values(), key=lambda s: s.claim is not claim)
+    return list(dict.fromkeys(f for s in specs for f in s.figures))
+
+
+def _instrumentation(c: Context) -> list[tuple]:
+    """Event counts per run, the gradient-norm curve, the paper-figure probes at the step a run was
+    flagged as diverging (two runs at most) and, for the method and its baseline, one analysis figure each."""
+    gn = plot_grad_norms(c.groups, c.out / "grad_norm.png")
+    blocks = [("h", "Instrumentation highlights"),
+              ("table", ["run", "non-finite", "diverging", "loss spikes", "fp16 skips", "rollbacks", "note"],
+               [_event_row(r) for r in c.runs]),
+              ("img", gn, "Global gradient norm (before clipping), mean over seeds.")]
+    order, captions = _figure_order(c.claim), figure_captions()
+    at_divergence = [f for f in order if f.endswith("_at_divergence.png")]
+    over_training = [f for f in order if f not in at_divergence]
+    diverged = [r for r in c.runs if any(e.get("type") == Event.DIVERGING for e in r.events)]
     for r in diverged[:2]:  # the paper-figure probes taken when the run was flagged: what blew up
         step = next(e["step"] for e in r.events if e.get("type") == Event.DIVERGING)
-        for fig in ("kat_ranges_at_divergence.png", "dyt_fig2_norm_curves_at_divergence.png"):
+        for fig in at_divergence:
             src = r.path / "figures" / fig
             if src.exists():
-                dst = out / f"{_slug(r.name)}-{fig}"
+                dst = c.out / f"{_slug(r.name)}-{fig}"
                 shutil.copyfile(src, dst)
-                blocks.append(("img", dst, f"{r.name}: {_FIG_CAPTIONS[fig]}, at step {step}, when the run was "
+                blocks.append(("img", dst, f"{r.name}: {captions[fig]}, at step {step}, when the run was "
                                             f"flagged as diverging"))
-    probe_groups = ([g for g in groups if claim and (_matches(g, claim.method) or _matches(g, claim.baseline))]
-                    or groups)[:2]  # the method and its baseline: keeps the PDF within its page limit
+    claim = c.claim
+    probe_groups = ([g for g in c.groups if claim and (_matches(g, claim.method) or _matches(g, claim.baseline))]
+                    or c.groups)[:2]  # the method and its baseline: keeps the PDF within its page limit
     for g in probe_groups:
-        for fig in ("dyt_fig8_alpha.png", "paper_probes_over_training.png", "dyt_fig2_norm_curves.png"):
+        for fig in over_training:
             src = g.first.path / "figures" / fig
             if src.exists():
-                dst = out / f"{_slug(g.label)}-{fig}"
+                dst = c.out / f"{_slug(g.label)}-{fig}"
                 shutil.copyfile(src, dst)
-                blocks.append(("img", dst, f"{g.label}: {_FIG_CAPTIONS[fig]} (run {g.first.name})"))
+                blocks.append(("img", dst, f"{g.label}: {captions[fig]} (run {g.first.name})"))
                 break
+    return blocks
 
-    # deviations
-    dev_rows = []
-    seen = set()
-    for g in groups:
+
+def _deviations(c: Context) -> list[tuple]:
+    """The science settings that differ from the parent recipe (operational ones omitted), once each."""
+    dev_rows, seen = [], set()
+    for g in c.groups:
         for dv in g.first.deviations:
             key = (dv["key"], str(dv["value"]))
             if not is_science(dv["key"]):  # seeds, threads, progress bars, probes: not deviations of the science
@@ -236,27 +256,33 @@ def build_blocks(groups: list[Group], out: Path, command: str, base: Path | None
                 seen.add(key)
                 code = dv.get("code", "value")  # a watched loop's audit: the code, and likely mistakes marked
                 tag = f" [{code}{', likely mistake' if dv.get('mistake') else ''}]" if code != "value" else ""
-                dev_rows.append([dv["key"], _shown_value(dv["parent"], base), _shown_value(dv["value"], base),
+                dev_rows.append([dv["key"], _shown_value(dv["parent"], c.base), _shown_value(dv["value"], c.base),
                                  dv.get("reason", "") + tag])
-    blocks += [("h", f"Deviation log (against {first.config.get('parent') or 'no parent recipe'}; seeds, threads "
-                     f"and other operational settings omitted)"),
-               ("table", ["field", "paper", "ours", "reason"], dev_rows)]
-    unseen = sorted({k for r in runs for k in r.not_observed})
+    blocks = [("h", f"Deviation log (against {c.first.config.get('parent') or 'no parent recipe'}; seeds, threads "
+                    f"and other operational settings omitted)"),
+              ("table", ["field", "paper", "ours", "reason"], dev_rows)]
+    unseen = sorted({k for r in c.runs for k in r.not_observed})
     if unseen:
         blocks.append(("p", f"Not observed in the watched loop, so not compared (pass data= and ema= to "
                             f"reproscope.watch to show them): {', '.join(unseen)}."))
-    elif any(r.config.get("name") == "watch" and not r.deviations for r in runs):
+    elif any(r.config.get("name") == "watch" and not r.deviations for r in c.runs):
         blocks.append(("p", "A watched loop without paper=: run `reproscope audit RUN_DIR --against RECIPE` to "
                             "fill this log."))
-
-    env = first.env
-    blocks += [("h", "Environment"),
-               ("p", f"python {env.get('python', '?')}, torch {env.get('torch', '?')}, torchvision "
-                     f"{env.get('torchvision', '?')}, device {first.device}, CUDA {env.get('cuda') or '-'}, "
-                     f"{env.get('platform', '?')}; git commit of each run: {_commits(runs)}.")]
-    blocks += [("h", "Commands that reproduce every number"),
-               ("code", [r.command_line(base) for r in runs] + [command])]
     return blocks
+
+
+def _environment_and_commands(c: Context) -> list[tuple]:
+    env = c.first.env
+    return [("h", "Environment"),
+            ("p", f"python {env.get('python', '?')}, torch {env.get('torch', '?')}, torchvision "
+                  f"{env.get('torchvision', '?')}, device {c.first.device}, CUDA {env.get('cuda') or '-'}, "
+                  f"{env.get('platform', '?')}; git commit of each run: {_commits(c.runs)}."),
+            ("h", "Commands that reproduce every number"),
+            ("code", [r.command_line(c.base) for r in c.runs] + [c.command])]
+
+
+SECTIONS = (_scope, _setup, _results, _checklist_and_notes, _curves, _instrumentation, _deviations,
+            _environment_and_commands)  # the report's order: a new section is a function here
 
 
 def _shown_value(value, base: Path) -> str:
@@ -291,7 +317,7 @@ def _checklist(groups: list[Group], runs: list[RunRecord], claim: Claim | None =
         if g.first.model_source is None and name in list_models():
             from ..model.build import build_model
             from ..config import recipe_from_dict
-            from .models_table import build_for_counting
+            from ..model.counting import build_for_counting
             try:
                 r = recipe_from_dict(g.first.config)
                 m = build_for_counting(lambda: build_model(r.model, r.data.num_classes or 10, r.data.img_size))
@@ -356,16 +382,6 @@ def _commits(runs: list[RunRecord]) -> str:
     return "; ".join(f"{c} ({', '.join(n)})" for c, n in by.items())
 
 
-_FIG_CAPTIONS = {"dyt_fig8_alpha.png": "DyT alpha against 1/std of each DyT layer's input over training (DyT Fig. 8)",
-                 "dyt_fig2_norm_curves.png": "norm-layer input vs output at the end of training (DyT Fig. 2/4)",
-                 "paper_probes_over_training.png": "the paper-figure probes at init and after every epoch (KAT: "
-                                                   "rational input range against the [-3, 3] fit range and GR-KAN "
-                                                   "Var[out]/Var[in]; MambaOut: gates near zero per stage)",
-                 "dyt_fig2_norm_curves_at_divergence.png": "norm-layer input vs output (DyT Fig. 2/4)",
-                 "kat_ranges_at_divergence.png": "rational input range against the [-3, 3] fit range, and GR-KAN "
-                                                 "Var[out]/Var[in] (KAT)"}
-
-
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in s).strip("_")
 
@@ -409,8 +425,8 @@ def verdict_sentences(claim: Claim, method: str, base: str, iv: Interval, n_dev:
     n = f"n = {iv.n_a} + {iv.n_b}"
     if math.isnan(iv.lo):
         return [f"Measured difference, {method} minus {base}: {iv.d:+.2f} points top-1 ({n}).",
-                f"A variant with one seed has no spread, so there is no interval and no verdict: run at least "
-                f"3 seeds per variant [claim-untested]."]
+                "A variant with one seed has no spread, so there is no interval and no verdict: run at least "
+                "3 seeds per variant [claim-untested]."]
     df = f"df {iv.df:.1f}, " if not math.isnan(iv.df) else ""
     out = [f"Measured difference, {method} minus {base}: {iv.d:+.2f} points top-1, 95% CI [{iv.lo:+.2f}, "
            f"{iv.hi:+.2f}] (Welch t, {df}{n})."]

@@ -260,6 +260,23 @@ class BatchLoader:
         return x.contiguous(memory_format=self.memory_format), y
 
 
+def build_loaders(train_set: ArrayDataset, val_set: ArrayDataset, recipe, device: torch.device, num_classes: int,
+                  make_transform, *, channels_last: bool = False, dist=None) -> tuple[BatchLoader, BatchLoader]:
+    """The train and val :class:`BatchLoader` a recipe names: normalised by the train set's channel
+    statistics, ``make_transform(cfg=, img_size=, mean=, std=, num_classes=, label_smoothing=, train=)``
+    builds each split's batch transform (label smoothing on the train split only); the train loader
+    shuffles by ``run.seed`` and shards over ``dist``'s ranks."""
+    r = recipe
+    mean, std = channel_stats(train_set)
+    tf = dict(cfg=r.aug, img_size=r.data.img_size, mean=mean, std=std, num_classes=num_classes)
+    train = BatchLoader(train_set, r.data.batch_size, device,
+                        make_transform(**tf, label_smoothing=r.reg.label_smoothing, train=True), train=True,
+                        seed=r.run.seed, channels_last=channels_last, device_cache=r.data.device_cache, dist=dist)
+    val = BatchLoader(val_set, r.data.eval_batch_size, device, make_transform(**tf, label_smoothing=0.0, train=False),
+                      train=False, channels_last=channels_last, device_cache=r.data.device_cache)
+    return train, val
+
+
 def _fits_on_device(images: torch.Tensor, device: torch.device, mode: str) -> bool:
     if mode == "off":
         return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..train.events import Event
 from .report_figures import plot_curves
 from .runs import Group, RunRecord, load_run
 

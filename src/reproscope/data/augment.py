@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import AugConfig
-from .data import random_crop_flip
+from .datasets import random_crop_flip
 
 
 def random_resized_crop_flip(x: torch.Tensor, out_size: int, scale_min: float, hflip: float,

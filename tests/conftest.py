@@ -15,6 +15,13 @@ TINY = {
 }
 
 
+def pytest_collection_modifyitems(config, items):
+    """A release test is also slow: ``-m "not slow"`` leaves it out, ``-m slow`` takes it."""
+    for item in items:
+        if item.get_closest_marker("release") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path):
     """The quickstart shrunk to seconds: 320 images, 2 epochs, 10 steps per epoch."""

@@ -43,9 +43,8 @@ def test_model_checks_pass_on_every_registered_model(shapes, name):
 HEAVY = pytest.mark.release  # 10-20 min per model on 2 CPU cores: pytest -m release
 
 
-@pytest.mark.parametrize("name", ["vit_quick"] + [pytest.param(n, marks=pytest.mark.slow) for n in
-                                                  ("vit_tiny", "kat_tiny")]
-                         + [pytest.param(n, marks=[pytest.mark.slow, HEAVY]) for n in ("convnext_tiny", "mambaout_femto")])
+@pytest.mark.parametrize("name", ["vit_quick", pytest.param("vit_tiny", marks=pytest.mark.slow)]
+                         + [pytest.param(n, marks=HEAVY) for n in ("kat_tiny", "convnext_tiny", "mambaout_femto")])
 def test_training_checks_pass_with_plain_tensors(shapes, name):
     """The pytest-user path: only (x, y), the textbook AdamW step, half the batch held out."""
     results = run_checks(small_model(name), shapes, TRAINING_CHECKS + ["data"])
@@ -61,18 +60,22 @@ def test_each_bug_is_caught_by_its_check(bug):
     assert caught(b, results), [(r.summary(), r.causes) for r in results]
 
 
-def test_correct_recipe_passes_every_check(tmp_path):
-    results = run_diagnosis(apply_overrides(get_recipe("quickstart"), SMALL_DATA), "all", out_dir=tmp_path)
+@pytest.mark.parametrize("recipe", ["quickstart", pytest.param("quickstart-dyt", marks=pytest.mark.slow)])
+def test_correct_recipe_passes_every_check(recipe, tmp_path):
+    """No false alarm from `diagnose all` on the correct quickstart recipes (the zoo's correct rows)."""
+    results = run_diagnosis(apply_overrides(get_recipe(recipe), SMALL_DATA), "all", out_dir=tmp_path)
     assert [r.name for r in results] == list(CHECKS) + ["recipe-audit"]
     assert all(r.status == "pass" for r in results), [(r.summary(), r.causes) for r in results]
     assert (tmp_path / "contact_sheet.png").stat().st_size > 1000
     assert (tmp_path / "lr_range.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
+@pytest.mark.release
 def test_zoo_full_diagnosis():
     """The whole zoo, as `reproscope zoo` runs it: diagnose all on every bug, and on the correct quickstart
-    recipes (no false alarms)."""
+    recipes (no false alarms). In every full suite instead: each bug against its check
+    (test_each_bug_is_caught_by_its_check) and both quickstart recipes through every check
+    (test_correct_recipe_passes_every_check)."""
     from reproscope.diagnostics.zoo import zoo_table
     table, ok = zoo_table(BUGS, ("quickstart", "quickstart-dyt"), progress=False)
     assert ok, table

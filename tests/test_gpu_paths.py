@@ -76,7 +76,8 @@ def test_mfu_against_the_known_gpu_table():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["dyt-convnext_tiny", "kat-kat_tiny", "mambaout-mambaout_femto"])
+@pytest.mark.parametrize("name", [pytest.param("dyt-convnext_tiny", marks=pytest.mark.release), "kat-kat_tiny",
+                                  pytest.param("mambaout-mambaout_femto", marks=pytest.mark.release)])
 def test_compile_with_the_instruments_and_tripwire_per_family(name, tmp_path):
     """torch.compile with probes and tripwire on (probe steps run eager, hooks registered once before
     compile); the ViT family is compiled by tests/test_instrument.py and the GPU session's smoke run."""

@@ -6,8 +6,8 @@ The data it trains on comes from ``reproscope.data``, the layer below.
 instruments); this package is the layer below it and imports nothing of the instruments.
 """
 
-from .callbacks import EVENTS, Callback
+from .callbacks import EVENTS, Callback, TrainerView
 from .guard import StepDecision, StepGuard
 from .trainer import Trainer, evaluate
 
-__all__ = ["EVENTS", "Callback", "StepDecision", "StepGuard", "Trainer", "evaluate"]
+__all__ = ["EVENTS", "Callback", "StepDecision", "StepGuard", "Trainer", "TrainerView", "evaluate"]

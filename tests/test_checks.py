@@ -45,13 +45,16 @@ HEAVY = pytest.mark.release  # 10-20 min per model on 2 CPU cores: pytest -m rel
 
 @pytest.mark.parametrize("name", ["vit_quick", pytest.param("vit_tiny", marks=pytest.mark.slow)]
                          + [pytest.param(n, marks=HEAVY) for n in ("kat_tiny", "convnext_tiny", "mambaout_femto")])
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_training_checks_pass_with_plain_tensors(shapes, name):
     """The pytest-user path: only (x, y), the textbook AdamW step, half the batch held out."""
     results = run_checks(small_model(name), shapes, TRAINING_CHECKS + ["data"])
     assert all(r.status != "fail" for r in results), [r.summary() for r in results]
 
 
-@pytest.mark.parametrize("bug", [b.name for b in BUGS])
+@pytest.mark.parametrize("bug", [pytest.param(b.name, marks=pytest.mark.slow)  # over 5 s on 2 cores
+                                 if b.name in ("labels-shuffled", "label-smoothing-1", "lr-1000x", "lr-zero") else b.name
+                                 for b in BUGS])
 def test_each_bug_is_caught_by_its_check(bug):
     """Each zoo bug, planted in its recipe, fails the check the zoo says and that check names the cause."""
     b = get_bug(bug)
@@ -61,6 +64,7 @@ def test_each_bug_is_caught_by_its_check(bug):
 
 
 @pytest.mark.parametrize("recipe", ["quickstart", pytest.param("quickstart-dyt", marks=pytest.mark.slow)])
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_correct_recipe_passes_every_check(recipe, tmp_path):
     """No false alarm from `diagnose all` on the correct quickstart recipes (the zoo's correct rows)."""
     results = run_diagnosis(apply_overrides(get_recipe(recipe), SMALL_DATA), "all", out_dir=tmp_path)
@@ -101,6 +105,7 @@ def test_determinism_catches_an_unseeded_stream(shapes):
     assert res.status == "fail" and res.codes[0] == "seed-nondeterministic"
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_diagnose_cli(capsys, tmp_path):
     sets = [x for k, v in SMALL_DATA.items() for x in ("--set", f"{k}={v}")]
     rc = main(["diagnose", "all", *sets, "--out", str(tmp_path)])

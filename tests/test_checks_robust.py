@@ -351,6 +351,7 @@ def test_input_independent_never_fails_a_slow_learner(shapes):
     assert "higher lr" in r.causes[0]
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_input_independent_catches_shuffled_labels_by_the_gradient_signal():
     """Training labels permuted, held-out labels intact: the held-out labels steer the ViT's gradient at
     init, the training labels (on 1024 images) do not; a slow learner cannot produce that."""
@@ -453,6 +454,7 @@ def test_diagnose_help_lists_the_checks_and_the_quick_tier(capsys):
     assert "input-independent " in out and "input-independent*" not in out
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_diagnose_all_quick_runs_the_quick_tier_with_a_line_per_check_and_a_tally(capsys, tmp_path):
     from reproscope.checks.core import in_quick_tier
     from reproscope.checks.zoo import ZOO_RECIPE_OVERRIDES

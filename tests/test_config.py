@@ -117,6 +117,7 @@ def test_train_starts_from_a_config_file(tmp_path):
         recipe_from_file(str(tmp_path / "missing.json"))
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_cli_help_and_a_closed_pipe(tmp_path):
     import subprocess
     import sys

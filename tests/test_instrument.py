@@ -31,6 +31,7 @@ def test_probe_schedule():
     assert [s for s in range(1, 50) if probe_schedule(s, 20, False)] == [20, 40]
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_probes_write_stats_and_tensorboard(tiny_recipe, tmp_path):
     trainer, _ = train(_recipe(tiny_recipe, **{"instrument.histograms": True, "model.norm": "dyt"}),
                        run_dir=tmp_path / "run")
@@ -53,6 +54,7 @@ def test_probes_write_stats_and_tensorboard(tiny_recipe, tmp_path):
     assert any(t.startswith("grads/") for t in acc.Tags()["histograms"])
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_histograms_are_on_by_default_at_a_sparse_schedule(tiny_recipe, tmp_path):
     """#18: gradient/weight/activation histograms without asking, on the first probe step and then at the
     first probe step hist_every steps later, and always at the run's middle and last step (6 and 12);
@@ -87,6 +89,7 @@ def test_hooks_toggle_and_handles_are_idempotent():
     assert not m._forward_hooks
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_compiled_model_keeps_working_with_hooks(tiny_recipe, tmp_path):
     pytest.importorskip("torch._dynamo")
     trainer, metrics = train(_recipe(tiny_recipe, **{"precision.compile": True, "sched.epochs": 1}),
@@ -226,8 +229,9 @@ def test_a_flat_runs_wiggles_are_not_spikes():
     assert det.check(3.5) is not None  # a real jump still is
 
 
-@pytest.mark.parametrize("recipe_name, png", [("kat-kat_tiny", "kat_ranges.png"),
-                                              ("mambaout-mambaout_femto", "mambaout_gates.png"),
+@pytest.mark.parametrize("recipe_name, png", [pytest.param("kat-kat_tiny", "kat_ranges.png", marks=pytest.mark.slow),
+                                              pytest.param("mambaout-mambaout_femto", "mambaout_gates.png",
+                                                           marks=pytest.mark.slow),  # over 5 s on 2 cores
                                               ("quickstart", "dyt_fig2_norm_curves.png")])
 def test_paper_figure_probes_write_pngs(tmp_path, recipe_name, png):
     from reproscope.recipes import get_recipe
@@ -258,6 +262,7 @@ def test_paper_figure_probes_write_pngs(tmp_path, recipe_name, png):
         assert set(rows[-1]["mambaout_gates"]) == {"stages.0", "stages.1", "stages.2", "stages.3"}
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_profile_writes_traces_and_summary(tmp_path, capsys):
     from reproscope.cli import main
     rd = tmp_path / "prof"
@@ -282,6 +287,7 @@ def test_profile_writes_traces_and_summary(tmp_path, capsys):
     assert data.avg_costs.costs[ProfileRole.DataLoader] > 0
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_profile_prints_no_cuda_lines_on_a_cpu(tmp_path):
     """#18: kineto's "gpuGetDeviceCount failed" and profiler_start/stop lines are not shown on a CPU."""
     import subprocess
@@ -339,6 +345,7 @@ class _GradInf:
         self.now = step
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_fp16_scaler_overflow_steps_are_skipped_and_counted_not_a_nan(tiny_recipe, tmp_path):
     from reproscope.train.trainer import Trainer
     model = create_model("vit_quick", num_classes=10)
@@ -351,6 +358,7 @@ def test_fp16_scaler_overflow_steps_are_skipped_and_counted_not_a_nan(tiny_recip
     assert [e["type"] for e in events] == ["scaler-overflow", "scaler-overflow"] and events[1]["in_a_row"] == 2
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_fp16_scaler_that_cannot_recover_is_a_nan_stop(tiny_recipe, tmp_path):
     from reproscope.train.guard import MAX_SCALER_OVERFLOWS
     from reproscope.train.trainer import Trainer
@@ -406,6 +414,7 @@ def test_divergence_without_nan_is_an_event_and_said_at_the_end(at, tiny_recipe,
     assert f"DIVERGING at step {at}" in out and f"this run diverged at step {at}" in out
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_a_kat_run_diverging_at_step_2_shows_the_rational_range_then(tiny_recipe, tmp_path, capsys):
     """Issue 16 item 5: KAT-T at lr 1.0 without warmup blows up within its first steps, all finite. The
     divergence is flagged at once, the paper-figure probes taken then say how far the rationals' inputs

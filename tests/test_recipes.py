@@ -16,6 +16,7 @@ def test_each_paper_has_model_and_baseline_recipes():
 
 
 @pytest.mark.parametrize("name", PAPER_RECIPES)
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_paper_recipe_trains_offline(name, tmp_path):
     base = next(r for r in list_recipes() if r.name == name)
     tiny = {k: v for k, v in TINY.items() if k != "model.patch_size"}
@@ -67,6 +68,7 @@ def test_every_reduced_recipe_has_a_parent_and_reasons():
         assert rows and all(x["reason"] for x in rows), r.name
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_recipes_diff_cli_and_run_dir_deviation_log(tmp_path, capsys):
     import json
     from reproscope.cli import main

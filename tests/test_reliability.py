@@ -64,6 +64,7 @@ def test_sigkill_three_times_then_resume_is_bit_identical(tmp_path):
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_sigterm_sigint_checkpoint_and_exit_status(tmp_path, sig, code):
     run = tmp_path / "run"
     proc = subprocess.Popen(_cli(run, "--set", "sched.epochs=50"), stdout=subprocess.PIPE,
@@ -94,6 +95,7 @@ def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_corrupt_checkpoint_refused_and_auto_falls_back(tiny_recipe, tmp_path, capsys):
     r = apply_overrides(tiny_recipe, {"run.ckpt_every": 3, "run.keep_last": 5})
     train(r, run_dir=tmp_path / "run")
@@ -135,6 +137,7 @@ def test_oom_at_first_step_suggests_a_batch_size(tiny_recipe, tmp_path, monkeypa
         tr.fit()
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_extending_a_finished_run_warns_records_and_keeps_the_original_config(tmp_path, capsys):
     """The issue's input: a finished 3-epoch run resumed with sched.epochs=5."""
     import json

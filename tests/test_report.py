@@ -216,6 +216,7 @@ def test_long_commands_wrap_at_argument_boundaries():
         assert p.strip().startswith("-")
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_a_heading_never_ends_a_page(tmp_path):
     """#18: a heading that would sit alone at the bottom of a page moves to the next one, with what follows."""
     from reproscope.report.report import to_pdf

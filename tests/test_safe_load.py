@@ -127,6 +127,7 @@ def test_resume_auto_takes_the_highest_step_and_skips_a_changed_file(finished_ru
     assert chosen == older and "sha256 mismatch" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_weights_from_safetensors_start_a_run(finished_run, tmp_path):
     r, trainer, rd = finished_run
     src = tmp_path / "w.safetensors"
@@ -141,6 +142,7 @@ def test_weights_from_safetensors_start_a_run(finished_run, tmp_path):
     assert seen and all(torch.equal(seen[k], want[k]) for k in want)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_weights_that_do_not_fit_name_the_keys(finished_run, tmp_path, capsys):
     r, _, rd = finished_run
     rc = main(["train", "--weights", str(rd / "model.safetensors"), "--set", "model.name=vit_tiny",

@@ -52,6 +52,7 @@ class StopAt:
             trainer.request_stop(f"test stop at {self.step}")
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_resume_continues_at_same_step_and_lr(tiny_recipe, tmp_path):
     full, _ = train(tiny_recipe, run_dir=tmp_path / "full")
     part, _ = train(tiny_recipe, run_dir=tmp_path / "part", callbacks=[StopAt(13)])  # mid-epoch 2
@@ -70,6 +71,7 @@ def test_resume_continues_at_same_step_and_lr(tiny_recipe, tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_a_resumed_epoch_says_its_time_covers_part_of_it(tiny_recipe, tmp_path, capsys):
     """#18: after a resume mid-epoch, the epoch line and metrics say how many steps the time covers,
     and the report's device-hours count time per step, not a part-epoch as a whole one."""

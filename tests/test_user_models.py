@@ -304,6 +304,7 @@ BLOCKNET = """
 """
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_zoo_plants_the_bugs_in_your_model(tmp_path, capsys):
     """zoo --model: a baseline row for the unplanted model, the bugs planted in it, the ViT-only ones named."""
     from reproscope.cli import main

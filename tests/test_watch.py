@@ -128,6 +128,7 @@ def test_a_grad_scaler_overflow_is_counted_not_reported(tmp_path, capsys):
     assert "NON-FINITE" not in capsys.readouterr().out
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_the_example_loop_runs_and_learns(tmp_path):
     import subprocess
     import sys

@@ -23,6 +23,7 @@ from ..data.datasets import ArrayDataset
 from ..train.trainer import Trainer
 from .budget import DATASETS
 from ..model.counting import count_flops_of_copy
+from ..papers import PAPERS
 
 # images in the standard training split of each dataset (used for epochs per budget)
 TRAIN_IMAGES = {"imagenet": 1_281_167, **{d.name: d.n_train for d in DATASETS}}
@@ -137,7 +138,7 @@ def campaign_runs(c) -> list[tuple[str, list[str], str]]:
     """(recipe, --set values, label) per run of campaign ``c`` (``budget.Campaign``): the registered
     reduced recipe of each variant, with the campaign's resolution and schedule set where they differ."""
     from ..recipes import get_recipe, list_recipes, reduced_name
-    from .budget import PAPERS, patch_for, stem_for
+    from .budget import patch_for, stem_for
     registered = {r.name for r in list_recipes()}
     runs = []
     for v, seeds in c.variants:
@@ -190,7 +191,7 @@ def campaign_script(c, hours: float) -> str:
 def print_campaign(c, hours: float, dataset: str | None = None) -> None:
     from ..recipes import deviation_log, get_recipe
     from ..config import apply_overrides
-    from .budget import PAPERS, RANGE
+    from .budget import RANGE
     plan_ = PAPERS[c.paper].plan
     print(f"plan --fit {hours:g} --paper {c.paper}: the most faithful campaign whose LIKELY L4 time fits "
           f"{hours:g} h ({plan_.paper_models}; searched in the order model size, resolution, schedule, seeds, data)")

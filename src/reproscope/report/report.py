@@ -317,11 +317,11 @@ def _checklist(groups: list[Group], runs: list[RunRecord], claim: Claim | None =
         if g.first.model_source is None and name in list_models():
             from ..model.build import build_model
             from ..config import recipe_from_dict
-            from ..model.counting import build_for_counting
+            from ..model.counting import build_for_counting, count_params
             try:
                 r = recipe_from_dict(g.first.config)
                 m = build_for_counting(lambda: build_model(r.model, r.data.num_classes or 10, r.data.img_size))
-                params.append(f"{g.label}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M")
+                params.append(f"{g.label}: {count_params(m) / 1e6:.2f}M")
             except Exception:  # an old or hand-edited config: leave the count out rather than fail the report
                 params.append(f"{g.label}: ?")
         else:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..model.counting import count_params
 from ..model.observe import drop_path_rates, drop_path_rule
 
 
@@ -99,31 +100,34 @@ def write_run_record(run_dir: Path, recipe, *, world_size: int, splits: dict, de
     write_json(run_dir / "deviations.json", {"recipe": recipe.name, "parent": recipe.parent, "deviations": deviations})
 
 
+def _resume_changes(run_dir: Path) -> list[dict]:
+    """Every resume's changes so far (``resume_changes.json``; none before the first)."""
+    path = run_dir / "resume_changes.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def record_resume_changes(run_dir: Path, changes: list[dict]) -> None:
     """Add ``changes`` (``{"key", "was", "now", "from_step"}`` rows) to ``resume_changes.json``, which
     keeps every resume's changes for the run's deviations."""
-    path = run_dir / "resume_changes.json"
-    old = json.loads(path.read_text()) if path.is_file() else []
+    old = _resume_changes(run_dir)
     new = [c for c in changes if c not in old]
     if new:
-        write_json(path, old + new)
+        write_json(run_dir / "resume_changes.json", old + new)
 
 
 def resume_deviations(run_dir: Path) -> list[dict]:
     """Keys changed when this run was resumed (``resume_changes.json``), as deviation rows, each with the
     step from which it applies."""
-    path = run_dir / "resume_changes.json"
-    old = json.loads(path.read_text()) if path.is_file() else []
     return [{"key": c["key"], "parent": c["was"], "value": c["now"],
              "reason": f"changed on resume from step {c['from_step']} (the steps before it ran with the parent value)"}
-            for c in old]
+            for c in _resume_changes(run_dir)]
 
 
 def user_model_deviations(devs: list[dict], paper_model, model: torch.nn.Module, spec: str) -> list[dict]:
     """For a ``--model`` run: the recipe's ``model.*`` rows describe a model that did not run, so they go;
     the model rows say what the user's model *is* (``spec``, parameter count, drop-path rates and their
     rule over depth, read from its modules) against the paper recipe's model config ``paper_model``."""
-    n = sum(p.numel() for p in model.parameters())
+    n = count_params(model)
     rows = [{"key": "model.name", "parent": paper_model.name, "value": spec,
              "reason": f"the user's own model (--model), {n / 1e6:.2f}M parameters; the recipe's model.* "
                        f"keys do not apply to it"}]

@@ -9,6 +9,7 @@ import sys
 from .config import ConfigError, all_keys, apply_overrides, key_table
 from .recipes import DEFAULT_RECIPE, get_recipe, list_recipes, recipe_from_file
 from .console import install_console
+from .papers import PAPERS
 
 
 def _add_recipe_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_RECIPE,
@@ -115,7 +116,7 @@ def cmd_plan(args) -> int:
 def _plan_fit(args) -> int:
     from pathlib import Path
 
-    from .diagnostics.budget import DATASETS, PAPERS, BudgetError, fit
+    from .diagnostics.budget import DATASETS, BudgetError, fit
     from .diagnostics.plan import campaign_script, print_campaign
     if args.paper not in PAPERS:
         raise ConfigError(f"plan --fit needs --paper, one of {', '.join(PAPERS)}")
@@ -299,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     pl.add_argument("--fit", type=float, default=None, metavar="HOURS",
                     help="propose the most faithful campaign for --paper that fits HOURS L4 device-hours")
-    pl.add_argument("--paper", default=None, choices=("dyt", "kat", "mambaout"), help="with --fit")
+    pl.add_argument("--paper", default=None, choices=tuple(PAPERS), help="with --fit")
     pl.add_argument("--dataset", default=None, help="with --fit: imagenet-100, imagenette, tiny-imagenet, cifar100, "
                     "cifar10 (default: the planner chooses)")
     pl.add_argument("--write-script", default=None, metavar="FILE", help="with --fit: write the runs as a shell script")

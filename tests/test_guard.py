@@ -67,3 +67,19 @@ def test_the_spike_window_survives_a_checkpoint():
     h.load_state_dict(g.state_dict())
     assert h.decide(40.0, 1.0, 21).code == "loss-spike"
     assert StepGuard(InstrumentConfig()).decide(40.0, 1.0, 1).code == "ok"  # no history: no spike
+
+
+@pytest.mark.parametrize("grad,scaler,code", [
+    (1e20, False, "grad-norm-overflow"),  # every gradient finite, the norm overflows float32: a divergence
+    (math.inf, False, "nonfinite"),  # one gradient is infinite
+    (1e20, True, "scaler-overflow"),  # fp16: the scaler's business, the gradients are not read
+])
+def test_decide_step_reads_the_gradients_only_when_the_norm_overflowed(grad, scaler, code):
+    import torch
+    p = torch.nn.Parameter(torch.zeros(4))
+    p.grad = torch.full((4,), grad)
+    gn = torch.nn.utils.get_total_norm([p.grad]).item()
+    assert not math.isfinite(gn)
+    assert guard("skip", scaler).decide_step(2.0, gn, 21, [p]).code == code
+    q = torch.nn.Parameter(torch.zeros(2))  # a finite norm: no gradient is read (q has none)
+    assert guard("skip", scaler).decide_step(2.0, 1.0, 21, [q]).code == "ok"

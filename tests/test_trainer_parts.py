@@ -100,3 +100,32 @@ def test_a_fourth_paper_is_one_spec_the_report_and_the_planner_read(monkeypatch)
     import pytest
     with pytest.raises(ValueError, match="already registered"):
         papers.register_paper(spec)
+
+
+def test_the_trainer_stays_a_trainer():
+    """#33: the Trainer class under 350 lines and its ``__init__`` under 60; what is not training (checkpoint
+    files, the run record, the display, the optimizer set-up, the step's sync) lives in its own module."""
+    import ast
+    import inspect
+
+    from reproscope.train import trainer
+    (cls,) = [n for n in ast.parse(inspect.getsource(trainer)).body
+              if isinstance(n, ast.ClassDef) and n.name == "Trainer"]
+    (init,) = [f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
+    assert cls.end_lineno - cls.lineno + 1 < 350
+    assert init.end_lineno - init.lineno + 1 < 60
+
+
+def test_build_optimization_counts_steps_and_refuses_an_accumulation_longer_than_an_epoch(tiny_recipe):
+    import pytest
+
+    from reproscope.config import ConfigError, apply_overrides
+    from reproscope.train.optim import build_optimization
+    model = torch.nn.Linear(4, 10)
+    o = build_optimization(model, tiny_recipe, 10, 320, None, torch.device("cpu"))  # 10 batches of 32
+    assert (o.accum, o.steps_per_epoch, o.total_steps) == (1, 10, 20) and not o.scaler.is_enabled()
+    r = apply_overrides(tiny_recipe, {"optim.accum_steps": 4, "sched.max_steps": 3})
+    assert (build_optimization(model, r, 10, 320, None, torch.device("cpu")).total_steps) == 3
+    with pytest.raises(ConfigError, match="optim.accum_steps=16"):
+        build_optimization(model, apply_overrides(tiny_recipe, {"optim.accum_steps": 16}), 10, 320, None,
+                           torch.device("cpu"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import math
 import statistics
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from ..instrument.hooks import ActivationStats, parameter_norms
 from ..plotting import legend_outside, pyplot, save_figure
-from .core import Causes, CheckData, CheckResult, check, check_progress, fresh, not_measured
+from .core import Causes, CheckData, CheckResult, check, check_progress, fresh
 
 
 def _device(model) -> torch.device:

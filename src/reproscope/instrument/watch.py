@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import math
 import time
 from pathlib import Path
 
@@ -57,7 +56,7 @@ from ..config import InstrumentConfig, flat_items
 from ..recipes import get_recipe
 from ..runtime import distributed
 from ..train.events import EventWriter
-from ..train.guard import DivergenceWatch, StepDecision, StepGuard, grads_finite
+from ..train.guard import DivergenceWatch, StepDecision, StepGuard
 from ..train.rundir import MetricsLog, NullLog, environment, write_json
 from .loop import LoopObserver
 from .loop_audit import audit
@@ -208,10 +207,7 @@ class Watch:
             self._train_shape = tuple(self.last_input.shape)  # (a last partial batch is smaller)
         self.instrument.on_after_backward(self._view)
         self.loop.on_step(loss, targets)
-        finite = None
-        if math.isfinite(lv) and not math.isfinite(gn) and not self.guard.scaler:
-            finite = grads_finite(p for _, p in named)
-        d = self._announce(self.guard.decide(lv, gn, self.step_count + 1, grads_finite=finite), targets, named)
+        d = self._announce(self.guard.decide_step(lv, gn, self.step_count + 1, [p for _, p in named]), targets, named)
         if d.action == "step" and d.code != "scaler-overflow":
             self._watch_divergence(lv, gn)
         self.last_decision = d

@@ -68,6 +68,17 @@ def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t
 
 
+def step_sync(loss: torch.Tensor, grad_norm: torch.Tensor, stop: bool, d: Dist) -> tuple[torch.Tensor, float, float, bool]:
+    """An optimizer step's one device-to-host copy: the loss and grad norm (0-dim tensors) averaged over
+    ranks, and whether any rank asked to stop. Returns (mean loss as a 0-dim tensor, mean loss, mean grad
+    norm, any rank stopping)."""
+    flag = torch.tensor(float(stop), device=loss.device)
+    vals = all_reduce_sum(torch.stack([loss, grad_norm.detach().float(), flag]), d)
+    vals = vals / torch.tensor([d.world_size, d.world_size, 1.0], device=loss.device)
+    loss_v, gn_v, stop_v = vals.tolist()
+    return vals[0], loss_v, gn_v, stop_v > 0
+
+
 def all_reduce_max(t: torch.Tensor, d: Dist) -> torch.Tensor:
     if d.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)

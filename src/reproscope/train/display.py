@@ -102,3 +102,11 @@ class LogWindow:
         self.at, self.t = step, now
         self.loss.zero_()
         return out
+
+
+def oom_advice(step: int, batch_size: int, accum: int, device) -> str:
+    """The one-line error for an out-of-memory at optimizer step ``step`` (1-based): halve the batch, double
+    ``optim.accum_steps`` to keep the effective batch."""
+    return (f"out of memory at step {step} with data.batch_size={batch_size} on {device}: try --set "
+            f"data.batch_size={max(1, batch_size // 2)} (and --set optim.accum_steps={2 * accum} to keep the "
+            f"effective batch)")

@@ -134,6 +134,15 @@ class StepGuard:
             self.consecutive_rollbacks += 1
         return StepDecision(policy, "nonfinite", step, loss, grad_norm, policy=policy)
 
+    def decide_step(self, loss: float, grad_norm: float, step: int, params) -> StepDecision:
+        """:meth:`decide` for a step whose gradients are at hand (``params``: tensors with ``.grad``); they
+        are read (every one finite?) only when the norm overflowed on a finite loss and no scaler runs: the
+        Trainer's and ``watch``'s one way of asking."""
+        finite = None
+        if math.isfinite(loss) and not math.isfinite(grad_norm) and not self.scaler:
+            finite = grads_finite(params)
+        return self.decide(loss, grad_norm, step, grads_finite=finite)
+
     def state_dict(self) -> dict:
         return {"spike_history": list(self.spikes.history), "scaler_overflows": self.scaler_overflows}
 
@@ -188,7 +197,7 @@ class DivergenceWatch:
 
     def flag(self, loss: float, grad_norm: float, step: int, find=None) -> dict | None:
         """The divergence event the first time the run is flagged at ``step`` (else None), with the
-        ``findings`` that ``find(flagged, findings)`` adds (the Trainer fires its ``divergence`` event
+        ``findings`` that ``find(flagged, findings)`` adds (the Trainer fires its ``diverging`` event
         there, ``watch`` runs the paper-figure probes). One path for both loops."""
         ev = self.check(loss, grad_norm, step)
         if ev is None or ev["step"] != step:

@@ -1,14 +1,18 @@
-"""Optimizer parameter groups and the per-iteration lr schedule."""
+"""Optimizer parameter groups, the per-iteration lr schedule, and what one optimizer step needs besides the model."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
-from ..config import OptimConfig, ScheduleConfig
+from ..config import ConfigError, OptimConfig, Recipe, ScheduleConfig
+from ..data.augment import soft_cross_entropy
 
 
 # Layers whose parameters are decided by their ndim alone (weight matrices / kernels decayed, vectors
@@ -143,14 +147,50 @@ class WarmupCosine:
         t = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return self.scale * (self.min_lr + 0.5 * (self.peak - self.min_lr) * (1 + math.cos(math.pi * t)))
 
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        lr = self(step)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        return lr
-
     def state_dict(self) -> dict:
         return {"scale": self.scale}
 
     def load_state_dict(self, d: dict) -> None:
         self.scale = float(d.get("scale", 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimization:
+    """What the Trainer's optimizer step needs besides the model (:func:`build_optimization`).
+
+    ``accum``: micro-batches per optimizer step (``optim.accum_steps``); ``steps_per_epoch``: optimizer
+    steps per epoch; ``total_steps``: optimizer steps in the run (``sched.max_steps`` may cut it);
+    ``scaler``: a GradScaler, enabled only for fp16; ``criterion(logits [B, K], targets [B] or [B, K]) -> loss``.
+    """
+
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupCosine
+    scaler: torch.amp.GradScaler
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    accum: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+def build_optimization(model: nn.Module, recipe: Recipe, batches_per_epoch: int, images: int,
+                       amp_dtype: torch.dtype | None, device: torch.device) -> Optimization:
+    """Optimizer, schedule, loss scaler and criterion for ``model`` under ``recipe``, with the step counts.
+    ``batches_per_epoch``: the train loader's length (micro-batches); ``images``: the train set's size.
+
+    Raises:
+        ConfigError: ``optim.accum_steps`` micro-batches are more than one epoch holds.
+    """
+    accum = recipe.optim.accum_steps
+    steps_per_epoch = batches_per_epoch // accum
+    if steps_per_epoch < 1:
+        raise ConfigError(f"optim.accum_steps={accum} x data.batch_size={recipe.data.batch_size} is larger "
+                          f"than one epoch of {images} images; lower one of them")
+    total = recipe.sched.epochs * steps_per_epoch
+    if recipe.sched.max_steps:  # a smoke run: the first max_steps of the real schedule, then eval + checkpoint
+        total = min(total, recipe.sched.max_steps)
+    return Optimization(
+        optimizer=build_optimizer(model, recipe.optim),
+        schedule=WarmupCosine.from_config(recipe.optim, recipe.sched, steps_per_epoch),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        criterion=functools.partial(soft_cross_entropy, label_smoothing=recipe.reg.label_smoothing),
+        accum=accum, steps_per_epoch=steps_per_epoch, total_steps=total)

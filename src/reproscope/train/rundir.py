@@ -16,6 +16,7 @@ import torch
 
 from ..model.counting import count_params
 from ..model.observe import drop_path_rates, drop_path_rule
+from ..recipes import deviation_log, get_recipe
 
 
 class RunDirError(RuntimeError):
@@ -83,12 +84,18 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_run_record(run_dir: Path, recipe, *, world_size: int, splits: dict, deviations: list[dict],
+def write_run_record(run_dir: Path, recipe, model: torch.nn.Module, *, world_size: int, splits: dict,
                      model_source: dict | None = None) -> None:
     """The run's record at the start of ``fit()``: ``config.json`` (only if absent: the run's original
     settings; changes on resume go to the deviations with their step), ``environment.json``,
-    ``data.json`` (per split: name, images, classes, unreadable files skipped), ``deviations.json``
-    and, for a user model, ``model_source.json``. ``splits``: ``{"train": dataset, "val": dataset}``."""
+    ``data.json`` (per split: name, images, classes, unreadable files skipped), ``deviations.json`` (the
+    recipe against its parent, the keys changed on resume and, for a user model, what ``model`` is) and
+    then ``model_source.json``. ``splits``: ``{"train": dataset, "val": dataset}``; ``model_source``: e.g.
+    ``{"spec": ..., "file": ..., "sha256": ...}`` for a ``--model`` run."""
+    devs = deviation_log(recipe) + resume_deviations(run_dir)
+    if model_source is not None:
+        paper = get_recipe(recipe.parent).model if recipe.parent else recipe.model
+        devs = user_model_deviations(devs, paper, model, model_source["spec"])
     if not (run_dir / "config.json").exists():
         write_json(run_dir / "config.json", recipe.to_dict())
     write_json(run_dir / "environment.json", {**environment(), "world_size": world_size})
@@ -97,7 +104,7 @@ def write_run_record(run_dir: Path, recipe, *, world_size: int, splits: dict, de
         for split, ds in splits.items()})
     if model_source is not None:
         write_json(run_dir / "model_source.json", model_source)
-    write_json(run_dir / "deviations.json", {"recipe": recipe.name, "parent": recipe.parent, "deviations": deviations})
+    write_json(run_dir / "deviations.json", {"recipe": recipe.name, "parent": recipe.parent, "deviations": devs})
 
 
 def _resume_changes(run_dir: Path) -> list[dict]:

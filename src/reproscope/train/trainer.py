@@ -19,9 +19,7 @@ What a caller may change, and how: ``zero_grad=False`` and ``make_transform`` (c
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -32,21 +30,19 @@ from torch.profiler import record_function
 
 from ..config import ConfigError, Recipe
 from ..console import log as console
-from ..data.augment import BatchTransform, soft_cross_entropy
+from ..data.augment import BatchTransform
 from ..data.datasets import ArrayDataset, build_datasets, build_loaders, check_labels
 from ..model.build import build_model
-from ..recipes import deviation_log, get_recipe
 from ..runtime import autocast, distributed, place_model, prepare_process, rng_state, set_rng_state
 from .callbacks import EVENTS, Callback
 from .checkpoint import CheckpointManager, load_checkpoint, save_weights
-from .display import LogWindow, TrainDisplay, say_run_end
+from .display import LogWindow, TrainDisplay, oom_advice, say_run_end
 from .ema import ModelEma
 from .evaluation import evaluate, evaluate_run
 from .events import EventWriter
 from .guard import DivergenceWatch, StepDecision, StepGuard
-from .guard import grads_finite as guard_grads_finite
-from .optim import WarmupCosine, build_optimizer
-from .rundir import MetricsLog, NullLog, resume_deviations, user_model_deviations, write_run_record
+from .optim import build_optimization
+from .rundir import MetricsLog, NullLog, write_run_record
 
 __all__ = ["EVENTS", "Callback", "Trainer", "evaluate"]
 
@@ -88,7 +84,11 @@ class Trainer:
         self.train_loader, self.val_loader = build_loaders(
             self.train_set, self.val_set, r, self.device, self.num_classes, make_transform,
             channels_last=self.channels_last, dist=self.dist)
-        self._build_optimization()
+        o = build_optimization(self.orig_model, r, len(self.train_loader), len(self.train_set), self.amp_dtype, self.device)
+        self.optimizer, self.schedule, self.scaler, self.criterion = o.optimizer, o.schedule, o.scaler, o.criterion
+        self.accum, self.steps_per_epoch, self.total_steps = o.accum, o.steps_per_epoch, o.total_steps
+        self.named_params = [(n, p) for n, p in self.orig_model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named_params]
         self.guard = StepGuard(r.instrument, scaler=self.scaler.is_enabled())
         self.divergence = DivergenceWatch(self.num_classes)
         self.zero_grad = zero_grad
@@ -104,24 +104,6 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir, r.run.keep_last, self.dist.is_main)
         self.log = MetricsLog(self.run_dir, tensorboard=tensorboard) if self.dist.is_main else NullLog()
         self.events = EventWriter(self.log, advice="; lower optim.lr, add warmup or optim.grad_clip")
-
-    def _build_optimization(self) -> None:
-        """Steps (per epoch, in all), optimizer, schedule, loss scaler, criterion and the trained parameters."""
-        r = self.recipe
-        self.accum = r.optim.accum_steps
-        self.steps_per_epoch = len(self.train_loader) // self.accum
-        if self.steps_per_epoch < 1:
-            raise ConfigError(f"optim.accum_steps={self.accum} x data.batch_size={r.data.batch_size} is larger "
-                              f"than one epoch of {len(self.train_set)} images; lower one of them")
-        self.total_steps = r.sched.epochs * self.steps_per_epoch
-        if r.sched.max_steps:  # a smoke run: the first max_steps of the real schedule, then eval + checkpoint
-            self.total_steps = min(self.total_steps, r.sched.max_steps)
-        self.optimizer = build_optimizer(self.orig_model, r.optim)
-        self.schedule = WarmupCosine.from_config(r.optim, r.sched, self.steps_per_epoch)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.criterion = functools.partial(soft_cross_entropy, label_smoothing=r.reg.label_smoothing)
-        self.named_params = [(n, p) for n, p in self.orig_model.named_parameters() if p.requires_grad]
-        self.params = [p for _, p in self.named_params]
 
     # ------------------------------------------------------------------ setup helpers
     def add_callback(self, cb: Callback) -> None:
@@ -175,7 +157,9 @@ class Trainer:
         """
         self.fire("step_start", step=self.step + 1)
         rng_before = rng_state()
-        lr = self._apply_lr()
+        lr = self.schedule(self.step) if self._fixed_lr is None else self._fixed_lr
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
         model = self.eager_model if self._eager_requested else self.model
         self._eager_requested = False
         loss_sum = torch.zeros((), device=self.device)
@@ -188,42 +172,25 @@ class Trainer:
         with record_function("optimizer"):
             return self._optimizer_step(micro_batches, loss_sum, lr, rng_before)
 
-    def _apply_lr(self) -> float:
-        if self._fixed_lr is None:
-            return self.schedule.apply(self.optimizer, self.step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = self._fixed_lr
-        return self._fixed_lr
-
     def _optimizer_step(self, micro_batches, loss_sum, lr, rng_before) -> dict[str, torch.Tensor]:
         self.scaler.unscale_(self.optimizer)
         self.fire("after_backward")
         # the norm now, the clipping after the guard's decision: clipping a norm that overflowed would turn
         # finite gradients into NaN (inf / inf) and hide a divergence behind a "non-finite" report
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        loss_mean = loss_sum / len(micro_batches)
-        flag = torch.tensor(float(self.stop_requested), device=self.device)
-        vals = distributed.all_reduce_sum(torch.stack([loss_mean, grad_norm.detach().float(), flag]), self.dist)
-        vals = vals / torch.tensor([self.dist.world_size, self.dist.world_size, 1.0], device=self.device)
-        loss_mean = vals[0]  # the global mean loss (all ranks), what gets logged
-        loss_v, gn_v, stop_v = vals.tolist()  # one sync per step
-        if stop_v > 0 and not self.stop_requested:  # another rank got a signal
+        loss_mean, loss_v, gn_v, any_stop = distributed.step_sync(  # the global mean loss (all ranks) gets logged
+            loss_sum / len(micro_batches), grad_norm, self.stop_requested, self.dist)
+        if any_stop and not self.stop_requested:  # another rank got a signal
             self.request_stop("another process is stopping")
-        grads_finite = None
-        if math.isfinite(loss_v) and not math.isfinite(gn_v) and not self.scaler.is_enabled():
-            grads_finite = guard_grads_finite(self.params)
-        decision = self.guard.decide(loss_v, gn_v, self.step + 1, grads_finite=grads_finite)
-        decision = self._announce(decision, micro_batches, rng_before)
+        decision = self._announce(self.guard.decide_step(loss_v, gn_v, self.step + 1, self.params), micro_batches,
+                                  rng_before)
         self._act(decision, grad_norm)
-        if decision.action == "step" and decision.code != "scaler-overflow":
-            self._watch_divergence(loss_v, gn_v, decision.step)
+        if decision.action == "step" and decision.code != "scaler-overflow":  # a finite run flagged as diverging
+            ev = self.divergence.flag(loss_v, gn_v, decision.step, find=lambda flagged, findings: self.fire(
+                "diverging", flagged=flagged, findings=findings))
+            if ev is not None:
+                self.events.diverging(ev)
         return {"loss": loss_mean, "grad_norm": grad_norm.detach(), "lr": torch.tensor(lr)}
-
-    def _watch_divergence(self, loss: float, grad_norm: float, step: int) -> None:
-        ev = self.divergence.flag(loss, grad_norm, step,
-                                  find=lambda flagged, findings: self.fire("diverging", flagged=flagged, findings=findings))
-        if ev is not None:
-            self.events.diverging(ev)
 
     def _announce(self, d: StepDecision, micro_batches, rng_before) -> StepDecision:
         """Fire the decision's event and log it; returns it with the listeners' findings."""
@@ -295,7 +262,8 @@ class Trainer:
         evaluation (top1, top5, loss). The run record is written first, the final weights last."""
         r = self.recipe
         if self.dist.is_main:
-            self._write_run_record()
+            write_run_record(self.run_dir, r, self.orig_model, world_size=self.dist.world_size,
+                             splits={"train": self.train_set, "val": self.val_set}, model_source=self.model_source)
         self.start()
         if self.ema is not None and self.dist.is_main:
             self.events.ema_horizon(self.step, r.reg.ema_decay, self.total_steps)
@@ -319,14 +287,6 @@ class Trainer:
             save_weights(self.orig_model.state_dict(), self.run_dir / "model.safetensors")  # the safe format
         self.log.close()
         return self.last_eval
-
-    def _write_run_record(self) -> None:
-        r, devs = self.recipe, deviation_log(self.recipe) + resume_deviations(self.run_dir)
-        if self.model_source is not None:
-            paper = get_recipe(r.parent).model if r.parent else r.model
-            devs = user_model_deviations(devs, paper, self.orig_model, self.model_source["spec"])
-        write_run_record(self.run_dir, r, world_size=self.dist.world_size, deviations=devs,
-                         splits={"train": self.train_set, "val": self.val_set}, model_source=self.model_source)
 
     def _train_epoch(self, bar: TrainDisplay) -> None:
         r = self.recipe
@@ -359,8 +319,7 @@ class Trainer:
             if self.step >= self.total_steps:  # the last step (sched.max_steps may end an epoch early)
                 self._end_epoch(epoch, time.perf_counter() - t_epoch, bar, i + 1 - start)
                 return
-            ckpt_every = r.run.ckpt_every
-            if ckpt_every and self.step % ckpt_every == 0 and i < self.steps_per_epoch - 1:
+            if r.run.ckpt_every and self.step % r.run.ckpt_every == 0 and i < self.steps_per_epoch - 1:
                 self.save_checkpoint()
         else:
             self._end_epoch(epoch, time.perf_counter() - t_epoch, bar, self.steps_per_epoch - start)
@@ -370,10 +329,7 @@ class Trainer:
         try:
             return self.train_step(micro)
         except torch.OutOfMemoryError as e:
-            bs = self.recipe.data.batch_size
-            raise ConfigError(f"out of memory at step {self.step + 1} with data.batch_size={bs} on {self.device}: "
-                              f"try --set data.batch_size={max(1, bs // 2)} (and --set optim.accum_steps="
-                              f"{2 * self.accum} to keep the effective batch)") from e
+            raise ConfigError(oom_advice(self.step + 1, self.recipe.data.batch_size, self.accum, self.device)) from e
 
     def _end_epoch(self, epoch: int, seconds: float, bar: TrainDisplay, steps: int) -> None:
         """``seconds`` timed ``steps`` optimizer steps of this epoch (fewer than an epoch's after a resume

@@ -22,6 +22,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+def release_except(values, keep, ids=None):
+    """``values`` as parametrize entries where those not in ``keep`` are release tests (``pytest -m release``):
+    the full tier runs ``keep``, the representatives of a sweep, and the release tier the whole sweep.
+    ``ids(value)`` names a value when it is not a string (``keep`` holds those names)."""
+    name = ids or str
+    unknown = set(keep) - {name(v) for v in values}
+    assert not unknown, f"representatives not in the sweep: {sorted(unknown)}"
+    return [pytest.param(v, id=name(v), marks=() if name(v) in keep else pytest.mark.release) for v in values]
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path):
     """The quickstart shrunk to seconds: 320 images, 2 epochs, 10 steps per epoch."""

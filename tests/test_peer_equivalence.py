@@ -48,7 +48,8 @@ CASES = [
 
 
 def _params(case):
-    marks = [pytest.mark.slow] if case[-1] else []
+    """Base and large sizes are release tests (5-31 s each; the same classes and key maps as tiny/small)."""
+    marks = [pytest.mark.release] if case[0].endswith(("_base", "_large")) else [pytest.mark.slow] if case[-1] else []
     return pytest.param(*case[:-1], marks=marks, id=case[0])
 
 

@@ -4,7 +4,7 @@ from reproscope.config import apply_overrides
 from reproscope.recipes import list_recipes
 from reproscope.launch import train
 
-from conftest import TINY
+from conftest import TINY, release_except
 
 PAPER_RECIPES = [r.name for r in list_recipes()
                  if r.name.split("-")[0] in ("dyt", "kat", "mambaout") and r.data.dataset == "shapes10"]
@@ -15,8 +15,8 @@ def test_each_paper_has_model_and_baseline_recipes():
         assert sum(n.startswith(paper + "-") for n in PAPER_RECIPES) >= 2, paper
 
 
-@pytest.mark.parametrize("name", PAPER_RECIPES)
-@pytest.mark.slow  # over 5 s on 2 cores: the full tier
+@pytest.mark.parametrize("name", release_except(PAPER_RECIPES, [n for n in PAPER_RECIPES if n != "dyt-convnext_tiny"]))
+@pytest.mark.slow  # over 5 s on 2 cores: the full tier; ConvNeXt-T's (37 s) is a release test
 def test_paper_recipe_trains_offline(name, tmp_path):
     base = next(r for r in list_recipes() if r.name == name)
     tiny = {k: v for k, v in TINY.items() if k != "model.patch_size"}

@@ -129,3 +129,17 @@ def test_build_optimization_counts_steps_and_refuses_an_accumulation_longer_than
     with pytest.raises(ConfigError, match="optim.accum_steps=16"):
         build_optimization(model, apply_overrides(tiny_recipe, {"optim.accum_steps": 16}), 10, 320, None,
                            torch.device("cpu"))
+
+
+def test_watch_shows_its_messages_in_a_script_that_configured_no_logging(monkeypatch, tmp_path):
+    """A script that never touched logging sees watch's events and loop audit on stdout, as the CLI shows them;
+    one that configured logging keeps its own set-up."""
+    import reproscope
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    monkeypatch.setattr(log, "handlers", [])
+    reproscope.watch(torch.nn.Linear(2, 2), run_dir=tmp_path / "a", tensorboard=False)
+    assert len(log.handlers) == 1
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])
+    monkeypatch.setattr(log, "handlers", [])
+    reproscope.watch(torch.nn.Linear(2, 2), run_dir=tmp_path / "b", tensorboard=False)
+    assert log.handlers == []

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, DataConfig, nearest
+from ..console import log as console
 from ..runtime.distributed import shard
 from . import shapes
 
@@ -86,8 +87,8 @@ def build_datasets(cfg: DataConfig, *, download: bool = False, progress: bool = 
     if cfg.dataset == "shapes10":
         # train and val come from disjoint seeds so they never share an image
         if progress:
-            print(f"generating shapes10: {cfg.train_size:,} train + {cfg.val_size:,} val images at {cfg.img_size} px",
-                  flush=True)
+            console.info(f"generating shapes10: {cfg.train_size:,} train + {cfg.val_size:,} val images at "
+                         f"{cfg.img_size} px")
         xtr, ytr = shapes.generate_shapes(cfg.train_size, cfg.img_size, seed=2 * cfg.data_seed)
         xva, yva = shapes.generate_shapes(cfg.val_size, cfg.img_size, seed=2 * cfg.data_seed + 1)
         return (ArrayDataset(xtr, ytr, shapes.CLASSES, "shapes10/train"),

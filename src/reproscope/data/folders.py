@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
+from ..console import log as console
 from ..runtime.progress import progress as progress_bar
 
 IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
@@ -93,7 +94,7 @@ def _scan_class_dirs(split: Path, name: str, classes: list[str] | None = None, s
         raise DataError(f"{len(strays)} non-image files in {split}: {', '.join(strays[:10])}"
                         f"{' ...' if len(strays) > 10 else ''}; remove them or pass --skip-corrupt")
     if strays:
-        print(f"{name}: skipping {len(strays)} non-image files")
+        console.warning(f"{name}: skipping {len(strays)} non-image files")
     return FileList(paths, labels, tuple(dirs), name)
 
 
@@ -150,8 +151,8 @@ def tiny_imagenet(root: Path, skip_bad: bool = False):
             raise DataError(f"{val_dir}: neither the official layout (val/images/ labelled by val_annotations.txt) nor "
                             f"class folders val/<wnid>/ (reorganised); found {sorted(p.name for p in val_dir.iterdir())[:5]}")
         sub = "images" if _has_images_sub(val_dir) else ""
-        print(f"tiny-imagenet: train {tr.name}/<wnid>/{'images/' if _has_images_sub(tr) else ''}*, "
-              f"val reorganised as val/<wnid>/{sub + '/' if sub else ''}*")
+        console.info(f"tiny-imagenet: train {tr.name}/<wnid>/{'images/' if _has_images_sub(tr) else ''}*, "
+                     f"val reorganised as val/<wnid>/{sub + '/' if sub else ''}*")
         val = _scan_class_dirs(val_dir, "tiny-imagenet/val", list(train.classes), sub=sub, skip_bad=skip_bad)
         return train, val
     index = {c: i for i, c in enumerate(train.classes)}
@@ -262,9 +263,9 @@ def load_or_build_cache(files: FileList, size: int, cache_dir: Path, *, skip_cor
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        print(f"{files.name}: another process is building the cache in {d}; waiting for it", flush=True)
+        console.info(f"{files.name}: another process is building the cache in {d}; waiting for it")
         lock.acquire()
-        print(f"{files.name}: the other process finished; reading its cache", flush=True)
+        console.info(f"{files.name}: the other process finished; reading its cache")
     try:
         return _load_or_build_locked(files, size, d, digest, skip_corrupt=skip_corrupt, workers=workers,
                                      progress=progress)
@@ -278,7 +279,7 @@ def _load_or_build_locked(files: FileList, size: int, d: Path, digest: str, *, s
     if (man := _complete_manifest(d, digest)) is not None:  # another process built it while we waited
         return _open_cache(d, man)
     if manifest_path.is_file():
-        print(f"{files.name}: source changed since the cache in {d} was built; rebuilding it")
+        console.info(f"{files.name}: source changed since the cache in {d} was built; rebuilding it")
     d.mkdir(parents=True, exist_ok=True)
     n = len(files.paths)
     t0 = time.perf_counter()
@@ -289,7 +290,7 @@ def _load_or_build_locked(files: FileList, size: int, d: Path, digest: str, *, s
     workers = workers or min(8, os.cpu_count() or 1)
     desc = f"caching {files.name} at {size}px"
     # a line even without a bar: decoding thousands of JPEGs takes a while, and silence looks like a hang
-    print(f"{desc}: decoding {n:,} images once into {d} ({workers} threads)", flush=True)
+    console.info(f"{desc}: decoding {n:,} images once into {d} ({workers} threads)")
     bar = progress_bar(n, desc=desc, unit="img", enabled=progress)
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(lambda p: _try_decode(p, size), files.paths, chunksize=1)
@@ -313,7 +314,7 @@ def _load_or_build_locked(files: FileList, size: int, d: Path, digest: str, *, s
                         + "\nfix or remove them, or pass --skip-corrupt to skip them")
     labels = np.asarray(files.labels, dtype=np.int64)
     if bad:
-        print(f"{files.name}: skipped {len(bad)} unreadable files (--skip-corrupt)")
+        console.warning(f"{files.name}: skipped {len(bad)} unreadable files (--skip-corrupt)")
         keep = np.flatnonzero(ok)
         kept = np.lib.format.open_memmap(d / "images.npy.tmp2", mode="w+", dtype=np.uint8,
                                          shape=(len(keep), 3, size, size))
@@ -335,7 +336,7 @@ def _load_or_build_locked(files: FileList, size: int, d: Path, digest: str, *, s
     tmp_manifest = d / "manifest.json.tmp"  # written whole, then renamed: a reader never sees half of it
     tmp_manifest.write_text(json.dumps(man, indent=1))
     os.replace(tmp_manifest, manifest_path)
-    print(f"{desc}: {len(labels):,} images cached in {man['build_seconds']:.0f} s", flush=True)
+    console.info(f"{desc}: {len(labels):,} images cached in {man['build_seconds']:.0f} s")
     return _open_cache(d, man)
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -53,6 +54,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import InstrumentConfig, flat_items
+from ..console import install_console
+from ..console import log as console
 from ..recipes import get_recipe
 from ..runtime import distributed
 from ..train.events import EventWriter
@@ -259,8 +262,8 @@ class Watch:
         now = time.perf_counter()
         ran = self.loop.on_evaluate()
         if ran["train_mode"] and self.evals == 0:
-            print(f"warning: the model was in train mode in {ran['train_mode']} evaluation forwards (call "
-                  f"model.eval() before evaluating; BatchNorm and dropout behave differently)", flush=True)
+            console.warning(f"warning: the model was in train mode in {ran['train_mode']} evaluation forwards "
+                            f"(call model.eval() before evaluating; BatchNorm and dropout behave differently)")
         self.log.log("train", self.step_count, epoch_time_s=now - self._t_eval)
         self.log.log("val", self.step_count, epoch=self.evals, **metrics)
         self._t_eval = now
@@ -355,13 +358,14 @@ class Watch:
             return
         rows = self.audit["deviations"]
         mistakes = [r for r in rows if r["mistake"]]
-        print(f"loop audit against {self.paper.name}: {len(rows)} deviation{'s' * (len(rows) != 1)}, "
-              f"{len(mistakes)} likely mistake{'s' * (len(mistakes) != 1)} "
-              f"(deviations.json in {self.run_dir}; `reproscope audit {self.run_dir}` prints the table)", flush=True)
+        say = console.warning if mistakes else console.info  # a likely mistake reaches you even unconfigured
+        say(f"loop audit against {self.paper.name}: {len(rows)} deviation{'s' * (len(rows) != 1)}, "
+            f"{len(mistakes)} likely mistake{'s' * (len(mistakes) != 1)} "
+            f"(deviations.json in {self.run_dir}; `reproscope audit {self.run_dir}` prints the table)")
         for r in mistakes:
-            print(f"  [{r['code']}] {r['key']}: {r['reason']}", flush=True)
+            console.warning(f"  [{r['code']}] {r['key']}: {r['reason']}")
         if self.audit["not_observed"]:
-            print(f"  not observed: {', '.join(self.audit['not_observed'])}", flush=True)
+            say(f"  not observed: {', '.join(self.audit['not_observed'])}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -420,8 +424,12 @@ def watch(model: nn.Module, optimizer=None, run_dir: str | Path = "runs/watch", 
                 optimizer.zero_grad()
             w.evaluate(top1=...)
 
-    Every argument is described on :class:`Watch`; this returns one.
+    Every argument is described on :class:`Watch`; this returns one. Its messages (events, the loop audit)
+    go through ``logging.getLogger("reproscope")``; when your script configured no logging at all, this
+    shows them on standard output as the CLI does (:func:`reproscope.console.install_console`).
     """
+    if not logging.getLogger().handlers and not console.handlers:
+        install_console()
     return Watch(model, optimizer, run_dir, config, paper=paper, ema=ema, data=data, instrument=instrument,
                  log_every=log_every, criterion=criterion, scaler=scaler, model_spec=model_spec,
                  tensorboard=tensorboard)

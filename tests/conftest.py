@@ -12,6 +12,8 @@ TINY = {
     "data.train_size": 320, "data.val_size": 100, "data.batch_size": 32, "data.eval_batch_size": 50,
     "sched.epochs": 2, "sched.warmup_epochs": 0.5, "run.progress": False, "run.log_every": 2,
     "model.patch_size": 8,
+    # no histograms and no paper-figure probes unless a test asks (they cost more than a tiny run's steps)
+    "instrument.histograms": False, "instrument.probes": False,
 }
 
 
@@ -34,7 +36,8 @@ def release_except(values, keep, ids=None):
 
 @pytest.fixture
 def tiny_recipe(tmp_path):
-    """The quickstart shrunk to seconds: 320 images, 2 epochs, 10 steps per epoch."""
+    """The quickstart shrunk to seconds: 320 images, 2 epochs, 10 steps per epoch; per-layer probes on,
+    histograms and paper-figure probes off (a test that reads them turns them on)."""
     return apply_overrides(get_recipe("quickstart"), {**TINY, "run.out_dir": str(tmp_path / "runs")})
 
 

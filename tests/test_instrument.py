@@ -59,9 +59,9 @@ def test_histograms_are_on_by_default_at_a_sparse_schedule(tiny_recipe, tmp_path
     """#18: gradient/weight/activation histograms without asking, on the first probe step and then at the
     first probe step hist_every steps later, and always at the run's middle and last step (6 and 12);
     activations are held only for those steps."""
-    r = apply_overrides(tiny_recipe, {**SMALL, "sched.epochs": 3, "instrument.probe_every": 2,
+    assert get_recipe("quickstart").instrument.histograms is True  # on by default (tiny_recipe turns them off)
+    r = apply_overrides(tiny_recipe, {**SMALL, "sched.epochs": 3, "instrument.probe_every": 2, "instrument.histograms": True,
                                       "instrument.hist_every": 4})  # 12 steps; probes at 1, 2, 4, 6, 8, 10, 12
-    assert get_recipe("quickstart").instrument.histograms is True
     trainer, _ = train(r, run_dir=tmp_path / "run")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"histograms": 0})
@@ -236,7 +236,8 @@ def test_a_flat_runs_wiggles_are_not_spikes():
 def test_paper_figure_probes_write_pngs(tmp_path, recipe_name, png):
     from reproscope.recipes import get_recipe
     small = {k: v for k, v in SMALL.items() if k != "model.patch_size"}  # keep each recipe's own
-    r = apply_overrides(get_recipe(recipe_name), {**small, "sched.epochs": 1, "run.out_dir": str(tmp_path)})
+    r = apply_overrides(get_recipe(recipe_name), {**small, "sched.epochs": 1, "run.out_dir": str(tmp_path),
+                                                  "instrument.probes": True})
     if recipe_name == "quickstart":
         r = apply_overrides(r, {"model.patch_size": 8})
     train(r, run_dir=tmp_path / "run")
@@ -421,7 +422,7 @@ def test_a_kat_run_diverging_at_step_2_shows_the_rational_range_then(tiny_recipe
     left their [-3, 3] fit range, the end of the run repeats it, and the report shows the figure."""
     from reproscope.report.report import report
     r = apply_overrides(tiny_recipe, {"model.name": "kat_tiny", "optim.lr": 1.0, "sched.warmup_epochs": 0,
-                                      "optim.grad_clip": 0.0, "run.progress": False})
+                                      "optim.grad_clip": 0.0, "run.progress": False, "instrument.probes": True})
     train(r, run_dir=tmp_path / "run")
     ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "diverging"]
     assert len(ev) == 1 and ev[0]["step"] <= 3, ev

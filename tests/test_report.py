@@ -14,13 +14,14 @@ from conftest import TINY
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """LN and DyT quickstart variants, 2 seeds each, ~2 s per run."""
+    """LN and DyT quickstart variants, 2 seeds each, ~2 s per run, with the paper-figure probes a report shows."""
     from reproscope.recipes import get_recipe
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for recipe in ("quickstart", "quickstart-dyt"):
         for seed in (0, 1):
-            r = apply_overrides(get_recipe(recipe), {**TINY, "run.seed": seed, "run.out_dir": str(root)})
+            r = apply_overrides(get_recipe(recipe), {**TINY, "run.seed": seed, "run.out_dir": str(root),
+                                                     "instrument.probes": True})
             d = root / f"{recipe}-s{seed}"
             train(r, run_dir=d)
             out[(recipe, seed)] = d

@@ -35,7 +35,7 @@ def _evil(path: Path, marker: Path, **extra) -> Path:
 
 @pytest.fixture
 def finished_run(tiny_recipe, tmp_path):
-    r = apply_overrides(tiny_recipe, {"run.ckpt_every": 3, "run.keep_last": 3})
+    r = apply_overrides(tiny_recipe, {"run.ckpt_every": 3, "run.keep_last": 3, "instrument.probes": True})
     trainer, _ = train(r, run_dir=tmp_path / "run")
     return r, trainer, tmp_path / "run"
 

@@ -201,11 +201,12 @@ class Instrument(Callback):
         the tensor's own ``nonfinite/<tag>`` scalar appears only when there are some)."""
         t = t.detach().float().flatten()
         finite = torch.isfinite(t)
-        bad = int((~finite).sum())
-        if bad:
+        bad = t.numel() - int(finite.sum())
+        if bad:  # only then a masked copy
             tb.add_scalar(f"nonfinite/{tag}", bad, step)
-        if finite.any():
-            tb.add_histogram(tag, t[finite].cpu(), step)
+            t = t[finite]
+        if t.numel():
+            tb.add_histogram(tag, t.cpu(), step)
         return bad
 
     def _histograms(self, tb, step: int) -> None:

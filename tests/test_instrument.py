@@ -422,7 +422,8 @@ def test_a_kat_run_diverging_at_step_2_shows_the_rational_range_then(tiny_recipe
     left their [-3, 3] fit range, the end of the run repeats it, and the report shows the figure."""
     from reproscope.report.report import report
     r = apply_overrides(tiny_recipe, {"model.name": "kat_tiny", "optim.lr": 1.0, "sched.warmup_epochs": 0,
-                                      "optim.grad_clip": 0.0, "run.progress": False, "instrument.probes": True})
+                                      "optim.grad_clip": 0.0, "run.progress": False, "instrument.probes": True,
+                                      "sched.max_steps": 6})  # flagged within 3 steps; 6 reach the run's end
     train(r, run_dir=tmp_path / "run")
     ev = [e for e in read_metrics(tmp_path / "run") if e.get("type") == "diverging"]
     assert len(ev) == 1 and ev[0]["step"] <= 3, ev

@@ -4,8 +4,9 @@ The trainer, the run opener, the checkpoint reader, the tripwire, the data layer
 files) and ``reproscope.watch`` (its events and the loop audit) write their messages (a divergence, a
 rollback, a resume that changed settings, a non-finite step's report) through :data:`log`. The CLI
 installs :func:`install_console`, and so does ``reproscope.watch()`` when a script configured no
-logging: each message a plain line on standard output, as ``print`` would write it. In Python, without it, warnings reach standard error through ``logging``'s last-resort
-handler and info messages are dropped unless you configure logging yourself
+logging: each message a plain line on standard output, as ``print`` would write it. In Python, without
+it, warnings reach standard error through ``logging``'s last-resort handler and info messages are
+dropped unless you configure logging yourself
 (``logging.basicConfig(level=logging.INFO, format="%(message)s")``). Code that runs a trainer only to
 measure something (the checks) silences it with :func:`quiet`, instead of capturing standard output.
 """

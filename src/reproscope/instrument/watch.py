@@ -210,7 +210,8 @@ class Watch:
             self._train_shape = tuple(self.last_input.shape)  # (a last partial batch is smaller)
         self.instrument.on_after_backward(self._view)
         self.loop.on_step(loss, targets)
-        d = self._announce(self.guard.decide_step(lv, gn, self.step_count + 1, [p for _, p in named]), targets, named)
+        params = (p for _, p in named)  # read only on an overflowed norm
+        d = self._announce(self.guard.decide_step(lv, gn, self.step_count + 1, params), targets, named)
         if d.action == "step" and d.code != "scaler-overflow":
             self._watch_divergence(lv, gn)
         self.last_decision = d

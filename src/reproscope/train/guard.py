@@ -135,9 +135,9 @@ class StepGuard:
         return StepDecision(policy, "nonfinite", step, loss, grad_norm, policy=policy)
 
     def decide_step(self, loss: float, grad_norm: float, step: int, params) -> StepDecision:
-        """:meth:`decide` for a step whose gradients are at hand (``params``: tensors with ``.grad``); they
-        are read (every one finite?) only when the norm overflowed on a finite loss and no scaler runs: the
-        Trainer's and ``watch``'s one way of asking."""
+        """:meth:`decide` for a step whose gradients are at hand (``params``: an iterable of tensors with
+        ``.grad``, iterated at most once); they are read (every one finite?) only when the norm overflowed
+        on a finite loss and no scaler runs: the Trainer's and ``watch``'s one way of asking."""
         finite = None
         if math.isfinite(loss) and not math.isfinite(grad_norm) and not self.scaler:
             finite = grads_finite(params)

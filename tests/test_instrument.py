@@ -72,6 +72,33 @@ def test_histograms_are_on_by_default_at_a_sparse_schedule(tiny_recipe, tmp_path
         assert [e.step for e in acc.Histograms(tag)] == [1, 6, 10, 12]
 
 
+def test_histogram_counts_every_value_once_with_numpys_sum_and_sum_of_squares(tmp_path):
+    """The histogram is counted on the tensor's device (``torch.histc``): its buckets add up to the
+    tensor's length, its moments are numpy's, a constant tensor gets one non-empty bucket, and
+    TensorBoard reads what ``add_histogram_raw`` wrote."""
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter
+
+    from reproscope.instrument.probe import histogram
+    t = torch.randn(10_000, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    h = histogram(t, bins=16)
+    a = t.double().numpy()
+    assert sum(h["bucket_counts"]) == t.numel() == h["num"] and len(h["bucket_limits"]) == 16
+    assert (h["min"], h["max"]) == (float(t.min()), float(t.max())) and h["bucket_limits"][-1] == h["max"]
+    assert h["sum"] == pytest.approx(a.sum(), rel=1e-4) and h["sum_squares"] == pytest.approx(a @ a, rel=1e-4)
+    counts, _ = np.histogram(a, bins=16, range=(h["min"], h["max"]))
+    assert np.abs(np.array(h["bucket_counts"]) - counts).sum() <= 4  # float32 vs float64 edges
+    c = histogram(torch.full((5,), 2.0), bins=4)
+    assert (c["min"], c["max"], sorted(c["bucket_counts"])) == (2.0, 2.0, [0, 0, 0, 5])
+    with SummaryWriter(tmp_path) as tb:
+        tb.add_histogram_raw("x", **h, global_step=3)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    acc.Reload()
+    (ev,) = acc.Histograms("x")
+    assert ev.step == 3 and ev.histogram_value.num == 10_000 and sum(ev.histogram_value.bucket) == 10_000
+
+
 def test_hooks_toggle_and_handles_are_idempotent():
     m = create_model("vit_quick", num_classes=3)
     acts = ActivationStats(m)

@@ -32,6 +32,26 @@ def probe_schedule(step: int, every: int, early: bool) -> bool:
     return early and step < every and step > 0 and (step & (step - 1)) == 0
 
 
+HIST_BINS = 64  # uniform buckets between a tensor's min and max; TensorBoard re-bins to 30 for display
+
+
+def histogram(t: torch.Tensor, bins: int = HIST_BINS) -> dict:
+    """The fields of ``SummaryWriter.add_histogram_raw`` for a 1-D tensor ``t`` of finite values ``[N]``,
+    ``N >= 1``: ``bins`` equal buckets from ``t.min()`` to ``t.max()`` (a constant tensor gets a bucket
+    range of +-0.5 around its value), counted on ``t``'s own device with ``torch.histc``.
+
+    TensorBoard's ``add_histogram`` copies the tensor to the host and sorts it against ~1,500 exponential
+    buckets in numpy: a 28 M-parameter model's weights and gradients took seconds per set on a CPU. Here
+    the host receives ``bins + 4`` numbers."""
+    vmin, vmax = (float(v) for v in torch.aminmax(t))
+    lo, hi = (vmin - 0.5, vmax + 0.5) if vmin == vmax else (vmin, vmax)
+    counts = torch.histc(t, bins=bins, min=lo, max=hi)
+    total, squares = (float(v) for v in torch.stack([t.sum(), t.dot(t)]))
+    limits = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)[1:]  # each bucket's right edge
+    return {"min": vmin, "max": vmax, "num": t.numel(), "sum": total, "sum_squares": squares,
+            "bucket_limits": limits.tolist(), "bucket_counts": counts.tolist()}
+
+
 def _cross_rank(d):
     """Reduce a flat statistics vector across processes: sums added, maxima maxed, means averaged."""
 
@@ -198,15 +218,15 @@ class Instrument(Callback):
     @staticmethod
     def _hist(tb, tag: str, t: torch.Tensor, step: int) -> int:
         """A histogram of ``t``'s finite values; returns how many were not finite (counted, never hidden:
-        the tensor's own ``nonfinite/<tag>`` scalar appears only when there are some)."""
-        t = t.detach().float().flatten()
+        the tensor's own ``nonfinite/<tag>`` scalar appears only when there are some). See ``histogram``."""
+        t = t.detach().flatten().float()
         finite = torch.isfinite(t)
         bad = t.numel() - int(finite.sum())
         if bad:  # only then a masked copy
             tb.add_scalar(f"nonfinite/{tag}", bad, step)
             t = t[finite]
         if t.numel():
-            tb.add_histogram(tag, t.cpu(), step)
+            tb.add_histogram_raw(tag, **histogram(t), global_step=step)
         return bad
 
     def _histograms(self, tb, step: int) -> None:

@@ -401,7 +401,6 @@ def test_fp16_scaler_that_cannot_recover_is_a_nan_stop(tiny_recipe, tmp_path):
 
 def test_a_grad_norm_that_overflows_with_finite_gradients_is_divergence(tiny_recipe, tmp_path, capsys):
     """Logits scaled by 1e20: the loss and every gradient are finite, their global norm overflows float32."""
-    from reproscope.cli import main
     from reproscope.train.trainer import Trainer
     model = create_model("vit_quick", num_classes=10)
     model.head.register_forward_hook(lambda m, i, o: o * 1e20)

@@ -217,18 +217,26 @@ def test_long_commands_wrap_at_argument_boundaries():
         assert p.strip().startswith("-")
 
 
-@pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_a_heading_never_ends_a_page(tmp_path):
-    """#18: a heading that would sit alone at the bottom of a page moves to the next one, with what follows."""
-    from reproscope.report.report import to_pdf
-    text = "A sentence that fills some of the line with words. " * 6
-    for filler in range(30, 60):  # headings land at many heights on the first page
-        blocks = [("title", "T")] + [("p", text)] * filler + [("h", "A heading"), ("p", text), ("h", "B"), ("p", "x")]
-        layout: list = []
-        to_pdf(blocks, tmp_path / "a.pdf", max_pages=None, layout=layout)
-        for (kind, page, _), (_, next_page, _) in zip(layout, layout[1:]):
-            if kind == "h":
-                assert page == next_page, f"filler {filler}: heading on page {page}, its text on {next_page}"
+    """#18: a heading whose next three lines would not fit below it moves to the next page, with what
+    follows. One document whose paragraphs of 1-13 lines put its 60 headings at many heights: every
+    heading starts high enough for itself (7 mm) and three lines of the smallest text ``to_pdf`` may
+    choose, and some had to move (a heading that starts a page whose previous page ends with text)."""
+    from reproscope.report import report as R
+    sentence = "A sentence that fills some of the line with words. "
+    blocks = [("title", "T")]
+    for k in range(60):
+        blocks += [("p", sentence * (1 + (k * 5) % 13)), ("h", f"Heading {k}"), ("p", sentence * 6)]
+    layout: list = []
+    R.to_pdf(blocks, tmp_path / "a.pdf", max_pages=None, layout=layout)
+    top, bottom = 10.0, 297.0 - 10.0  # A4, the margins _render sets (mm)
+    line = 0.45 * (8.5 - R.TIGHTEN_TO_SAVE_A_PAGE)  # the smallest text line to_pdf may choose here (mm)
+    headings = [(page, y) for kind, page, y in layout if kind == "h"]
+    assert len(headings) == 60
+    assert all(y + 7 + 3 * line <= bottom for _, y in headings), max(y for _, y in headings)
+    moved = [i for i in range(1, len(layout)) if layout[i][0] == "h" and layout[i][1] > layout[i - 1][1]
+             and layout[i][2] == pytest.approx(top)]  # at a page's top, and the text before it on the last one
+    assert moved
 
 
 def test_note_embeds_the_figures_it_references(tmp_path, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import typing
 from dataclasses import dataclass, field
@@ -204,8 +205,14 @@ def nearest(name: str, options: typing.Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, type]:
+    """``typing.get_type_hints(cls)``, once per class (it evaluates every annotation string anew)."""
+    return typing.get_type_hints(cls)
+
+
 def _field_type(cls: type, name: str) -> type:
-    return typing.get_type_hints(cls)[name]
+    return _type_hints(cls)[name]
 
 
 def _describe(f: dataclasses.Field, typ: type) -> str:

@@ -184,7 +184,11 @@ def test_tripwire_names_the_injected_module(tiny_recipe, tmp_path, model_name, m
     kw = {"patch_size": 2} if model_name.startswith(("convnext", "mambaout")) else {"patch_size": 8}
     if model_name == "vit_quick":
         kw["norm"] = "dyt"
-    model = create_model(model_name, num_classes=10, img_size=32, **kw)
+    if model_name == "convnext_tiny":  # ConvNeXt-T's stages, blocks and names at 1/6 of its width
+        from reproscope.model.convnext import ConvNeXt, ConvNeXtConfig
+        model = ConvNeXt(ConvNeXtConfig(depths=(3, 3, 9, 3), dims=(16, 32, 64, 128), num_classes=10, patch_size=2))
+    else:
+        model = create_model(model_name, num_classes=10, img_size=32, **kw)
     inject = Inject(model, module, phase, at_step=3, value=float("inf") if module == "head" else float("nan"))
     from reproscope.train.trainer import Trainer
     r = _recipe(tiny_recipe, **{"instrument.enabled": False})

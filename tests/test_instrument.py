@@ -295,17 +295,23 @@ def test_paper_figure_probes_write_pngs(tmp_path, recipe_name, png):
 
 
 @pytest.mark.slow  # over 5 s on 2 cores: the full tier
-def test_profile_writes_traces_and_summary(tmp_path, capsys):
-    from reproscope.cli import main
+def test_profile_writes_traces_and_summary_and_no_cuda_lines_on_a_cpu(tmp_path):
+    """``reproscope profile`` as a user runs it: the step split and top ops printed, summary.json, one
+    gzipped trace the TensorBoard plugin reads (batch loading as DataLoader time), and (#18) none of
+    kineto's "gpuGetDeviceCount failed" or profiler_start/stop lines on a CPU."""
+    import gzip
+    import subprocess
+    import sys
     rd = tmp_path / "prof"
-    assert main(["profile", "--steps", "2", "--run-dir", str(rd), "--set", "data.train_size=128",
-                 "--set", "data.val_size=20", "--set", "data.batch_size=32"]) == 0
-    out = capsys.readouterr().out
-    assert "step split (ms/step): data" in out and "top ops by self CPU time" in out
+    r = subprocess.run([sys.executable, "-m", "reproscope", "profile", "--steps", "2", "--run-dir", str(rd),
+                        "--set", "data.train_size=128", "--set", "data.val_size=20", "--set", "data.batch_size=32"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "gpuGetDeviceCount" not in r.stderr and "USDT" not in r.stderr and "profiler_start" not in r.stderr
+    assert "step split (ms/step): data" in r.stdout and "top ops by self CPU time" in r.stdout
     summ = json.loads((rd / "profile" / "summary.json").read_text())
     assert set(summ["split_ms_per_step"]) == {"data", "forward", "backward", "optimizer"}
     assert summ["img_per_s"] > 0 and summ["model_flops_per_step"] > 0
-    import gzip
     traces = list((rd / "profile").glob("*.pt.trace.json.gz"))  # the TensorBoard plugin's name, gzipped
     assert len(traces) == 1 and (rd / "profile" / "trace.json.gz").stat().st_ino == traces[0].stat().st_ino
     assert not list((rd / "profile").glob("*trace.json"))  # written once, compressed
@@ -317,18 +323,6 @@ def test_profile_writes_traces_and_summary(tmp_path, capsys):
     data = RunProfileData.from_json("worker", None, trace)
     data.process()
     assert data.avg_costs.costs[ProfileRole.DataLoader] > 0
-
-
-@pytest.mark.slow  # over 5 s on 2 cores: the full tier
-def test_profile_prints_no_cuda_lines_on_a_cpu(tmp_path):
-    """#18: kineto's "gpuGetDeviceCount failed" and profiler_start/stop lines are not shown on a CPU."""
-    import subprocess
-    import sys
-    r = subprocess.run([sys.executable, "-m", "reproscope", "profile", "--steps", "1", "--run-dir", str(tmp_path / "p"),
-                        "--set", "data.train_size=32", "--set", "data.val_size=20", "--set", "data.batch_size=16"],  # 2 batches an epoch, 3 needed
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "gpuGetDeviceCount" not in r.stderr and "USDT" not in r.stderr and "profiler_start" not in r.stderr
 
 
 def test_loss_spike_is_logged_with_step_and_batch_indices(tiny_recipe, tmp_path):

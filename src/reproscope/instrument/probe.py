@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from ..train.guard import SpikeDetector
 from .hooks import ActivationStats, parameter_norms
 from .paper_probes import collect, probe_findings, summary
 
-__all__ = ["Instrument", "SpikeDetector", "probe_schedule"]
+__all__ = ["HIST_BINS", "Instrument", "SpikeDetector", "histogram", "probe_schedule"]
 
 
 def probe_schedule(step: int, every: int, early: bool) -> bool:
@@ -42,10 +43,14 @@ def histogram(t: torch.Tensor, bins: int = HIST_BINS) -> dict:
 
     TensorBoard's ``add_histogram`` copies the tensor to the host and sorts it against ~1,500 exponential
     buckets in numpy: a 28 M-parameter model's weights and gradients took seconds per set on a CPU. Here
-    the host receives ``bins + 4`` numbers."""
+    the host receives ``bins + 4`` numbers. Counts are integers, exact in any order, so the warning
+    ``run.deterministic`` would raise for CUDA's ``histc`` is silenced here. Raises ``RuntimeError`` on an
+    empty ``t``."""
     vmin, vmax = (float(v) for v in torch.aminmax(t))
     lo, hi = (vmin - 0.5, vmax + 0.5) if vmin == vmax else (vmin, vmax)
-    counts = torch.histc(t, bins=bins, min=lo, max=hi)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*histc.*deterministic")
+        counts = torch.histc(t, bins=bins, min=lo, max=hi)
     total, squares = (float(v) for v in torch.stack([t.sum(), t.dot(t)]))
     limits = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)[1:]  # each bucket's right edge
     return {"min": vmin, "max": vmax, "num": t.numel(), "sum": total, "sum_squares": squares,

@@ -14,7 +14,7 @@ from reproscope.recipes import get_recipe
 
 MODEL_CHECKS = ["loss-at-init", "init-scale", "grad-flow", "batch-independence"]
 TRAINING_CHECKS = ["overfit-batch", "input-independent", "determinism", "lr-range"]
-BIG = ("large", "base")
+BIG = ("large", "base", "small")  # release sizes: the full tier checks each family's tiny and smaller ones
 SMALL_DATA = ZOO_RECIPE_OVERRIDES
 
 
@@ -32,7 +32,7 @@ def small_model(name):
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.release) if any(b in n for b in BIG) else n
-                                  for n in list_models()])  # base/large: 10-45 s each, the same classes as tiny/small
+                                  for n in list_models()])  # small/base/large: 4-45 s each, the classes of tiny
 def test_model_checks_pass_on_every_registered_model(shapes, name):
     data = CheckData(shapes.x[:32], shapes.y[:32], 10)
     results = run_checks(small_model(name), data, MODEL_CHECKS)

@@ -48,8 +48,10 @@ CASES = [
 
 
 def _params(case):
-    """Base and large sizes are release tests (5-31 s each; the same classes and key maps as tiny/small)."""
-    marks = [pytest.mark.release] if case[0].endswith(("_base", "_large")) else [pytest.mark.slow] if case[-1] else []
+    """Small, base and large sizes are release tests (1-31 s each; the same classes and key maps as the tiny
+    and smaller sizes, which the full tier compares)."""
+    marks = ([pytest.mark.release] if case[0].endswith(("_small", "_base", "_large"))
+             else [pytest.mark.slow] if case[-1] else [])
     return pytest.param(*case[:-1], marks=marks, id=case[0])
 
 

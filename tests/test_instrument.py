@@ -90,6 +90,8 @@ def test_histogram_counts_every_value_once_with_numpys_sum_and_sum_of_squares(tm
     assert np.abs(np.array(h["bucket_counts"]) - counts).sum() <= 4  # float32 vs float64 edges
     c = histogram(torch.full((5,), 2.0), bins=4)
     assert (c["min"], c["max"], sorted(c["bucket_counts"])) == (2.0, 2.0, [0, 0, 0, 5])
+    wide = histogram(torch.tensor([-3e38, 0.0, 3e38]), bins=4)  # a diverging run: max - min overflows float32
+    assert wide["bucket_counts"] == [1, 0, 1, 1] and wide["sum"] == 0.0 and wide["sum_squares"] == pytest.approx(1.8e77)
     with SummaryWriter(tmp_path) as tb:
         tb.add_histogram_raw("x", **h, global_step=3)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

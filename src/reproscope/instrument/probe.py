@@ -44,8 +44,9 @@ def histogram(t: torch.Tensor, bins: int = HIST_BINS) -> dict:
     TensorBoard's ``add_histogram`` copies the tensor to the host and sorts it against ~1,500 exponential
     buckets in numpy: a 28 M-parameter model's weights and gradients took seconds per set on a CPU. Here
     the host receives ``bins + 4`` numbers. Counts are integers, exact in any order, so the warning
-    ``run.deterministic`` would raise for CUDA's ``histc`` is silenced here. Raises ``RuntimeError`` on an
-    empty ``t``."""
+    ``run.deterministic`` would raise for CUDA's ``histc`` is silenced here. A range wider than ``t``'s
+    dtype holds (values near +-3e38 in a diverging run) is counted in float64; sums are float64.
+    Raises ``RuntimeError`` on an empty ``t``."""
     vmin, vmax = (float(v) for v in torch.aminmax(t))
     lo, hi = (vmin - 0.5, vmax + 0.5) if vmin == vmax else (vmin, vmax)
     if hi - lo > torch.finfo(t.dtype).max:  # a range wider than the dtype holds: histc would count nothing

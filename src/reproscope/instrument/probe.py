@@ -47,16 +47,15 @@ def histogram(t: torch.Tensor, bins: int = HIST_BINS) -> dict:
     ``run.deterministic`` would raise for CUDA's ``histc`` is silenced here. A range wider than ``t``'s
     dtype holds (values near +-3e38 in a diverging run) is counted in float64; sums are float64.
     Raises ``RuntimeError`` on an empty ``t``."""
-    vmin, vmax = (float(v) for v in torch.aminmax(t))
+    vmin, vmax = torch.stack(torch.aminmax(t)).tolist()  # one device-to-host copy
     lo, hi = (vmin - 0.5, vmax + 0.5) if vmin == vmax else (vmin, vmax)
     if hi - lo > torch.finfo(t.dtype).max:  # a range wider than the dtype holds: histc would count nothing
         t = t.double()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*histc.*deterministic")
         counts = torch.histc(t, bins=bins, min=lo, max=hi)
-    total = t.sum(dtype=torch.float64)  # float64 sums: a diverging run's values must not overflow them
-    squares = torch.linalg.vector_norm(t, dtype=torch.float64).square()
-    total, squares = (float(v) for v in torch.stack([total, squares]))
+    total, squares = torch.stack([t.sum(dtype=torch.float64),  # float64: a diverging run must not overflow them
+                                  torch.linalg.vector_norm(t, dtype=torch.float64).square()]).tolist()
     limits = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)[1:]  # each bucket's right edge
     return {"min": vmin, "max": vmax, "num": t.numel(), "sum": total, "sum_squares": squares,
             "bucket_limits": limits.tolist(), "bucket_counts": counts.tolist()}

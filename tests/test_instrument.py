@@ -119,12 +119,17 @@ def test_hooks_toggle_and_handles_are_idempotent():
 
 
 @pytest.mark.slow  # over 5 s on 2 cores: the full tier
-def test_compiled_model_keeps_working_with_hooks(tiny_recipe, tmp_path):
+def test_compiled_model_keeps_working_with_hooks_and_checkpoints_the_uncompiled_module(tiny_recipe, tmp_path):
+    """Inductor with the probes' hooks on the original module; the checkpoint holds that module's keys."""
     pytest.importorskip("torch._dynamo")
     trainer, metrics = train(_recipe(tiny_recipe, **{"precision.compile": True, "sched.epochs": 1}),
                              run_dir=tmp_path / "run")
     assert trainer.model is not trainer.orig_model and math.isfinite(metrics["loss"])
     assert (tmp_path / "run" / "stats.jsonl").read_text().count("\n") == 3  # probes at 1, 2, 4
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
+    assert set(ckpt["model"]) == set(trainer.orig_model.state_dict())
+    assert 0 <= metrics["top1"] <= 100
 
 
 STEP = {"now": 0, "done": False}  # module-global: a deep-copied model's hooks still read it

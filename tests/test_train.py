@@ -140,17 +140,6 @@ def test_grad_accumulation_matches_big_batch(tiny_recipe, tmp_path):
     assert_weights_match(a.orig_model.state_dict(), b.orig_model.state_dict(), rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.slow
-def test_compiled_training_checkpoints_the_uncompiled_module(tiny_recipe, tmp_path):
-    r = apply_overrides(tiny_recipe, {"sched.epochs": 1, "precision.compile": True})
-    trainer, metrics = train(r, run_dir=tmp_path / "run")
-    assert trainer.model is not trainer.orig_model
-    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
-    assert set(ckpt["model"]) == set(trainer.orig_model.state_dict())
-    assert 0 <= metrics["top1"] <= 100
-
-
 def test_end_of_run_summary_is_printed_and_written(tiny_recipe, tmp_path, capsys):
     """#18: best and final top-1 with their epochs, steps, images, time, events, where things are."""
     from reproscope.cli import main

@@ -141,17 +141,30 @@ def test_the_example_loop_runs_and_learns(tmp_path):
     assert (tmp_path / "runs" / "own-loop" / "stats.jsonl").is_file()
 
 
-@pytest.mark.slow
-def test_watch_on_a_compiled_model(tmp_path):
-    """Hooks on the original module; probes and metrics as in eager; no hook left on exit."""
+def test_watch_on_a_compiled_model_keeps_the_instruments_out_of_its_graphs(tmp_path):
+    """Hooks on the original module; probes and metrics as in eager; no hook left on exit. Dynamo
+    traces a compiled module's hooks with it: the instruments' hooks must run eagerly, so no graph holds
+    their code and their changing counters recompile nothing (traced, 12 steps compiled 40 graphs and
+    hit dynamo's recompile limit). A recording backend keeps dynamo's graphs without inductor's C++
+    compile; inductor with the instruments is test_instrument's compiled Trainer run and the GPU smoke."""
     mod = _load(tmp_path)
     model = mod.Net()
-    compiled = torch.compile(model)
-    w, ok = _loop(compiled, tmp_path / "run")
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(model, backend=record)
+    w, ok = _loop(compiled, tmp_path / "run", steps=12)
     assert all(ok) and w.orig_model is model
     stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in stats] == [1, 2, 4] and "conv" in stats[0]["layers"]
+    assert [s["step"] for s in stats] == [1, 2, 4, 8] and "conv" in stats[0]["layers"]
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    traced = [n.meta.get("stack_trace") or "" for g in graphs for n in g.graph.nodes]
+    assert not [t for t in traced if "reproscope" in t], "instrument code traced into the model's graph"
+    # one graph with the probes off; on probe steps the model splits at its 3 probed modules
+    assert 1 <= len(graphs) <= 2 * (1 + 3), len(graphs)
 
 
 DDP_LOOP = """

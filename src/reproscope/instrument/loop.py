@@ -129,13 +129,15 @@ class LoopObserver:
     def attach(self) -> None:
         if self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_pre_hook(self._before_opt_step))
-        self._handles.append(self.model.register_forward_hook(self._after_forward))
+        # the hooks run eagerly under torch.compile: traced, their counters would recompile the model's graph
+        eager = torch.compiler.disable
+        self._handles.append(self.model.register_forward_hook(eager(self._after_forward)))
         for p in self.model.parameters():
             if p.requires_grad:
-                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_ready))
+                self._handles.append(p.register_post_accumulate_grad_hook(eager(self._grad_ready)))
         em = _ema_module(self.ema)
         if em is not None:
-            self._handles.append(em.register_forward_hook(self._ema_forward))
+            self._handles.append(em.register_forward_hook(eager(self._ema_forward)))
 
     def detach(self) -> None:
         for h in self._handles:

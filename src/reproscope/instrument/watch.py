@@ -170,8 +170,10 @@ class Watch:
         return self
 
     def _register(self) -> None:
-        self._handles = [self.orig_model.register_forward_pre_hook(self._before_forward),
-                         self.orig_model.register_forward_hook(self._after_forward)]
+        # eager even when the user compiled the model: dynamo would otherwise trace the instruments' step
+        # bookkeeping into the model's graph and recompile it as that state changes
+        self._handles = [self.orig_model.register_forward_pre_hook(torch.compiler.disable(self._before_forward)),
+                         self.orig_model.register_forward_hook(torch.compiler.disable(self._after_forward))]
 
     def __exit__(self, *exc) -> None:
         self.close()

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -5,7 +7,13 @@ from reproscope.config import apply_overrides
 from reproscope.console import install_console
 from reproscope.recipes import get_recipe
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N (addopts: -n auto): the cores shared out, no
+    # worker's torch threads (nor its subprocesses') competing with another worker's
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+else:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 install_console()  # as the CLI does: the package's messages on stdout, where the tests read them
 
 TINY = {

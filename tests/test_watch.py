@@ -144,9 +144,10 @@ def test_the_example_loop_runs_and_learns(tmp_path):
 def test_watch_on_a_compiled_model_keeps_the_instruments_out_of_its_graphs(tmp_path):
     """Hooks on the original module; probes and metrics as in eager; no hook left on exit. Dynamo
     traces a compiled module's hooks with it: the instruments' hooks must run eagerly, so no graph holds
-    their code and their changing counters recompile nothing (traced, 12 steps compiled 40 graphs and
-    hit dynamo's recompile limit). A recording backend keeps dynamo's graphs without inductor's C++
-    compile; inductor with the instruments is test_instrument's compiled Trainer run and the GPU smoke."""
+    their code and their changing counters recompile nothing, and probe steps run uncompiled (traced, 12
+    steps compiled 40 graphs and hit dynamo's recompile limit). A recording backend keeps dynamo's graphs
+    without inductor's C++ compile; inductor with the instruments is test_instrument's compiled Trainer
+    run and the GPU smoke."""
     mod = _load(tmp_path)
     model = mod.Net()
     graphs = []
@@ -163,8 +164,9 @@ def test_watch_on_a_compiled_model_keeps_the_instruments_out_of_its_graphs(tmp_p
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     traced = [n.meta.get("stack_trace") or "" for g in graphs for n in g.graph.nodes]
     assert not [t for t in traced if "reproscope" in t], "instrument code traced into the model's graph"
-    # one graph with the probes off; on probe steps the model splits at its 3 probed modules
-    assert 1 <= len(graphs) <= 2 * (1 + 3), len(graphs)
+    # probe steps (1, 2, 4, 8) run uncompiled, as in the Trainer; the others run one graph (two where a
+    # torch version splits off the eager pre-hook)
+    assert 1 <= len(graphs) <= 2, len(graphs)
 
 
 DDP_LOOP = """

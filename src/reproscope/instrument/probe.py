@@ -103,9 +103,14 @@ class Instrument(Callback):
         if trainer.step == 0:  # the paper-figure probes at initialisation: epoch -1 in paper_probes.jsonl
             self.on_epoch_end(trainer, -1)
 
+    def probes_at(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (1-based) is a probe step: the schedule, and the run's first,
+        middle and last step (every run shows those states)."""
+        return step in self._key_steps or probe_schedule(step, self.cfg.probe_every, self.cfg.probe_early)
+
     def on_step_start(self, trainer, step: int) -> None:
-        key = step in self._key_steps  # every run shows its first, middle and last state
-        self.probing = key or probe_schedule(step, self.cfg.probe_every, self.cfg.probe_early)
+        key = step in self._key_steps
+        self.probing = self.probes_at(step)
         if self.probing:
             self._hist_now = self.cfg.histograms and trainer.log.tb is not None and (
                 key or self._hist_written_at is None or step - self._hist_written_at >= self.cfg.hist_every)

@@ -20,7 +20,9 @@ How it fits a loop that is not ours: ``step`` is called after ``backward`` and b
 ``optimizer.step()``, so the update of step N is measured when the next forward starts (a forward
 pre-hook on the model) or when the ``with`` block ends. Hooks go on the uncompiled module
 (``model._orig_mod`` for a ``torch.compile``d model, ``model.module`` under DDP), registered once
-and removed on exit.
+and removed on exit. They run eagerly (``torch.compiler.disable``), and probe steps run uncompiled as
+in the Trainer (``torch.compiler.set_stance("force_eager")`` from before the step's forward to its
+``step``), so a compiled model keeps one graph and never traces the instruments.
 With gradient accumulation call ``step`` on optimizer steps only. A ``GradScaler`` passed as
 ``scaler=``: a step whose loss is finite but whose (scaled) gradients overflow is the scaler's to skip and
 back off; it is counted (``scaler_skips``) and logged, not reported as a NaN. The grad norm is logged
@@ -83,7 +85,8 @@ class _TrainerView:
         self.val_loader = None  # no validation data in your loop: no per-epoch paper-figure probes
 
     def request_eager_step(self) -> None:
-        """The Instrument asks for the uncompiled module on probe steps; in your loop your model runs as you call it."""
+        """The Instrument asks for the uncompiled module on probe steps: ``Watch`` has arranged it before
+        the step's forward (:meth:`Watch._stance`), since your loop calls your model itself."""
 
 
 class Watch:
@@ -151,6 +154,7 @@ class Watch:
         self._armed = False
         self._handles = []
         self._closed = False
+        self._eager = False  # probe steps run uncompiled (_stance)
         self.user_config = config or {}
         self._train_shape: tuple | None = None  # of the first input seen by step(): a training batch
         self.evals = 0
@@ -167,6 +171,7 @@ class Watch:
         self.instrument.on_train_start(self._view)
         self._register()
         self.loop.attach()
+        self._stance(1)
         return self
 
     def _register(self) -> None:
@@ -226,7 +231,19 @@ class Watch:
                    if len(self.optimizer.param_groups) > 1 else {})}
             self.log.log("train", self.step_count, loss=lv, grad_norm=gn, **lrs)
         self._pending_end, self._armed = True, False
+        self._stance(self.step_count + 1)
         return d.action == "step"
+
+    def _stance(self, step: int | None) -> None:
+        """Probe steps run uncompiled, as in the Trainer: dynamo traces a compiled module's hooks with it,
+        and the probes' hooks, on, would split and recompile the graph. A compiled forward cannot change
+        its own course once called, so the stance for step ``step`` (None: the run is over) is set here,
+        before its forward: ``torch.compiler.set_stance("force_eager")`` (every compiled function in the
+        process runs eagerly for that step), ``"default"`` otherwise."""
+        eager = step is not None and self.cfg.enabled and self.instrument.probes_at(step)
+        if eager != self._eager:
+            self._eager = eager
+            torch.compiler.set_stance("force_eager" if eager else "default")
 
     def _announce(self, d: StepDecision, targets, named) -> StepDecision:
         """Log the decision's event as the Trainer does (the same ``EventWriter``)."""
@@ -343,6 +360,7 @@ class Watch:
         if self._closed:
             return
         self._closed = True
+        self._stance(None)
         if self._pending_end:
             self._pending_end = False
             self.instrument.on_step_end(self._view)

@@ -79,8 +79,8 @@ def test_mfu_against_the_known_gpu_table():
 @pytest.mark.parametrize("name", ["dyt-convnext_tiny", "kat-kat_tiny", "mambaout-mambaout_femto"])
 def test_compile_with_the_instruments_and_tripwire_per_family(name, tmp_path):
     """torch.compile with probes and tripwire on (probe steps run eager, hooks registered once before
-    compile). In the full tier instead: the ViT family trains compiled with its hooks
-    (tests/test_instrument.py::test_compiled_model_keeps_working_with_hooks_and_checkpoints_the_uncompiled_module), every family's tiny model
+    compile). In the full tier instead: the ViT family trains compiled with its hooks (tests/test_instrument.py::
+    test_compiled_model_keeps_working_with_hooks_and_checkpoints_the_uncompiled_module), every family's tiny model
     compiles in one graph to the eager logits (tests/test_all_models.py::test_compile_fullgraph_matches_eager),
     and the GPU session's CPU smoke trains the quickstart compiled with the instruments."""
     from reproscope.launch import train

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import reproscope
 from reproscope.cli import main
+from reproscope.config import InstrumentConfig
 
 NET = """
     import torch
@@ -141,7 +142,8 @@ def test_the_example_loop_runs_and_learns(tmp_path):
     assert (tmp_path / "runs" / "own-loop" / "stats.jsonl").is_file()
 
 
-def test_watch_on_a_compiled_model_keeps_the_instruments_out_of_its_graphs(tmp_path):
+@pytest.mark.parametrize("enabled", [True, False])  # watch probes whatever instrument.enabled says
+def test_watch_on_a_compiled_model_keeps_the_instruments_out_of_its_graphs(tmp_path, enabled):
     """Hooks on the original module; probes and metrics as in eager; no hook left on exit. Dynamo
     traces a compiled module's hooks with it: the instruments' hooks must run eagerly, so no graph holds
     their code and their changing counters recompile nothing, and probe steps run uncompiled (traced, 12
@@ -157,7 +159,7 @@ def test_watch_on_a_compiled_model_keeps_the_instruments_out_of_its_graphs(tmp_p
         return gm.forward
 
     compiled = torch.compile(model, backend=record)
-    w, ok = _loop(compiled, tmp_path / "run", steps=12)
+    w, ok = _loop(compiled, tmp_path / "run", steps=12, instrument=InstrumentConfig(enabled=enabled))
     assert all(ok) and w.orig_model is model
     stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     assert [s["step"] for s in stats] == [1, 2, 4, 8] and "conv" in stats[0]["layers"]

@@ -137,11 +137,9 @@ class ActivationStats:
             self.handles.add(m.register_forward_hook(self._make_hook(name)))
 
     def _make_hook(self, name: str):
-        # Under torch.compile the hook is traced with the model: off (most steps) it is a no-op in the graph
-        # (dynamo guards on ``enabled``); on, ``record`` runs eagerly at a graph break instead of dynamo
-        # tracing (and recompiling for every shape of) the statistics code.
-        @torch.compiler.disable
-        def record(module, inputs, output):
+        def hook(module, inputs, output):
+            if not self.enabled:
+                return None
             out = first_tensor(output)
             if out is None:
                 return None
@@ -161,9 +159,6 @@ class ActivationStats:
             if out.requires_grad:
                 out.register_hook(lambda g: self.backward.__setitem__(name, grad_moments(sample_elements(g, k, e))))
             return None
-
-        def hook(module, inputs, output):
-            return record(module, inputs, output) if self.enabled else None
         return hook
 
     def clear(self) -> None:

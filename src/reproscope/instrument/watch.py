@@ -20,9 +20,10 @@ How it fits a loop that is not ours: ``step`` is called after ``backward`` and b
 ``optimizer.step()``, so the update of step N is measured when the next forward starts (a forward
 pre-hook on the model) or when the ``with`` block ends. Hooks go on the uncompiled module
 (``model._orig_mod`` for a ``torch.compile``d model, ``model.module`` under DDP), registered once
-and removed on exit. They run eagerly (``torch.compiler.disable``), and probe steps run uncompiled as
-in the Trainer (``torch.compiler.set_stance("force_eager")`` from before the step's forward to its
-``step``), so a compiled model keeps one graph and never traces the instruments.
+and removed on exit. Those that run at every step run eagerly (``torch.compiler.disable``); the
+per-layer probe hooks are off outside probe steps, and probe steps run uncompiled as in the Trainer
+(``torch.compiler.set_stance("force_eager")`` from before the step's forward to its ``step``), so a
+compiled model keeps one graph and never traces the instruments.
 With gradient accumulation call ``step`` on optimizer steps only. A ``GradScaler`` passed as
 ``scaler=``: a step whose loss is finite but whose (scaled) gradients overflow is the scaler's to skip and
 back off; it is counted (``scaler_skips``) and logged, not reported as a NaN. The grad norm is logged
@@ -240,7 +241,7 @@ class Watch:
         its own course once called, so the stance for step ``step`` (None: the run is over) is set here,
         before its forward: ``torch.compiler.set_stance("force_eager")`` (every compiled function in the
         process runs eagerly for that step), ``"default"`` otherwise."""
-        eager = step is not None and self.cfg.enabled and self.instrument.probes_at(step)
+        eager = step is not None and self.instrument.probes_at(step)  # watch probes whatever cfg.enabled says
         if eager != self._eager:
             self._eager = eager
             torch.compiler.set_stance("force_eager" if eager else "default")

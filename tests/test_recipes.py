@@ -68,6 +68,21 @@ def test_every_reduced_recipe_has_a_parent_and_reasons():
         assert rows and all(x["reason"] for x in rows), r.name
 
 
+def test_another_seed_is_a_repeat_not_a_deviation(tmp_path):
+    """#49: run.seed is no row of the deviation log (deviations.json, TensorBoard's text), for a recipe
+    with a parent and for one without; the other overrides still are."""
+    import json
+    from reproscope.recipes import deviation_log, get_recipe
+    from reproscope.train.rundir import write_run_record
+    child = get_recipe("dyt-vit_tiny-cifar10-quick")
+    assert deviation_log(apply_overrides(child, {"run.seed": 3})) == deviation_log(child)
+    r = apply_overrides(get_recipe("quickstart"), {"run.seed": 3, "sched.epochs": 1})
+    assert [x["key"] for x in deviation_log(r)] == ["sched.epochs"]
+    write_run_record(tmp_path, r, None, world_size=1, splits={})
+    log = json.loads((tmp_path / "deviations.json").read_text())
+    assert [x["key"] for x in log["deviations"]] == ["sched.epochs"]
+
+
 @pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_recipes_diff_cli_and_run_dir_deviation_log(tmp_path, capsys):
     import json

@@ -47,10 +47,15 @@ def register_recipe(recipe: Recipe) -> Recipe:
     return recipe
 
 
+# keys whose change repeats a recipe rather than departs from it: never a row of the deviation log
+NOT_DEVIATIONS = frozenset({"run.seed"})
+
+
 def deviation_log(recipe: Recipe) -> list[dict]:
     """Every field in which ``recipe`` (as resolved, overrides included) differs from its parent paper
     recipe, with the reason: the recipe's stated one, or 'command-line override' for --set changes (the
-    recipe's reason was written for the recipe's value, so it is not repeated beside another one)."""
+    recipe's reason was written for the recipe's value, so it is not repeated beside another one).
+    The seed (``NOT_DEVIATIONS``) is left out: another seed is a repeat of the recipe, not a departure."""
     rows = []
     registered = _RECIPES.get(recipe.name)
     parent = _RECIPES.get(recipe.parent) if recipe.parent else None
@@ -59,6 +64,8 @@ def deviation_log(recipe: Recipe) -> list[dict]:
     if base is None:
         return rows
     for key, (was, now) in recipe_diff(base, recipe).items():
+        if key in NOT_DEVIATIONS:
+            continue
         reason = recipe.deviations.get(key, "")
         if key in overridden:
             reason = f"command-line override (recipe had {overridden[key][0]!r})"  # its reason was for that value

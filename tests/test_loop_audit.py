@@ -269,6 +269,23 @@ def test_audit_cli_reads_a_watched_run_and_exits_1_on_a_mistake(tmp_path, capsys
     assert _codes(_rows(run)) >= {("optim.weight_decay", "decay-on-1d-params")}
 
 
+def test_audit_table_heads_the_recipes_column_with_its_name():
+    """#49: a recipe without a paper (quickstart) is not headed "paper": the column takes the name of the
+    recipe audited against, "recipe" without one, and a long name widens the column (rows stay aligned)."""
+    from reproscope.diagnostics.audit import format_table
+    row = {"key": "sched.epochs", "parent": 20, "value": 3, "code": "value", "mistake": False,
+           "reason": "quickstart has 20; the loop 3"}
+    for against, head in (("quickstart", "quickstart"), ("", "recipe"), (None, "recipe"),
+                          ("a-recipe-name-of-thirty-chars", "a-recipe-name-of-thirty-chars")):
+        result = {"deviations": [row], "not_observed": []}
+        if against is not None:
+            result["parent"] = against
+        lines = format_table(result, width=100).splitlines()
+        assert lines[0].split() == ["key", head, "yours", "code"]
+        assert lines[2].split()[:4] == ["sched.epochs", "20", "3", "value"]
+        assert lines[2].index("3 ") == lines[0].index("yours")
+
+
 def test_report_shows_a_watched_runs_deviation_log(tmp_path):
     _, run = run_loop(tmp_path, sched="cosine")
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0

@@ -4,7 +4,7 @@ A run watched with ``reproscope.watch`` carries what its loop showed in ``loop.j
 :class:`reproscope.instrument.loop.LoopObserver`); a ``reproscope train`` run carries its recipe in
 ``config.json``. Either is audited by :func:`reproscope.instrument.loop_audit.audit` (the code
 ``watch(paper=...)`` and the ``recipe-audit`` check use) against ``--against`` (default: the run's
-parent recipe). Prints paper / yours / consequence per deviation, writes ``deviations.json`` for a
+parent recipe). Prints the recipe's value / yours / consequence per deviation, writes ``deviations.json`` for a
 watched run (``audit.json`` for a recipe run, whose ``deviations.json`` is its recipe's log), and
 returns 1 when a likely mistake is found.
 """
@@ -40,14 +40,18 @@ def run_facts(run_dir: Path) -> tuple[dict, str, bool]:
 
 
 def format_table(result: dict, width: int = 0) -> str:
-    """The audit as a table a terminal shows: key, paper, yours, code, then the consequence indented."""
+    """The audit as a table a terminal shows: key, the value of the recipe audited against (the column
+    headed with its name, ``result["parent"]``; "recipe" without one), yours, code, then the consequence
+    indented."""
     width = width or min(shutil.get_terminal_size((110, 24)).columns, 140)
     rows = result["deviations"]
-    head = f"{'key':<26} {'paper':<24} {'yours':<24} code"
+    against = result.get("parent") or "recipe"
+    w = max(24, len(against))
+    head = f"{'key':<26} {against:<{w}} {'yours':<24} code"
     lines = [head, "-" * min(width, len(head) + 20)]
     last_source = ""
     for r in sorted(rows, key=lambda r: (not r["mistake"], r["key"])):
-        lines.append(f"{r['key']:<26} {_cut(r['parent'], 24):<24} {_cut(r['value'], 24):<24} "
+        lines.append(f"{r['key']:<26} {_cut(r['parent'], w):<{w}} {_cut(r['value'], 24):<24} "
                      f"{r['code']}{' (likely mistake)' if r['mistake'] else ''}")
         source = r.get("source") or ""
         why = r["reason"] + (f" (source: {source})" if source and source != last_source else "")

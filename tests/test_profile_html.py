@@ -91,3 +91,43 @@ def test_profile_writes_the_offline_page_with_real_stacks(tmp_path, capsys):
     page = parse(rd / "profile" / "summary.html")
     assert page.ids == ["step", "ops", "stacks", "memory", "viewers"] and not page.fetching
     assert "group_by_stack_n=5" in out and "summary.html" in out
+
+
+def test_trace_is_written_under_a_name_the_plugin_skips_then_renamed(tmp_path, monkeypatch):
+    """#49: TensorBoard, already watching the folder, never sees a half-written trace: the gzip is
+    written under a name the plugin's pattern does not match and renamed to its final name when closed."""
+    import gzip
+    import os
+    from torch_tb_profiler.consts import WORKER_PATTERN
+    from reproscope.diagnostics import profile as prof_mod
+
+    class Prof:
+        def export_chrome_trace(self, path):
+            with open(path, "w") as f:
+                json.dump({"traceEvents": [{"name": prof_mod.DATA_RANGE, "cat": "user_annotation"}] * 100}, f)
+
+    def visible():
+        return sorted(p.name for p in tmp_path.iterdir() if WORKER_PATTERN.match(p.name))
+
+    written, renames, real_open, real_replace = [], [], gzip.open, os.replace
+
+    def spy_open(path, mode="rb", *a, **kw):
+        if "w" in mode:
+            written.append(os.path.basename(path))
+            assert visible() == []  # nothing the plugin reads exists while the trace is written
+        return real_open(path, mode, *a, **kw)
+
+    def spy_replace(src, dst):
+        renames.append((os.path.basename(src), os.path.basename(dst)))
+        assert visible() == []
+        real_replace(src, dst)
+
+    monkeypatch.setattr(gzip, "open", spy_open)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    path = prof_mod.write_trace(Prof(), tmp_path)
+    assert len(written) == 1 and not WORKER_PATTERN.match(written[0])
+    assert renames == [(written[0], path.name)] and WORKER_PATTERN.match(path.name)
+    assert visible() == [path.name] and not (tmp_path / written[0]).exists()
+    events = json.loads(gzip.decompress(path.read_bytes()))["traceEvents"]
+    assert len(events) == 100 and {e["cat"] for e in events} == {"cpu_op"}
+    assert (tmp_path / "trace.json.gz").stat().st_ino == path.stat().st_ino

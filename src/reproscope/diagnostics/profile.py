@@ -87,9 +87,11 @@ def _stack_config():
 
 def write_trace(prof, out: Path) -> Path:
     """The trace, once, gzipped, as ``<host>_<pid>.<ns>.pt.trace.json.gz`` (the name the TensorBoard
-    plugin looks for) plus ``trace.json.gz``, a hard link to it for Perfetto. The ``DATA_RANGE`` events
-    get category ``cpu_op``: current torch files ``record_function`` ranges as ``user_annotation``,
-    which the plugin skips, so its overview would show DataLoader 0 without this."""
+    plugin looks for) plus ``trace.json.gz``, a hard link to it for Perfetto. It is written under that
+    name plus ``.tmp`` (which the plugin does not pick up) and renamed when complete, so a TensorBoard
+    already watching the folder never reads half a trace. The ``DATA_RANGE`` events get category
+    ``cpu_op``: current torch files ``record_function`` ranges as ``user_annotation``, which the plugin
+    skips, so its overview would show DataLoader 0 without this."""
     import gzip
     import socket
     import tempfile
@@ -100,8 +102,10 @@ def write_trace(prof, out: Path) -> Path:
         if e.get("name") == DATA_RANGE:
             e["cat"] = "cpu_op"
     path = out / f"{socket.gethostname()}_{os.getpid()}.{time.time_ns()}.pt.trace.json.gz"
-    with gzip.open(path, "wt") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt") as f:
         json.dump(trace, f)
+    os.replace(tmp, path)
     os.link(path, out / "trace.json.gz")
     return path
 

@@ -93,6 +93,24 @@ def test_keys_lists_type_default_and_accepted_values(capsys):
     assert capsys.readouterr().out.split() == all_keys()
 
 
+@pytest.mark.parametrize("columns", [150, 100])
+def test_keys_wraps_the_meaning_to_the_terminal_width(columns, capsys, monkeypatch):
+    """#49: no `reproscope keys` line is wider than the terminal (rows reached 277 characters): the
+    meaning wraps in its column at 150, below its key at 100; every key, default and meaning is whole."""
+    from reproscope.cli import main
+    from reproscope.config import key_table
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["keys"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(ln) for ln in out.splitlines()) <= columns
+    starts = [ln.split()[0] for ln in out.splitlines() if not ln.startswith(" ")]
+    rows = key_table()
+    assert starts == [r[0] for r in rows]
+    flat = " ".join(out.split())
+    for key, accepted, default, help_ in rows:
+        assert " ".join(f"{key} {accepted} default {default} {help_}".split()) in flat
+
+
 def test_train_starts_from_a_config_file(tmp_path):
     """--config: a run's config.json, or a JSON/YAML mapping of overrides; bad keys name the file."""
     import json

@@ -228,14 +228,30 @@ def cmd_align(args) -> int:
     return 0 if r.agree else 1
 
 
+KEYS_MEANING_MIN = 30  # narrowest meaning column beside the others; a narrower terminal gets it below its key
+
+
 def cmd_keys(args) -> int:
+    """Every key: name, accepted values, default, and its meaning wrapped to the terminal's width (100
+    columns where that is unknown, as in a pipe), in a column of its own when at least
+    ``KEYS_MEANING_MIN`` columns are left for it, else indented on the lines below the key."""
     if args.names:
         print("\n".join(all_keys()))
         return 0
+    import shutil
+    import textwrap
     rows = key_table()
     w = [max(len(r[i]) for r in rows) for i in range(3)]
+    width = shutil.get_terminal_size((100, 24)).columns
     for key, accepted, default, help_ in rows:
-        print(f"{key:<{w[0]}}  {accepted:<{w[1]}}  default {default:<{w[2]}}  {help_}")
+        head = f"{key:<{w[0]}}  {accepted:<{w[1]}}  default {default:<{w[2]}}  "
+        wrap = dict(break_long_words=False, break_on_hyphens=False)
+        if width - len(head) >= KEYS_MEANING_MIN:
+            print("\n".join(textwrap.wrap(help_, width, initial_indent=head, subsequent_indent=" " * len(head),
+                                          **wrap)) or head.rstrip())
+        else:
+            print("\n".join([head.rstrip(), *textwrap.wrap(help_, width, initial_indent="    ",
+                                                           subsequent_indent="    ", **wrap)]))
     return 0
 
 

@@ -159,6 +159,18 @@ def test_recipe_audit_alone_runs_no_other_check():
     assert [r.name for r in results] == ["recipe-audit"]
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_diagnose_counts_its_checks_in_the_right_number(n, tmp_path, capsys, monkeypatch):
+    """#49: the closing line says "1 check", not "1 checks" (a preflight FAIL returns a single result)."""
+    from reproscope.checks.core import CheckResult
+    from reproscope.diagnostics import diagnose as diag
+    monkeypatch.setattr(diag, "run_diagnosis", lambda *a, **kw: [CheckResult(f"c{i}", "pass", "x", "x")
+                                                                  for i in range(n)])
+    assert diag.diagnose(get_recipe("quickstart"), "all", out_dir=str(tmp_path / "out")) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert {1: "(1 check in ", 2: "(2 checks in "}[n] in last
+
+
 def test_input_independent_names_a_slow_start(shapes):
     """Outputs that start ~0 and stay there (a scale lost through depth) are called a slow start, not a data bug."""
     class Tiny(torch.nn.Module):

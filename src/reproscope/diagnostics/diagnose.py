@@ -151,6 +151,7 @@ def diagnose(recipe: Recipe, which: str, model_spec: str | None = None, as_json:
     else:
         print("\n" + format_results(results))
         wrote = out.is_dir() and any(out.iterdir())
-        print(f"\n{tally(results)} ({len(results)} checks in {time.perf_counter() - t0:.0f} s)"
+        n = len(results)
+        print(f"\n{tally(results)} ({n} check{'s' * (n != 1)} in {time.perf_counter() - t0:.0f} s)"
               + (f"; figures in {out}" if wrote else ""))
     return 1 if any(r.status == "fail" for r in results) else 0

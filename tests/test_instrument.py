@@ -250,6 +250,27 @@ def test_replay_cli_prints_the_same_report(tiny_recipe, tmp_path, capsys):
     assert "phase forward, module 'blocks.2.mlp.fc1'" in out
 
 
+def test_a_stop_before_any_step_offers_no_resume(tiny_recipe, tmp_path, capsys):
+    """#49: a NaN stop at step 0 names the stop but no `resume with:` (its checkpoint is the initial
+    state: resuming it is starting again); a stop after a step still offers it."""
+    from reproscope.train.display import TrainDisplay
+    from reproscope.train.trainer import Trainer
+    model = create_model("vit_quick", num_classes=10)
+    with torch.no_grad():
+        model.blocks[2].mlp.fc1.weight[0, 0] = float("inf")  # the first step is refused
+    r = _recipe(tiny_recipe, **{"instrument.enabled": False, "run.progress": True})
+    trainer = Trainer(r, tmp_path / "run", model=model, tensorboard=False, callbacks=[Tripwire()])
+    trainer.fit()
+    assert trainer.step == 0 and trainer.tripped is not None and trainer.tripped.code == "nonfinite"
+    out = capsys.readouterr().out
+    assert "stopped at step 0" in out and "resume with:" not in out
+    bar = TrainDisplay(r, 4, 8, 0, True)
+    for step in (0, 3):
+        bar.stopped(step, "a reason", tmp_path / "ckpt.pt", tmp_path / "run", resumable=True)
+        assert ("resume with:" in capsys.readouterr().out) == (step > 0)
+    bar.close()
+
+
 def test_spike_detector_flags_outliers_only():
     det = SpikeDetector(window=50, threshold=8.0)
     torch.manual_seed(0)

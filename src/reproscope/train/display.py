@@ -66,8 +66,11 @@ class TrainDisplay:
                        f"loss {metrics['loss']:.4f}  ({timed}){extra}")
 
     def stopped(self, step: int, reason: str, path: Path, run_dir: Path, resumable: bool) -> None:
+        """The stop line: the step, why, the checkpoint written, and the command that resumes the run when
+        there is something to resume: ``resumable`` and a step taken (a checkpoint of step 0 holds only
+        the initial state, so resuming it is starting again)."""
         self.bar.write(f"stopped at step {step} ({reason}); checkpoint {path}"
-                       + (f"\nresume with: reproscope train --resume {run_dir}" if resumable else ""))
+                       + (f"\nresume with: reproscope train --resume {run_dir}" if resumable and step > 0 else ""))
 
     def close(self) -> None:
         self.bar.close()

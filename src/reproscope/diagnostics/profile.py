@@ -18,6 +18,7 @@ Writes into ``<run_dir>/profile/``:
 
 from __future__ import annotations
 
+import contextlib
 import html
 import itertools
 import json
@@ -59,9 +60,10 @@ def run_profile(recipe: Recipe, run_dir: Path, steps: int = 5, warmup: int = 2, 
     for old in [*out.glob("*.pt.trace.json*"), out / "trace.json.gz"]:  # one trace per profile folder
         old.unlink(missing_ok=True)
 
-    with profile(activities=acts, schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1),
-                 on_trace_ready=lambda p: write_trace(p, out), record_shapes=True, profile_memory=True, with_stack=True,
-                 experimental_config=_stack_config()) as prof:
+    with quiet_cpu_allocator(), profile(
+            activities=acts, schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1),
+            on_trace_ready=lambda p: write_trace(p, out), record_shapes=True, profile_memory=True, with_stack=True,
+            experimental_config=_stack_config()) as prof:
         for i in range(warmup + steps):
             t0 = time.perf_counter()
             with torch.profiler.record_function(DATA_RANGE):
@@ -73,6 +75,43 @@ def run_profile(recipe: Recipe, run_dir: Path, steps: int = 5, warmup: int = 2, 
                 wall.append(time.perf_counter() - t0)
             prof.step()
     return summarise(prof, tr, wall, out, cuda)
+
+
+C10_ERROR = 2  # c10's log levels: 0 INFO, 1 WARNING, 2 ERROR
+
+
+@contextlib.contextmanager
+def quiet_cpu_allocator():
+    """torch's C++ log threshold raised from WARNING to ERROR for the block. With ``profile_memory``,
+    freeing a tensor allocated before the profiler started makes c10's CPU allocator log "Memory block
+    of unknown size was allocated before the profiling started, profiler results will not include the
+    deallocation event" (once per 1000 such frees) ahead of every profile's output: a note on the
+    profiler's own bookkeeping, not on the run. It is a C++ log line written to stderr, not a Python
+    warning, so ``warnings.filterwarnings`` cannot catch it; this sets libc10's
+    ``FLAGS_caffe2_log_level`` (other C++ warnings of these few steps go with it) and restores it after.
+    Where libc10 or that symbol cannot be found, nothing changes."""
+    level = _c10_log_level()
+    was = level.value if level is not None else None
+    if level is not None:
+        level.value = max(was, C10_ERROR)
+    try:
+        yield
+    finally:
+        if level is not None:
+            level.value = was
+
+
+def _c10_log_level():
+    """libc10's ``FLAGS_caffe2_log_level`` as a ctypes int (None where it is not exported)."""
+    import ctypes
+    lib_dir = Path(torch.__file__).parent / "lib"
+    for name in ("libc10.so", "libc10.dylib", "c10.dll"):
+        if (lib_dir / name).is_file():
+            try:
+                return ctypes.c_int.in_dll(ctypes.CDLL(str(lib_dir / name)), "FLAGS_caffe2_log_level")
+            except (OSError, ValueError):
+                return None
+    return None
 
 
 def _stack_config():

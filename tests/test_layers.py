@@ -14,7 +14,7 @@ import reproscope
 
 SRC = Path(reproscope.__file__).parent
 LAYERS = (  # low -> high; a name is a top-level module or subpackage of reproscope
-    ("config", "console", "papers", "recipes", "hardware", "plotting"),
+    ("config", "console", "papers", "recipes", "hardware", "plotting", "runfiles"),
     ("model",),
     ("runtime",),
     ("data",),

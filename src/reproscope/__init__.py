@@ -9,7 +9,7 @@ them: diagnose, align, eval, replay, profile, plan); ``launch`` and ``cli`` put 
 Each layer imports only from its own layer and the layers below it, function-local imports included
 (``tests/test_layers.py`` enforces it, and that the order below is the test's):
 
-Layers: config, console, papers, recipes, hardware, plotting -> model -> runtime -> data -> train -> instrument -> checks -> report -> diagnostics -> launch, cli, __main__, __init__
+Layers: config, console, papers, recipes, hardware, plotting, runfiles -> model -> runtime -> data -> train -> instrument -> checks -> report -> diagnostics -> launch, cli, __main__, __init__
 
 The public API for your own loop: :func:`watch` (and the :class:`Watch` it returns).
 """

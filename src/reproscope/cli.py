@@ -202,7 +202,12 @@ def cmd_note(args) -> int:
 
 def cmd_audit(args) -> int:
     from .diagnostics.audit import run_audit
-    return run_audit(args.run_dir, args.against)
+    return run_audit(args.run_dir, args.against, reasons=args.reasons)
+
+
+def cmd_runs(args) -> int:
+    from .report.listing import list_runs
+    return list_runs(args.folders)
 
 
 def cmd_compare(args) -> int:
@@ -375,8 +380,17 @@ def build_parser() -> argparse.ArgumentParser:
                                       "recipe: every deviation with its code and consequence; exit 1 on a likely mistake")
     au.add_argument("run_dir", metavar="RUN_DIR")
     au.add_argument("--against", default=None, metavar="RECIPE",
-                    help="registered recipe (default: the run's paper= / parent recipe)")
+                    help="registered recipe, or a paper key (dyt, kat, mambaout) for that paper's recipe (default: "
+                         "the run's against= / parent recipe)")
+    au.add_argument("--reasons", default=None, metavar="FILE",
+                    help="your deliberate deviations, a JSON or YAML mapping of key: reason (as watch(deviations=)): "
+                         "declared rows carry the reason and are never likely mistakes")
     au.set_defaults(fn=cmd_audit)
+
+    rn = sub.add_parser("runs", help="every run directory under the folders (default: runs), one line each: who "
+                                     "trained it, model, steps, evaluations, top-1, how it ended, events")
+    rn.add_argument("folders", nargs="*", default=["runs"], metavar="DIR")
+    rn.set_defaults(fn=cmd_runs)
 
     cp = sub.add_parser("compare", help="config diff, metric table, first step where the training losses diverge, "
                                         "and an overlay plot of two runs")

@@ -3,7 +3,7 @@
 A run watched with ``reproscope.watch`` carries what its loop showed in ``loop.json`` (the facts of
 :class:`reproscope.instrument.loop.LoopObserver`); a ``reproscope train`` run carries its recipe in
 ``config.json``. Either is audited by :func:`reproscope.instrument.loop_audit.audit` (the code
-``watch(paper=...)`` and the ``recipe-audit`` check use) against ``--against`` (default: the run's
+``watch(against=...)`` and the ``recipe-audit`` check use) against ``--against`` (default: the run's
 parent recipe). Prints the recipe's value / yours / consequence per deviation, writes ``deviations.json`` for a
 watched run (``audit.json`` for a recipe run, whose ``deviations.json`` is its recipe's log), and
 returns 1 when a likely mistake is found.
@@ -17,9 +17,8 @@ import textwrap
 from pathlib import Path
 
 from ..config import ConfigError, recipe_from_dict
-from ..instrument.loop_audit import audit, recipe_facts
-from ..recipes import get_recipe
-from ..train.rundir import write_json
+from ..instrument.loop_audit import audit, read_declared, recipe_facts, resolve_against
+from ..runfiles import AUDIT, CONFIG, DEVIATIONS, LOOP, read_json, write_json
 
 
 def run_facts(run_dir: Path) -> tuple[dict, str, bool]:
@@ -28,7 +27,7 @@ def run_facts(run_dir: Path) -> tuple[dict, str, bool]:
     Raises:
         ConfigError: not a run directory, or a config that names no recipe.
     """
-    loop, cfg = run_dir / "loop.json", run_dir / "config.json"
+    loop, cfg = run_dir / LOOP, run_dir / CONFIG
     if loop.is_file():
         config = json.loads(cfg.read_text()) if cfg.is_file() else {}
         return json.loads(loop.read_text())["facts"], config.get("parent", ""), True
@@ -54,12 +53,19 @@ def format_table(result: dict, width: int = 0) -> str:
         lines.append(f"{r['key']:<26} {_cut(r['parent'], w):<{w}} {_cut(r['value'], 24):<24} "
                      f"{r['code']}{' (likely mistake)' if r['mistake'] else ''}")
         source = r.get("source") or ""
-        why = r["reason"] + (f" (source: {source})" if source and source != last_source else "")
+        why = (f"declared: {r['reason']} -- consequence: {r.get('consequence', '')}" if r.get("declared") else
+               r["reason"]) + (f" (source: {source})" if source and source != last_source else "")
         last_source = source or last_source
         lines += textwrap.wrap(why, width - 4, initial_indent="    ", subsequent_indent="    ")
     if result["not_observed"]:
         lines += textwrap.wrap("not observed (not compared): " + ", ".join(result["not_observed"]), width,
                                subsequent_indent="  ")
+    ending = result.get("ending") or {}
+    if ending.get("how") not in (None, "finished", "running"):
+        lines += textwrap.wrap(f"the loop {ending['reason']}: its epochs, the end of its schedule and its EMA horizon "
+                               f"are not observed, so the planned schedule is not compared", width, subsequent_indent="  ")
+    for key in result.get("declared_unused", []):
+        lines.append(f"declared {key!r} is no deviation of this loop: nothing to declare")
     return "\n".join(lines)
 
 
@@ -68,12 +74,13 @@ def _cut(v, n: int) -> str:
     return s if len(s) <= n else s[:n - 1] + "…"
 
 
-def run_audit(run_dir: str | Path, against: str | None = None) -> int:
-    """Print and write the audit of ``run_dir`` against ``against`` (default: its parent recipe);
-    1 if a likely mistake was found, else 0.
+def run_audit(run_dir: str | Path, against: str | None = None, reasons: str | None = None) -> int:
+    """Print and write the audit of ``run_dir`` against ``against`` (a recipe or a paper key; default: its
+    parent recipe), with the deviations declared in ``watch(deviations=)`` and in the file ``reasons``
+    (JSON / YAML ``key: reason``; the file wins on a key both name); 1 if a likely mistake was found, else 0.
 
     Raises:
-        ConfigError: no run directory, an unknown recipe, or no recipe to audit against.
+        ConfigError: no run directory, an unknown recipe, a bad reasons file, or no recipe to audit against.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -81,11 +88,13 @@ def run_audit(run_dir: str | Path, against: str | None = None) -> int:
     facts, parent, watched = run_facts(run_dir)
     name = against or parent
     if not name:
-        raise ConfigError(f"{run_dir} was watched without paper=: give the recipe to audit against, e.g. "
-                          f"reproscope audit {run_dir} --against dyt-vit_base-paper (`reproscope recipes` lists them)")
-    recipe = get_recipe(name)
-    result = audit(facts, recipe)
-    out = run_dir / ("deviations.json" if watched else "audit.json")
+        raise ConfigError(f"{run_dir} was watched without against=: give the recipe to audit against, e.g. "
+                          f"reproscope audit {run_dir} --against dyt (a paper key, or a recipe: `reproscope recipes`)")
+    recipe = resolve_against(name)
+    loop = read_json(run_dir / LOOP, {}) if watched else {}
+    declared = {**(loop.get("declared") or {}), **read_declared(reasons)}
+    result = audit(facts, recipe, declared=declared, ending=loop.get("ending"))
+    out = run_dir / (DEVIATIONS if watched else AUDIT)
     write_json(out, result)
     n, m = len(result["deviations"]), result["mistakes"]
     print(f"audit of {run_dir} against {recipe.name}: {n} deviation{'s' * (n != 1)}, {m} likely mistake{'s' * (m != 1)}")

@@ -11,6 +11,8 @@ import functools
 import json
 from pathlib import Path
 
+import torch
+
 from ..config import recipe_from_dict
 from ..model.build import build_model
 from ..model.spec import spec_in_run, user_model
@@ -38,13 +40,26 @@ def replay(path: str | Path, device: str = "cpu", *, trust_pickle: bool = False)
     if any(y is None for _, y in rep["batches"]):  # a watched loop that gave no targets: its surrogate loss
         criterion = _surrogate
     batches = [(x.to(device), None if y is None else y.to(device)) for x, y in rep["batches"]]
-    report = locate_nonfinite(model, batches, criterion, step=rep["step"], rng_state=rep["rng"])
+    rng, unrestored = _restorable(rep.get("rng"))
+    report = locate_nonfinite(model, batches, criterion, step=rep["step"], rng_state=rng)
     print(format_report(report))
+    if unrestored:
+        print(f"note: not restored: {unrestored}; random draws in the step (dropout, drop path) differ from the run's")
     original = rep.get("report", {})
     if original and (original.get("module"), original.get("phase")) != (report.module, report.phase):
         print(f"note: the run reported {original.get('module')!r} ({original.get('phase')}); the fault may have "
               f"come from a hook or a non-deterministic kernel that the reproducer cannot carry")
     return 1 if report.phase != "none" else 0
+
+
+def _restorable(rng: dict | None) -> tuple[dict | None, str]:
+    """The RNG state the replay can restore here, and what it cannot (""): a reproducer without one, or a
+    CUDA generator's state on a machine without CUDA."""
+    if not rng:
+        return None, "every random state (the reproducer holds none)"
+    if "cuda" in rng and not torch.cuda.is_available():
+        return {k: v for k, v in rng.items() if k != "cuda"}, "the CUDA generators' state (no CUDA here)"
+    return rng, ""
 
 
 def _surrogate(out, _y):

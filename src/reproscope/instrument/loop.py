@@ -288,6 +288,7 @@ class LoopObserver:
             if g0["eps"] is not None:
                 f["optim.eps"] = g0["eps"]
             f["optim.decayed_no_decay"] = opt["decayed_no_decay"]
+            f["optim.decayed_no_decay_rules"] = opt["rules"]
         if self.lrs:
             main = max(range(len(self.lrs[0])), key=lambda i: opt["groups"][i]["params"] if opt else 0)
             reading = read_schedule([row[main] for row in self.lrs], steps_per_epoch)
@@ -314,7 +315,8 @@ class LoopObserver:
         clip = self.clipping()
         d["clipping"] = clip
         if clip["measured"]:
-            f["optim.grad_clip"] = round(clip["max_norm"], 4) if clip["clipped"] else 0.0
+            f["optim.grad_clip"] = float(clip["max_norm"]) if clip["clipped"] else 0.0  # full precision: an fp16
+            # clip before unscale_ acts at max_norm / scale (1e-5), which rounding would hide as 0
         self._target_facts(f, d)
         rates = drop_path_rates(self.model)
         d["drop_path"] = rates

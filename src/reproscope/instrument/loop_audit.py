@@ -38,6 +38,13 @@ fp16-no-scaler         fp16 autocast without a GradScaler
 value                  any other key that differs (a deviation, not a likely mistake)
 =====================  ================================================================
 
+A row the user declared (``watch(deviations={key: reason})``, ``reproscope audit --reasons FILE``)
+keeps its code, carries ``declared: true``, the user's ``reason`` and the rule's sentence as
+``consequence``, and is never a likely mistake. What the paper side holds is what takes effect in the
+reference training script (timm's ``train.py``): colour jitter is off when RandAugment is on, and
+RandAugment's magnitude and its noise mean nothing without RandAugment. A loop that ended early
+(``ending``) showed only part of its schedule: ``RUN_LENGTH_KEYS`` are not observed then.
+
 The 1/4x..4x lr band, the 3x warmup band and "half the run" for EMA are ours (no paper gives them);
 the linear scaling rule is Goyal et al. 2017, Sec. 2.1.
 """
@@ -45,18 +52,22 @@ the linear scaling rule is Goyal et al. 2017, Sec. 2.1.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from ..config import Recipe, flat_items
-from ..recipes import DATASETS, get_recipe
+from ..config import ConfigError, Recipe, flat_items, nearest
+from ..papers import PAPERS
+from ..recipes import DATASETS, get_recipe, list_recipes
 
 # keys compared value against value (besides the coded rules); operational keys (run.*, instrument.*,
 # data.root, workers, caches) are never deviations of the science
 COMPARED = ("optim.name", "optim.lr", "optim.weight_decay", "optim.eps", "optim.accum_steps", "data.batch_size", "data.img_size",
             "data.eval_crop_pct", "sched.epochs", "aug.hflip", "aug.rrc_scale_min", "aug.interpolation",
-            "aug.crop_pad", "aug.randaug_n", "aug.randaug_m", "aug.color_jitter", "aug.random_erasing",
+            "aug.crop_pad", "aug.randaug_n", "aug.randaug_m", "aug.randaug_mstd", "aug.color_jitter",
+            "aug.random_erasing",
             "aug.mixup_alpha", "aug.cutmix_alpha", "reg.ema_decay", "reg.eval_ema", "model.drop_path", "precision.amp")
 # keys a loop may not expose; said "not observed" when absent
 EXPECTED = ("optim.name", "optim.lr", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.grad_clip",
@@ -66,6 +77,88 @@ EXPECTED = ("optim.name", "optim.lr", "optim.weight_decay", "optim.beta1", "opti
             "reg.eval_ema", "eval.train_mode", "precision.amp")
 LR_BAND = (0.25, 4.0)
 WARMUP_BAND = 3.0
+CODES = ("decay-on-1d-params", "no-warmup", "warmup-share", "warmup-not-shorter", "sched-shape", "lr-per-epoch",
+         "lr-batch-ratio", "optim-betas", "optim-class", "grad-clip", "label-smoothing", "label-smoothing-high",
+         "mixing-missing", "drop-path-rule", "ema-too-slow", "ema-missing", "eval-train-mode", "no-shuffle",
+         "fp16-no-scaler", "value")
+# facts that depend on how long the loop ran: not observed when it ended early (watch's ``ending``)
+RUN_LENGTH_KEYS = ("sched.epochs", "sched.total_steps", "sched.warmup_share", "sched.min_lr", "sched.decay")
+# keys a loop's facts hold that a recipe does not (``recipe_facts`` adds them on the paper's side)
+LOOP_KEYS = ("sched.decay", "sched.lr_changes_every", "sched.total_steps", "sched.warmup_steps",
+             "sched.warmup_share", "model.drop_path_rule", "model.dropout", "data.shuffle", "eval.train_mode",
+             "precision.scaler", "optim.decayed_no_decay", "aug.mixing")
+# a declared key that names another spelling of a row's key
+_DECLARED_ALIASES = {"reg.eval_ema": "reg.ema_decay", "sched.warmup_steps": "sched.warmup_epochs",
+                     "sched.warmup_share": "sched.warmup_epochs", "aug.mixing": "aug.mixup_alpha",
+                     "aug.cutmix_alpha": "aug.mixup_alpha", "optim.beta2": "optim.beta1",
+                     "sched.total_steps": "sched.epochs", "model.drop_path_rule": "model.drop_path",
+                     "sched.lr_changes_every": "sched.lr_changes_every", "precision.scaler": "precision.amp"}
+# the reference training script's no-decay rule (timm's optimizer factory, param_groups_weight_decay)
+NO_DECAY_RULE = ("the reference training script's rule (timm's optimizer factory): no decay for tensors of ndim <= 1 "
+                 "and for the names in the model's no_weight_decay() (timm's ViTs list pos_embed and cls_token); "
+                 "tensors of 2 or more dimensions are decayed unless listed there")
+_RULE_WORDS = {"1-d": "ndim <= 1", "no_weight_decay()": "listed in the model's no_weight_decay()",
+               "position-embedding": "a position embedding (the reference model lists it in no_weight_decay())",
+               "class-token": "a class token (the reference model lists it in no_weight_decay())"}
+
+
+def resolve_against(name: str) -> Recipe:
+    """The recipe a loop is audited against: a registered recipe name, or a paper key (``dyt``, ``kat``,
+    ``mambaout``) for that paper's method recipe (``papers.PaperSpec.plan.method``).
+
+    Raises:
+        ConfigError: neither a recipe nor a paper key (the message names the nearest of both).
+    """
+    if name in PAPERS:
+        return get_recipe(PAPERS[name].plan.method[1])
+    try:
+        return get_recipe(name)
+    except ConfigError:
+        names = [r.name for r in list_recipes()] + list(PAPERS)
+        raise ConfigError(f"against={name!r} is neither a registered recipe nor a paper key "
+                          f"({', '.join(sorted(PAPERS))}){nearest(name, names)}; "
+                          f"`reproscope recipes` lists the recipes") from None
+
+
+def read_declared(deviations: dict | str | Path | None) -> dict[str, str]:
+    """Your declared deviations, ``{key: reason}``: a mapping, or a JSON / YAML file of one. A key is a
+    recipe key (``sched.warmup_epochs``), one of the loop's own keys (``LOOP_KEYS``) or an audit code
+    (``ema-missing``).
+
+    Raises:
+        ConfigError: a missing or unreadable file, a value that is not a reason, or an unknown key (the
+            message names the file or argument, the key, and the nearest known one).
+    """
+    if deviations is None:
+        return {}
+    where = "deviations="
+    if isinstance(deviations, (str, Path)):
+        where = str(deviations)
+        p = Path(deviations)
+        if not p.is_file():
+            raise ConfigError(f"{where}: no such file (a JSON or YAML mapping of key: reason)")
+        text = p.read_text()
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                import yaml
+                deviations = yaml.safe_load(text)
+            else:
+                deviations = json.loads(text)
+        except Exception as e:  # JSON and YAML errors alike: name the file
+            raise ConfigError(f"{where}: not a readable {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'} "
+                              f"mapping ({type(e).__name__}: {e})") from None
+    if not isinstance(deviations, dict):
+        raise ConfigError(f"{where}: give a mapping of key: reason, e.g. {{\"sched.warmup_epochs\": \"why\"}}")
+    known = set(flat_items(get_recipe("quickstart"))) | set(LOOP_KEYS) | set(CODES)
+    out = {}
+    for key, reason in deviations.items():
+        if key not in known:
+            raise ConfigError(f"{where}: {key!r} is not a recipe key or an audit code{nearest(str(key), known)}; "
+                              f"`reproscope keys --names` lists the keys")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ConfigError(f"{where}: {key!r} needs a reason (a sentence), got {reason!r}")
+        out[str(key)] = reason.strip()
+    return out
 
 
 @dataclass(frozen=True)
@@ -110,6 +203,19 @@ def recipe_facts(recipe: Recipe) -> dict:
         f["sched.total_steps"] = spe * recipe.sched.epochs
         f["sched.warmup_steps"] = round(recipe.sched.warmup_epochs * spe)
     f["sched.warmup_share"] = recipe.sched.warmup_epochs / recipe.sched.epochs
+    return effective(f)
+
+
+def effective(f: dict) -> dict:
+    """Facts as they take effect in timm's training script (and the Trainer, ``data.augment``): colour
+    jitter is off when RandAugment is on; RandAugment's magnitude and magnitude noise are dropped when it
+    is off (they do nothing). Returns a new dict."""
+    f = dict(f)
+    if f.get("aug.randaug_n", 0) and f.get("aug.color_jitter"):
+        f["aug.color_jitter"] = 0.0
+    if f.get("aug.randaug_n", None) == 0:
+        f.pop("aug.randaug_m", None)
+        f.pop("aug.randaug_mstd", None)
     return f
 
 
@@ -153,11 +259,13 @@ def smells(facts: dict, ref: Recipe | None = None, *, ref_name: str = "", fix_ke
     out = []
     nd = facts.get("optim.decayed_no_decay") or []
     if nd:
-        shown = ", ".join(nd[:4]) + (f" (+{len(nd) - 4} more)" if len(nd) > 4 else "")
+        rules = facts.get("optim.decayed_no_decay_rules") or {}
+        shown = ", ".join(f"{n} ({_RULE_WORDS.get(rules.get(n), rules.get(n, 'ndim <= 1'))})" for n in nd[:4]) \
+            + (f" (+{len(nd) - 4} more)" if len(nd) > 4 else "")
         out.append(Finding("optim.weight_decay", "0 on 1-D, embeddings", f"decayed: {len(nd)} parameters", (
-            f"{len(nd)} parameters that papers exclude from weight decay are decayed ({shown}): decay pulls norm "
-            f"gains, DyT's alpha and embeddings toward 0 every step; put them in a group with weight_decay=0"),
-            "decay-on-1d-params", mistake=True))
+            f"{len(nd)} parameters the reference excludes from weight decay are decayed: {shown}. Decay pulls "
+            f"norm gains, DyT's alpha and embeddings toward 0 every step; put them in a group with weight_decay=0. "
+            f"Rule: {NO_DECAY_RULE}"), "decay-on-1d-params", mistake=True))
     total, warm = facts.get("sched.total_steps"), facts.get("sched.warmup_steps")
     if total and warm is not None and warm >= total:
         out.append(Finding("sched.warmup_epochs", "< epochs", f"{warm} of {total} steps",
@@ -196,6 +304,8 @@ def _differs(a, b) -> bool:
 def compare(facts: dict, recipe: Recipe) -> list[Finding]:
     """Every observed fact that differs from ``recipe``'s, coded (see the module docstring)."""
     p = recipe_facts(recipe)
+    facts = {k: v for k, v in facts.items() if not (k in ("aug.randaug_m", "aug.randaug_mstd")
+                                                    and facts.get("aug.randaug_n") == 0)}
     out: list[Finding] = []
     done: set[str] = set()
 
@@ -247,8 +357,10 @@ def compare(facts: dict, recipe: Recipe) -> list[Finding]:
         add("precision.amp", "fp16 without GradScaler", "fp16 autocast without a GradScaler: small gradients "
             "underflow to 0 (use torch.amp.GradScaler, or bf16)", "fp16-no-scaler", parent=p["precision.amp"])
     if "sched.min_lr" in f and f.get("optim.lr") and not _same_floor(f, p):
-        add("sched.min_lr", f["sched.min_lr"], f"the lr ends at {f['sched.min_lr'] / f['optim.lr']:.2%} of its peak; "
-            f"the paper's at {p['sched.min_lr'] / p['optim.lr']:.2%}", "value", mistake=False)
+        mine, theirs = f["sched.min_lr"] / f["optim.lr"], p["sched.min_lr"] / p["optim.lr"]
+        add("sched.min_lr", f"{f['sched.min_lr']:.3g} ({mine:.2%} of peak)",
+            f"the lr ends at {mine:.2%} of its peak; the paper's at {theirs:.2%}", "value", mistake=False,
+            parent=f"{p['sched.min_lr']:.3g} ({theirs:.2%} of peak)")
     for key in COMPARED:
         if key in f and key not in done and key in p and _differs(f[key], p[key]) and not _auto_matches(key, f, p):
             add(key, f[key], f"{recipe.name} has {p[key]!r}; the loop {f[key]!r}", "value", mistake=False)
@@ -261,8 +373,11 @@ def _auto_matches(key: str, f: dict, p: dict) -> bool:
 
 
 def _same_floor(f: dict, p: dict) -> bool:
-    """Whether the loop's last lr is the paper's floor, as a share of the peak: the last observed lr is
-    one step short of the schedule's end, so a floor under 1 % of the peak matches anything under 2 %."""
+    """Whether the loop's last lr is the paper's floor: the same absolute floor (timm's ``min_lr``), or the
+    same share of the peak; the last observed lr is one step short of the schedule's end, so a floor
+    under 1 % of the peak matches anything under 2 %."""
+    if math.isclose(f["sched.min_lr"], p["sched.min_lr"], rel_tol=0.05, abs_tol=1e-12):
+        return True
     mine, theirs = f["sched.min_lr"] / f["optim.lr"], p["sched.min_lr"] / p["optim.lr"]
     return (theirs < 0.01 and mine < 0.02) or math.isclose(mine, theirs, rel_tol=0.1)
 
@@ -293,10 +408,13 @@ def _schedule_rules(f: dict, p: dict, add) -> None:
             f"(a scheduler stepped once per epoch); the paper's changes every step", "lr-per-epoch", parent="every step")
 
 
-def audit(facts: dict, recipe: Recipe | str) -> dict:
-    """The whole audit: ``{"recipe", "parent", "deviations": [rows], "not_observed": [keys],
-    "mistakes": n}`` in ``deviations.json``'s schema (``recipe`` is the one audited against)."""
-    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+def audit(facts: dict, recipe: Recipe | str, *, declared: dict[str, str] | None = None,
+          ending: dict | None = None) -> dict:
+    """The whole audit: ``{"recipe", "parent", "deviations": [rows], "not_observed": [keys], "mistakes": n,
+    "declared_unused": [keys], "ending": {...}}`` in ``deviations.json``'s schema (``parent`` is the
+    recipe audited against). ``declared``: ``{key or code: reason}`` (:func:`read_declared`);
+    ``ending``: how a watched loop ended (``Watch.ending``)."""
+    recipe = resolve_against(recipe) if isinstance(recipe, str) else recipe
     found = compare(facts, recipe)
     for s in smells(facts, recipe, fix_keys=False):  # a loop has no --set: the fix is said as a value
         prior = next((i for i, x in enumerate(found) if x.key == s.key), None)
@@ -304,7 +422,26 @@ def audit(facts: dict, recipe: Recipe | str) -> dict:
             found[prior] = s  # the coded smell explains that key better than a bare "differs"
         elif prior is None or found[prior].code != s.code:
             found.append(dataclasses.replace(s, source=s.source or source_of(recipe, s.key)))
-    rows = [x.to_dict() for x in found]
-    return {"recipe": "watch", "parent": recipe.name, "deviations": rows,
-            "not_observed": [k for k in EXPECTED if k not in facts],
-            "mistakes": sum(1 for x in found if x.mistake)}
+    rows, used = _declare([x.to_dict() for x in found], declared or {})
+    out = {"recipe": "watch", "parent": recipe.name, "deviations": rows,
+           "not_observed": [k for k in EXPECTED if k not in facts and k not in {r["key"] for r in rows}],
+           "mistakes": sum(1 for r in rows if r["mistake"]),
+           "declared_unused": sorted(k for k in (declared or {}) if k not in used)}
+    if ending is not None:
+        out["ending"] = dict(ending)
+    return out
+
+
+def _declare(rows: list[dict], declared: dict[str, str]) -> tuple[list[dict], set[str]]:
+    """Rows with the user's declared reasons applied (see the module docstring), and the declared keys
+    that matched a row."""
+    used: set[str] = set()
+    for r in rows:
+        for key, reason in declared.items():
+            if key in (r["key"], r["code"]) or _DECLARED_ALIASES.get(key) == r["key"]:
+                used.add(key)
+                r.update(declared=True, consequence=r["reason"], reason=reason, mistake=False)
+                break
+        else:
+            r["declared"] = False
+    return rows, used

@@ -417,10 +417,9 @@ def _eval_crop(rep: _Report) -> None:
     resize, crop = rep.details.get("val_resize"), rep.details.get("val_crop")
     if resize and crop:
         rep.observe("data.eval_crop_pct", round(crop / resize, 6), "val Resize + CenterCrop")
-    elif crop:
-        rep.observe("data.eval_crop_pct", 1.0, "val CenterCrop without Resize")
-        rep.note("val CenterCrop without Resize: data.eval_crop_pct read as 1.0 (true when the stored "
-                 "images already have the crop size)")
+    elif crop:  # the resize (if any) happened before the data reached this pipeline: the ratio was not shown
+        rep.note("val CenterCrop without Resize: data.eval_crop_pct is not observed (the images were resized "
+                 "before this pipeline, e.g. in a cache, or not at all)")
     elif resize:
         rep.observe("data.eval_crop_pct", 1.0, "val Resize without CenterCrop")
     else:

@@ -17,6 +17,10 @@ hooks added or removed) with temporary forward and full backward hooks on every 
   parent's own code;
 - otherwise the first module holding a non-finite parameter gradient.
 
+Two places no submodule owns are named as such: the model's own ``forward`` after its last submodule
+(every submodule's output finite, the model's output not: "born after 'fc', in Net.forward"), and
+the loss (the model's output finite, the criterion's value not: phase ``loss``).
+
 The replay uses the same batch, the same parameters (the optimizer has not stepped) and the RNG
 state saved at the start of the step. User hooks are copied with the model, so a fault injected by
 a hook is replayed too.
@@ -29,7 +33,9 @@ report and log the same event fields.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import math
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -113,6 +119,9 @@ def locate_nonfinite(model: nn.Module, batches: list[tuple[torch.Tensor, torch.T
         handles.add(m.register_forward_pre_hook(pre))
         handles.add(m.register_forward_hook(fwd))
         handles.add(m.register_full_backward_hook(bwd))
+    model_outputs: list = []  # the whole model's output per batch: code after the last submodule shows here
+    handles.add(replica.register_forward_hook(lambda m, i, o: model_outputs.append(first_tensor(o))))
+    losses: list[float] = []
     if rng_state is not None:
         set_rng_state(rng_state)
     loss_value = None
@@ -124,6 +133,7 @@ def locate_nonfinite(model: nn.Module, batches: list[tuple[torch.Tensor, torch.T
                 with autocast():
                     loss = criterion(replica(x), y)
                 loss_value = float(loss.detach())
+                losses.append(loss_value)
                 loss.backward()
         except RuntimeError as e:  # e.g. an in-place op that full backward hooks cannot wrap
             if not forward_events:
@@ -148,6 +158,19 @@ def locate_nonfinite(model: nn.Module, batches: list[tuple[torch.Tensor, torch.T
             report.between = [done[-1] if done else "<input>", name]
             report.module, report.module_type = owner, type(modules[owner]).__name__
             return report
+    bad_out = next((o for o in model_outputs if isinstance(o, torch.Tensor) and o.is_floating_point()
+                    and not torch.isfinite(o).all()), None)
+    if bad_out is not None:  # every submodule finite, the model's output not: its own forward after them
+        report.phase, report.module, report.module_type = "forward", "", type(replica).__name__
+        report.between = [forward_events[-1][0] if forward_events else "<input>", "<output>"]
+        report.input_stats = _stats(forward_events[-1][3]) if forward_events else {}
+        report.output_stats = _stats(bad_out)
+        return report
+    if losses and not all(math.isfinite(v) for v in losses):  # a finite output, a non-finite loss
+        report.phase, report.module = "loss", "<loss>"
+        report.module_type = getattr(criterion, "__name__", None) or type(criterion).__name__
+        report.output_stats = _stats(model_outputs[0]) if model_outputs else {}
+        return report
     for name, gin_ok, gout_ok in backward_events:
         if gin_ok is False and gout_ok is not False:
             module = dict(replica.named_modules()).get(name)
@@ -202,13 +225,21 @@ def format_report(r: NonFiniteReport) -> str:
     elif r.between:
         lines = [f"NON-FINITE at step {r.step}: phase backward, born between '{r.between[0]}' (passed back a finite "
                  f"gradient) and '{r.between[1]}' (received a non-finite one), in the backward of {code}"]
+    if r.phase == "forward" and r.between and r.between[1] == "<output>":
+        lines = [f"NON-FINITE at step {r.step}: phase forward, born after '{r.between[0]}' (its output finite) in "
+                 f"{r.module_type}.forward's own code after its last submodule: the model's output is non-finite"]
+    if r.phase == "loss":
+        lines = [f"NON-FINITE at step {r.step}: phase loss, born in the loss ({r.module_type}): the model's output "
+                 f"is finite"]
     if r.phase == "none":
         lines = [f"NON-FINITE at step {r.step}, but the replay was finite everywhere (loss {r.loss}): the fault "
                  f"is not reproducible from this state (non-deterministic kernel, or a transient input)"]
     if r.phase == "backward" and not r.between:
         lines.append(f"  the gradient it received was finite ({r.grad_output_finite}); the gradient it passed back "
                      f"was not: the fault is in this module's backward")
-    who = f"'{r.between[1]}' " if r.between else ""
+    who = f"'{r.between[1]}' " if r.between and r.between[1] != "<output>" else ""
+    if r.between and r.between[1] == "<output>":
+        r = dataclasses.replace(r, input_stats={})  # the last submodule's output is not the model's input
     for label, st in (("input", r.input_stats), ("output", r.output_stats)):
         if st:
             lines.append(f"  {who}{label:<6} " + "  ".join(f"{k} {v:.4g}" for k, v in st.items()))

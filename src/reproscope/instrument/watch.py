@@ -39,8 +39,15 @@ param groups and the lr of every step, the schedule from that lr curve, clipping
 label smoothing and mixing from the targets, drop path, precision, an ``ema=`` and whether
 evaluation ran in eval mode (``data=`` adds the transforms and the sampler). ``config.json`` holds
 it in the recipe's shape ("not observed" where the loop did not show a key), ``loop.json`` the
-evidence; with ``paper=NAME`` (any registered recipe) ``deviations.json`` holds every deviation from
-it, coded (``instrument.loop_audit``), and the closing summary prints the likely mistakes.
+evidence and how the loop ended (finished, stopped after a non-finite step, interrupted, an
+exception); with ``against=NAME`` (a registered recipe, or a paper key ``dyt`` / ``kat`` / ``mambaout``
+for that paper's recipe) ``deviations.json`` holds every deviation from it, coded
+(``instrument.loop_audit``), and the closing summary prints the likely mistakes. A deliberate choice is
+declared with ``deviations={"sched.warmup_epochs": "reason", ...}``: it is logged as declared, with its
+reason, and is never a likely mistake.
+
+Every random state a step uses (python, numpy, torch CPU and CUDA) is taken before each training
+forward, so a NaN reproducer replays the step's dropout and drop-path draws exactly.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import inspect
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -60,12 +68,13 @@ from ..config import InstrumentConfig, flat_items
 from ..console import install_console
 from ..console import log as console
 from ..recipes import get_recipe
-from ..runtime import distributed
+from ..runfiles import CONFIG, DEVIATIONS, ENVIRONMENT, LOOP, MODEL_SOURCE, USER_CONFIG
+from ..runtime import distributed, rng_state, set_rng_state
 from ..train.events import EventWriter
 from ..train.guard import DivergenceWatch, StepDecision, StepGuard
 from ..train.rundir import MetricsLog, NullLog, environment, write_json
 from .loop import LoopObserver
-from .loop_audit import audit
+from .loop_audit import RUN_LENGTH_KEYS, audit, read_declared, resolve_against
 from .loop_data import describe_data
 from .probe import Instrument
 from .tripwire import trip
@@ -99,8 +108,12 @@ class Watch:
         optimizer: your optimizer (its groups, lr curve and the norms it sees are read through hooks).
         run_dir: the run directory (created).
         config: your own hyperparameters, kept whole under ``user_config``.
-        paper: a registered recipe name (``reproscope recipes``): the loop is audited against it
-            (``deviations.json``, printed at the end).
+        against: a registered recipe name (``reproscope recipes``) or a paper key (``dyt``, ``kat``,
+            ``mambaout``: that paper's recipe): the loop is audited against it (``deviations.json``,
+            printed at the end).
+        deviations: your deliberate choices, ``{key: reason}`` (recipe keys such as
+            ``sched.warmup_epochs``, or an audit code such as ``ema-missing``), or a JSON / YAML file of
+            that mapping: declared rows carry your reason and are never likely mistakes.
         ema: your EMA (``torch.optim.swa_utils.AveragedModel``, timm ``ModelEma*``, or any object with
             ``decay``): its decay and whether evaluation used it.
         data: your training ``DataLoader`` / ``Dataset``, or ``{"train": ..., "val": ..., "mixup": ...}``:
@@ -113,16 +126,23 @@ class Watch:
         scaler: your ``torch.amp.GradScaler``.
         model_spec: ``file.py:factory`` that rebuilds your model for a NaN reproducer.
         tensorboard: write TensorBoard events beside ``metrics.jsonl``.
+        paper: the earlier name of ``against`` (a DeprecationWarning).
 
     Raises:
-        ConfigError: ``paper`` is not a registered recipe (the message names the nearest).
+        ConfigError: ``against`` is neither a registered recipe nor a paper key, or a declared key is not
+            a recipe key or audit code (the message names the nearest).
     """
 
     def __init__(self, model: nn.Module, optimizer=None, run_dir: str | Path = "runs/watch", config: dict | None = None,
-                 *, paper: str | None = None, ema=None, data=None, instrument: InstrumentConfig | None = None,
-                 log_every: int = 10, criterion=None, scaler=None, model_spec: str | None = None,
-                 tensorboard: bool = True):
-        self.paper = get_recipe(paper) if paper else None  # fails now, not at the end of the run
+                 *, against: str | None = None, deviations: dict | str | Path | None = None, ema=None, data=None,
+                 instrument: InstrumentConfig | None = None, log_every: int = 10, criterion=None, scaler=None,
+                 model_spec: str | None = None, tensorboard: bool = True, paper: str | None = None):
+        if paper is not None:  # the earlier name of against=
+            warnings.warn("watch(paper=) is now watch(against=): a recipe name or a paper key", DeprecationWarning,
+                          stacklevel=3)
+            against = against or paper
+        self.against = resolve_against(against) if against else None  # fails now, not at the end of the run
+        self.declared = read_declared(deviations)  # a bad key fails now too
         self.model = model
         self.orig_model = unwrap(model)
         self.optimizer, self.scaler, self.criterion = optimizer, scaler, criterion
@@ -162,11 +182,13 @@ class Watch:
         self._t_eval = time.perf_counter()
         self._steps_at_eval: list[int] = []
         self.audit: dict | None = None
+        self.ending: dict = {"how": "running", "step": 0}
+        self._rng: dict | None = None  # every RNG's state before the last training forward (the replay's)
         if self.dist.is_main:
-            write_json(self.run_dir / "user_config.json", self.user_config)
+            write_json(self.run_dir / USER_CONFIG, self.user_config)
             self._write_config()
-            write_json(self.run_dir / "environment.json", {**environment(), "world_size": self.dist.world_size})
-            write_json(self.run_dir / "model_source.json", {"spec": self.model_spec})
+            write_json(self.run_dir / ENVIRONMENT, {**environment(), "world_size": self.dist.world_size})
+            write_json(self.run_dir / MODEL_SOURCE, {"spec": self.model_spec})
 
     def __enter__(self) -> "Watch":
         self.instrument.on_train_start(self._view)
@@ -181,8 +203,8 @@ class Watch:
         self._handles = [self.orig_model.register_forward_pre_hook(torch.compiler.disable(self._before_forward)),
                          self.orig_model.register_forward_hook(torch.compiler.disable(self._after_forward))]
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(exc_type)
 
     def _before_forward(self, module, args) -> None:
         if self._pending_end:  # the optimizer has stepped since step(): finish that step's probe
@@ -193,6 +215,8 @@ class Watch:
             self.instrument.on_step_start(self._view, step=self.step_count + 1)
         if args and isinstance(args[0], torch.Tensor):
             self.last_input = args[0]
+        if module.training and torch.is_grad_enabled():  # a training forward: what its replay must restore
+            self._rng = rng_state()
 
     def _after_forward(self, module, args, out) -> None:
         if isinstance(out, torch.Tensor) and out.ndim == 2:
@@ -259,6 +283,10 @@ class Watch:
         elif d.code == "nonfinite":
             d = dataclasses.replace(d, findings=self._nonfinite(targets))
             self.events.nonfinite(d, d.findings)
+            console.warning("  step %d: %s", d.step, "not applied: step() returned False (skip optimizer.step()); "
+                            "w.stop_requested is set: end the loop (instrument.nan_policy=stop)" if d.action == "stop"
+                            else "not applied: step() returned False (skip optimizer.step()); the loop goes on "
+                            "(instrument.nan_policy=skip)")
         if d.action == "stop":
             self.stop_requested = True
         return d
@@ -301,7 +329,9 @@ class Watch:
         return self.step_count // self.evals if self.evals else None
 
     def facts(self) -> tuple[dict, dict]:
-        """What the loop showed, as flat recipe keys (absent = not observed), and the evidence."""
+        """What the loop showed, as flat recipe keys (absent = not observed), and the evidence. A loop
+        that ended early (``ending``) showed only part of its schedule: the keys that depend on the
+        run's length (``RUN_LENGTH_KEYS``) are then not observed, kept in ``details["truncated"]``."""
         spe = self.steps_per_epoch()
         facts, details = self.loop.facts(spe)
         facts.update(self.data.get("observed", {}))
@@ -311,31 +341,35 @@ class Watch:
                 else self.evals
         if self._train_shape and "data.batch_size" not in facts:
             facts["data.batch_size"] = int(self._train_shape[0])
+        if self.ending["how"] not in ("finished", "running"):
+            details["truncated"] = {k: facts.pop(k) for k in RUN_LENGTH_KEYS if k in facts}
         return facts, details
 
     def _write_config(self) -> None:
-        """``config.json`` in the recipe's shape: every key, with its observed value or "not observed"
-        (never a default taken as equal); ``loop.json`` the evidence; ``deviations.json`` the audit
-        against ``paper`` (when given). ``report`` and ``compare`` read it as any run."""
+        """``config.json`` in the recipe's shape with the keys the loop showed (never a default taken as
+        equal), the others listed under ``not_observed``, and ``trained_by``; ``loop.json`` the evidence
+        and the ending; ``deviations.json`` the audit against ``against`` (when given). Every command that
+        reads runs reads it as any run (``report.runs.load_run``)."""
         facts, details = self.facts()
-        cfg: dict = {"name": "watch", "parent": self.paper.name if self.paper else "",
+        recipe_keys = [k for k in flat_items(get_recipe("quickstart")) if not k.startswith(("run.", "instrument."))]
+        cfg: dict = {"name": "watch", "trained_by": "watch", "parent": self.against.name if self.against else "",
                      "user_config": self.user_config}
-        for key in flat_items(get_recipe("quickstart")):
+        for key in recipe_keys:
             section, name = key.split(".")
-            if section in ("run", "instrument"):
-                continue
-            cfg.setdefault(section, {})[name] = facts.get(key, "not observed")
+            cfg.setdefault(section, {})
+            if key in facts:
+                cfg[section][name] = facts[key]
         cfg["model"]["name"] = self.model_spec
-        cfg["data"].update(dataset="your loop", root="-")
         cfg["run"] = {"log_every": self.log_every}
-        cfg["not_observed"] = sorted(k for k in flat_items(get_recipe("quickstart"))
-                                     if k not in facts and not k.startswith(("run.", "instrument.", "model.", "data.")))
-        write_json(self.run_dir / "config.json", cfg)
-        write_json(self.run_dir / "loop.json", {"facts": facts, "details": details, "steps": self.step_count,
-                                                "evaluations": self.evals})
-        if self.paper is not None:
-            self.audit = audit(facts, self.paper)
-            write_json(self.run_dir / "deviations.json", self.audit)
+        cfg["not_observed"] = sorted(k for k in recipe_keys if k not in facts and k != "model.name")
+        cfg["ending"] = dict(self.ending)
+        write_json(self.run_dir / CONFIG, cfg)
+        write_json(self.run_dir / LOOP, {"facts": facts, "details": details, "steps": self.step_count,
+                                         "evaluations": self.evals, "ending": dict(self.ending),
+                                         "declared": self.declared})
+        if self.against is not None:
+            self.audit = audit(facts, self.against, declared=self.declared, ending=self.ending)
+            write_json(self.run_dir / DEVIATIONS, self.audit)
 
     def _nonfinite(self, targets) -> dict:
         """Replay the step and write the reproducer (the input recorded as it is: any shape); returns the
@@ -346,21 +380,25 @@ class Watch:
         for h in self._handles:  # the replay deep-copies the model with its hooks; ours hold open files
             h.remove()
         self.loop.detach()
+        now = rng_state()  # the replay restores the step's state; the loop goes on from where it was
         try:
             _, fields = trip(self.orig_model, [(x, targets)], criterion, step=step, run_dir=self.run_dir,
-                             write=self.dist.is_main, recipe_json=json.dumps(get_recipe("quickstart").to_dict()),
+                             write=self.dist.is_main, rng_state=self._rng, recipe_json=json.dumps(get_recipe("quickstart").to_dict()),
                              model_source={"spec": self.model_spec}, num_classes=self.num_classes or 0)
         finally:
+            set_rng_state(now)
             self._register()
             self.loop.attach()
         self.nonfinite_steps.append(step)
         return fields
 
-    def close(self) -> None:
-        """Finish the last probe, remove every hook, flush and close the files (idempotent)."""
+    def close(self, exc_type: type | None = None) -> None:
+        """Finish the last probe, remove every hook, record how the loop ended (``ending``), flush and
+        close the files (idempotent). ``exc_type``: the exception that left the ``with`` block, if any."""
         if self._closed:
             return
         self._closed = True
+        self.ending = self._ending(exc_type)
         self._stance(None)
         if self._pending_end:
             self._pending_end = False
@@ -375,17 +413,40 @@ class Watch:
             self._print_audit()
         self.log.close()
 
+    def _ending(self, exc_type: type | None) -> dict:
+        """How the loop ended: ``{"how": code, "step": last step, "reason": sentence}``. Codes: finished,
+        stopped-nonfinite (a stop decision, or the loop ended right after a non-finite step),
+        stopped-diverging (a grad-norm overflow stop), interrupted (KeyboardInterrupt), exception."""
+        n, last = self.step_count, self.last_decision
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            return {"how": "interrupted", "step": n, "reason": f"interrupted at step {n} (KeyboardInterrupt)"}
+        if exc_type is not None:
+            return {"how": "exception", "step": n, "reason": f"ended at step {n} by {exc_type.__name__}"}
+        if last is not None and last.code == "grad-norm-overflow":
+            return {"how": "stopped-diverging", "step": n, "reason": f"stopped at step {n} (gradient norm overflow)"}
+        if last is not None and last.code == "nonfinite":
+            return {"how": "stopped-nonfinite", "step": n, "reason": f"stopped at step {n} (non-finite loss)"}
+        skipped = f"; {len(self.nonfinite_steps)} non-finite step(s) skipped" if self.nonfinite_steps else ""
+        return {"how": "finished", "step": n, "reason": f"finished after {n} steps{skipped}"}
+
     def _print_audit(self) -> None:
+        if self.ending["how"] != "finished":
+            console.warning(f"watched loop {self.ending['reason']}: the settings that depend on the run's length "
+                            f"(epochs, schedule end, EMA horizon) are not observed")
         if self.audit is None:
             return
         rows = self.audit["deviations"]
         mistakes = [r for r in rows if r["mistake"]]
+        declared = sum(1 for r in rows if r.get("declared"))
         say = console.warning if mistakes else console.info  # a likely mistake reaches you even unconfigured
-        say(f"loop audit against {self.paper.name}: {len(rows)} deviation{'s' * (len(rows) != 1)}, "
-            f"{len(mistakes)} likely mistake{'s' * (len(mistakes) != 1)} "
+        say(f"loop audit against {self.against.name}: {len(rows)} deviation{'s' * (len(rows) != 1)} "
+            f"({declared} declared), {len(mistakes)} likely mistake{'s' * (len(mistakes) != 1)} "
             f"(deviations.json in {self.run_dir}; `reproscope audit {self.run_dir}` prints the table)")
         for r in mistakes:
             console.warning(f"  [{r['code']}] {r['key']}: {r['reason']}")
+        for key in self.audit.get("declared_unused", []):
+            console.warning(f"  declared {key!r} is not a deviation of this loop from {self.against.name}: "
+                            f"nothing to declare (remove it from deviations=)")
         if self.audit["not_observed"]:
             say(f"  not observed: {', '.join(self.audit['not_observed'])}")
 
@@ -432,12 +493,13 @@ def _infer_spec(model: nn.Module) -> str:
 
 
 def watch(model: nn.Module, optimizer=None, run_dir: str | Path = "runs/watch", config: dict | None = None, *,
-          paper: str | None = None, ema=None, data=None, instrument: InstrumentConfig | None = None,
-          log_every: int = 10, criterion=None, scaler=None, model_spec: str | None = None,
-          tensorboard: bool = True) -> Watch:
+          against: str | None = None, deviations: dict | str | Path | None = None, ema=None, data=None,
+          instrument: InstrumentConfig | None = None, log_every: int = 10, criterion=None, scaler=None,
+          model_spec: str | None = None, tensorboard: bool = True, paper: str | None = None) -> Watch:
     """Our instruments, and the loop audit, inside your own training loop::
 
-        with reproscope.watch(model, optimizer, run_dir="runs/mine", paper="dyt-vit_base-paper") as w:
+        with reproscope.watch(model, optimizer, run_dir="runs/mine", against="dyt",
+                              deviations={"sched.epochs": "one L4 day: 30 of the paper's 300 epochs"}) as w:
             for x, y in loader:
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()
@@ -452,6 +514,7 @@ def watch(model: nn.Module, optimizer=None, run_dir: str | Path = "runs/watch", 
     """
     if not logging.getLogger().handlers and not console.handlers:
         install_console()
-    return Watch(model, optimizer, run_dir, config, paper=paper, ema=ema, data=data, instrument=instrument,
+    return Watch(model, optimizer, run_dir, config, against=against, deviations=deviations, paper=paper, ema=ema,
+                 data=data, instrument=instrument,
                  log_every=log_every, criterion=criterion, scaler=scaler, model_spec=model_spec,
                  tensorboard=tensorboard)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..runfiles import NOT_OBSERVED
 from ..train.events import Event
 from .report_figures import plot_curves
 from .runs import Group, RunRecord, load_run
@@ -16,8 +17,11 @@ from .runs import Group, RunRecord, load_run
 
 def config_diff(a: RunRecord, b: RunRecord) -> list[tuple[str, object, object]]:
     fa, fb = a.flat_config(), b.flat_config()
-    return [(k, fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb))
-            if json.dumps(fa.get(k)) != json.dumps(fb.get(k))]
+    """``(key, A's value, B's value)`` for every flat key that differs; a watched loop's keys are what its loop
+    showed (``RunRecord.flat_config``: the same facts the audit reads), ``NOT_OBSERVED`` where it did not."""
+    miss = NOT_OBSERVED if (a.watched or b.watched) else None
+    return [(k, fa.get(k, miss), fb.get(k, miss)) for k in sorted(set(fa) | set(fb))
+            if json.dumps(fa.get(k, miss), default=str) != json.dumps(fb.get(k, miss), default=str)]
 
 
 def parting_step(a: RunRecord, b: RunRecord, rtol: float) -> tuple[int | None, int]:
@@ -37,7 +41,9 @@ def _metrics(r: RunRecord) -> dict[str, str]:
             "val top-5": f"{f['top5']:.2f}" if "top5" in f else "-",
             "val loss": f"{f['loss']:.4f}" if "loss" in f else "-",
             "last train loss": f"{r.train[-1]['loss']:.4f}" if r.train else "-",
-            "steps": str(r.steps), "epochs evaluated": str(len(r.val)),
+            "steps": str(r.steps), "epochs evaluated": str(len(r.val)), "ended": r.ending.get("how", "?"),
+            "trained by": "watch" if r.watched else "Trainer",
+            "processes (world size)": str(r.env.get("world_size", 1)),
             "img/s (median)": f"{sorted(ips)[len(ips) // 2]:.0f}" if ips else "-",
             "device-hours": f"{r.device_hours:.3f}", "device": r.device,
             "non-finite / diverging / spike events": f"{sum(e.get('type') == Event.NONFINITE for e in r.events)} / "

@@ -21,6 +21,7 @@ from ..config import ConfigError
 from ..model import list_models, model_info
 from ..papers import PAPERS, Claim, figure_captions
 from ..recipes import get_recipe
+from ..runfiles import NOT_OBSERVED, observed
 from ..train.events import Event
 from .paths import display_arg, display_path, report_base
 from .report_figures import plot_curves, plot_grad_norms
@@ -91,7 +92,8 @@ def build_blocks(groups: list[Group], out: Path, command: str, base: Path | None
     are shown relative to ``base`` (default: the repository holding ``out``, else the current directory;
     ``paths.display_path``)."""
     runs = [r for g in groups for r in g.runs]
-    ctx = Context(groups, runs, out, command, base or report_base(out), find_claim(groups, runs[0].recipe.split("-")[0]),
+    paper_key = (runs[0].config.get("parent") or runs[0].recipe).split("-")[0]
+    ctx = Context(groups, runs, out, command, base or report_base(out), find_claim(groups, paper_key),
                   paper_facts(runs[0]))
     blocks: list[tuple] = [("title", f"Reproduction report: {', '.join(sorted({r.recipe for r in runs}))}")]
     for section in SECTIONS:
@@ -110,26 +112,117 @@ def _scope(c: Context) -> list[tuple]:
 
 
 def _setup(c: Context) -> list[tuple]:
-    """Paper vs ours: data, model, resolution, epochs, batch, images seen, device-hours, precision."""
-    p, first, rows = c.facts.get("recipe"), c.first, []
+    """Paper vs ours: who trained, data, model, resolution, epochs, steps, batch, images seen, normalisation,
+    evaluation mode, precision, device-hours. Each "ours" cell states what these runs did, per variant where
+    they differ, or "not observed" (a watched loop that did not show it)."""
+    p, rows = c.facts.get("recipe"), []
 
     def both(label, paper_val, ours):
-        rows.append([label, str(paper_val), str(ours)])
-    d = first.config["data"]
-    both("data", f"{p.data.dataset} (1.28M train images)" if p else "-",
-         f"{d['dataset']} ({display_path(d['root'], c.base) or 'built-in'})")
+        rows.append([label, str(paper_val), ours])
+    both("trained by", "the paper's training script", _ours(c, lambda r: r.trained_by))
+    both("data", f"{p.data.dataset} (1.28M train images)" if p else "-", _ours(c, lambda r: _data_cell(r, c.base)))
     both("model", p.model.name if p else "-", ", ".join(sorted({g.first.model_label(c.base) for g in c.groups})))
-    both("resolution (px)", p.data.img_size if p else "-", d["img_size"])
-    both("epochs", p.sched.epochs if p else "-", first.config["sched"]["epochs"])
-    both("batch", p.data.batch_size if p else "-", d["batch_size"])
-    both("images seen per run", f"{p.sched.epochs * 1.281e6 / 1e6:.0f}M" if p else "-",
-         f"{first.config['sched']['epochs'] * first.images_per_epoch / 1e6:.2f}M "
-         f"({first.images_per_epoch:,} per epoch)")
-    hours = sum(r.device_hours for r in c.runs)
-    both("device-hours (all runs)", "not stated", f"{hours:.2f} h on {first.device} ({len(c.runs)} runs; median "
-                                                     f"epoch time x epochs)")
-    both("precision", p.precision.amp if p else "-", first.config["precision"]["amp"])
+    both("resolution (px)", p.data.img_size if p else "-", _ours(c, lambda r: str(r.value("data.img_size"))))
+    both("epochs", p.sched.epochs if p else "-", _ours(c, _epochs_cell))
+    both("optimizer steps", "-", _ours(c, lambda r: f"{r.steps:,}"))
+    both("batch", p.data.batch_size if p else "-", _ours(c, lambda r: str(r.value("data.batch_size"))))
+    both("images seen per run", f"{p.sched.epochs * 1.281e6 / 1e6:.0f}M" if p else "-", _ours(c, _images_cell))
+    both("normalisation", "ImageNet mean/std" if p else "-", _ours(c, _normalisation_cell))
+    both("evaluation", "model.eval(), EMA weights" if p and p.reg.eval_ema else "model.eval()" if p else "-",
+         _ours(c, _eval_cell))
+    both("device-hours (all runs)", "not stated", _hours_cell(c.runs))
+    both("precision", p.precision.amp if p else "-", _ours(c, _precision_cell))
     return [("h", "Setup: paper vs ours"), ("table", ["", "paper", "ours"], rows)]
+
+
+def _hours_cell(runs: list[RunRecord]) -> str:
+    timed = [r for r in runs if r.epoch_times]
+    if not timed:
+        return "not measured (no epoch was timed: the runs logged no evaluation)"
+    n = len(runs)
+    return (f"{sum(r.device_hours for r in timed):.2f} h on {runs[0].device} ({n} run{'s' * (n != 1)}; median epoch "
+            f"time x epochs" + (f"; {n - len(timed)} run(s) not timed" if len(timed) < n else "") + ")")
+
+
+def _ours(c: Context, cell) -> str:
+    """One cell for all runs when they agree; else ``variant: value`` per group (and per run within a group
+    where its seeds differ)."""
+    values = {cell(r) for r in c.runs}
+    if len(values) == 1:
+        return values.pop()
+    parts = []
+    for g in c.groups:
+        vs = [cell(r) for r in g.runs]
+        if len(set(vs)) == 1:
+            parts.append(f"{g.label}: {vs[0]}")
+        else:
+            parts += [f"{g.label}, {r.name}: {v}" for r, v in zip(g.runs, vs)]
+    return "; ".join(parts)
+
+
+def _data_cell(r: RunRecord, base: Path) -> str:
+    ds = r.value("data.dataset")
+    if ds is NOT_OBSERVED:
+        given = ((r.loop or {}).get("details", {}).get("data") or {}).get("details")
+        return ("the loop's own data (dataset not observed; its transforms were read from data=)" if given else
+                "the loop's own data (not observed: pass data= to reproscope.watch)")
+    root = r.value("data.root")
+    return f"{ds} ({display_path(root, base) if observed(root) and root else 'built-in'})"
+
+
+def _epochs_cell(r: RunRecord) -> str:
+    e, end = r.value("sched.epochs"), r.ending
+    if end.get("how") not in ("finished", "incomplete"):
+        return f"{e if not r.watched else 'planned: not observed'}; {end['reason']}"
+    if end.get("how") == "incomplete":
+        return f"{e} planned; {end['reason']}"
+    return str(e) if not r.watched else (f"{e} (evaluations)" if observed(e) else
+                                         "not observed (no w.evaluate and no data= with a length)")
+
+
+def _images_cell(r: RunRecord) -> str:
+    seen, per = r.images_seen, r.images_per_epoch
+    if seen is NOT_OBSERVED:
+        return "not observed (no batch size)"
+    return _count(seen) + (f" ({per:,} per epoch)" if per is not NOT_OBSERVED else "")
+
+
+def _count(n: int) -> str:
+    """An image count: 1.28M, or the number itself under a million."""
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
+
+
+def _normalisation_cell(r: RunRecord) -> str:
+    if not r.watched:
+        return "the training set's channel mean and std (computed by the Trainer)"
+    d = ((r.loop or {}).get("details", {}).get("data") or {}).get("details") or {}
+    if "mean" in d:
+        return f"mean {_rounded(d['mean'])}, std {_rounded(d['std'])} (the loop's Normalize)"
+    if d:
+        return "none seen in the train transforms read from data= (not observed if done elsewhere)"
+    return "not observed (pass data= to reproscope.watch)"
+
+
+def _rounded(v) -> str:
+    return "[" + ", ".join(f"{x:.3g}" for x in v) + "]" if isinstance(v, (list, tuple)) else str(v)
+
+
+def _eval_cell(r: RunRecord) -> str:
+    if not r.watched:
+        return "model.eval()" + (", EMA weights" if r.value("reg.eval_ema") is True else "")
+    if not r.val:
+        return "not observed (the loop logged no evaluation: w.evaluate)"
+    train_mode, ema = r.value("eval.train_mode"), r.value("reg.eval_ema")
+    mode = ("not observed" if train_mode is NOT_OBSERVED else
+            "in train mode (BatchNorm batch statistics, dropout on)" if train_mode else "model.eval()")
+    return mode + (", EMA weights" if ema is True else "")
+
+
+def _precision_cell(r: RunRecord) -> str:
+    amp = r.value("precision.amp")
+    if amp == "auto":
+        return f"auto: {'bf16' if r.env.get('gpus') else 'fp32'} on {r.device}"
+    return f"{amp} autocast" if amp in ("bf16", "fp16") else str(amp)
 
 
 def _paper_top1(c: Context, g: Group) -> float | None:
@@ -153,8 +246,7 @@ def _results(c: Context) -> list[tuple]:
         seeds = ", ".join(f"{v:.2f}" for v in g.metric("top1"))
         incomplete = [r for r in g.runs if not r.complete]
         if incomplete:
-            seeds += f" ({len(incomplete)} run(s) incomplete: last eval at epoch " \
-                     f"{incomplete[0].val[-1]['epoch'] + 1 if incomplete[0].val else 0})"
+            seeds += f" ({len(incomplete)} run(s) did not finish: {'; '.join(r.ending['reason'] for r in incomplete)})"
         res_rows.append([g.label, f"{paper_top1:.1f}" if paper_top1 else "-", _mean_std(m, s, n), str(n), seeds])
     paper_col = (f"paper {c.claim.paper_models} (IN-1K)" if c.claim is not None and c.claim.paper_models else
                  f"paper {c.facts['model']} (IN-1K)" if c.facts else "paper")
@@ -246,21 +338,24 @@ def _instrumentation(c: Context) -> list[tuple]:
 
 def _deviations(c: Context) -> list[tuple]:
     """The science settings that differ from the parent recipe (operational ones omitted), once each."""
-    dev_rows, seen = [], set()
+    rows: dict[tuple, list] = {}  # (key, value, reason) -> [row, the groups that have it]
     for g in c.groups:
-        for dv in g.first.deviations:
-            key = (dv["key"], str(dv["value"]))
+        for dv in (d for r in g.runs for d in r.deviations):
             if not is_science(dv["key"]):  # seeds, threads, progress bars, probes: not deviations of the science
                 continue
-            if key not in seen:
-                seen.add(key)
-                code = dv.get("code", "value")  # a watched loop's audit: the code, and likely mistakes marked
-                tag = f" [{code}{', likely mistake' if dv.get('mistake') else ''}]" if code != "value" else ""
-                dev_rows.append([dv["key"], _shown_value(dv["parent"], c.base), _shown_value(dv["value"], c.base),
-                                 dv.get("reason", "") + tag])
-    blocks = [("h", f"Deviation log (against {c.first.config.get('parent') or 'no parent recipe'}; seeds, threads "
+            key = (dv["key"], str(dv["value"]), dv.get("reason", ""))
+            if key not in rows:
+                rows[key] = [[dv["key"], _shown_value(dv["parent"], c.base), _shown_value(dv["value"], c.base),
+                              _deviation_reason(dv)], []]
+            if g.label not in rows[key][1]:
+                rows[key][1].append(g.label)
+    many = len(c.groups) > 1
+    dev_rows = [row + ([", ".join(labels) if len(labels) < len(c.groups) else "all"] if many else [])
+                for row, labels in rows.values()]
+    parents = sorted({r.config.get("parent") or "" for r in c.runs} - {""})
+    blocks = [("h", f"Deviation log (against {', '.join(parents) or 'no parent recipe'}; seeds, threads "
                     f"and other operational settings omitted)"),
-              ("table", ["field", "paper", "ours", "reason"], dev_rows)]
+              ("table", ["field", _paper_column(c), "ours", "reason"] + (["runs"] if many else []), dev_rows)]
     unseen = sorted({k for r in c.runs for k in r.not_observed})
     if unseen:
         blocks.append(("p", f"Not observed in the watched loop, so not compared (pass data= and ema= to "
@@ -269,6 +364,24 @@ def _deviations(c: Context) -> list[tuple]:
         blocks.append(("p", "A watched loop without paper=: run `reproscope audit RUN_DIR --against RECIPE` to "
                             "fill this log."))
     return blocks
+
+
+def _paper_column(c: Context) -> str:
+    """The deviation table's reference column: "paper" when the parent recipe is a paper's, else its name."""
+    parents = sorted({r.config.get("parent") or "" for r in c.runs} - {""})
+    if parents and all(p.split("-")[0] in PAPERS for p in parents):
+        return "paper"
+    return parents[0] if len(parents) == 1 else "recipe"
+
+
+def _deviation_reason(dv: dict) -> str:
+    """A deviation's reason cell: the recipe's or the user's declared reason, the audit's code, and the
+    consequence of a declared choice."""
+    code = dv.get("code", "value")  # a watched loop's audit: the code, and likely mistakes marked
+    tag = f" [{code}{', likely mistake' if dv.get('mistake') else ''}{', declared' if dv.get('declared') else ''}]" \
+        if code != "value" or dv.get("declared") else ""
+    consequence = f" Consequence: {dv['consequence']}" if dv.get("declared") and dv.get("consequence") else ""
+    return dv.get("reason", "") + tag + consequence
 
 
 def _environment_and_commands(c: Context) -> list[tuple]:
@@ -291,22 +404,40 @@ def _shown_value(value, base: Path) -> str:
 
 
 def _methodology(runs: list[RunRecord], base: Path) -> str:
-    """Code used, reference consulted, data splits and preprocessing, from the run directories (the
-    user's model files shown relative to ``base``)."""
+    """Code used, who trained it, reference consulted, data splits and preprocessing, each from what the
+    run directories show (the user's model files relative to ``base``)."""
     user = sorted({r.model_label(base) for r in runs if r.model_source})
     ours = sorted({r.config.get("model", {}).get("name", "?") for r in runs if not r.model_source})
     code = "; ".join(([f"reproscope's {', '.join(ours)}, written from the paper (the model file's docstring lists "
                        f"where it deviates)"] if ours else [])
                      + ([f"the user's own model {', '.join(user)}"] if user else []))
-    d = runs[0].config["data"]
-    split = ("the built-in shapes10 (train and val drawn from disjoint seeds)" if d["dataset"] == "shapes10" else
-             f"{d['dataset']}, its standard train split for training and its standard validation split for every "
-             f"number here")
-    return (f"Code: {code}, trained by reproscope's Trainer. Reference repository consulted: (fill in: which, and "
-            f"when). Data: {split}. Preprocessing: images resized to "
-            f"{d.get('cache_res') or round(d['img_size'] / d.get('eval_crop_pct', 0.875))} px once (uint8 cache), "
-            f"centre crop to {d['img_size']} px for evaluation, normalised by the training set's channel mean and "
-            f"std; training augmentation as in config.json (aug.*).")
+    who = " and ".join(sorted({r.trained_by for r in runs}))
+    return (f"Code: {code}, trained by {who}. Reference repository consulted: (fill in: which, and when). "
+            + " ".join(dict.fromkeys(_data_sentence(r) for r in runs)))
+
+
+def _data_sentence(r: RunRecord) -> str:
+    """Data and preprocessing, as this run's data path did them."""
+    if r.watched:
+        d = ((r.loop or {}).get("details", {}).get("data") or {}).get("details") or {}
+        if not d:
+            return ("Data and preprocessing: the user's loop's own, not observed (the loop gave reproscope.watch no "
+                    "data=): state them here.")
+        tf = ", ".join(d.get("train_transforms") or []) or "none read"
+        val = ", ".join(d.get("val_transforms") or []) or "not given"
+        return f"Data: the user's loop's own; train transforms {tf}; val transforms {val} (read from data=)."
+    ds, size = r.value("data.dataset"), r.value("data.img_size")
+    if ds == "shapes10":
+        return (f"Data: the built-in shapes10 (train and val drawn from disjoint seeds), generated at {size} px (no "
+                f"resize, no cache), normalised by the training set's channel mean and std; training augmentation "
+                f"as in config.json (aug.*).")
+    res = r.value("data.cache_res")
+    crop = r.value("data.eval_crop_pct")
+    res = res if observed(res) and res else round(size / (crop if observed(crop) and crop else 0.875))
+    return (f"Data: {ds}, its standard train split for training and its standard validation split for every "
+            f"number here. Preprocessing: images resized to {res} px once (uint8 cache), centre crop to {size} px "
+            f"for evaluation, normalised by the training set's channel mean and std; training augmentation as in "
+            f"config.json (aug.*).")
 
 
 def _checklist(groups: list[Group], runs: list[RunRecord], claim: Claim | None = None) -> list[list[str]]:
@@ -326,24 +457,37 @@ def _checklist(groups: list[Group], runs: list[RunRecord], claim: Claim | None =
                 params.append(f"{g.label}: ?")
         else:
             params.append(f"{g.label}: see the model file")
-    hours = sum(r.device_hours for r in runs)
-    seeds = "; ".join(f"{g.label}: {len(g.runs)} (seeds {', '.join(str(r.seed) for r in g.runs)})" for g in groups)
+    seeds = "; ".join(f"{g.label}: {len(g.runs)} (seeds {', '.join(_seed(r) for r in g.runs)})" for g in groups)
     n_dev = _n_deviations(runs)
     parents = _parents(runs)
     orphans = sorted({r.recipe for r in runs if not r.config.get("parent")})
-    hyper = (f"no paper recipe ({', '.join(orphans)}: no parent recipe): {n_dev} changed from the recipe "
+    hyper = ("watched loops audited against no recipe (`reproscope audit RUN_DIR --against RECIPE` fills the "
+             "deviation log)" if not parents and all(r.watched for r in runs) else
+             f"no paper recipe ({', '.join(orphans)}: no parent recipe): {n_dev} changed from the recipe "
              f"(deviation log)" if not parents else
              f"the paper recipe {parents[0]}'s, {n_dev} changed (deviation log, with reasons)" if len(parents) == 1
              else f"the paper recipes {', '.join(parents)}: {n_dev} changed (deviation log, with reasons)")
     if parents and orphans:
         hyper += f"; {', '.join(orphans)} name no paper recipe"
     return [["model parameters", "; ".join(params)],
-            ["compute (all runs)", f"{hours:.2f} device-hours on {runs[0].device}; "
-                                   f"{sum(r.images_seen for r in runs) / 1e6:.2f}M images seen"],
+            ["compute (all runs)", _hours_cell(runs) + "; " + _images_total(runs)],
             ["number of runs", seeds],
             ["statistics", _statistics(groups, claim)],
             ["splits", "train / val as in Methodology; no test set is used for any choice"],
             ["hyperparameters", f"{hyper}; search: (fill in: none, or its bounds and trials)"]]
+
+
+def _seed(r: RunRecord) -> str:
+    return "not given" if r.seed is None else str(r.seed)
+
+
+def _images_total(runs: list[RunRecord]) -> str:
+    seen = [r.images_seen for r in runs]
+    known = [s for s in seen if s is not NOT_OBSERVED]
+    if not known:
+        return "images seen not observed (no batch size)"
+    return f"{_count(sum(known))} images seen" + (f" ({len(seen) - len(known)} run(s) not observed)"
+                                                     if len(known) < len(seen) else "")
 
 
 def _statistics(groups: list[Group], claim: Claim | None) -> str:

@@ -1,6 +1,9 @@
 """Read finished (or stopped) run directories: config, metrics, deviations, environment, events.
 
-Only reads; shared by ``reproscope report`` and ``reproscope compare``.
+Only reads; shared by every command that reads runs (``report``, ``compare``, ``runs``, ``note``'s
+report, ``audit``). A run trained by the Trainer and a loop watched with ``reproscope.watch`` are read
+into the same :class:`RunRecord`; a setting a watched loop did not show is ``runfiles.NOT_OBSERVED``
+(:meth:`RunRecord.value`), which prints as "not observed" and refuses arithmetic.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError
+from ..runfiles import (CONFIG, DEVIATIONS, ENVIRONMENT, LOOP, METRICS, MODEL_SOURCE, NOT_OBSERVED, observed,
+                        read_value)
 from ..train.events import event_type
 from .paths import display_arg, display_command
 
@@ -22,8 +27,14 @@ REPEAT_KEYS = ("run.seed", "run.out_dir", "run.threads", "run.progress", "run.lo
 
 
 def is_science(key: str) -> bool:
-    """Config keys that can change a result: not seeds, threads, logging or instrumentation settings."""
-    return key not in REPEAT_KEYS and not key.startswith(("run.", "instrument."))
+    """Config keys that can change a result: not seeds, threads, logging or instrumentation settings (a
+    watched loop's own ``user_config.*seed*`` keys are seeds too)."""
+    return key not in REPEAT_KEYS and not key.startswith(("run.", "instrument.", "ending.")) and not (
+        key.startswith("user_config.") and "seed" in key.rsplit(".", 1)[-1].lower())
+
+
+# a watched loop's facts that measure how long it ran, not what it was: never part of its variant
+_LENGTH_KEYS = ("sched.epochs", "sched.total_steps", "sched.warmup_share", "sched.min_lr", "sched.max_steps")
 
 
 @dataclass
@@ -40,6 +51,43 @@ class RunRecord:
     epoch_steps: list = field(default_factory=list)  # steps each epoch_time_s covers (None in older logs)
     model_source: dict | None = None  # model_source.json: the user's --model spec, file sha256 and copy
     not_observed: list = field(default_factory=list)  # a watched loop's keys its audit could not compare
+    loop: dict | None = None  # loop.json of a watched loop: facts, evidence, ending
+
+    @property
+    def watched(self) -> bool:
+        """Trained by the user's own loop under ``reproscope.watch`` (else by the Trainer)."""
+        return self.loop is not None or self.config.get("name") == "watch"
+
+    @property
+    def trained_by(self) -> str:
+        return "the user's own loop (reproscope.watch)" if self.watched else "reproscope's Trainer"
+
+    def value(self, key: str):
+        """The run's value of flat key ``key`` (``data.batch_size``): what its config holds, for a
+        watched loop what the loop showed, else ``NOT_OBSERVED``."""
+        v = self.flat_config().get(key, NOT_OBSERVED)
+        return read_value(v)
+
+    @property
+    def ending(self) -> dict:
+        """How the run ended: ``{"how", "step", "reason"}``. A watched loop records it (finished,
+        stopped-nonfinite, stopped-diverging, interrupted, exception); a Trainer run's is read from its
+        evaluations and events (finished, stopped-nonfinite, stopped-diverging, incomplete)."""
+        if self.watched:
+            e = (self.loop or {}).get("ending") or self.config.get("ending")
+            return e or {"how": "finished", "step": self.steps, "reason": f"{self.steps} steps"}
+        stop = next((e for e in self.events if e.get("type") in ("nonfinite", "grad-norm-overflow")
+                     and e.get("policy", "stop") == "stop"), None)
+        if stop is not None:
+            how = "stopped-nonfinite" if stop["type"] == "nonfinite" else "stopped-diverging"
+            what = "non-finite loss" if stop["type"] == "nonfinite" else "gradient norm overflow"
+            return {"how": how, "step": stop["step"], "reason": f"stopped at step {stop['step']} ({what})"}
+        epochs = self.value("sched.epochs")
+        done = self.val[-1].get("epoch", -1) + 1 if self.val else 0
+        if observed(epochs) and done >= epochs:
+            return {"how": "finished", "step": self.steps, "reason": f"finished: {done} epochs, {self.steps} steps"}
+        return {"how": "incomplete", "step": self.steps,
+                "reason": f"incomplete: {done} of {epochs} epochs evaluated, {self.steps} steps"}
 
     @property
     def model(self) -> str:
@@ -63,7 +111,11 @@ class RunRecord:
         return self.config.get("name", "?")
 
     @property
-    def seed(self) -> int:
+    def seed(self) -> int | None:
+        """The run's seed: ``run.seed``; a watched loop's ``seed`` in its own config, else None (not given)."""
+        if self.watched:
+            s = self.config.get("user_config", {}).get("seed")
+            return s if isinstance(s, int) else None
         return self.config.get("run", {}).get("seed", 0)
 
     @property
@@ -72,23 +124,38 @@ class RunRecord:
 
     @property
     def steps(self) -> int:
-        return max((r["step"] for r in self.train), default=0)
+        """Optimizer steps run: a watched loop's count (``loop.json``), else the last logged step."""
+        logged = max((r["step"] for r in self.train), default=0)
+        return max(logged, int((self.loop or {}).get("steps") or 0))
+
+    def _batch(self):
+        """Images per optimizer step (batch x accumulation), or ``NOT_OBSERVED``."""
+        b, acc = self.value("data.batch_size"), self.value("optim.accum_steps")
+        if not observed(b):
+            return NOT_OBSERVED
+        return b * (acc if observed(acc) else 1)
 
     @property
-    def images_seen(self) -> int:
-        c = self.config
-        return self.steps * c["data"]["batch_size"] * c["optim"].get("accum_steps", 1)
+    def images_seen(self):
+        """Training images seen (steps x batch x accumulation), or ``NOT_OBSERVED`` (no batch size shown)."""
+        b = self._batch()
+        return NOT_OBSERVED if b is NOT_OBSERVED else self.steps * b
 
     @property
-    def images_per_epoch(self) -> int:
-        c = self.config
-        spe = self.epoch_end_steps[0] if self.epoch_end_steps else 0
-        return spe * c["data"]["batch_size"] * c["optim"].get("accum_steps", 1)
+    def images_per_epoch(self):
+        """Images per epoch (the steps of the first evaluated epoch x batch), or ``NOT_OBSERVED`` (no
+        epochs or no batch size shown)."""
+        b = self._batch()
+        if b is NOT_OBSERVED or not self.epoch_end_steps:
+            return NOT_OBSERVED
+        return self.epoch_end_steps[0] * b
 
     @property
     def complete(self) -> bool:
-        epochs = self.config["sched"]["epochs"]
-        return bool(self.val) and self.val[-1].get("epoch", -1) + 1 >= epochs
+        """The run reached its planned end (a watched loop: it finished, not stopped or interrupted)."""
+        if self.watched:
+            return self.ending.get("how") == "finished"
+        return self.ending["how"] == "finished"
 
     @property
     def device_hours(self) -> float:
@@ -131,6 +198,8 @@ class RunRecord:
         """``section.key -> value``; a user's model adds ``model.source`` (its spec and file hash), so that
         two runs of different model files never count as one variant. A key the run's config lacks (a
         knob added after it ran, e.g. ``model.kernel_size``) takes today's default, the behaviour it had."""
+        if self.watched:
+            return self._watched_flat()
         out = {k: v for k, v in _config_defaults().items() if k.split(".")[0] in self.config}
         for section, vals in self.config.items():
             if isinstance(vals, dict) and section not in ("sources", "deviations"):
@@ -140,8 +209,31 @@ class RunRecord:
             out["model.source"] = self.model
         return out
 
+    def _watched_flat(self) -> dict:
+        """A watched loop's flat config: what its loop showed (``loop.json``'s facts, the same the audit
+        reads, so ``compare`` sees the eval mode and the decayed parameters too), its own ``user_config``,
+        and ``NOT_OBSERVED`` for every recipe key it did not show; never a default."""
+        out: dict = {}
+        for section, vals in self.config.items():
+            if isinstance(vals, dict) and section not in ("sources", "deviations", "ending"):
+                for k, v in vals.items():
+                    out[f"{section}.{k}"] = read_value(v)
+        for k in self.config.get("not_observed", []):
+            out.setdefault(k, NOT_OBSERVED)
+        facts = (self.loop or {}).get("facts", {})
+        out.update({k: v for k, v in facts.items() if k != "optim.decayed_no_decay_rules"})
+        if self.model_source:
+            out["model.source"] = self.model
+        return out
+
     def variant_key(self) -> tuple:
-        return tuple(sorted((k, json.dumps(v)) for k, v in self.flat_config().items() if is_science(k)))
+        """What makes runs one variant: their science keys (floats to 4 significant digits; a watched
+        loop's run-length facts left out, so a seed that stopped early stays with its variant)."""
+        def norm(v):
+            return float(f"{v:.4g}") if isinstance(v, float) and math.isfinite(v) else v
+        flat = self.flat_config()
+        return tuple(sorted((k, json.dumps(norm(v), default=str)) for k, v in flat.items()
+                            if is_science(k) and not (self.watched and k in _LENGTH_KEYS)))
 
 
 @functools.cache
@@ -169,10 +261,10 @@ def _read_json(path: Path, default):
 
 def load_run(path: str | Path) -> RunRecord:
     p = Path(path)
-    if not (p / "config.json").exists():
+    if not (p / CONFIG).exists():
         raise ConfigError(f"{p}: not a run directory (no config.json); give the folder `reproscope train` wrote")
     rows = []
-    metrics = p / "metrics.jsonl"
+    metrics = p / METRICS
     if metrics.exists():
         lines = metrics.read_text().splitlines()
         for i, line in enumerate(lines, 1):
@@ -183,16 +275,16 @@ def load_run(path: str | Path) -> RunRecord:
                     if i < len(lines):  # only a torn last line is tolerated
                         raise ConfigError(f"{metrics}:{i}: not valid JSON") from None
     train = [r for r in rows if r.get("kind") == "train" and "loss" in r]
-    devs = _read_json(p / "deviations.json", {})
+    devs = _read_json(p / DEVIATIONS, {})
     return RunRecord(
-        path=p, config=_read_json(p / "config.json", {}), env=_read_json(p / "environment.json", {}),
+        path=p, config=_read_json(p / CONFIG, {}), env=_read_json(p / ENVIRONMENT, {}),
         deviations=devs.get("deviations", []), not_observed=devs.get("not_observed", []), train=train,
         val=[r for r in rows if r.get("kind") == "val"],
         events=[{**r, "type": event_type(r)} for r in rows if r.get("kind") == "event"],  # today's words
         epoch_times=[r["epoch_time_s"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
         epoch_end_steps=[r["step"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
         epoch_steps=[r.get("epoch_steps") for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
-        model_source=_read_json(p / "model_source.json", None))
+        model_source=_read_json(p / MODEL_SOURCE, None), loop=_read_json(p / LOOP, None))
 
 
 @dataclass
@@ -216,26 +308,39 @@ class Group:
         return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
 
 
+MAX_LABEL_KEYS = 3  # settings named in a variant's label; the rest are counted ("+N more": see compare)
+
+
+def _dumps(v) -> str:
+    return json.dumps(v, default=str)
+
+
 def group_runs(runs: list[RunRecord], base: Path | None = None) -> list[Group]:
-    """Runs with the same config except seed-like fields form a group; labels name what differs, their
+    """Runs with the same config except seed-like fields form a group; labels name what differs (at most
+    ``MAX_LABEL_KEYS`` settings, a watched loop's own ``user_config`` names first, then "+N more"), their
     paths (a user's model file, a data root) shown relative to ``base`` when given (a report's)."""
     groups: dict[tuple, Group] = {}
     for r in runs:
         groups.setdefault(r.variant_key(), Group([])).runs.append(r)
     out = list(groups.values())
     for g in out:
-        g.runs.sort(key=lambda r: r.seed)
-    flat = [g.first.flat_config() for g in out]
-    varying = sorted({k for f in flat for k in f if is_science(k) and len({json.dumps(x.get(k)) for x in flat}) > 1})
-    for g, f in zip(out, flat):
+        g.runs.sort(key=lambda r: (r.seed is None, r.seed or 0, r.name))
+    flat = [dict(g.first.variant_key()) for g in out]
+    varying = sorted({k for f in flat for k in f if len({x.get(k) for x in flat}) > 1},
+                     key=lambda k: (not k.startswith("user_config."), k))
+    for g, key in zip(out, flat):
+        f = g.first.flat_config()
         m = f.get("model.source") or f.get("model.name", "?")
         norm = f.get("model.norm", "default") if "model.source" not in f else "default"
-        same_model = [x for x in flat if (x.get("model.source") or x.get("model.name", "?")) == m]
+        same_model = [x for x in flat if (x.get("model.source") or x.get("model.name")) == key.get(
+            "model.source", key.get("model.name"))]
         extra = [f"{k.split('.')[-1]}={_shown(k, f.get(k), base)}" for k in varying
                  if k not in ("model.name", "model.norm", "model.source")
                  and not (k.startswith("model.dyt_") and norm != "dyt")  # DyT settings mean nothing for LN
                  # a model option that no other group of this model sets differently says nothing here
-                 and not (k.startswith("model.") and len({json.dumps(x.get(k)) for x in same_model}) == 1)]
+                 and not (k.startswith("model.") and len({x.get(k) for x in same_model}) == 1)]
+        if len(extra) > MAX_LABEL_KEYS:
+            extra = extra[:MAX_LABEL_KEYS] + [f"+{len(extra) - MAX_LABEL_KEYS} more"]
         shown = g.first.model_label(base) if "model.source" in f else _shown("model.name", m, base)
         g.label = f"{shown}" + (f" ({norm})" if norm != "default" else "") + (f" [{', '.join(extra)}]" if extra else "")
     return out

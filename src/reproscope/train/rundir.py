@@ -17,6 +17,8 @@ import torch
 from ..model.counting import count_params
 from ..model.observe import drop_path_rates, drop_path_rule
 from ..recipes import deviation_log, get_recipe
+from ..runfiles import (CONFIG, DATA, DEVIATIONS, ENVIRONMENT, METRICS, MODEL_SOURCE, RESUME_CHANGES,
+                        write_json)
 
 
 class RunDirError(RuntimeError):
@@ -77,13 +79,6 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """``obj`` as indented JSON at ``path``, written to a temporary name first (never half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def write_run_record(run_dir: Path, recipe, model: torch.nn.Module, *, world_size: int, splits: dict,
                      model_source: dict | None = None) -> None:
     """The run's record at the start of ``fit()``: ``config.json`` (only if absent: the run's original
@@ -96,20 +91,20 @@ def write_run_record(run_dir: Path, recipe, model: torch.nn.Module, *, world_siz
     if model_source is not None:
         paper = get_recipe(recipe.parent).model if recipe.parent else recipe.model
         devs = user_model_deviations(devs, paper, model, model_source["spec"])
-    if not (run_dir / "config.json").exists():
-        write_json(run_dir / "config.json", recipe.to_dict())
-    write_json(run_dir / "environment.json", {**environment(), "world_size": world_size})
-    write_json(run_dir / "data.json", {
+    if not (run_dir / CONFIG).exists():
+        write_json(run_dir / CONFIG, recipe.to_dict())
+    write_json(run_dir / ENVIRONMENT, {**environment(), "world_size": world_size})
+    write_json(run_dir / DATA, {
         split: {"name": ds.name, "images": len(ds), "classes": len(ds.classes), "skipped_unreadable": ds.skipped}
         for split, ds in splits.items()})
     if model_source is not None:
-        write_json(run_dir / "model_source.json", model_source)
-    write_json(run_dir / "deviations.json", {"recipe": recipe.name, "parent": recipe.parent, "deviations": devs})
+        write_json(run_dir / MODEL_SOURCE, model_source)
+    write_json(run_dir / DEVIATIONS, {"recipe": recipe.name, "parent": recipe.parent, "deviations": devs})
 
 
 def _resume_changes(run_dir: Path) -> list[dict]:
     """Every resume's changes so far (``resume_changes.json``; none before the first)."""
-    path = run_dir / "resume_changes.json"
+    path = run_dir / RESUME_CHANGES
     return json.loads(path.read_text()) if path.is_file() else []
 
 
@@ -119,7 +114,7 @@ def record_resume_changes(run_dir: Path, changes: list[dict]) -> None:
     old = _resume_changes(run_dir)
     new = [c for c in changes if c not in old]
     if new:
-        write_json(run_dir / "resume_changes.json", old + new)
+        write_json(run_dir / RESUME_CHANGES, old + new)
 
 
 def resume_deviations(run_dir: Path) -> list[dict]:
@@ -150,7 +145,7 @@ class MetricsLog:
     """Appends one JSON line per record to metrics.jsonl and mirrors scalars to TensorBoard."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS
         self._f = open(self.path, "a", buffering=1)
         self.tb = None
         if tensorboard:
@@ -195,7 +190,7 @@ class NullLog:
 def truncate_metrics(run_dir: Path, step: int) -> int:
     """Drop the ``metrics.jsonl`` rows logged after ``step`` (a run resumed from a checkpoint at ``step``
     logs those steps again); returns how many were dropped. A torn last line is dropped too."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     if not path.is_file():
         return 0
     keep, dropped = [], 0
@@ -217,7 +212,7 @@ def truncate_metrics(run_dir: Path, step: int) -> int:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     out = []
     for line in path.read_text().splitlines():
         line = line.strip()

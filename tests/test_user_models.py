@@ -437,3 +437,120 @@ def test_a_user_models_deviation_rows_say_what_the_model_is(tmp_path):
     assert devs["model.name"]["value"] == f"{src}:make" and "parameters" in devs["model.name"]["reason"]
     assert "model.patch_size" not in devs and "model.drop_path" not in devs  # 0.1, linear: the paper's own
     assert devs["sched.epochs"]["value"] == 1 and devs["sched.epochs"]["reason"] == "command-line override (recipe had 15)"
+
+
+# A ViT-like model whose sin-cos position embedding is built with numpy: torch.from_numpy keeps float64
+VIT64 = """
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    CAST = {cast}
+
+    def sincos(dim, grid):
+        g = np.arange(grid, dtype=np.float64)
+        gh, gw = np.meshgrid(g, g, indexing="ij")
+        omega = 1.0 / 10000 ** (np.arange(dim // 4) / (dim // 4))
+        parts = []
+        for a in (gh, gw):
+            o = np.outer(a.reshape(-1), omega)
+            parts += [np.sin(o), np.cos(o)]
+        return np.concatenate(parts, axis=1)[None]  # [1, N, dim], float64
+
+    class ViT(nn.Module):
+        def __init__(self, num_classes=10, img_size=32, patch=8, dim=32):
+            super().__init__()
+            self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+            self.register_buffer("pos_embed", torch.from_numpy(sincos(dim, img_size // patch)))
+            self.norm = nn.LayerNorm(dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+            self.head = nn.Linear(dim, num_classes)
+
+        def forward(self, x):
+            x = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, N, C]
+            pos = self.pos_embed
+            if CAST is True or (CAST == "autocast" and torch.is_autocast_enabled("cpu")):  # as CUDA autocast would
+                pos = pos.to(x.dtype)
+            x = x + pos
+            x = x + self.mlp(self.norm(x))
+            return self.head(x.mean(1))
+
+    def build(num_classes=10, img_size=32):
+        return ViT(num_classes, img_size)
+"""
+
+
+def test_a_float64_buffer_is_named_with_its_fix(tmp_path):
+    from reproscope.model.dtypes import MIXED_DTYPE, dtype_message, dtype_outliers
+    m = user_model(f"{_file(tmp_path, VIT64.format(cast=False))}:build", 10, img_size=32)()
+    assert dtype_outliers(m) == [("pos_embed", "buffer", torch.float64)]
+    msg = dtype_message(m)
+    assert "pos_embed" in msg and ".float()" in msg and "dtype=torch.float32" in msg and "\n" not in msg
+    assert dtype_outliers(m.float()) == [] and dtype_message(m) is None and MIXED_DTYPE == "mixed-dtype"
+
+
+def test_train_refuses_a_float64_buffer_before_writing_the_run(tmp_path, capsys):
+    """The issue's case: the paper-figure probe at train start crashed with `mixed dtype (CPU)` and left a
+    half-made run folder. Now the start is refused, naming the buffer, and the run folder is not made."""
+    from reproscope.config import apply_overrides
+    from reproscope.launch import train
+    from reproscope.model.dtypes import MixedDtypeError
+    from reproscope.recipes import get_recipe
+    src = _file(tmp_path, VIT64.format(cast=False))
+    r = apply_overrides(get_recipe("quickstart"), {"data.train_size": 256, "data.val_size": 64, "sched.max_steps": 2,
+                                                   "run.progress": False, "instrument.probes": True})
+    with pytest.raises(MixedDtypeError) as e:
+        train(r, run_dir=tmp_path / "run", model_spec=f"{src}:build")
+    assert e.value.code == "mixed-dtype" and [n for n, _, _ in e.value.outliers] == ["pos_embed"]
+    assert not (tmp_path / "run").exists()  # no half-made run folder (model_src/ included)
+    rc = main(["train", "--model", f"{src}:build", "--run-dir", str(tmp_path / "run"), *TRAIN])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pos_embed" in err and "[mixed-dtype" in err and "Traceback" not in err
+
+
+def test_train_warns_about_a_float64_buffer_that_its_model_casts(tmp_path, capsys):
+    src = _file(tmp_path, VIT64.format(cast=True))
+    rd = tmp_path / "run"
+    assert main(["train", "--model", f"{src}:build", "--run-dir", str(rd), *TRAIN]) == 0
+    out = capsys.readouterr().out
+    assert sum("pos_embed" in ln and "[mixed-dtype]" in ln for ln in out.splitlines()) == 1
+    assert (rd / "summary.json").is_file()
+
+
+def test_a_model_that_runs_only_under_autocast_trains_and_its_probes_say_not_measured(tmp_path, capsys):
+    """The issue's model on CUDA with bf16 autocast (LayerNorm then runs in float32) trains, but the
+    paper-figure probes, which run outside autocast, crashed at train start: now they record it."""
+    import json
+    src = _file(tmp_path, VIT64.format(cast='"autocast"'))
+    rd = tmp_path / "run"
+    assert main(["train", "--model", f"{src}:build", "--run-dir", str(rd), "--set", "precision.amp=bf16",
+                 "--set", "instrument.probes=true", *TRAIN]) == 0
+    rows = [json.loads(ln) for ln in (rd / "paper_probes.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [-1, 0] and all(r["not_measured"].startswith("mixed-dtype") for r in rows)
+    assert json.loads((rd / "summary.json").read_text())["steps"] == 8
+    assert capsys.readouterr().out.count("paper-figure probes not measured") == 1
+
+
+def test_the_paper_probes_do_not_raise_on_mixed_dtypes(tmp_path):
+    """A model whose forward raises for mixed dtypes: the probes say 'not measured' instead of raising."""
+    from reproscope.instrument.paper_probes import collect, probe_findings, summary
+    m = user_model(f"{_file(tmp_path, VIT64.format(cast=False))}:build", 10, img_size=32)()
+    data = collect(m, torch.randn(4, 3, 32, 32))
+    assert data["norm_curves"] == {} and data["not_measured"].startswith("mixed-dtype")
+    assert summary(data) == {"not_measured": data["not_measured"]} and probe_findings(data) == {}
+
+
+def test_diagnose_names_a_float64_buffer_not_the_image_size(tmp_path, capsys):
+    import json
+    src = _file(tmp_path, VIT64.format(cast=False))
+    rc = main(["diagnose", "all", "--model", f"{src}:build", *SMALL, "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 1 and [(r["name"], r["status"], r["codes"]) for r in res] == [("model-dtypes", "fail", ["mixed-dtype"])]
+    assert res[0]["details"]["outliers"] == [{"name": "pos_embed", "kind": "buffer", "dtype": "float64"}]
+    from reproscope.config import apply_overrides
+    from reproscope.diagnostics.diagnose import run_diagnosis
+    from reproscope.recipes import get_recipe
+    src = _file(tmp_path, VIT64.format(cast=True), name="casts.py")  # it runs: a WARN, then the checks
+    r = apply_overrides(get_recipe("quickstart"), {"data.train_size": 512, "data.val_size": 128})
+    res = run_diagnosis(r, "recipe-audit", model_spec=f"{src}:build")
+    assert [(x.name, x.status, x.codes) for x in res] == [("model-dtypes", "warn", ["mixed-dtype"]),
+                                                          ("recipe-audit", res[1].status, res[1].codes)]

@@ -7,6 +7,7 @@ probes and the NaN/Inf tripwire, ``report.figures`` draws the paper-figure probe
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -30,7 +31,9 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     Raises:
         CheckpointError: an unreadable, unsafe or mismatching checkpoint or weights file.
         RunDirError: an existing, non-empty ``run_dir`` without ``overwrite`` or ``resume``.
-        ConfigError: a recipe this machine or dataset cannot run.
+        ConfigError: a recipe this machine or dataset cannot run, or a model whose floating dtypes
+            clash so that its forward raises (``model.dtypes.MixedDtypeError``, code ``mixed-dtype``).
+            A new run folder of a start that failed is removed.
     """
     start = open_run(recipe, run_dir=run_dir, resume=resume, overwrite=overwrite, overrides=overrides,
                      trust_pickle=trust_pickle)
@@ -39,8 +42,8 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
         trainer = start_trainer(start, callbacks=[*standard_callbacks(recipe), *callbacks], download=download,
                                 trust_pickle=trust_pickle, weights=weights, model_spec=model_spec)
     except BaseException:
-        if start.created and start.run_dir.is_dir() and not any(start.run_dir.iterdir()):
-            start.run_dir.rmdir()  # a start that failed before writing anything leaves no empty run folder
+        if start.created and start.run_dir.is_dir():  # this call made it: a start that failed leaves no run folder
+            shutil.rmtree(start.run_dir, ignore_errors=True)
         raise
     t0, steps_before = time.perf_counter(), trainer.step
     with stop_on_signals(trainer):

@@ -15,6 +15,7 @@ from ..checks.subject import Mutation
 from ..checks.zoo import get_bug
 from ..config import ConfigError, Recipe, apply_overrides, nearest
 from ..model.build import build_model
+from ..model.dtypes import MIXED_DTYPE, dominant_dtype, dtype_message, dtype_outliers, is_dtype_error
 from ..model.spec import user_model
 
 CHECK_NAMES = list(CHECKS) + ["recipe-audit"]
@@ -35,8 +36,13 @@ def checks_help() -> str:
     return "\n".join(lines)
 
 
-def preflight(make_model, data: CheckData, spec: str) -> None:
+def preflight(make_model, data: CheckData, spec: str) -> CheckResult | None:
     """Build the model once and run two training images through it, before any check runs.
+
+    Returns None for a model that runs and uses one floating dtype; else a ``model-dtypes`` result
+    with code ``mixed-dtype`` naming each parameter or buffer whose floating dtype differs from the
+    parameters' (``model.dtypes``): FAIL when the forward raises for it (no check can run), WARN
+    when it runs anyway.
 
     Raises:
         ConfigError: once, naming what the model expects, when it rejects the input or returns
@@ -44,6 +50,7 @@ def preflight(make_model, data: CheckData, spec: str) -> None:
     """
     import torch
     model = make_model()
+    outliers = dtype_outliers(model)
     x = data.x[:2]
     model.eval()
     try:
@@ -51,6 +58,8 @@ def preflight(make_model, data: CheckData, spec: str) -> None:
             out = model(x)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if outliers and is_dtype_error(e):
+            return _dtype_result(model, outliers, f"{type(e).__name__}: {first}")
         raise ConfigError(f"model {spec}: it rejects the data's input {list(x.shape)} ({type(e).__name__}: {first}); "
                           f"give the data the size it expects (--set data.img_size=N) or build the model for "
                           f"{x.shape[-1]} px (img_size/patch_size arguments of its factory)") from e
@@ -59,6 +68,22 @@ def preflight(make_model, data: CheckData, spec: str) -> None:
         raise ConfigError(f"model {spec}: it returns {got} for a batch of 2, expected logits [2, {data.num_classes}] "
                           f"(num_classes={data.num_classes}; its factory must take num_classes, or return that many "
                           f"outputs)")
+    return _dtype_result(model, outliers, None) if outliers else None
+
+
+def _dtype_result(model, outliers: list, error: str | None) -> CheckResult:
+    """The ``model-dtypes`` result: FAIL when the forward raised ``error``, else WARN."""
+    main = str(dominant_dtype(model)).replace("torch.", "")
+    return CheckResult(
+        "model-dtypes", "fail" if error else "warn",
+        f"{len(outliers)} parameter/buffer tensor(s) not {main}" + (f"; the forward raises ({error})" if error else ""),
+        f"one floating dtype ({main})",
+        "A model's parameters and buffers share one floating dtype; a float64 tensor (numpy's default, kept by "
+        "torch.from_numpy) met by float32 activations makes the next op raise or turn the activations float64.",
+        [dtype_message(model, outliers)],
+        {"dominant": main, "outliers": [{"name": n, "kind": k, "dtype": str(d).replace("torch.", "")}
+                                        for n, k, d in outliers], "forward_error": error},
+        [MIXED_DTYPE])
 
 
 def tensor_subject(recipe: Recipe, path: str, out_dir: Path | None):
@@ -99,11 +124,14 @@ def run_diagnosis(recipe: Recipe, which: str = "all", *, model_spec: str | None 
         make_model = (lambda: mutation.model(user())) if mutation is not None and mutation.model else user
         # grad-flow may rebuild the model for a larger input (a stage reduced to 1x1 at this size)
         make_model.at_size = lambda px: user_model(model_spec, k, img_size=px, in_chans=chans)
-    preflight(make_model, data, model_spec or recipe.model.name)
+    dtypes = preflight(make_model, data, model_spec or recipe.model.name)
+    if dtypes is not None and dtypes.status == "fail":  # the model cannot run: no check can measure
+        return [dtypes]
     data.quick = quick
     names = [n for n in CHECKS if which == n or (which == "all" and (not quick or in_quick_tier(n)))]
     audit = which in ("all", "recipe-audit")
-    results = run_checks(make_model, data, names, progress=progress, total=len(names) + audit)
+    results = ([dtypes] if dtypes is not None else []) + run_checks(make_model, data, names, progress=progress,
+                                                                     total=len(names) + audit)
     if audit:
         results.append(recipe_audit(as_given, make_model(), len(data.source.train_images) if data.source else None))
         if progress:

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..model.dtypes import MIXED_DTYPE, is_dtype_error
 from ..model.layers import dyt_like
 from ..model.mambaout import GatedCNNBlock
 from .hooks import HookHandles
@@ -44,7 +45,11 @@ def collect(model: nn.Module, x: torch.Tensor) -> dict:
     any module with a tensor ``alpha`` (``layers.dyt_like``; its curve is tanh(alpha x) unless it says
     ``squash`` otherwise), KAT-like any ``rational_like`` module (its input range against the [-3, 3] fit
     range) and its parent (the output/input variance ratio of that GR-KAN layer), MambaOut-like our
-    ``GatedCNNBlock``."""
+    ``GatedCNNBlock``.
+
+    A model whose forward raises for mixed floating dtypes (a float64 buffer met by float32
+    activations, run here without the training step's autocast) is not measured: the result's lists
+    stay empty and ``not_measured`` says why (``model.dtypes.MIXED_DTYPE``); other errors propagate."""
     norms = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.LayerNorm) or dyt_like(m)]
     chosen = {n for n, _ in (norms[:1] + norms[len(norms) // 2:len(norms) // 2 + 1] + norms[-1:])} if norms else set()
     out: dict = {"norm_curves": {}, "kat": {}, "mambaout_gates": {}}
@@ -94,9 +99,17 @@ def collect(model: nn.Module, x: torch.Tensor) -> dict:
             handles.add(m.act.register_forward_hook(gate_hook(stage)))
     was = model.training
     model.eval()
-    with handles:
-        model(x)
-    model.train(was)
+    try:
+        with handles:
+            model(x)
+    except RuntimeError as e:
+        if not is_dtype_error(e):
+            raise
+        first = str(e).strip().splitlines()[0]
+        return {"norm_curves": {}, "kat": {}, "mambaout_gates": {},
+                "not_measured": f"{MIXED_DTYPE}: the model's forward raises outside autocast ({first})"}
+    finally:
+        model.train(was)
     out["mambaout_gates"] = {k: torch.stack(v).mean().item() for k, v in gates.items()}
     return out
 
@@ -105,7 +118,9 @@ def summary(data: dict) -> dict:
     """``collect``'s output reduced to numbers, one small dict per call (a line of
     ``paper_probes.jsonl``): per rational layer its input p0.1/p99.9, min/max and the GR-KAN layer's
     variance ratio; per MambaOut stage the near-zero gate share; per probed DyT layer the share of
-    saturated outputs (``SATURATED``)."""
+    saturated outputs (``SATURATED``); ``not_measured`` (why) when ``collect`` could not run the model."""
+    if data.get("not_measured"):
+        return {"not_measured": data["not_measured"]}
     kat = {n: {k: v[k] for k in ("in_min", "in_max", "in_p001", "in_p999", "var_ratio") if k in v}
            for n, v in data.get("kat", {}).items()}
     dyt = dyt_saturation(data)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..config import InstrumentConfig
+from ..console import log as console
 from ..runtime import distributed, rng_state, set_rng_state
 from ..train.callbacks import Callback
 from ..train.guard import SpikeDetector
@@ -90,6 +91,7 @@ class Instrument(Callback):
         self._hist_now = False
         self._key_steps: set[int] = set()  # the run's middle and last step: probed, with histograms
         self._nonfinite_seen: set[str] = set()  # per-module non-finite tags, written from their first count on
+        self._not_measured_said = False  # the paper-figure probes could not run the model: said once
 
     # ---------------------------------------------------------------- events
     def on_train_start(self, trainer) -> None:
@@ -161,6 +163,9 @@ class Instrument(Callback):
         if not (self.cfg.probes and trainer.dist.is_main) or trainer.val_loader is None:
             return  # (a watched loop has no validation data)
         line = summary(collect(trainer.orig_model, self._val_batch(trainer)))
+        if line.get("not_measured") and not self._not_measured_said:
+            self._not_measured_said = True
+            console.warning(f"warning: paper-figure probes not measured: {line['not_measured']}")
         if line:
             with open(trainer.run_dir / "paper_probes.jsonl", "a") as f:
                 f.write(json.dumps({"epoch": epoch, "step": trainer.step, **line}) + "\n")

@@ -16,11 +16,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 
 from ..config import Recipe, apply_overrides, recipe_from_dict
 from ..console import log as console
+from ..model.dtypes import MIXED_DTYPE, MixedDtypeError, dtype_message, dtype_outliers, is_dtype_error
 from ..model.spec import factory_for, model_source, respec, spec_file, spec_in_run
-from ..runtime import distributed, resolve_device
+from ..runtime import autocast, distributed, resolve_device, rng_state, set_rng_state
 from .checkpoint import (CheckpointError, listed_checkpoints, load_checkpoint, load_weights, read_manifest,
                          saved_recipe)
 from .optim import WarmupCosine
@@ -86,7 +88,7 @@ class RunStart:
     run_dir: Path
     ckpt: dict | None
     ckpt_path: Path | None
-    created: bool = False  # this call made the run folder (a failed start removes it while still empty)
+    created: bool = False  # this call made the run folder (``launch.train`` removes it when the start fails)
 
 
 def open_run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | None = None,
@@ -149,6 +151,9 @@ def start_trainer(start: RunStart, *, callbacks=(), download: bool = False, trus
 
     Raises:
         CheckpointError: unreadable, unsafe or mismatching weights.
+        MixedDtypeError (a ConfigError): a model whose floating parameters and buffers disagree in dtype
+            and whose forward raises for it (``check_model_dtypes``), before any step and before the run
+            record is written (``launch.train`` removes a new run's folder).
     """
     recipe, rd, ckpt = start.recipe, start.run_dir, start.ckpt
     factory, source = None, None
@@ -161,6 +166,11 @@ def start_trainer(start: RunStart, *, callbacks=(), download: bool = False, trus
         factory, source = _user_factory(model_spec, recipe, rd, distributed.from_env().is_main)
     trainer = Trainer(recipe, rd, callbacks=callbacks, download=download, model_factory=factory,
                       model_source=source)
+    try:
+        check_model_dtypes(trainer)
+    except MixedDtypeError:
+        trainer.log.close()  # what the Trainer opened; a new run's folder is removed by the caller
+        raise
     if ckpt is not None:
         if (rd / "config.json").exists():
             changes = resume_changes(ckpt, recipe, trainer.steps_per_epoch)
@@ -171,6 +181,41 @@ def start_trainer(start: RunStart, *, callbacks=(), download: bool = False, trus
         load_into(trainer.orig_model, load_weights(weights, trust_pickle=trust_pickle), weights)
         console.info(f"weights: started from {weights}")
     return trainer
+
+
+def check_model_dtypes(trainer: Trainer) -> None:
+    """Refuse or warn about a model whose floating parameters and buffers disagree in dtype
+    (``model.dtypes``), before its first step: when its forward raises on two validation images under
+    the run's autocast, raise; when it runs anyway (CUDA autocast casts for it), warn once naming them.
+    A model with one floating dtype costs nothing here (no forward).
+
+    Raises:
+        MixedDtypeError: naming each tensor and the fix (code ``mixed-dtype``).
+    """
+    model = trainer.orig_model
+    outliers = dtype_outliers(model)
+    if not outliers:
+        return
+    msg = dtype_message(model, outliers)
+    saved = rng_state()  # reading a batch leaves the run's random streams as they were
+    try:
+        x, _ = next(iter(trainer.val_loader.epoch(0)))
+    finally:
+        set_rng_state(saved)
+    was = model.training
+    model.eval()  # no BatchNorm statistics move, no dropout draws
+    try:
+        with torch.no_grad(), autocast(trainer.device, trainer.amp_dtype):
+            model(x[:2])
+    except RuntimeError as e:
+        if not is_dtype_error(e):
+            raise
+        raise MixedDtypeError(f"model: {msg} [{MIXED_DTYPE}; its forward raises: {str(e).strip().splitlines()[0]}]",
+                              outliers) from None
+    finally:
+        model.train(was)
+    if trainer.dist.is_main:
+        console.warning(f"warning: model: {msg} [{MIXED_DTYPE}]")
 
 
 def resume_changes(ckpt: dict, recipe: Recipe, steps_per_epoch: int) -> list[dict]:

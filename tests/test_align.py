@@ -75,6 +75,9 @@ class Student(nn.Module):
         s.embed = nn.Conv2d(3, d, p, p)
         s.cls = nn.Parameter(torch.randn(1, 1, d) * 1e-6)
         s.pos = nn.Parameter(torch.randn(1, (img_size // p) ** 2 + 1, d) * 0.02)
+        if DEV == "pos_float64":  # a fixed embedding kept as numpy made it: float64
+            del s.pos
+            s.register_buffer("pos", torch.randn(1, (img_size // p) ** 2 + 1, d, dtype=torch.float64) * 0.02)
         s.layers = nn.Sequential(*[Block(d, h) for _ in range(depth)])
         s.final_norm = norm(d)
         s.classifier = nn.Linear(d, num_classes)
@@ -197,6 +200,13 @@ def test_position_embedding_not_added_to_the_class_token(tmp_path):
     f = _vit(tmp_path, "pos_not_on_cls").forward
     assert (f.kind, f.after, f.before) == ("between", "embed", "layers.0.ln_a")
     assert f.where.startswith("Student.forward")
+
+
+def test_a_float64_buffer_is_a_difference_the_float64_comparison_would_hide(tmp_path):
+    r = _vit(tmp_path, "pos_float64")
+    f = r.finding("dtype-differs")
+    assert not r.agree and f is not None and f.deviation and (f.mine, f.ref) == (["pos"], ["pos_embed"])
+    assert r.forward is None  # the outputs agree in float64: only the dtype tells them apart
 
 
 def test_qkv_without_bias(tmp_path):

@@ -28,7 +28,9 @@ Two models whose modules are named and nested differently are compared the way o
    have none", "``blocks.*.mlp`` differs in structure: yours has ..., REF has ..."). The mapping is
    written as JSON (``--out``) that can be edited and passed back with ``--map``.
 3. **Weights** of REF (with small noise added, so zero-initialised biases carry signal) are copied into
-   MINE through the mapping (buffers too, e.g. BatchNorm statistics).
+   MINE through the mapping (buffers too, e.g. BatchNorm statistics). A paired tensor whose floating
+   dtype as built differs from REF's (a float64 position embedding from ``torch.from_numpy``) is a
+   deviation (``dtype-differs``): the float64 comparison below would hide it.
 4. **Forward**: one seeded batch through both, in eval mode (``train_mode=True`` reseeds before each
    forward so dropout masks match where both draw them in the same order). Modules are paired when
    the tensors under them (recursively) map onto each other exactly; pairs are compared in MINE's
@@ -63,6 +65,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError
+from ..model.dtypes import dtype_message
 from ..model.layers import first_tensor
 from ..model.observe_tensors import forward_watching, plain_tensor_candidates, tensor_use_order, used_plain
 from ..model.observe_tensors import plain_tensor_attributes  # noqa: F401  (re-exported for callers of align)
@@ -85,7 +88,7 @@ class AlignInputError(ConfigError):
 class Finding:
     """One result beside the forward/backward verdicts. ``code``: "structure-differs", "shape-deviation",
     "plain-tensor-attribute", "inplace-input", "pairing-ambiguous", "paired-by-role", "backward-moot",
-    "backward-raises"; ``mine`` / ``ref``: the concrete module or tensor names it is about; ``deviation``:
+    "backward-raises", "dtype-differs"; ``mine`` / ``ref``: the concrete module or tensor names it is about; ``deviation``:
     whether it makes the verdict DIVERGE (False: information)."""
 
     code: str
@@ -192,6 +195,33 @@ def _named_tensors(model: nn.Module, plain=()) -> dict[str, torch.Tensor]:
     for mname, attr, _ in plain:
         out[f"{mname}.{attr}" if mname else attr] = getattr(mods[mname], attr)
     return out
+
+
+def _float_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
+    """The dtype of each floating parameter and buffer of ``model``, by full name."""
+    return {n: t.dtype for n, t in _named_tensors(model).items() if t.is_floating_point()}
+
+
+def dtype_findings(dt_mine: dict, dt_ref: dict, mapping: dict, fix: str | None = None) -> list[Finding]:
+    """One "dtype-differs" finding (a deviation) for the paired tensors whose floating dtype as built
+    differs between MINE and REF (``dt_*``: name -> dtype; ``mapping``: MINE name -> REF name, a list of
+    REF names, or a fused ``[name, i, n]``); ``fix``: MINE's ``model.dtypes.dtype_message``, appended.
+    Empty when every pair agrees. Align compares in float64, which hides such a difference."""
+    items = []
+    for m, r in mapping.items():
+        refs = [r] if isinstance(r, str) else [x for x in r if isinstance(x, str) and x in dt_ref]
+        other = next((dt_ref[x] for x in refs if x in dt_ref and m in dt_mine and dt_ref[x] != dt_mine[m]), None)
+        if other is not None:
+            items.append((m, refs[0], dt_mine[m], other))
+    if not items:
+        return []
+    short = (lambda d: str(d).replace("torch.", ""))
+    s = "; ".join(f"`{m}` is {short(a)} where REF's `{r}` is {short(b)}" for m, r, a, b in items[:4])
+    s += (" ..." if len(items) > 4 else "") + (" (compared here in float64, which hides it; in training the "
+                                              "activations meet both dtypes)")
+    if fix:
+        s += f": {fix}"
+    return [Finding("dtype-differs", s, [m for m, _, _, _ in items], [r for _, r, _, _ in items])]
 
 
 def _cast_plain(model: nn.Module, plain, dtype: torch.dtype) -> None:
@@ -1190,6 +1220,8 @@ def align(mine_spec: str, ref_spec: str, *, img_size: int = 224, num_classes: in
     """
     mine, ref = (_build(spec, label, num_classes, img_size, seed) for spec, label in ((mine_spec, "MINE"),
                                                                                    (ref_spec, "REF")))
+    dtypes = _float_dtypes(mine), _float_dtypes(ref)  # as built: the cast to float64 below makes them equal
+    fix = dtype_message(mine)
     dtype = torch.float32 if float32 else torch.float64
     atol = atol if atol is not None else (1e-6 if float32 else 1e-10)
     rtol = rtol if rtol is not None else (1e-5 if float32 else 1e-8)
@@ -1220,6 +1252,7 @@ def align(mine_spec: str, ref_spec: str, *, img_size: int = 224, num_classes: in
         if f.code == "shape-deviation":
             match.deviations.update(zip(f.mine, f.ref))
     um, ur = _unmatched(tm, tr, mapping, match.deviations)
+    findings += dtype_findings(*dtypes, {**mapping, **match.deviations}, fix)
     for m, r in match.deviations.items():  # REF's value broadcast into the other shape, where it can be
         _copy_into(mt[m], rt[r])
     init = init_differences(stats_m, stats_r, mapping, ambiguous)

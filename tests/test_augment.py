@@ -88,6 +88,24 @@ def test_ema_update_formula():
     torch.testing.assert_close(ema.module.weight, 0.9 * before + 0.1 * m.weight)
 
 
+def test_ema_follows_batchnorm_buffers_as_timms_model_ema_v3():
+    """running_mean/var are averaged with the weights' decay, num_batches_tracked is copied (timm's
+    ModelEmaV3): an EMA whose BatchNorm statistics stayed at init would not fit its weights."""
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    ema = ModelEma(m, decay=0.9)
+    bn, ebn = m[1], ema.module[1]
+    for _ in range(30):
+        before_mean, before_var = ebn.running_mean.clone(), ebn.running_var.clone()
+        m(torch.randn(8, 3, 8, 8) * 3 + 2)
+        ema.update(m)
+        torch.testing.assert_close(ebn.running_mean, 0.9 * before_mean + 0.1 * bn.running_mean)
+        torch.testing.assert_close(ebn.running_var, 0.9 * before_var + 0.1 * bn.running_var)
+    assert ebn.num_batches_tracked.item() == bn.num_batches_tracked.item() == 30
+    # from the init (mean 0, var 1) most of the way to the model's statistics
+    assert ((ebn.running_mean - bn.running_mean).norm() < 0.5 * bn.running_mean.norm()
+            and (ebn.running_var - bn.running_var).norm() < 0.5 * (bn.running_var - 1).norm())
+
+
 def test_rrc_flip_shapes_and_full_box_identity():
     x = torch.rand(5, 3, 20, 20)
     out = random_resized_crop_flip(x, 12, scale_min=0.08, hflip=0.5)

@@ -165,6 +165,23 @@ def test_an_ema_that_still_holds_the_init_is_named_with_its_horizon(trained, tmp
     res = {x.name: x for x in run_eval_diagnosis(None, path, model_spec=f"{src}:make")}  # the recipe it carries
     ema = res["raw-vs-ema"]
     assert ema.status == "warn" and ema.codes == ["ema-lags"] and round(ema.details["horizon_steps"]) == 10000
+    assert ema.details["ema_recalibrated_top1"] < 0.5  # its BatchNorm statistics recomputed: still the init
+
+
+def test_an_ema_with_stale_batchnorm_statistics_is_told_from_a_lagging_one(trained, tmp_path):
+    """An EMA that averaged the weights but kept its BatchNorm buffers at init (an EMA of parameters only):
+    recomputing the statistics on training images recovers it, so it is not blamed on the horizon."""
+    src, sd, r, mod = trained
+    r = apply_overrides(r, {"reg.ema_decay": 0.99})
+    fresh = mod.make().state_dict()
+    ema = {k: (fresh[k] if "running_" in k or "num_batches" in k else v) for k, v in sd.items()}
+    obj = {"model": sd, "ema": ema, "step": 250, "recipe_json": __import__("json").dumps(r.to_dict())}
+    path = tmp_path / "ckpt.pt"
+    torch.save(obj, path)
+    res = {x.name: x for x in run_eval_diagnosis(None, path, model_spec=f"{src}:make")}
+    e = res["raw-vs-ema"]
+    assert e.status == "warn" and e.codes == ["ema-stale-bn"], e.measured
+    assert e.details["ema_top1"] < 0.5 and e.details["ema_recalibrated_top1"] > e.details["raw_top1"] - 0.2
 
 
 def test_broken_batchnorm_statistics_and_train_mode_evaluation(trained, tmp_path):

@@ -16,7 +16,10 @@ by evaluating the same weights under the hypothesis that explains it:
    instead of centre-cropped, ImageNet's mean/std); a variant far better
    than the configured one is how the model was trained.
 4. ``raw-vs-ema``: both sets of weights when the checkpoint holds an EMA; an EMA whose horizon
-   1/(1 - decay) is long against the steps trained still averages in the random init.
+   1/(1 - decay) is long against the steps trained still averages in the random init (``ema-lags``).
+   When the EMA scores far below the raw weights and the model has BatchNorm, a copy of the EMA gets
+   its BatchNorm statistics recomputed on training images (``torch.optim.swa_utils.update_bn``): an
+   EMA that recovers there averaged the weights but not the running statistics (``ema-stale-bn``).
 5. ``eval-mode``: the model in train mode (BatchNorm batch statistics, dropout on) against eval mode;
    a large gap either way names the BatchNorm statistics or a forgotten ``model.eval()``.
 
@@ -27,6 +30,7 @@ configured evaluation and ends above twice chance.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -254,31 +258,65 @@ def preprocessing(model: nn.Module, variants: dict[str, torch.Tensor], y: torch.
 
 # ----------------------------------------------------------------------------- 4. raw vs EMA
 
+def recalibrated(model: nn.Module, train_x: torch.Tensor, batch: int = 64) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics are recomputed on the model inputs
+    ``train_x`` [N, C, H, W], in batches of ``batch`` (``torch.optim.swa_utils.update_bn``: reset, then
+    the cumulative average over the batches, in train mode); in eval mode on return. ``model`` is
+    not changed."""
+    from torch.optim.swa_utils import update_bn
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        update_bn([train_x[i:i + batch] for i in range(0, len(train_x), batch)], twin)
+    return twin.eval()
+
+
 def raw_vs_ema(model: nn.Module, ema: dict, x: torch.Tensor, y: torch.Tensor, decay: float,
-               steps: int | None) -> CheckResult:
-    """Top-1 of the raw and the EMA weights; WARN ``ema-lags`` when the EMA is far worse."""
+               steps: int | None, train_x: torch.Tensor | None = None) -> CheckResult:
+    """Top-1 of the raw and the EMA weights on ``x`` [N, C, H, W] with labels ``y`` [N]; WARN when the EMA
+    is far worse: ``ema-stale-bn`` when the EMA with its BatchNorm statistics recomputed on the training
+    inputs ``train_x`` (see ``recalibrated``) comes within ``GAIN`` of the raw weights (the EMA averaged
+    the weights but not the BatchNorm buffers), else ``ema-lags``. Without ``train_x`` or BatchNorm,
+    the recalibration is not tried (``details["ema_recalibrated_top1"]`` is None)."""
     raw_acc = top1(predict(model, x), y)
     raw_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    recal_acc = None
     try:
         model.load_state_dict(ema)
         ema_acc = top1(predict(model, x), y)
+        if raw_acc - ema_acc >= GAIN and has_bn and train_x is not None and len(train_x) > 1:
+            recal_acc = top1(predict(recalibrated(model, train_x), x), y)
     finally:
         model.load_state_dict(raw_sd)
     horizon = 1 / (1 - decay) if 0 < decay < 1 else math.nan
     causes, codes = [], []
-    if raw_acc - ema_acc >= GAIN:
+    if raw_acc - ema_acc >= GAIN and recal_acc is not None and raw_acc - recal_acc < GAIN:
+        causes.append(f"the EMA weights score {ema_acc:.1%}, the raw weights {raw_acc:.1%}, and the EMA with its "
+                      f"BatchNorm statistics recomputed on {len(train_x)} training images {recal_acc:.1%}: the EMA's "
+                      f"BatchNorm running_mean/running_var are stale (the weights were averaged, the buffers were "
+                      f"not); average the buffers with the same decay (timm's ModelEmaV3 does; "
+                      f"AveragedModel(use_buffers=True)), or run torch.optim.swa_utils.update_bn on the EMA model "
+                      f"before evaluating it")
+        codes.append("ema-stale-bn")
+    elif raw_acc - ema_acc >= GAIN:
         trained = f"{steps} steps trained" if steps is not None else "the steps trained unknown"
         why = (f"the EMA averages over ~{horizon:.0f} steps (decay {decay:g}) against {trained}, so it still holds "
                f"the early weights; evaluate the raw weights, or lower reg.ema_decay for a short run"
                if 0 < decay < 1 else
                f"the recipe has no EMA (reg.ema_decay {decay:g}), so these EMA weights were not averaged over this "
                f"run; evaluate the raw weights")
-        causes.append(f"the EMA weights score {ema_acc:.1%}, the raw weights {raw_acc:.1%}: {why}")
+        recal = (f" (recomputing its BatchNorm statistics gives {recal_acc:.1%}: not the buffers)"
+                 if recal_acc is not None else "")
+        causes.append(f"the EMA weights score {ema_acc:.1%}{recal}, the raw weights {raw_acc:.1%}: {why}")
         codes.append("ema-lags")
-    return CheckResult("raw-vs-ema", "warn" if causes else "pass", f"raw {raw_acc:.1%}, EMA {ema_acc:.1%}",
+    measured = f"raw {raw_acc:.1%}, EMA {ema_acc:.1%}" + (
+        f", EMA with BatchNorm statistics recomputed {recal_acc:.1%}" if recal_acc is not None else "")
+    return CheckResult("raw-vs-ema", "warn" if causes else "pass", measured,
                        f"EMA within {GAIN:.0%} of raw", "An EMA of the weights helps only once the run is many "
-                       "times longer than its averaging horizon.", causes,
-                       {"raw_top1": raw_acc, "ema_top1": ema_acc, "horizon_steps": horizon, "steps": steps}, codes)
+                       "times longer than its averaging horizon, and only when its BatchNorm statistics follow "
+                       "its weights.", causes,
+                       {"raw_top1": raw_acc, "ema_top1": ema_acc, "ema_recalibrated_top1": recal_acc,
+                        "horizon_steps": horizon, "steps": steps}, codes)
 
 
 # ----------------------------------------------------------------------------- 5. eval mode
@@ -360,7 +398,8 @@ def run_eval_diagnosis(recipe: Recipe | None, checkpoint: str | Path, *, model_s
     results.append(mapping)
     results.append(preprocessing(model, variants, vy, k))
     if ckpt.ema is not None:
-        results.append(raw_vs_ema(model, ckpt.ema, variants["configured"], vy, recipe.reg.ema_decay, ckpt.step))
+        results.append(raw_vs_ema(model, ckpt.ema, variants["configured"], vy, recipe.reg.ema_decay, ckpt.step,
+                                  train_x=tx))
     results.append(eval_mode(model, variants["configured"], vy, k, recipe.data.eval_batch_size))
     return results
 
@@ -372,7 +411,7 @@ def _not_measured(name: str) -> CheckResult:
                        {}, ["not-measured"])
 
 
-SUSPECT_WARNS = ("keys-prefix", "ema-lags", "train-mode-eval")  # handled here, but a user's loader may not
+SUSPECT_WARNS = ("keys-prefix", "ema-lags", "ema-stale-bn", "train-mode-eval")  # handled here, but a user's loader may not
 
 
 def verdict(results: list[CheckResult]) -> str:

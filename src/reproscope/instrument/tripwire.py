@@ -17,7 +17,8 @@ hooks added or removed) with temporary forward and full backward hooks on every 
   parent's own code;
 - otherwise the first module holding a non-finite parameter gradient.
 
-Two places no submodule owns are named as such: the model's own ``forward`` after its last submodule
+A batch that is already non-finite is the data's fault (phase ``input``). Two places no submodule owns
+are named as such: the model's own ``forward`` after its last submodule
 (every submodule's output finite, the model's output not: "born after 'fc', in Net.forward"), and
 the loss (the model's output finite, the criterion's value not: phase ``loss``).
 
@@ -146,6 +147,12 @@ def locate_nonfinite(model: nn.Module, batches: list[tuple[torch.Tensor, torch.T
     modules = dict(replica.named_modules())
     inputs_finite = {n: inp is None or not inp.is_floating_point() or bool(torch.isfinite(inp).all())
                      for n, _, inp, _ in forward_events}
+    bad_x = next((x for x, _ in batches if isinstance(x, torch.Tensor) and x.is_floating_point()
+                  and not torch.isfinite(x).all()), None)
+    if bad_x is not None:  # the data, not the model: the batch arrived non-finite
+        report.phase, report.module, report.module_type = "input", "<input>", "data"
+        report.input_stats = _stats(bad_x)
+        return report
     for name, module, inp, out in forward_events:
         if isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
             report.phase = "forward"
@@ -228,6 +235,9 @@ def format_report(r: NonFiniteReport) -> str:
     if r.phase == "forward" and r.between and r.between[1] == "<output>":
         lines = [f"NON-FINITE at step {r.step}: phase forward, born after '{r.between[0]}' (its output finite) in "
                  f"{r.module_type}.forward's own code after its last submodule: the model's output is non-finite"]
+    if r.phase == "input":
+        lines = [f"NON-FINITE at step {r.step}: phase input, the batch given to the model already holds non-finite "
+                 f"values: the data (its loading, decoding or normalisation), not the model"]
     if r.phase == "loss":
         lines = [f"NON-FINITE at step {r.step}: phase loss, born in the loss ({r.module_type}): the model's output "
                  f"is finite"]

@@ -321,11 +321,16 @@ class Watch:
             self._write_config()
 
     def steps_per_epoch(self) -> int | None:
-        """Optimizer steps per epoch: from ``data=``'s length when given, else steps / ``evaluate`` calls."""
+        """Optimizer steps per epoch: from ``data=``'s length when given (one step per ``accum`` loader batches,
+        or per loader batch when the loop splits each into micro-batches), else steps / ``evaluate`` calls."""
         n = self.data.get("train_batches")
         if n:
             accum = max(1, self.loop.forwards_per_step.most_common(1)[0][0]) if self.loop.forwards_per_step else 1
-            return max(1, n // accum)
+            loader_batch = self.data.get("observed", {}).get("data.batch_size")
+            forward_batch = self.loop.batch_sizes.most_common(1)[0][0] if self.loop.batch_sizes else None
+            if loader_batch and forward_batch and forward_batch * accum <= loader_batch * self.dist.world_size:
+                return n  # the loop splits each loader batch into its micro-batches: one step per loader batch
+            return max(1, n // accum)  # one micro-batch per loader batch
         return self.step_count // self.evals if self.evals else None
 
     def facts(self) -> tuple[dict, dict]:
@@ -334,7 +339,10 @@ class Watch:
         run's length (``RUN_LENGTH_KEYS``) are then not observed, kept in ``details["truncated"]``."""
         spe = self.steps_per_epoch()
         facts, details = self.loop.facts(spe)
+        seen_batch = facts.get("data.batch_size")  # per training forward: the loop may split a loader batch
         facts.update(self.data.get("observed", {}))
+        if seen_batch is not None:
+            facts["data.batch_size"] = seen_batch
         details["data"] = {k: v for k, v in self.data.items() if k != "observed"}
         if self.evals or spe:
             facts["sched.epochs"] = round(self.step_count / spe, 2) if spe and self.data.get("train_batches") \

@@ -160,6 +160,31 @@ def _ours(c: Context, cell) -> str:
     return "; ".join(parts)
 
 
+def setup_facts(r: RunRecord) -> dict:
+    """What the setup section states of run ``r``, as values (the cells are sentences made from these;
+    tests assert these): ``trained_by`` ("trainer" | "watch"), ``steps``, ``epochs`` (planned, for a
+    watched loop the evaluations or steps / steps per epoch; ``NOT_OBSERVED``), ``ending`` (code) and
+    ``ending_step``, ``batch``, ``img_size``, ``normalisation`` ({"mean", "std"}, "train-set-stats" or
+    ``NOT_OBSERVED``), ``eval_mode`` ("eval" | "train" | ``NOT_OBSERVED``), ``eval_ema`` (bool or
+    ``NOT_OBSERVED``), ``precision`` ("fp32" | "bf16" | "fp16" | "auto" | ``NOT_OBSERVED``)."""
+    end = r.ending
+    d = ((r.loop or {}).get("details", {}).get("data") or {}).get("details") or {}
+    if not r.watched:
+        norm = "train-set-stats"
+    else:
+        norm = {"mean": d["mean"], "std": d["std"]} if "mean" in d else NOT_OBSERVED
+    train_mode = r.value("eval.train_mode") if r.val else NOT_OBSERVED
+    eval_mode = NOT_OBSERVED if train_mode is NOT_OBSERVED else "train" if train_mode else "eval"
+    if not r.watched:
+        eval_mode = "eval"
+    return {"trained_by": "watch" if r.watched else "trainer", "steps": r.steps,
+            "epochs": r.value("sched.epochs") if end.get("how") in ("finished", "incomplete") or not r.watched
+            else NOT_OBSERVED,
+            "ending": end.get("how"), "ending_step": end.get("step"), "batch": r.value("data.batch_size"),
+            "img_size": r.value("data.img_size"), "normalisation": norm, "eval_mode": eval_mode,
+            "eval_ema": r.value("reg.eval_ema") if r.val else NOT_OBSERVED, "precision": r.value("precision.amp")}
+
+
 def _data_cell(r: RunRecord, base: Path) -> str:
     ds = r.value("data.dataset")
     if ds is NOT_OBSERVED:
@@ -171,12 +196,14 @@ def _data_cell(r: RunRecord, base: Path) -> str:
 
 
 def _epochs_cell(r: RunRecord) -> str:
-    e, end = r.value("sched.epochs"), r.ending
+    f, end = setup_facts(r), r.ending
+    e = f["epochs"]
     if end.get("how") not in ("finished", "incomplete"):
         return f"{e if not r.watched else 'planned: not observed'}; {end['reason']}"
     if end.get("how") == "incomplete":
         return f"{e} planned; {end['reason']}"
-    return str(e) if not r.watched else (f"{e} (evaluations)" if observed(e) else
+    return str(e) if not r.watched else (f"{e} (evaluations)" if observed(e) and r.val else
+                                         f"{e} (steps / batches per epoch of data=)" if observed(e) else
                                          "not observed (no w.evaluate and no data= with a length)")
 
 
@@ -193,13 +220,13 @@ def _count(n: int) -> str:
 
 
 def _normalisation_cell(r: RunRecord) -> str:
-    if not r.watched:
+    n = setup_facts(r)["normalisation"]
+    if n == "train-set-stats":
         return "the training set's channel mean and std (computed by the Trainer)"
-    d = ((r.loop or {}).get("details", {}).get("data") or {}).get("details") or {}
-    if "mean" in d:
-        return f"mean {_rounded(d['mean'])}, std {_rounded(d['std'])} (the loop's Normalize)"
-    if d:
-        return "none seen in the train transforms read from data= (not observed if done elsewhere)"
+    if n is not NOT_OBSERVED:
+        return f"mean {_rounded(n['mean'])}, std {_rounded(n['std'])} (the loop's Normalize)"
+    if ((r.loop or {}).get("details", {}).get("data") or {}).get("details"):
+        return "not observed: no Normalize in the transforms read from data= (done elsewhere, or not at all)"
     return "not observed (pass data= to reproscope.watch)"
 
 
@@ -207,22 +234,20 @@ def _rounded(v) -> str:
     return "[" + ", ".join(f"{x:.3g}" for x in v) + "]" if isinstance(v, (list, tuple)) else str(v)
 
 
-def _eval_cell(r: RunRecord) -> str:
-    if not r.watched:
-        return "model.eval()" + (", EMA weights" if r.value("reg.eval_ema") is True else "")
-    if not r.val:
-        return "not observed (the loop logged no evaluation: w.evaluate)"
-    train_mode, ema = r.value("eval.train_mode"), r.value("reg.eval_ema")
-    mode = ("not observed" if train_mode is NOT_OBSERVED else
-            "in train mode (BatchNorm batch statistics, dropout on)" if train_mode else "model.eval()")
-    return mode + (", EMA weights" if ema is True else "")
-
-
 def _precision_cell(r: RunRecord) -> str:
     amp = r.value("precision.amp")
     if amp == "auto":
         return f"auto: {'bf16' if r.env.get('gpus') else 'fp32'} on {r.device}"
     return f"{amp} autocast" if amp in ("bf16", "fp16") else str(amp)
+
+
+def _eval_cell(r: RunRecord) -> str:
+    f = setup_facts(r)
+    if not r.val:
+        return "not observed (the loop logged no evaluation: w.evaluate)" if r.watched else "no evaluation yet"
+    mode = {"eval": "model.eval()", "train": "in train mode (BatchNorm batch statistics, dropout on)"}.get(
+        f["eval_mode"], "not observed")
+    return mode + (", EMA weights" if f["eval_ema"] is True else "")
 
 
 def _paper_top1(c: Context, g: Group) -> float | None:

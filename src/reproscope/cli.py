@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .runfiles import METRICS, SUMMARY
 from .config import ConfigError, all_keys, apply_overrides, key_table
 from .recipes import DEFAULT_RECIPE, get_recipe, list_recipes, recipe_from_file
 from .console import install_console
@@ -41,15 +42,15 @@ def cmd_train(args) -> int:
                              trust_pickle=args.trust_pickle, weights=args.weights, model_spec=args.model)
     rd = trainer.run_dir
     if trainer.tripped is not None:
-        print(f"run stopped: {trainer.stop_reason}; see the report above and {rd / 'metrics.jsonl'}")
+        print(f"run stopped: {trainer.stop_reason}; see the report above and {rd / METRICS}")
         return 3
     import signal
     if trainer.signal is not None:  # the trainer printed the checkpoint and the resume command
         return 130 if trainer.signal == signal.SIGINT else 0
     from .train.run import format_summary
-    if (rd / "summary.json").is_file():
+    if (rd / SUMMARY).is_file():
         import json
-        print(format_summary(json.loads((rd / "summary.json").read_text())))
+        print(format_summary(json.loads((rd / SUMMARY).read_text())))
     elif metrics:  # not the main process
         print(f"final val top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
     print(f"view it with:  tensorboard --logdir {rd}   (--logdir {rd.parent} shows the runs beside it too)")

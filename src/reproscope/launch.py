@@ -11,6 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
+from .runfiles import DEVIATIONS, SUMMARY
 from .config import SECTIONS, Recipe
 from .report.figures import plot_run
 from .instrument import standard_callbacks
@@ -51,7 +52,7 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     if not trainer.dist.is_main:
         return trainer, metrics
     summary = run_summary(trainer, time.perf_counter() - t0, steps_before)
-    write_json(start.run_dir / "summary.json", summary)
+    write_json(start.run_dir / SUMMARY, summary)
     if trainer.log.tb is not None:
         from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import; only here
         with SummaryWriter(log_dir=str(start.run_dir / "tb")) as tb:
@@ -73,7 +74,7 @@ def tensorboard_summary(tb, recipe: Recipe, run_dir: Path, summary: dict, step: 
     final and best top-1."""
     import json
     tb.add_text("config", "```\n" + json.dumps(recipe.to_dict(), indent=1) + "\n```", step)
-    devs_file = run_dir / "deviations.json"
+    devs_file = run_dir / DEVIATIONS
     devs = json.loads(devs_file.read_text()).get("deviations", []) if devs_file.is_file() else []
     rows = [f"| {d.get('key')} | {d.get('parent')} | {d.get('value')} | {d.get('reason', '')} |" for d in devs]
     tb.add_text("deviations", "| field | paper | ours | reason |\n|---|---|---|---|\n" + "\n".join(rows)

@@ -22,6 +22,7 @@ file                   what it holds
 ``data.json``          per split: images, classes, unreadable files skipped
 ``resume_changes.json`` keys changed on resume, with the step they apply from
 ``audit.json``         ``reproscope audit`` of a recipe run (its ``deviations.json`` is the recipe's log)
+``paper_probes.jsonl`` the paper-figure probes over training
 =====================  ===============================================================================
 
 ``NOT_OBSERVED`` is a value, not a string: it prints as "not observed" (in any format, ``f"{v:.2f}"``
@@ -48,6 +49,11 @@ SUMMARY = "summary.json"
 DATA = "data.json"
 RESUME_CHANGES = "resume_changes.json"
 AUDIT = "audit.json"
+PAPER_PROBES = "paper_probes.jsonl"
+
+# the run record: what ``train.rundir.write_record`` writes, by the keyword it takes
+RECORD = {"config": CONFIG, "environment": ENVIRONMENT, "deviations": DEVIATIONS, "model_source": MODEL_SOURCE,
+          "loop": LOOP, "user_config": USER_CONFIG, "data": DATA, "summary": SUMMARY}
 
 NOT_OBSERVED_TEXT = "not observed"
 

@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..runfiles import CONFIG, MODEL_SOURCE
 from ..checks.core import CheckResult
 from ..checks.subject import strided_indices
 from ..checks.training import frozen_norm_statistics
@@ -88,8 +89,8 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoi
             recipe = saved_recipe(obj)
         except (KeyError, ValueError):
             recipe = None
-    if recipe is None and (path.parent / "config.json").is_file():  # weights inside a run directory
-        recipe = json.loads((path.parent / "config.json").read_text())
+    if recipe is None and (path.parent / CONFIG).is_file():  # weights inside a run directory
+        recipe = json.loads((path.parent / CONFIG).read_text())
     ema, step = None, None
     if isinstance(obj, dict):
         step = obj.get("step") if isinstance(obj.get("step"), int) else None
@@ -349,7 +350,7 @@ def eval_mode(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, batch:
 def _make_model(recipe: Recipe, model_spec: str | None, ckpt: Checkpoint, k: int, in_chans: int):
     if model_spec:
         return user_model(model_spec, k, img_size=recipe.data.img_size, in_chans=in_chans)()
-    src = ckpt.path.parent / "model_source.json"
+    src = ckpt.path.parent / MODEL_SOURCE
     if src.is_file():
         spec = spec_in_run(json.loads(src.read_text()), ckpt.path.parent)
         print(f"eval: rebuilding the run's model from {spec} (the run trained it; --model chooses another)")

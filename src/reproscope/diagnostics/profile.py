@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from ..runfiles import SUMMARY
 from ..config import Recipe
 from ..hardware import mfu
 from ..instrument import standard_callbacks
@@ -180,7 +181,7 @@ def summarise(prof, tr, wall: list[float], out: Path, cuda: bool) -> dict:
     if cuda:
         summary["mfu"], summary["peak_flops"] = mfu(summary["device"], flops_step, step_s, tr.recipe.precision.amp,
                                                     tr.recipe.precision.tf32)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1))
     write_html(summary, out)
     return summary
 

@@ -48,7 +48,8 @@ def replay(path: str | Path, device: str = "cpu", *, trust_pickle: bool = False)
     original = rep.get("report", {})
     if original and (original.get("module"), original.get("phase")) != (report.module, report.phase):
         print(f"note: the run reported {original.get('module')!r} ({original.get('phase')}); the fault may have "
-              f"come from a hook or a non-deterministic kernel that the reproducer cannot carry")
+              f"come from a hook, a non-deterministic kernel, or constructor arguments the model spec does not hold "
+              f"(the replay builds the model with its defaults), which the reproducer cannot carry")
     return 1 if report.phase != "none" else 0
 
 

@@ -339,7 +339,7 @@ class LoopObserver:
         if isinstance(self.criterion, nn.CrossEntropyLoss):  # the criterion, when given, is the loop's own word
             f["reg.label_smoothing"] = float(self.criterion.label_smoothing)
         elif self.smoothing:
-            f["reg.label_smoothing"] = statistics.median(self.smoothing)
+            f["reg.label_smoothing"] = statistics.median(self.smoothing) + 0.0  # never -0.0
         f["aug.mixing"] = t["mixed"] > 0 or (t["hard"] > 0 and self.smoothing_unsolved > len(self.smoothing))
         if t["soft"] == 0 and f["aug.mixing"]:
             d["targets"]["note"] = "the loss is not the cross-entropy of the targets given to step(): mixing or a scaled loss"

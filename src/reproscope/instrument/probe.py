@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..runfiles import PAPER_PROBES, STATS
 from ..config import InstrumentConfig
 from ..console import log as console
 from ..runtime import distributed, rng_state, set_rng_state
@@ -101,7 +102,7 @@ class Instrument(Callback):
         self.params = [(n, p) for n, p in trainer.orig_model.named_parameters() if p.requires_grad]
         total = getattr(trainer, "total_steps", 0)  # a watched loop does not know its length
         self._key_steps = {max(1, total // 2), total} if total else set()
-        self.stats_file = open(trainer.run_dir / "stats.jsonl", "a", buffering=1) if trainer.dist.is_main else None
+        self.stats_file = open(trainer.run_dir / STATS, "a", buffering=1) if trainer.dist.is_main else None
         if trainer.step == 0:  # the paper-figure probes at initialisation: epoch -1 in paper_probes.jsonl
             self.on_epoch_end(trainer, -1)
 
@@ -167,7 +168,7 @@ class Instrument(Callback):
             self._not_measured_said = True
             console.warning(f"warning: paper-figure probes not measured: {line['not_measured']}")
         if line:
-            with open(trainer.run_dir / "paper_probes.jsonl", "a") as f:
+            with open(trainer.run_dir / PAPER_PROBES, "a") as f:
                 f.write(json.dumps({"epoch": epoch, "step": trainer.step, **line}) + "\n")
 
     def on_train_end(self, trainer) -> None:

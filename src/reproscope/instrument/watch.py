@@ -68,11 +68,10 @@ from ..config import InstrumentConfig, flat_items
 from ..console import install_console
 from ..console import log as console
 from ..recipes import get_recipe
-from ..runfiles import CONFIG, DEVIATIONS, ENVIRONMENT, LOOP, MODEL_SOURCE, USER_CONFIG
 from ..runtime import distributed, rng_state, set_rng_state
 from ..train.events import EventWriter
 from ..train.guard import DivergenceWatch, StepDecision, StepGuard
-from ..train.rundir import MetricsLog, NullLog, environment, write_json
+from ..train.rundir import MetricsLog, NullLog, run_environment, write_record
 from .loop import LoopObserver
 from .loop_audit import RUN_LENGTH_KEYS, audit, read_declared, resolve_against
 from .loop_data import describe_data
@@ -185,10 +184,9 @@ class Watch:
         self.ending: dict = {"how": "running", "step": 0}
         self._rng: dict | None = None  # every RNG's state before the last training forward (the replay's)
         if self.dist.is_main:
-            write_json(self.run_dir / USER_CONFIG, self.user_config)
+            write_record(self.run_dir, user_config=self.user_config, environment=run_environment(self.dist.world_size),
+                         model_source={"spec": self.model_spec})
             self._write_config()
-            write_json(self.run_dir / ENVIRONMENT, {**environment(), "world_size": self.dist.world_size})
-            write_json(self.run_dir / MODEL_SOURCE, {"spec": self.model_spec})
 
     def __enter__(self) -> "Watch":
         self.instrument.on_train_start(self._view)
@@ -371,13 +369,12 @@ class Watch:
         cfg["run"] = {"log_every": self.log_every}
         cfg["not_observed"] = sorted(k for k in recipe_keys if k not in facts and k != "model.name")
         cfg["ending"] = dict(self.ending)
-        write_json(self.run_dir / CONFIG, cfg)
-        write_json(self.run_dir / LOOP, {"facts": facts, "details": details, "steps": self.step_count,
-                                         "evaluations": self.evals, "ending": dict(self.ending),
-                                         "declared": self.declared})
+        write_record(self.run_dir, config=cfg, loop={"facts": facts, "details": details, "steps": self.step_count,
+                                                    "evaluations": self.evals, "ending": dict(self.ending),
+                                                    "declared": self.declared})
         if self.against is not None:
             self.audit = audit(facts, self.against, declared=self.declared, ending=self.ending)
-            write_json(self.run_dir / DEVIATIONS, self.audit)
+            write_record(self.run_dir, deviations=self.audit)
 
     def _nonfinite(self, targets) -> dict:
         """Replay the step and write the reproducer (the input recorded as it is: any shape); returns the

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 
+from ..runfiles import PAPER_PROBES, STATS
 from ..plotting import legend_outside, pyplot, save_figure
 from ..train.checkpoint import load_file
 
@@ -160,10 +161,10 @@ def plot_run(run_dir: str | Path, tb_writer=None, step: int = 0) -> list[Path]:
     fig_dir.mkdir(exist_ok=True)
     probes = load_file(fig_dir / "probes.pt", what="probe dump") if (fig_dir / "probes.pt").is_file() else {}
     made = [plot_norm_curves(probes.get("norm_curves", {}), fig_dir / "dyt_fig2_norm_curves.png"),
-            plot_alpha(alpha_vs_inv_std(run_dir / "stats.jsonl"), fig_dir / "dyt_fig8_alpha.png"),
+            plot_alpha(alpha_vs_inv_std(run_dir / STATS), fig_dir / "dyt_fig8_alpha.png"),
             plot_kat(probes.get("kat", {}), fig_dir / "kat_ranges.png"),
             plot_gates(probes.get("mambaout_gates", {}), fig_dir / "mambaout_gates.png"),
-            plot_probes_over_training(read_paper_probes(run_dir / "paper_probes.jsonl"),
+            plot_probes_over_training(read_paper_probes(run_dir / PAPER_PROBES),
                                       fig_dir / "paper_probes_over_training.png")]
     if (fig_dir / "probes_at_divergence.pt").is_file():  # the same probes at the step the run was flagged
         at = load_file(fig_dir / "probes_at_divergence.pt", what="probe dump")

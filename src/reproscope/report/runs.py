@@ -230,7 +230,7 @@ class RunRecord:
         """What makes runs one variant: their science keys (floats to 4 significant digits; a watched
         loop's run-length facts left out, so a seed that stopped early stays with its variant)."""
         def norm(v):
-            return float(f"{v:.4g}") if isinstance(v, float) and math.isfinite(v) else v
+            return float(f"{v:.4g}") + 0.0 if isinstance(v, float) and math.isfinite(v) else v  # -0.0 is 0.0
         flat = self.flat_config()
         return tuple(sorted((k, json.dumps(norm(v), default=str)) for k, v in flat.items()
                             if is_science(k) and not (self.watched and k in _LENGTH_KEYS)))

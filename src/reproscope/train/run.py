@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..runfiles import CONFIG, METRICS, MODEL_SOURCE
 from ..config import Recipe, apply_overrides, recipe_from_dict
 from ..console import log as console
 from ..model.dtypes import MIXED_DTYPE, MixedDtypeError, dtype_message, dtype_outliers, is_dtype_error
@@ -116,7 +117,7 @@ def open_run(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str |
         try:  # the recipe the checkpoint was trained with (config.json keeps the run's original one)
             recipe = recipe_from_dict(saved_recipe(ckpt))
         except KeyError:
-            recipe = recipe_from_dict(json.loads((rd / "config.json").read_text()))
+            recipe = recipe_from_dict(json.loads((rd / CONFIG).read_text()))
         if overrides:
             recipe = apply_overrides(recipe, overrides)
             console.info(f"resume: applying overrides on top of the saved config: {' '.join(overrides)}")
@@ -157,8 +158,8 @@ def start_trainer(start: RunStart, *, callbacks=(), download: bool = False, trus
     """
     recipe, rd, ckpt = start.recipe, start.run_dir, start.ckpt
     factory, source = None, None
-    if model_spec is None and ckpt is not None and (rd / "model_source.json").is_file():
-        source = json.loads((rd / "model_source.json").read_text())  # kept as written: the original spec
+    if model_spec is None and ckpt is not None and (rd / MODEL_SOURCE).is_file():
+        source = json.loads((rd / MODEL_SOURCE).read_text())  # kept as written: the original spec
         spec = spec_in_run(source, rd)
         console.info(f"resume: rebuilding the run's own model from {spec}")
         factory = factory_for(spec, recipe.data.img_size)
@@ -172,7 +173,7 @@ def start_trainer(start: RunStart, *, callbacks=(), download: bool = False, trus
         trainer.log.close()  # what the Trainer opened; a new run's folder is removed by the caller
         raise
     if ckpt is not None:
-        if (rd / "config.json").exists():
+        if (rd / CONFIG).exists():
             changes = resume_changes(ckpt, recipe, trainer.steps_per_epoch)
             if changes and trainer.dist.is_main:
                 record_resume_changes(rd, changes)
@@ -282,7 +283,7 @@ def run_summary(trainer, wall_s: float, steps_before: int = 0) -> dict:
     best val top-1 with their epochs (1-based), steps, images seen, this process's wall time (s) and
     images/s over the steps it ran (``steps_before``: the step it resumed at), counts of each event
     type in ``metrics.jsonl``, and where the run's files are."""
-    rows = read_metrics(trainer.run_dir) if (trainer.run_dir / "metrics.jsonl").is_file() else []
+    rows = read_metrics(trainer.run_dir) if (trainer.run_dir / METRICS).is_file() else []
     vals = [r for r in rows if r.get("kind") == "val" and "top1" in r]
     events: dict[str, int] = {}
     for r in rows:

@@ -17,8 +17,7 @@ import torch
 from ..model.counting import count_params
 from ..model.observe import drop_path_rates, drop_path_rule
 from ..recipes import deviation_log, get_recipe
-from ..runfiles import (CONFIG, DATA, DEVIATIONS, ENVIRONMENT, METRICS, MODEL_SOURCE, RESUME_CHANGES,
-                        write_json)
+from ..runfiles import CONFIG, METRICS, RECORD, RESUME_CHANGES, write_json
 
 
 class RunDirError(RuntimeError):
@@ -79,6 +78,25 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def write_record(run_dir: Path, **files: Any) -> None:
+    """The one writer of a run's record, for the Trainer (:func:`write_run_record`) and ``reproscope.watch``:
+    each keyword names a file of ``runfiles.RECORD`` (``config=``, ``environment=``, ``deviations=``,
+    ``model_source=``, ``loop=``, ``user_config=``, ``data=``, ``summary=``), written atomically.
+
+    Raises:
+        TypeError: a keyword that names no run-record file.
+    """
+    for key, obj in files.items():
+        if key not in RECORD:
+            raise TypeError(f"write_record: {key!r} is not a run-record file ({', '.join(RECORD)})")
+        write_json(Path(run_dir) / RECORD[key], obj)
+
+
+def run_environment(world_size: int) -> dict[str, Any]:
+    """``environment.json``'s content: :func:`environment` and the number of processes."""
+    return {**environment(), "world_size": world_size}
+
+
 def write_run_record(run_dir: Path, recipe, model: torch.nn.Module, *, world_size: int, splits: dict,
                      model_source: dict | None = None) -> None:
     """The run's record at the start of ``fit()``: ``config.json`` (only if absent: the run's original
@@ -92,14 +110,13 @@ def write_run_record(run_dir: Path, recipe, model: torch.nn.Module, *, world_siz
         paper = get_recipe(recipe.parent).model if recipe.parent else recipe.model
         devs = user_model_deviations(devs, paper, model, model_source["spec"])
     if not (run_dir / CONFIG).exists():
-        write_json(run_dir / CONFIG, recipe.to_dict())
-    write_json(run_dir / ENVIRONMENT, {**environment(), "world_size": world_size})
-    write_json(run_dir / DATA, {
+        write_record(run_dir, config=recipe.to_dict())
+    write_record(run_dir, environment=run_environment(world_size), data={
         split: {"name": ds.name, "images": len(ds), "classes": len(ds.classes), "skipped_unreadable": ds.skipped}
         for split, ds in splits.items()})
     if model_source is not None:
-        write_json(run_dir / MODEL_SOURCE, model_source)
-    write_json(run_dir / DEVIATIONS, {"recipe": recipe.name, "parent": recipe.parent, "deviations": devs})
+        write_record(run_dir, model_source=model_source)
+    write_record(run_dir, deviations={"recipe": recipe.name, "parent": recipe.parent, "deviations": devs})
 
 
 def _resume_changes(run_dir: Path) -> list[dict]:

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from torch.profiler import record_function
 
+from ..runfiles import METRICS
 from ..config import ConfigError, Recipe
 from ..console import log as console
 from ..data.augment import BatchTransform
@@ -282,7 +283,7 @@ class Trainer:
         self.fire("train_end")
         self._started = False
         if self.dist.is_main:
-            say_run_end(self.divergence.flagged, self.run_dir / "metrics.jsonl", self.scaler_skips,
+            say_run_end(self.divergence.flagged, self.run_dir / METRICS, self.scaler_skips,
                         self.scaler.get_scale())
             save_weights(self.orig_model.state_dict(), self.run_dir / "model.safetensors")  # the safe format
         self.log.close()

@@ -23,7 +23,7 @@ LAYERS = (  # low -> high; a name is a top-level module or subpackage of reprosc
     ("checks",),
     ("report",),
     ("diagnostics",),
-    ("launch", "cli", "__main__", "__init__"),
+    ("launch", "ablate", "cli", "__main__", "__init__"),
 )
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -140,6 +140,8 @@ def test_the_example_loop_runs_and_learns(tmp_path):
     last = [line for line in out.stdout.splitlines() if line.startswith("epoch 3")][0]
     assert float(last.split("top-1 ")[1].rstrip("%")) > 50
     assert (tmp_path / "runs" / "own-loop" / "stats.jsonl").is_file()
+    dev = json.loads((tmp_path / "runs" / "own-loop" / "deviations.json").read_text())
+    assert dev["mistakes"] == 0 and [d["key"] for d in dev["deviations"] if d["declared"]] == ["sched.epochs"]
 
 
 @pytest.mark.parametrize("enabled", [True, False])  # watch probes whatever instrument.enabled says

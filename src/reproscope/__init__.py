@@ -4,12 +4,13 @@ Subpackages: ``model`` (paper models, counting), ``runtime`` (device, autocast, 
 distributed), ``data`` (image folders, datasets, loaders, augmentation), ``train`` (the trainer),
 ``instrument`` (hooks that collect), ``checks`` (sanity checks), ``report`` (readers of finished runs:
 run records, the note, its figures, comparison) and ``diagnostics`` (tools that run models to explain
-them: diagnose, align, eval, replay, profile, plan); ``launch`` and ``cli`` put them together.
+them: diagnose, align, eval, replay, profile, plan); ``launch`` and ``cli`` put them together, and
+``ablate`` trains a run's deviations back one at a time.
 
 Each layer imports only from its own layer and the layers below it, function-local imports included
 (``tests/test_layers.py`` enforces it, and that the order below is the test's):
 
-Layers: config, console, papers, recipes, hardware, plotting, runfiles -> model -> runtime -> data -> train -> instrument -> checks -> report -> diagnostics -> launch, cli, __main__, __init__
+Layers: config, console, papers, recipes, hardware, plotting, runfiles -> model -> runtime -> data -> train -> instrument -> checks -> report -> diagnostics -> launch, ablate, cli, __main__, __init__
 
 The public API for your own loop: :func:`watch` (and the :class:`Watch` it returns).
 """

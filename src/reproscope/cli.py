@@ -40,18 +40,21 @@ def cmd_train(args) -> int:
     trainer, metrics = train(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
                              overrides=overrides if args.resume else None, download=args.download,
                              trust_pickle=args.trust_pickle, weights=args.weights, model_spec=args.model)
-    rd = trainer.run_dir
+    rd, speak = trainer.run_dir, trainer.dist.is_main  # under torchrun, rank 0 alone speaks
     if trainer.tripped is not None:
-        print(f"run stopped: {trainer.stop_reason}; see the report above and {rd / METRICS}")
+        if speak:
+            print(f"run stopped: {trainer.stop_reason}; see the report above and {rd / METRICS}")
         return 3
     import signal
     if trainer.signal is not None:  # the trainer printed the checkpoint and the resume command
         return 130 if trainer.signal == signal.SIGINT else 0
+    if not speak:
+        return 0
     from .train.run import format_summary
     if (rd / SUMMARY).is_file():
         import json
         print(format_summary(json.loads((rd / SUMMARY).read_text())))
-    elif metrics:  # not the main process
+    elif metrics:
         print(f"final val top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
     print(f"view it with:  tensorboard --logdir {rd}   (--logdir {rd.parent} shows the runs beside it too)")
     return 0
@@ -204,6 +207,11 @@ def cmd_note(args) -> int:
 def cmd_audit(args) -> int:
     from .diagnostics.audit import run_audit
     return run_audit(args.run_dir, args.against, reasons=args.reasons)
+
+
+def cmd_ablate(args) -> int:
+    from .ablate import ablate
+    return ablate(args.run_dir, args.keys, args.seeds, args.budget, args.all, args.dry_run)
 
 
 def cmd_runs(args) -> int:
@@ -387,6 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="your deliberate deviations, a JSON or YAML mapping of key: reason (as watch(deviations=)): "
                          "declared rows carry the reason and are never likely mistakes")
     au.set_defaults(fn=cmd_audit)
+
+    ab = sub.add_parser("ablate", help="measure what each deviation cost: revert each to the parent recipe's value, "
+                                       "train it over seeds beside the run, report each effect with its 95 % interval")
+    ab.add_argument("run_dir", metavar="RUN_DIR", help="a run `reproscope train` wrote (a recipe or --model run)")
+    ab.add_argument("--keys", default="auto", metavar="K1,K2|auto",
+                    help="deviations to revert (default auto: every deviation but the scale, cheapest first within "
+                         "--budget)")
+    ab.add_argument("--seeds", type=int, default=3, help="seeds per arm, the base included (default 3)")
+    ab.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                    help="refuse a campaign estimated over this many minutes (the base run's measured time x runs)")
+    ab.add_argument("--all", action="store_true", help="add one arm with every chosen key reverted at once")
+    ab.add_argument("--dry-run", action="store_true", help="print the plan and its estimate; train nothing")
+    ab.set_defaults(fn=cmd_ablate)
 
     rn = sub.add_parser("runs", help="every run directory under the folders (default: runs), one line each: who "
                                      "trained it, model, steps, evaluations, top-1, how it ended, events")

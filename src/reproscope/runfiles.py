@@ -23,6 +23,7 @@ file                   what it holds
 ``resume_changes.json`` keys changed on resume, with the step they apply from
 ``audit.json``         ``reproscope audit`` of a recipe run (its ``deviations.json`` is the recipe's log)
 ``paper_probes.jsonl`` the paper-figure probes over training
+``ablation/``          ``reproscope ablate``'s runs (one run directory per arm and seed) and ``ablation.json``
 =====================  ===============================================================================
 
 ``NOT_OBSERVED`` is a value, not a string: it prints as "not observed" (in any format, ``f"{v:.2f}"``
@@ -50,6 +51,8 @@ DATA = "data.json"
 RESUME_CHANGES = "resume_changes.json"
 AUDIT = "audit.json"
 PAPER_PROBES = "paper_probes.jsonl"
+ABLATION = "ablation.json"
+ABLATION_DIR = "ablation"
 
 # the run record: what ``train.rundir.write_record`` writes, by the keyword it takes
 RECORD = {"config": CONFIG, "environment": ENVIRONMENT, "deviations": DEVIATIONS, "model_source": MODEL_SOURCE,

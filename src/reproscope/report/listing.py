@@ -17,7 +17,8 @@ from .runs import RunRecord, load_run
 
 
 def find_runs(folders: list[str | Path]) -> list[Path]:
-    """Every run directory (a folder holding ``config.json``) at or under ``folders``, sorted by path.
+    """Every run directory (a folder holding ``config.json``) at or under ``folders``, sorted by path, so an
+    ablation's runs (``RUN/ablation/<arm>-seed<S>``) come right under their base run.
 
     Raises:
         ConfigError: a folder that does not exist (the message names it).
@@ -33,12 +34,13 @@ def find_runs(folders: list[str | Path]) -> list[Path]:
     return sorted(out)
 
 
-def run_row(r: RunRecord) -> list[str]:
-    """One run's cells: name, trained by, model, steps, evaluations, final top-1, ended, events."""
+def run_row(r: RunRecord, name: str | None = None) -> list[str]:
+    """One run's cells: name (``name``, e.g. its path under the listed folder), trained by, model, steps,
+    evaluations, final top-1, ended, events."""
     kinds = {t: sum(e.get("type") == t for e in r.events) for t in (Event.NONFINITE, Event.DIVERGING, Event.LOSS_SPIKE)}
     events = ", ".join(f"{n} {t.value}" for t, n in kinds.items() if n) or "-"
     top1 = r.final.get("top1")
-    return [r.name, "watch" if r.watched else "train", r.model_label(), f"{r.steps:,}", str(len(r.val)),
+    return [name or r.name, "watch" if r.watched else "train", r.model_label(), f"{r.steps:,}", str(len(r.val)),
             f"{top1:.2f}" if isinstance(top1, (int, float)) else "-", r.ending.get("reason", "?"), events]
 
 
@@ -58,8 +60,10 @@ def list_runs(folders: list[str]) -> int:
         return 1
     rows = []
     for p in paths:
+        root = next((Path(f) for f in folders if p == Path(f) or Path(f) in p.parents), p.parent)
+        name = str(p.relative_to(root)) if p != root else p.name
         try:
-            rows.append(run_row(load_run(p)))
+            rows.append(run_row(load_run(p), name))
         except (ConfigError, ValueError, KeyError, TypeError) as e:
             rows.append([p.name, "?", "?", "?", "?", "?", f"unreadable: {e}", "-"])
     width = shutil.get_terminal_size((120, 24)).columns

@@ -23,6 +23,7 @@ from ..papers import PAPERS, Claim, figure_captions
 from ..recipes import get_recipe
 from ..runfiles import NOT_OBSERVED, observed
 from ..train.events import Event
+from .ablation import ablation_rows, plot_effects, read_ablation, unaffordable_sentence
 from .paths import display_arg, display_path, report_base
 from .report_figures import plot_curves, plot_grad_norms
 from .runs import (Group, Interval, RunRecord, group_runs, is_science, load_run, seeds_for_half_width,
@@ -409,6 +410,26 @@ def _deviation_reason(dv: dict) -> str:
     return dv.get("reason", "") + tag + consequence
 
 
+def _ablations(c: Context) -> list[tuple]:
+    """"What each deviation cost at this scale": each run's ``reproscope ablate`` result (effect of reverting
+    each deviation, with its interval), when it has one."""
+    blocks = []
+    for r in c.runs:
+        result = read_ablation(r.path)
+        if not result:
+            continue
+        fig = plot_effects(result, c.out / f"{_slug(r.name)}-effects.png")
+        blocks += [("h", "What each deviation cost at this scale"),
+                   ("p", f"`reproscope ablate` of {r.name}: each deviation reverted to the parent recipe's value, "
+                         f"seeds {', '.join(map(str, result['seeds']))} per arm; the effect is the reverted arm's final "
+                         f"val top-1 minus the run's (points), with its 95 % Welch interval; an interval that contains 0 "
+                         f"is not resolved at that n. " + unaffordable_sentence(result)),
+                   ("table", ["reverted", "ours -> parent", "effect", "95 % CI", "n", "says"], ablation_rows(result))]
+        if fig is not None:
+            blocks.append(("img", fig, "Effect of reverting each deviation on final val top-1 (95 % Welch CI)."))
+    return blocks
+
+
 def _environment_and_commands(c: Context) -> list[tuple]:
     env = c.first.env
     return [("h", "Environment"),
@@ -419,7 +440,7 @@ def _environment_and_commands(c: Context) -> list[tuple]:
             ("code", [r.command_line(c.base) for r in c.runs] + [c.command])]
 
 
-SECTIONS = (_scope, _setup, _results, _checklist_and_notes, _curves, _instrumentation, _deviations,
+SECTIONS = (_scope, _setup, _results, _checklist_and_notes, _curves, _instrumentation, _deviations, _ablations,
             _environment_and_commands)  # the report's order: a new section is a function here
 
 

@@ -44,14 +44,14 @@ def test_probes_write_stats_and_tensorboard(tiny_recipe, tmp_path):
     assert {"weight_norm", "grad_norm", "update_ratio"} == set(params["head.weight"])
     assert 0 < params["head.weight"]["update_ratio"] < 1
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"histograms": 0, "scalars": 0})
+    acc = EventAccumulator(str(tmp_path / "run" / "tb" / "detail"), size_guidance={"histograms": 0, "scalars": 0})
     acc.Reload()
-    assert "layers/blocks.0.mlp.fc1/std" in acc.Tags()["scalars"]
+    assert "~layers/blocks.0.mlp.fc1/std" in acc.Tags()["scalars"]
     tags = acc.Tags()["scalars"]
-    assert {"nonfinite/weights", "nonfinite/grads", "nonfinite/activations", "nonfinite/gradients"} <= set(tags)
+    assert {"~nonfinite/weights", "~nonfinite/grads", "~nonfinite/activations", "~nonfinite/gradients"} <= set(tags)
     # no flat-zero tag per module and phase (a clean run has no non-finite value anywhere)
-    assert not [t for t in tags if t.endswith(("/nonfinite", "/grad_nonfinite")) or t.startswith("nonfinite/weights/")]
-    assert any(t.startswith("grads/") for t in acc.Tags()["histograms"])
+    assert not [t for t in tags if t.endswith(("/nonfinite", "/grad_nonfinite")) or t.startswith("~nonfinite/weights/")]
+    assert any(t.startswith("~grads/") for t in acc.Tags()["histograms"])
 
 
 @pytest.mark.slow  # over 5 s on 2 cores: the full tier
@@ -64,11 +64,11 @@ def test_histograms_are_on_by_default_at_a_sparse_schedule(tiny_recipe, tmp_path
                                       "instrument.hist_every": 4})  # 12 steps; probes at 1, 2, 4, 6, 8, 10, 12
     trainer, _ = train(r, run_dir=tmp_path / "run")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"histograms": 0})
+    acc = EventAccumulator(str(tmp_path / "run" / "tb" / "detail"), size_guidance={"histograms": 0})
     acc.Reload()
     tags = acc.Tags()["histograms"]
-    assert {"grads/head.weight", "weights/head.weight"} <= set(tags) and any(t.startswith("outputs/") for t in tags)
-    for tag in ("grads/head.weight", "weights/head.weight"):
+    assert {"~grads/head.weight", "~weights/head.weight"} <= set(tags) and any(t.startswith("~outputs/") for t in tags)
+    for tag in ("~grads/head.weight", "~weights/head.weight"):
         assert [e.step for e in acc.Histograms(tag)] == [1, 6, 10, 12]
 
 

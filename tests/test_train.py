@@ -29,16 +29,51 @@ def test_one_epoch_smoke_run(tiny_recipe, tmp_path):
     assert not list(rd.glob(".*tmp*"))  # atomic writes leave no temporaries
 
 
-def test_tensorboard_scalars_read_back(tiny_recipe, tmp_path):
+def test_tensorboard_opens_on_train_and_val_with_the_probes_detail_in_its_own_run(tiny_recipe, tmp_path):
+    """#49: TensorBoard's Time Series page sorts tag groups by name and opens the first two. The run's
+    ``tb/`` holds the headline (train loss, lr, grad norm; the val metrics) as the only groups not under
+    "~", which sorts after every letter; the probes' per-layer scalars and histograms are in ``tb/detail``
+    (a run of its own), all under "~" (their histograms too: test_instrument)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     train(apply_overrides(tiny_recipe, {"sched.epochs": 1}), run_dir=tmp_path / "run")
-    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    tb = tmp_path / "run" / "tb"
+    main = EventAccumulator(str(tb), size_guidance={"scalars": 0, "histograms": 0, "images": 0})
+    main.Reload()
+    kinds = main.Tags()
+    scalars = set(kinds["scalars"])
+    assert {t for t in scalars if not t.startswith("~")} == {"train/loss", "train/lr", "train/grad_norm",
+                                                            "val/loss", "val/top1", "val/top5"}
+    assert {t.split("/", 1)[0] for t in scalars if t.startswith("~")} == {"~train", "~val", "~hparam"}
+    assert {"~train/img_per_s", "~train/epoch_time_s", "~hparam/final_top1"} <= scalars
+    assert len(main.Scalars("train/loss")) >= 2
+    assert not kinds["histograms"] and not kinds["images"]
+    assert max("~", "train", "val", "z") == "~"  # what TensorBoard compares: character codes
+    detail = EventAccumulator(str(tb / "detail"), size_guidance={"scalars": 0, "histograms": 0})
+    detail.Reload()
+    groups = {t.split("/", 1)[0] for kind in ("scalars", "histograms") for t in detail.Tags()[kind]}
+    assert groups == {"~layers", "~params", "~nonfinite"}, groups  # histograms: test_instrument
+    assert "~layers/blocks.0.mlp.fc1/std" in detail.Tags()["scalars"]
+
+
+def test_detail_writer_puts_every_tag_under_the_aside_and_makes_its_folder_at_the_first(tmp_path):
+    """The per-layer detail's writer (probes, paper-figure images): no folder for a run that writes no
+    detail; scalars, histograms and images all read back under "~"."""
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from reproscope.instrument.probe import histogram
+    from reproscope.train.rundir import DetailWriter
+
+    with DetailWriter(tmp_path / "detail") as w:
+        assert not (tmp_path / "detail").exists()
+        w.add_scalar("layers/fc/std", 1.5, 3)
+        w.add_histogram_raw("grads/fc.weight", global_step=3, **histogram(torch.randn(100)))
+        w.add_image("figures/curves", np.zeros((4, 4, 3), dtype=np.uint8), 3, dataformats="HWC")
+    acc = EventAccumulator(str(tmp_path / "detail"), size_guidance={"images": 0})
     acc.Reload()
-    tags = set(acc.Tags()["scalars"])
-    for t in ("train/loss", "train/lr", "train/grad_norm", "train/img_per_s", "train/epoch_time_s",
-              "val/top1", "val/top5", "val/loss"):
-        assert t in tags, (t, tags)
-    assert len(acc.Scalars("train/loss")) >= 2
+    tags = acc.Tags()
+    assert (tags["scalars"], tags["histograms"], tags["images"]) == (
+        ["~layers/fc/std"], ["~grads/fc.weight"], ["~figures/curves"])
+    assert [(e.step, e.value) for e in acc.Scalars("~layers/fc/std")] == [(3, 1.5)]
 
 
 class StopAt:
@@ -210,7 +245,7 @@ def test_tensorboard_gets_the_config_deviations_and_hparams(tiny_recipe, tmp_pat
         acc = EventAccumulator(str(f), size_guidance={"tensors": 0})
         acc.Reload()
         tags |= set(acc.Tags().get("tensors", [])) | set(acc.Tags().get("scalars", []))
-    assert {"config/text_summary", "deviations/text_summary", "hparam/final_top1"} <= tags, tags
+    assert {"config/text_summary", "deviations/text_summary", "~hparam/final_top1"} <= tags, tags
 
 
 def test_hparams_columns_are_the_compared_knobs_and_the_deviations(tmp_path):

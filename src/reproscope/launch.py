@@ -16,7 +16,7 @@ from .config import SECTIONS, Recipe
 from .report.figures import plot_run
 from .instrument import standard_callbacks
 from .train.run import open_run, run_summary, start_trainer, stop_on_signals
-from .train.rundir import write_json
+from .train.rundir import TB_DETAIL, TB_DIR, DetailWriter, tb_tag, write_json
 from .train.trainer import Trainer
 
 
@@ -55,9 +55,10 @@ def train(recipe: Recipe, *, run_dir: str | Path | None = None, resume: str | No
     write_json(start.run_dir / SUMMARY, summary)
     if trainer.log.tb is not None:
         from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import; only here
-        with SummaryWriter(log_dir=str(start.run_dir / "tb")) as tb:
-            if recipe.instrument.enabled and recipe.instrument.probes:
-                plot_run(start.run_dir, tb, trainer.step)
+        if recipe.instrument.enabled and recipe.instrument.probes:
+            with DetailWriter(start.run_dir / TB_DIR / TB_DETAIL) as detail:
+                plot_run(start.run_dir, detail, trainer.step)
+        with SummaryWriter(log_dir=str(start.run_dir / TB_DIR)) as tb:
             tensorboard_summary(tb, recipe, start.run_dir, summary, trainer.step)
     return trainer, metrics
 
@@ -71,7 +72,8 @@ HPARAM_KEYS = ("model.name", "model.norm", "run.seed", "optim.lr", "optim.weight
 def tensorboard_summary(tb, recipe: Recipe, run_dir: Path, summary: dict, step: int) -> None:
     """The resolved config and the deviation log as TensorBoard text (TEXT tab), and for the HPARAMS tab
     (runs side by side) the recipe name, ``HPARAM_KEYS`` and the keys of the deviation log, with the
-    final and best top-1."""
+    final and best top-1 (``~hparam/final_top1``, ``~hparam/best_top1``: their tag group sorts after
+    ``train/`` and ``val/``, see ``train.rundir.tb_tag``)."""
     import json
     tb.add_text("config", "```\n" + json.dumps(recipe.to_dict(), indent=1) + "\n```", step)
     devs_file = run_dir / DEVIATIONS
@@ -83,6 +85,6 @@ def tensorboard_summary(tb, recipe: Recipe, run_dir: Path, summary: dict, step: 
     keys = dict.fromkeys([*HPARAM_KEYS, *sorted(d["key"] for d in devs if d.get("key") in flat)])
     hparams = {"recipe": recipe.name, **{k: (flat[k] if isinstance(flat[k], (int, float, str, bool)) else str(flat[k]))
                                          for k in keys if k in flat}}
-    metrics = {f"hparam/{k}": summary[k] for k in ("final_top1", "best_top1") if summary.get(k) is not None}
+    metrics = {tb_tag("hparam", k): summary[k] for k in ("final_top1", "best_top1") if summary.get(k) is not None}
     if metrics:
         tb.add_hparams(hparams, metrics, run_name=".", global_step=step)

@@ -115,7 +115,7 @@ class Instrument(Callback):
         key = step in self._key_steps
         self.probing = self.probes_at(step)
         if self.probing:
-            self._hist_now = self.cfg.histograms and trainer.log.tb is not None and (
+            self._hist_now = self.cfg.histograms and trainer.log.detail is not None and (
                 key or self._hist_written_at is None or step - self._hist_written_at >= self.cfg.hist_every)
             self.acts.keep_outputs = self._hist_now  # activations are held only for a histogram step
             trainer.request_eager_step()
@@ -129,7 +129,7 @@ class Instrument(Callback):
         self._norms = parameter_norms(self.params)
         self._snapshot = [p.detach().clone() for _, p in self.params]
         if self._hist_now:  # grads are gone after the step
-            tb = trainer.log.tb
+            tb = trainer.log.detail
             bad = sum(self._hist(tb, f"grads/{n}", p.grad, trainer.step + 1) for n, p in self.params if p.grad is not None)
             tb.add_scalar("nonfinite/grads", bad, trainer.step + 1)
 
@@ -209,7 +209,7 @@ class Instrument(Callback):
         step = trainer.step
         self.n_probes += 1
         self.stats_file.write(json.dumps({"step": step, "layers": layers, "params": params}) + "\n")
-        tb = trainer.log.tb
+        tb = trainer.log.detail
         if self._hist_now:
             self._hist_now, self._hist_written_at = False, step
             self._histograms(tb, step)
@@ -250,8 +250,7 @@ class Instrument(Callback):
         return bad
 
     def _histograms(self, tb, step: int) -> None:
-        """Weights and module outputs (``outputs/``: sorted after ``grads/``, so TensorBoard's landing view
-        opens on the gradients), with one non-finite count per kind."""
+        """Weights and module outputs (``weights/``, ``outputs/``), with one non-finite count per kind."""
         tb.add_scalar("nonfinite/weights", sum(self._hist(tb, f"weights/{n}", p, step) for n, p in self.params), step)
         tb.add_scalar("nonfinite/outputs", sum(self._hist(tb, f"outputs/{n}", out, step)
                                                for n, out in self.acts.outputs.items()), step)

@@ -29,7 +29,8 @@ class TrainerView(Protocol):
         orig_model: the uncompiled, unwrapped module: register hooks here.
         run_dir: the run folder (files an instrument writes go here).
         dist: ``runtime.distributed`` info (``enabled``, ``is_main``, ``rank``, ``world_size``).
-        log: the run's ``MetricsLog`` (``.log(kind, step, **values)``; ``.tb`` the TensorBoard writer or None).
+        log: the run's ``MetricsLog`` (``.log(kind, step, **values)``; ``.tb`` the TensorBoard writer or None,
+            ``.detail`` the per-layer detail's, see ``rundir.DetailWriter``).
         step: optimizer steps taken so far.
         log_every: how often (in optimizer steps) the ``log`` event fires.
         val_loader: the validation ``BatchLoader``, or None when the loop has none.

@@ -98,17 +98,19 @@ def run_environment(world_size: int) -> dict[str, Any]:
 
 
 def write_run_record(run_dir: Path, recipe, model: torch.nn.Module, *, world_size: int, splits: dict,
-                     model_source: dict | None = None) -> None:
+                     model_source: dict | None = None, extra_deviations: list[dict] = ()) -> None:
     """The run's record at the start of ``fit()``: ``config.json`` (only if absent: the run's original
     settings; changes on resume go to the deviations with their step), ``environment.json``,
     ``data.json`` (per split: name, images, classes, unreadable files skipped), ``deviations.json`` (the
     recipe against its parent, the keys changed on resume and, for a user model, what ``model`` is) and
     then ``model_source.json``. ``splits``: ``{"train": dataset, "val": dataset}``; ``model_source``: e.g.
-    ``{"spec": ..., "file": ..., "sha256": ...}`` for a ``--model`` run."""
+    ``{"spec": ..., "file": ..., "sha256": ...}`` for a ``--model`` run; ``extra_deviations``: rows of how
+    the run trains that no recipe key shows (the Trainer's: BatchNorm statistics per process), appended."""
     devs = deviation_log(recipe) + resume_deviations(run_dir)
     if model_source is not None:
         paper = get_recipe(recipe.parent).model if recipe.parent else recipe.model
         devs = user_model_deviations(devs, paper, model, model_source["spec"])
+    devs = devs + list(extra_deviations)
     if not (run_dir / CONFIG).exists():
         write_record(run_dir, config=recipe.to_dict())
     write_record(run_dir, environment=run_environment(world_size), data={
@@ -158,16 +160,77 @@ def user_model_deviations(devs: list[dict], paper_model, model: torch.nn.Module,
     return rows + [d for d in devs if not d["key"].startswith("model.")]
 
 
+# TensorBoard's Time Series page sorts tag groups by name (character codes) and opens the first two; its
+# Scalars tab also lists them in that order. The headline scalars keep ``train/`` and ``val/``; every other
+# tag starts with ASIDE, which sorts after every letter, so a run opens on train and val.
+ASIDE = "~"
+TB_DIR = "tb"  # the run's TensorBoard folder: the headline, events, config text and hparams
+TB_DETAIL = "detail"  # under TB_DIR: the probes' per-layer detail, its own run in TensorBoard
+
+
+def tb_tag(kind: str, key: str) -> str:
+    """The TensorBoard tag of value ``key`` of a ``metrics.jsonl`` row of ``kind``: the headline is
+    ``train/`` loss, grad norm and lr (``lr_group<i>`` too) and every ``val/`` metric; the rest (epoch,
+    epoch time, steps, img/s, skipped steps, events, a callback's own kinds) is ``~<kind>/<key>``."""
+    headline = ((kind == "train" and (key in ("loss", "grad_norm") or key.startswith("lr")))
+                or (kind == "val" and key != "epoch"))
+    return f"{kind}/{key}" if headline else f"{ASIDE}{kind}/{key}"
+
+
+class DetailWriter:
+    """The TensorBoard writer of the per-layer detail (the probes' ``layers/``, ``params/``,
+    ``nonfinite/`` scalars, ``grads/``, ``weights/``, ``outputs/`` histograms, ``figures/`` images):
+    ``<run>/tb/detail``, which TensorBoard shows as a run of its own (untick it to hide the detail), each
+    tag written as ``~<tag>`` so its groups sort after ``train/`` and ``val/``. The folder and its event
+    file are made at the first tag; a run without probes has none."""
+
+    def __init__(self, log_dir: str | os.PathLike):
+        self.log_dir = Path(log_dir)
+        self._w = None
+
+    def _writer(self):
+        if self._w is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._w = SummaryWriter(log_dir=str(self.log_dir))
+        return self._w
+
+    def add_scalar(self, tag: str, value, step: int) -> None:
+        self._writer().add_scalar(ASIDE + tag, value, step)
+
+    def add_histogram_raw(self, tag: str, global_step: int | None = None, **fields) -> None:
+        self._writer().add_histogram_raw(ASIDE + tag, global_step=global_step, **fields)
+
+    def add_image(self, tag: str, img, step: int, dataformats: str = "CHW") -> None:
+        self._writer().add_image(ASIDE + tag, img, step, dataformats=dataformats)
+
+    def flush(self) -> None:
+        if self._w is not None:
+            self._w.flush()
+
+    def close(self) -> None:
+        if self._w is not None:
+            self._w.close()
+            self._w = None
+
+    def __enter__(self) -> DetailWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class MetricsLog:
-    """Appends one JSON line per record to metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends one JSON line per record to metrics.jsonl and mirrors its numbers to TensorBoard: ``tb``
+    (``<run>/tb``, tags by ``tb_tag``) and ``detail`` (a ``DetailWriter``, for the probes)."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True):
         self.path = run_dir / METRICS
         self._f = open(self.path, "a", buffering=1)
-        self.tb = None
+        self.tb = self.detail = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            self.tb = SummaryWriter(log_dir=str(run_dir / TB_DIR))
+            self.detail = DetailWriter(run_dir / TB_DIR / TB_DETAIL)
 
     def log(self, kind: str, step: int, **values: Any) -> None:
         rec = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
@@ -175,24 +238,27 @@ class MetricsLog:
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+                    self.tb.add_scalar(tb_tag(kind, k), v, step)
 
     def flush(self) -> None:
         self._f.flush()
         if self.tb is not None:
             self.tb.flush()
+            self.detail.flush()
 
     def close(self) -> None:
         self.flush()
         self._f.close()
         if self.tb is not None:
             self.tb.close()
+            self.detail.close()
 
 
 class NullLog:
     """What ranks other than 0 log to: nothing."""
 
     tb = None
+    detail = None
 
     def log(self, kind: str, step: int, **values: Any) -> None:
         pass

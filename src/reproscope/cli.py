@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.set_defaults(fn=cmd_audit)
 
     ab = sub.add_parser("ablate", help="measure what each deviation cost: revert each to the parent recipe's value, "
-                                       "train it over seeds beside the run, report each effect with its 95 % interval")
+                                       "train it over seeds beside the run, report each effect with its 95 %% interval")
     ab.add_argument("run_dir", metavar="RUN_DIR", help="a run `reproscope train` wrote (a recipe or --model run)")
     ab.add_argument("--keys", default="auto", metavar="K1,K2|auto",
                     help="deviations to revert (default auto: every deviation but the scale, cheapest first within "

@@ -138,3 +138,49 @@ def test_inline_code_in_notes_and_reports_prints_in_monospace():
     assert paragraph_runs("then `reproscope note report.md` renders it") == [
         ("", "then "), ("M", "reproscope note report.md"), ("", " renders it")]
     assert paragraph_runs("an unpaired ` stays") == [("", "an unpaired ` stays")]
+
+
+def test_a_paragraph_breaks_at_spaces_and_a_long_word_only_after_a_slash_dot_or_underscore():
+    """#49: ``paragraph_lines`` (one unit per character here): a code span that does not fit what is left
+    of a line goes whole to the next, with the comma glued to it; one wider than a line breaks after
+    ``/``, ``.`` or ``_`` only, and between characters only where a piece is itself wider than a line."""
+    from reproscope.report.report import paragraph_lines
+
+    def text(lines):
+        return ["".join(t for _, t in ln) for ln in lines]
+
+    chars = lambda style, t: float(len(t))  # noqa: E731
+    lines = paragraph_lines([("", "see the "), ("M", "deviations.json"), ("", ", then go")], 20, chars)
+    assert lines == [[("", "see the")], [("M", "deviations.json"), ("", ",")], [("", "then go")]]
+    long = paragraph_lines([("", "in "), ("M", "runs/quickstart-20240101/deviations.json"), ("", " now")], 20, chars)
+    assert text(long) == ["in runs/", "quickstart-20240101/", "deviations.json now"]
+    assert text(paragraph_lines([("M", "a" * 25 + "/b")], 10, chars)) == ["a" * 10, "a" * 10, "aaaaa/b"]
+    assert text(paragraph_lines([("", "one\ntwo  three")], 20, chars)) == ["one", "two  three"]
+
+
+def test_the_pdf_never_splits_a_code_word_at_a_line_end(tmp_path):
+    """#49: the same sentence with one more word before its code spans each time, so that every span
+    meets the end of a line somewhere ('deviatio' / 'ns.json', 'att' / 'n_init' before): read back from
+    the PDF, each line ends at a space of the text or right after '/', '.' or '_' in a word wider than
+    a line."""
+    words = ("The deviation log of every run sits in its folder listed by key and reason so that a reader "
+             "finds the cause of each difference from the paper quickly and then reads on").split()
+    tail = (" `runs/quickstart-20240101/deviations.json` and `attn_init_std`, `model.attn_init`; "
+            "`" + "/".join(["a_folder_name"] * 14) + "` end.")
+    paragraphs = [" ".join(words[:k]) + tail for k in range(8, len(words))]
+    to_pdf([("title", "T"), *[("p", p) for p in paragraphs]], tmp_path / "w.pdf", max_pages=None)
+    lines = [ln for page in page_lines(tmp_path / "w.pdf") for ln in page][1:]
+    mid_word = 0
+    for p in paragraphs:
+        plain, pos = p.replace("`", ""), 0
+        while pos < len(plain):
+            line = lines.pop(0)
+            assert plain.startswith(line, pos), (line, plain[pos:])
+            pos += len(line)
+            if pos < len(plain) and plain[pos] == " ":
+                pos += 1
+            elif pos < len(plain):
+                assert plain[pos - 1] in "/._", (line, plain[pos:])
+                mid_word += 1
+    assert not lines and mid_word >= len(paragraphs)  # the long path broke in every paragraph, at '/'
+

@@ -874,14 +874,144 @@ def paragraph_runs(text: str, marked: bool = False) -> list[tuple[str, str]]:
     return runs
 
 
-def _draw_runs(pdf, fonts: tuple[str, str], size: float, runs: list[tuple[str, str]]) -> None:
-    """A left-aligned paragraph across the text width, each run in its font (``M``: DejaVu Sans Mono)."""
-    h = size * 0.45
-    pdf.set_x(pdf.l_margin)
+BREAK_AFTER = "/._"  # where a word wider than a whole line may be broken: paths, dotted keys, snake_case
+
+
+def paragraph_lines(runs: list[tuple[str, str]], width: float, measure) -> list[list[tuple[str, str]]]:
+    """The lines of a left-aligned paragraph of ``(style, text)`` runs (``paragraph_runs``) in ``width``,
+    each line as its runs. Lines break at spaces (and at a newline) only: a word, which may span runs
+    (a code span and the comma after it are one), goes whole to the next line when it does not fit what is left of
+    this one; a word wider than a whole line is broken only after ``/``, ``.`` or ``_`` (between
+    characters only where a piece between those is itself wider than a line). ``measure(style, text)``
+    is the width of ``text`` in ``style``'s font, in ``width``'s unit. Spaces at a break are dropped."""
+    import re
+    lines: list[list[tuple[str, str]]] = []
+    line: list[tuple[str, str]] = []
+    x, space = 0.0, None  # the space before the next word, as (style, text)
+
+    def width_of(pieces):
+        return sum(measure(st, t) for st, t in pieces)
+
+    def place(pieces, w):
+        nonlocal x
+        line.extend(pieces)
+        x += w
+
+    def new_line():
+        nonlocal line, x
+        lines.append(line)
+        line, x = [], 0.0
+
+    def set_word(word):
+        nonlocal space
+        gap = measure(*space) if space and line else 0.0
+        w = width_of(word)
+        if x + gap + w <= width or (not line and w <= width):
+            if gap:
+                place([space], gap)
+            place(word, w)
+        elif w <= width:
+            new_line()
+            place(word, w)
+        else:
+            for chunk in _word_chunks(word, width, measure):
+                cw = width_of(chunk)
+                if line and x + gap + cw > width:
+                    new_line()
+                    gap = 0.0
+                if gap:
+                    place([space], gap)
+                place(chunk, cw)
+                gap = 0.0
+        space = None
+
+    word: list[tuple[str, str]] = []
     for style, text in runs:
+        for part in re.split(r"( +|\n)", text):
+            if not part:
+                continue
+            if part[0] not in " \n":
+                word.append((style, part))
+                continue
+            if word:
+                set_word(word)
+                word = []
+            if part == "\n":
+                new_line()
+                space = None
+            else:
+                space = (space[0], space[1] + part) if space else (style, part)
+    if word:
+        set_word(word)
+    if line:
+        lines.append(line)
+    return [_merged(ln) for ln in lines]
+
+
+def _word_chunks(word: list[tuple[str, str]], width: float, measure) -> list[list[tuple[str, str]]]:
+    """``word``'s pieces between the points where it may be broken: after each ``BREAK_AFTER`` character;
+    a piece wider than ``width`` is broken into characters."""
+    chunks, cur = [], []
+    for style, text in word:
+        start = 0
+        for i, ch in enumerate(text):
+            if ch in BREAK_AFTER:
+                cur.append((style, text[start:i + 1]))
+                chunks.append(cur)
+                cur, start = [], i + 1
+        if start < len(text):
+            cur.append((style, text[start:]))
+    if cur:
+        chunks.append(cur)
+    out = []
+    for chunk in chunks:
+        if sum(measure(st, t) for st, t in chunk) <= width:
+            out.append(chunk)
+        else:
+            out += [[(st, ch)] for st, t in chunk for ch in t]
+    return out
+
+
+def _merged(line: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Adjacent runs of one style as one."""
+    out: list[tuple[str, str]] = []
+    for style, text in line:
+        if out and out[-1][0] == style:
+            out[-1] = (style, out[-1][1] + text)
+        else:
+            out.append((style, text))
+    return out
+
+
+def _draw_runs(pdf, fonts: tuple[str, str], size: float, runs: list[tuple[str, str]]) -> None:
+    """A left-aligned paragraph across the text width (inset by the cell margin, as a ``multi_cell``'s
+    text is), each run in its font (``M``: DejaVu Sans Mono), broken into lines by ``paragraph_lines``:
+    a code span or path is never split mid-word."""
+    h = size * 0.45
+
+    def font(style):
         pdf.set_font(fonts[1] if "M" in style else fonts[0], style.replace("M", ""), size)
-        pdf.write(h, text)
-    pdf.ln(h)
+
+    def measure(style, text):
+        font(style)
+        return pdf.get_string_width(text)
+
+    inset = pdf.c_margin
+    lines = paragraph_lines(runs, pdf.w - pdf.l_margin - pdf.r_margin - 2 * inset, measure)
+    pdf.c_margin = 0  # each run's cell exactly as wide as its text
+    try:
+        for line in lines:
+            if pdf.get_y() + h > pdf.page_break_trigger:
+                pdf.add_page()
+            pdf.set_x(pdf.l_margin + inset)
+            for style, text in line:
+                font(style)
+                pdf.cell(pdf.get_string_width(text), h, text)
+            pdf.ln(h)
+    finally:
+        pdf.c_margin = inset
+    if not lines:
+        pdf.ln(h)
 
 
 def _draw_image(pdf, sans: str, font_size: float, img, caption: str, width: float, scale: float) -> None:

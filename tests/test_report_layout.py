@@ -184,3 +184,20 @@ def test_the_pdf_never_splits_a_code_word_at_a_line_end(tmp_path):
                 mid_word += 1
     assert not lines and mid_word >= len(paragraphs)  # the long path broke in every paragraph, at '/'
 
+
+def test_the_curves_tick_at_whole_epochs_and_steps():
+    """#49: three epochs on the val top-1 axis tick at 1, 2, 3 (not 1.5 and 2.5); the steps too."""
+    from types import SimpleNamespace
+
+    from reproscope.plotting import pyplot
+    from reproscope.report.report_figures import curves_figure
+    runs = [SimpleNamespace(train=[{"step": s, "loss": 2.0 - s / 10} for s in (1, 2, 3)],
+                            val=[{"epoch": e, "top1": 10.0 + e} for e in range(3)]) for _ in range(2)]
+    fig = curves_figure([SimpleNamespace(label="a", runs=runs)])
+    try:
+        for ax in fig.axes[:2]:
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), (ax.get_xlabel(), ticks)
+    finally:
+        pyplot().close(fig)

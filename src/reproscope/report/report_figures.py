@@ -24,7 +24,10 @@ def _band(ax, series: list[tuple[list, list]], label: str, color) -> None:
         ax.fill_between(x, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
 
 
-def plot_curves(groups: list[Group], path: Path, vline: int | None = None) -> Path:
+def curves_figure(groups: list[Group], vline: int | None = None):
+    """Train loss over steps beside val top-1 over epochs, one band per group (mean, shaded min-max), and
+    a dotted line at step ``vline`` if given; both x axes tick at whole steps and epochs only."""
+    from matplotlib.ticker import MaxNLocator
     fig, (a, b) = pyplot().subplots(1, 2, figsize=(9, 3.2))
     for i, g in enumerate(groups):
         c = f"C{i}"
@@ -41,16 +44,25 @@ def plot_curves(groups: list[Group], path: Path, vline: int | None = None) -> Pa
     legend_outside(b)
     for ax in (a, b):
         ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
+    return fig
+
+
+def plot_curves(groups: list[Group], path: Path, vline: int | None = None) -> Path:
+    """``curves_figure`` saved as ``path``."""
+    return save_figure(curves_figure(groups, vline), path)
 
 
 def plot_grad_norms(groups: list[Group], path: Path) -> Path:
+    """Grad norm over steps (log scale), one band per group, saved as ``path``."""
+    from matplotlib.ticker import MaxNLocator
     fig, ax = pyplot().subplots(figsize=(6, 2.6))
     for i, g in enumerate(groups):
         _band(ax, [([t["step"] for t in r.train if "grad_norm" in t], [t["grad_norm"] for t in r.train
                                                                          if "grad_norm" in t]) for r in g.runs],
               g.label, f"C{i}")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.set_ylabel("grad norm")
     legend_outside(ax)

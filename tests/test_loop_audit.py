@@ -297,3 +297,106 @@ def test_recipe_audit_and_the_loop_audit_share_their_codes():
     """A recipe's own facts audited against itself: no deviation; the smells are the same function."""
     r = get_recipe(REF)
     assert audit(recipe_facts(r), r)["deviations"] == []
+
+
+# --- #46: faults people hit with AMP and evaluation -----------------------------------------------------
+
+def _scaled_loop(tmp_path, *, clip_first: bool, steps=12, name="amp"):
+    """A fp32 CPU loop with a GradScaler at 2**16 that clips at 1.0, either before ``scaler.unscale_`` (on the
+    scaled gradients: the threshold acts as 1 / 65536) or after it (as torch's AMP guide has it)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, K))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    assert scaler.is_enabled()
+    run = tmp_path / name
+    with reproscope.watch(model, opt, run_dir=run, against=REF, scaler=scaler, tensorboard=False) as w:
+        for _ in range(steps):
+            x, y = torch.randn(16, 3, 8, 8), torch.randint(0, K, (16,))
+            loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            if clip_first:
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.unscale_(opt)
+            else:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            w.step(loss, targets=y)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    return run
+
+
+def test_a_clip_before_scaler_unscale_is_named(tmp_path):
+    run = _scaled_loop(tmp_path, clip_first=True)
+    facts = json.loads((run / "loop.json").read_text())["facts"]
+    assert facts["optim.grad_clip"] == pytest.approx(1.0 / 2 ** 16, rel=1e-3)
+    assert facts["precision.scale_at_clip"] == 2.0 ** 16
+    rows = [r for r in _rows(run)["deviations"] if r["code"] == "clip-before-unscale"]
+    assert len(rows) == 1 and rows[0]["mistake"] and rows[0]["key"] == "optim.grad_clip"
+    assert rows[0]["value"] == pytest.approx(1.0 / 2 ** 16, rel=1e-3)
+    assert "scaler.unscale_(optimizer)" in rows[0]["reason"]
+
+
+def test_a_clip_after_scaler_unscale_is_not_flagged(tmp_path):
+    run = _scaled_loop(tmp_path, clip_first=False)
+    facts = json.loads((run / "loop.json").read_text())["facts"]
+    assert facts["optim.grad_clip"] == pytest.approx(1.0, rel=1e-3)
+    assert "clip-before-unscale" not in {r["code"] for r in _rows(run)["deviations"]}
+
+
+def test_clip_before_unscale_bounds():
+    from reproscope.instrument.loop_audit import clip_before_unscale_sentence as s
+    assert s(1.0 / 2 ** 16, 2.0 ** 16) and s(0.5 / 2 ** 10, 2.0 ** 10)
+    assert not s(1.0, 2.0 ** 16)  # a usual threshold, applied after unscale_
+    assert s(0.0999 / 2 ** 16, 2.0 ** 16) and s(104 / 2 ** 16, 2.0 ** 16)  # within 5 % of 0.1 .. 100
+    assert not s(1e-3, 2.0 ** 17)  # 131 x the scale: no usual threshold
+    assert not s(0.09 / 2 ** 4, 2.0 ** 4)  # under 0.1 / 1.05
+    assert not s(1e-5, None) and not s(0.02, 2.0 ** 8)  # no scaler; not tiny
+
+
+class Plain(nn.Module):
+    """No BatchNorm, dropout or drop path: train mode changes nothing in its forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Conv2d(3, 8, 4, stride=4), nn.Linear(8, K)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["plain", "batchnorm", "dropout"])
+def test_eval_in_train_mode_names_what_this_model_has(tmp_path, kind):
+    torch.manual_seed(0)
+    model = {"plain": Plain(), "batchnorm": nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.BatchNorm2d(8),
+                                                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, K)),
+             "dropout": nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 16), nn.Dropout(0.1), nn.Linear(16, K))}[kind]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    run = tmp_path / kind
+    with reproscope.watch(model, opt, run_dir=run, against=REF, tensorboard=False) as w:
+        for _ in range(3):
+            x, y = torch.randn(8, 3, 32, 32), torch.randint(0, K, (8,))
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            w.step(loss, targets=y)
+            opt.step()
+            opt.zero_grad()
+            with torch.no_grad():
+                model(x)  # still in train mode
+            w.evaluate(top1=10.0)
+    facts = json.loads((run / "loop.json").read_text())["facts"]
+    want = {"plain": [], "batchnorm": ["BatchNorm"], "dropout": ["dropout"]}[kind]
+    assert facts["eval.train_mode"] is True and facts["eval.train_mode_modules"] == want
+    row = next(r for r in _rows(run)["deviations"] if r["code"] == "eval-train-mode")
+    assert row["mistake"] is (kind != "plain")
+    assert ("BatchNorm used batch statistics" in row["reason"]) is (kind == "batchnorm")
+    assert ("dropout stayed on" in row["reason"]) is (kind == "dropout")
+
+
+def test_eval_train_mode_of_a_run_recorded_before_the_modules_were_is_still_a_mistake():
+    r = get_recipe(REF)
+    facts = {**recipe_facts(r), "eval.train_mode": True}
+    row = next(x for x in audit(facts, r)["deviations"] if x["code"] == "eval-train-mode")
+    assert row["mistake"] and "BatchNorm" in row["reason"]

@@ -11,7 +11,12 @@ and from where:
   final lr, whether the lr changes per step or per epoch;
 - **step**: the gradient norm at the end of backward (``Tensor.register_post_accumulate_grad_hook``)
   against the norm the optimizer sees: clipping and its max norm, a GradScaler's scale (a ratio that
-  is a power of two); train-mode forwards per optimizer step (accumulation); batch and image size;
+  is a power of two; with ``scaler=``, ``scaler.get_scale()`` at the clipped steps,
+  ``precision.scale_at_clip``, so that a clip applied to the scaled gradients, before
+  ``scaler.unscale_``, is told apart); train-mode forwards per optimizer step (accumulation); batch
+  and image size. Under DDP (``world_size > 1``) the gradient
+  all-reduce changes the norm between the end of backward and the step, so no clip is read there
+  (``optim.grad_clip`` is not observed; ``details["clipping"]["note"]`` says why);
 - **targets and loss** (``Watch.step(loss, targets=)``): hard or soft targets, label smoothing (the
   floor of soft targets x K; for hard targets, solved from the loss, the logits and the targets:
   ``loss = (1 - eps) * nll + eps * mean(-log p)``, or read from ``criterion=`` when it is an
@@ -24,7 +29,9 @@ and from where:
   inputs, ``torch.compile``;
 - **EMA** (``ema=``: ``torch.optim.swa_utils.AveragedModel``, timm's ``ModelEma*``, or any object with
   a ``decay``): its decay and horizon, and whether an evaluation ran the EMA weights;
-- **evaluation**: whether the model was in train mode in the forwards before ``Watch.evaluate``.
+- **evaluation**: whether the model was in train mode in the forwards before ``Watch.evaluate``, and
+  which of the modules that train mode changes the model has (``eval.train_mode_modules``: BatchNorm,
+  dropout, drop path; :func:`train_mode_modules`).
 
 Gradient norms are measured on the first ``MEASURE_FIRST`` optimizer steps and every
 ``MEASURE_EVERY`` after (our choice, to keep the cost under 1 % of a step; see
@@ -88,6 +95,21 @@ def _ema_module(ema) -> nn.Module | None:
     return ema if isinstance(ema, nn.Module) else None
 
 
+def train_mode_modules(model: nn.Module) -> list[str]:
+    """Which modules that behave differently in train mode ``model`` has, in this order: "BatchNorm"
+    (a ``_BatchNorm`` tracking running statistics: train mode normalises with the batch's), "dropout"
+    (an ``nn.Dropout*`` with p > 0), "drop path" (a stochastic-depth module with a rate > 0,
+    ``model.observe.drop_path_rates``). A module that tests ``self.training`` itself is not seen."""
+    kinds = []
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules()):
+        kinds.append("BatchNorm")
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        kinds.append("dropout")
+    if any(r > 0 for _, r in drop_path_rates(model)):
+        kinds.append("drop path")
+    return kinds
+
+
 def _amp_name(dtype: torch.dtype | None) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
@@ -118,6 +140,7 @@ class LoopObserver:
         self._backward_sq: dict[int, torch.Tensor] = {}
         self._measure = True
         self.norms: list[tuple[float, float]] = []  # (norm at end of backward, norm the optimizer saw)
+        self.norm_scales: list[float | None] = []  # the GradScaler's scale at each of those steps (scaler=)
         self.num_classes: int | None = None
         self._last_logits: torch.Tensor | None = None
         self.targets = {"hard": 0, "soft": 0, "mixed": 0, "none": 0}
@@ -133,7 +156,7 @@ class LoopObserver:
         eager = torch.compiler.disable
         self._handles.append(self.model.register_forward_hook(eager(self._after_forward)))
         for p in self.model.parameters():
-            if p.requires_grad:
+            if p.requires_grad and self.world_size == 1:  # under DDP the norms are not comparable (clipping())
                 self._handles.append(p.register_post_accumulate_grad_hook(eager(self._grad_ready)))
         em = _ema_module(self.ema)
         if em is not None:
@@ -184,6 +207,8 @@ class LoopObserver:
                                                   if p.grad is not None])
             at_backward = torch.stack(list(self._backward_sq.values())).sum().sqrt()
             self.norms.append(tuple(torch.stack([at_backward, seen.float()]).tolist()))
+            scaler_on = self.scaler is not None and self.scaler.is_enabled()
+            self.norm_scales.append(float(self.scaler.get_scale()) if scaler_on else None)  # before update()
         self._backward_sq = {}
         self.opt_steps += 1
         self._measure = self.opt_steps < MEASURE_FIRST or self.opt_steps % MEASURE_EVERY == 0
@@ -254,9 +279,16 @@ class LoopObserver:
                 "rules": {n: rules[n] for n in decayed_no_decay}}
 
     def clipping(self) -> dict:
-        """``{"measured": steps, "clipped": steps, "max_norm": float | None, "scale": GradScaler scale seen}``."""
-        clipped, scale = [], None
-        for at_backward, seen in self.norms:
+        """``{"measured": steps, "clipped": steps, "max_norm": float | None, "scale": GradScaler scale read
+        from a power-of-two ratio, "scale_at_clip": the median of scaler.get_scale() at the clipped steps
+        (None without scaler=)}``. Under DDP nothing is measured: ``{"measured": 0, ..., "note": why}``."""
+        if self.world_size > 1:
+            return {"measured": 0, "clipped": 0, "max_norm": None, "scale": None, "scale_at_clip": None,
+                    "note": f"not read under DDP ({self.world_size} processes): the gradient all-reduce changes "
+                            f"the norm between the end of backward and the optimizer step, so their ratio is not "
+                            f"a clip"}
+        clipped, scales, scale = [], [], None
+        for (at_backward, seen), s in zip(self.norms, self.norm_scales):
             if not (math.isfinite(at_backward) and math.isfinite(seen)) or at_backward == 0:
                 continue
             ratio = seen / at_backward
@@ -265,8 +297,11 @@ class LoopObserver:
                 continue
             if ratio < 0.999:
                 clipped.append(seen)
+                if s is not None:
+                    scales.append(s)
         return {"measured": len(self.norms), "clipped": len(clipped),
-                "max_norm": statistics.median(clipped) if clipped else None, "scale": scale}
+                "max_norm": statistics.median(clipped) if clipped else None, "scale": scale,
+                "scale_at_clip": statistics.median(scales) if scales else None}
 
     def facts(self, steps_per_epoch: int | None = None) -> tuple[dict, dict]:
         """(facts, details): flat recipe keys observed (absent = not observed), and the evidence behind
@@ -317,6 +352,8 @@ class LoopObserver:
         if clip["measured"]:
             f["optim.grad_clip"] = float(clip["max_norm"]) if clip["clipped"] else 0.0  # full precision: an fp16
             # clip before unscale_ acts at max_norm / scale (1e-5), which rounding would hide as 0
+        if clip.get("scale_at_clip") is not None:
+            f["precision.scale_at_clip"] = clip["scale_at_clip"]
         self._target_facts(f, d)
         rates = drop_path_rates(self.model)
         d["drop_path"] = rates
@@ -329,6 +366,7 @@ class LoopObserver:
         self._ema_facts(f, d, steps=len(self.lrs))
         if self.evals:
             f["eval.train_mode"] = any(e["train_mode"] > 0 for e in self.evals)
+            f["eval.train_mode_modules"] = train_mode_modules(self.model)
         return f, d
 
     def _target_facts(self, f: dict, d: dict) -> None:

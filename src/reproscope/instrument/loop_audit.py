@@ -26,13 +26,17 @@ lr-batch-ratio         lr per image outside 1/4x..4x the paper's (linear scaling
 optim-betas            AdamW betas differ from the paper's
 optim-class            another optimizer than the paper's
 grad-clip              clipping where the paper has none, or none where it clips
+clip-before-unscale    with a GradScaler, a clip threshold that is tiny (< 1e-2) while threshold x
+                       the scaler's scale is a usual one (0.1..100): clip_grad_norm_ ran on the
+                       scaled gradients, before scaler.unscale_
 label-smoothing        the paper smooths labels, the loop does not (or the reverse)
 label-smoothing-high   smoothing >= 0.5
 mixing-missing         the paper mixes (mixup/cutmix), the loop does not
 drop-path-rule         drop path constant over depth where the paper's is linear
 ema-too-slow           EMA horizon longer than half the run
 ema-missing            the paper evaluates an EMA, the loop has none
-eval-train-mode        evaluation ran the model in train mode
+eval-train-mode        evaluation ran the model in train mode (a likely mistake when the model has
+                       BatchNorm, dropout or drop path; the row names those it has)
 no-shuffle             the training data is not shuffled
 fp16-no-scaler         fp16 autocast without a GradScaler
 value                  any other key that differs (a deviation, not a likely mistake)
@@ -45,8 +49,10 @@ reference training script (timm's ``train.py``): colour jitter is off when RandA
 RandAugment's magnitude and its noise mean nothing without RandAugment. A loop that ended early
 (``ending``) showed only part of its schedule: ``RUN_LENGTH_KEYS`` are not observed then.
 
-The 1/4x..4x lr band, the 3x warmup band and "half the run" for EMA are ours (no paper gives them);
-the linear scaling rule is Goyal et al. 2017, Sec. 2.1.
+The 1/4x..4x lr band, the 3x warmup band, "half the run" for EMA and the clip-before-unscale bounds
+(``CLIP_TINY``, ``CLIP_USUAL``, 5 %) are ours (no paper gives them); the linear scaling rule is Goyal
+et al. 2017, Sec. 2.1; that ``scaler.unscale_`` must come before clipping is torch's AMP guide
+("Working with Unscaled Gradients", docs/notes/amp_examples).
 """
 
 from __future__ import annotations
@@ -80,7 +86,11 @@ WARMUP_BAND = 3.0
 CODES = ("decay-on-1d-params", "no-warmup", "warmup-share", "warmup-not-shorter", "sched-shape", "lr-per-epoch",
          "lr-batch-ratio", "optim-betas", "optim-class", "grad-clip", "label-smoothing", "label-smoothing-high",
          "mixing-missing", "drop-path-rule", "ema-too-slow", "ema-missing", "eval-train-mode", "no-shuffle",
-         "fp16-no-scaler", "value")
+         "fp16-no-scaler", "clip-before-unscale", "value")
+# clip-before-unscale: a clip threshold under CLIP_TINY whose product with the scaler's scale lies within
+# 5 % of CLIP_USUAL (the max norms people pass to clip_grad_norm_: 0.1 .. 100; ours)
+CLIP_TINY = 1e-2
+CLIP_USUAL = (0.1, 100.0)
 # facts that depend on how long the loop ran: not observed when it ended early (watch's ``ending``)
 RUN_LENGTH_KEYS = ("sched.epochs", "sched.total_steps", "sched.warmup_share", "sched.min_lr", "sched.decay")
 # keys a loop's facts hold that a recipe does not (``recipe_facts`` adds them on the paper's side)
@@ -254,8 +264,9 @@ def lr_batch_sentence(lr: float, eff: int, ref_lr: float, ref_eff: int, who: str
 
 def smells(facts: dict, ref: Recipe | None = None, *, ref_name: str = "", fix_keys: bool = True) -> list[Finding]:
     """Settings that usually mean a mistake, whatever the paper: 1-D parameters decayed, warmup not
-    shorter than training, an EMA horizon over half the run, lr per image far from ``ref``'s, label
-    smoothing >= 0.5. ``recipe-audit`` runs these on a recipe's facts, the loop audit on a loop's."""
+    shorter than training, an EMA horizon over half the run, lr per image far from ``ref``'s, a clip
+    applied before ``scaler.unscale_`` (:func:`clip_before_unscale_sentence`), label smoothing >= 0.5.
+    ``recipe-audit`` runs these on a recipe's facts, the loop audit on a loop's."""
     out = []
     nd = facts.get("optim.decayed_no_decay") or []
     if nd:
@@ -283,11 +294,50 @@ def smells(facts: dict, ref: Recipe | None = None, *, ref_name: str = "", fix_ke
         if sent:
             out.append(Finding("optim.lr", ref.optim.lr, facts["optim.lr"], sent, "lr-batch-ratio",
                                source_of(ref, "optim.lr"), mistake=True))
+    sent = clip_before_unscale_sentence(facts.get("optim.grad_clip"), facts.get("precision.scale_at_clip"))
+    if sent:
+        clip, scale = facts["optim.grad_clip"], facts["precision.scale_at_clip"]
+        out.append(Finding("optim.grad_clip", f"{clip * scale:.3g} on unscaled gradients", clip, sent,
+                           "clip-before-unscale", mistake=True))
     ls = facts.get("reg.label_smoothing")
     if ls is not None and ls >= 0.5:
         out.append(Finding("reg.label_smoothing", "< 0.5", ls, f"label smoothing {ls} leaves almost no signal in the "
                            f"targets", "label-smoothing-high", mistake=True))
     return out
+
+
+def clip_before_unscale_sentence(clip: float | None, scale: float | None) -> str:
+    """A sentence when a measured clip threshold ``clip`` is under ``CLIP_TINY`` while ``clip x scale``
+    (``scale``: the GradScaler's scale at the clipped steps) is within 5 % of ``CLIP_USUAL``: the loop
+    clipped the scaled gradients, before ``scaler.unscale_``, so the threshold acted as max_norm / scale.
+    Else ""."""
+    if not clip or not scale or clip >= CLIP_TINY:
+        return ""
+    meant = clip * scale
+    if not CLIP_USUAL[0] / 1.05 <= meant <= CLIP_USUAL[1] * 1.05:
+        return ""
+    return (f"the gradient norm is clipped at {clip:.3g}, which is {meant:.3g} / {scale:g} (the GradScaler's "
+            f"scale): clip_grad_norm_ ran on the scaled gradients, before scaler.unscale_, so every step is "
+            f"clipped to a norm {scale:g}x smaller than meant; call scaler.unscale_(optimizer) before "
+            f"clip_grad_norm_")
+
+
+def eval_train_mode_sentence(modules: list[str] | None) -> str:
+    """What evaluating in train mode did to this model: ``modules`` from ``loop.train_mode_modules``
+    (None when the run did not record them: the general sentence)."""
+    fix = "(call model.eval() before evaluating)"
+    if modules is None:
+        return f"the model was in train mode during evaluation: BatchNorm used batch statistics and dropout / " \
+               f"drop path stayed on {fix}"
+    if not modules:
+        return (f"the model was in train mode during evaluation; it has no BatchNorm, dropout or drop-path module, "
+                f"so its outputs likely did not change (a module that tests self.training would change them), "
+                f"but they will once one is added {fix}")
+    effects = {"BatchNorm": "BatchNorm used batch statistics", "dropout": "dropout stayed on",
+               "drop path": "drop path stayed on"}
+    said = [effects[m] for m in modules if m in effects]
+    return (f"the model was in train mode during evaluation: "
+            f"{', '.join(said[:-1]) + ' and ' + said[-1] if len(said) > 1 else said[0]} {fix}")
 
 
 # ----------------------------------------------------------------------------- against the paper
@@ -348,8 +398,9 @@ def compare(facts: dict, recipe: Recipe) -> list[Finding]:
         add("reg.ema_decay", 0.0, f"the paper evaluates an EMA of the weights (decay {p['reg.ema_decay']:g}); the "
             f"loop has none (pass ema= to watch if it has one)", "ema-missing")
     if f.get("eval.train_mode"):
-        add("eval.train_mode", True, "the model was in train mode during evaluation: BatchNorm used batch "
-            "statistics and dropout / drop path stayed on (call model.eval() before evaluating)", "eval-train-mode")
+        kinds = f.get("eval.train_mode_modules")  # absent from runs recorded before it was
+        add("eval.train_mode", True, eval_train_mode_sentence(kinds), "eval-train-mode",
+            mistake=kinds is None or bool(kinds))
     if f.get("data.shuffle") is False:
         add("data.shuffle", False, "the training data is not shuffled (DataLoader(shuffle=False)): every epoch "
             "sees the same order, often sorted by class", "no-shuffle")

@@ -72,7 +72,7 @@ from ..runtime import distributed, rng_state, set_rng_state
 from ..train.events import EventWriter
 from ..train.guard import DivergenceWatch, StepDecision, StepGuard
 from ..train.rundir import MetricsLog, NullLog, run_environment, write_record
-from .loop import LoopObserver
+from .loop import LoopObserver, train_mode_modules
 from .loop_audit import RUN_LENGTH_KEYS, audit, read_declared, resolve_against
 from .loop_data import describe_data
 from .probe import Instrument
@@ -308,9 +308,12 @@ class Watch:
         evaluation forwards: the loop audit reads whether they ran in eval mode, and on the EMA."""
         now = time.perf_counter()
         ran = self.loop.on_evaluate()
-        if ran["train_mode"] and self.evals == 0:
+        if ran["train_mode"] and self.evals == 0 and self.dist.is_main:
+            kinds = train_mode_modules(self.orig_model)
+            effect = (f"its {' and '.join(kinds)} behave{'s' * (len(kinds) == 1)} differently there" if kinds else
+                      "it has no BatchNorm, dropout or drop path, so nothing of those changed")
             console.warning(f"warning: the model was in train mode in {ran['train_mode']} evaluation forwards "
-                            f"(call model.eval() before evaluating; BatchNorm and dropout behave differently)")
+                            f"(call model.eval() before evaluating; {effect})")
         self.log.log("train", self.step_count, epoch_time_s=now - self._t_eval)
         self.log.log("val", self.step_count, epoch=self.evals, **metrics)
         self._t_eval = now
@@ -357,7 +360,8 @@ class Watch:
         and the ending; ``deviations.json`` the audit against ``against`` (when given). Every command that
         reads runs reads it as any run (``report.runs.load_run``)."""
         facts, details = self.facts()
-        recipe_keys = [k for k in flat_items(get_recipe("quickstart")) if not k.startswith(("run.", "instrument."))]
+        recipe_keys = [k for k in flat_items(get_recipe("quickstart"))
+                       if not k.startswith(("run.", "instrument.", "dist."))]
         cfg: dict = {"name": "watch", "trained_by": "watch", "parent": self.against.name if self.against else "",
                      "user_config": self.user_config}
         for key in recipe_keys:

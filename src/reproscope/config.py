@@ -1,7 +1,7 @@
 """Recipe configuration: a tree of frozen dataclasses, one per concern.
 
 A :class:`Recipe` holds one section per concern (model, data, optim, sched, aug, reg,
-precision, run). Every field carries its accepted values in ``metadata`` so that the CLI
+precision, dist, run, instrument). Every field carries its accepted values in ``metadata`` so that the CLI
 (``--set section.key=value``) is derived from the dataclasses and every bad key or value is
 an error that names the key, the accepted values and, for typos, the nearest valid key.
 """
@@ -132,6 +132,16 @@ class PrecisionConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """Several processes under torchrun (DistributedDataParallel); nothing changes in one process."""
+    find_unused_parameters: bool = _f(False, "DDP: let trainable parameters go without a gradient in a step (a head "
+                                             "the loss does not use); costs an extra pass over the autograd graph "
+                                             "after every forward (DDP's find_unused_parameters)")
+    sync_bn: bool = _f(False, "DDP: BatchNorm statistics over the whole batch of all processes "
+                              "(nn.SyncBatchNorm; CUDA only) instead of each process's share of it")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = _f(0, "run seed (init, data order, augmentation)", min=0)
     out_dir: str = _f("runs", "parent folder of run directories")
@@ -168,7 +178,7 @@ class InstrumentConfig:
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "sched": ScheduleConfig,
-    "aug": AugConfig, "reg": RegConfig, "precision": PrecisionConfig, "run": RunConfig,
+    "aug": AugConfig, "reg": RegConfig, "precision": PrecisionConfig, "dist": DistConfig, "run": RunConfig,
     "instrument": InstrumentConfig,
 }
 
@@ -187,6 +197,7 @@ class Recipe:
     aug: AugConfig = AugConfig()
     reg: RegConfig = RegConfig()
     precision: PrecisionConfig = PrecisionConfig()
+    dist: DistConfig = DistConfig()
     run: RunConfig = RunConfig()
     instrument: InstrumentConfig = InstrumentConfig()
 

@@ -66,11 +66,19 @@ def prepare_process(precision, run) -> tuple:
     return dist, device, amp_dtype
 
 
-def place_model(model: nn.Module, device: torch.device, channels_last: str, dist) -> tuple[nn.Module, nn.Module, bool]:
+def place_model(model: nn.Module, device: torch.device, channels_last: str, dist,
+                ddp=None) -> tuple[nn.Module, nn.Module, bool]:
     """Put ``model`` on ``device``: ``(orig_model, eager_model, channels_last)``. ``channels_last``
     (``precision.channels_last``): "on", "off", or "auto" = on for a conv model on CUDA. ``eager_model``
     is what the steps run: DDP-wrapped under torchrun (gradients averaged across ranks), else
-    ``orig_model`` itself, which stays the unwrapped module for hooks and checkpoints."""
+    ``orig_model`` itself, which stays the unwrapped module for hooks and checkpoints. ``ddp``: the recipe's
+    ``dist`` section (``config.DistConfig``; None = its defaults): under torchrun, ``sync_bn`` converts
+    BatchNorm to ``nn.SyncBatchNorm`` first (``orig_model`` is then the converted module) and
+    ``find_unused_parameters`` goes to DDP.
+
+    Raises:
+        ConfigError: ``sync_bn`` with several processes off CUDA (``distributed.sync_batchnorm``).
+    """
     orig = model.to(device)
     cl = channels_last == "on" or (channels_last == "auto" and device.type == "cuda" and is_conv_model(orig))
     if cl:
@@ -78,7 +86,10 @@ def place_model(model: nn.Module, device: torch.device, channels_last: str, dist
     eager = orig
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
-        eager = DistributedDataParallel(orig, device_ids=[device.index] if device.type == "cuda" else None)
+        if ddp is not None and ddp.sync_bn:
+            orig = distributed.sync_batchnorm(orig, dist, device.type)
+        eager = DistributedDataParallel(orig, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=ddp is not None and ddp.find_unused_parameters)
     return orig, eager, cl
 
 

@@ -24,12 +24,14 @@ class TrainDisplay:
         recipe: the run's recipe (``sched.epochs``, ``sched.max_steps`` for the epoch label).
         steps_per_epoch: optimizer steps per epoch.
         total: the step the run ends at; ``initial``: the step it starts from (a resume).
-        enabled: draw anything at all (``run.progress`` on rank 0).
+        enabled: draw the bar (``run.progress``), when ``speak`` too.
+        speak: write anything (rank 0: under torchrun the other processes say nothing, neither the bar
+            nor the epoch and stop lines).
     """
 
-    def __init__(self, recipe, steps_per_epoch: int, total: int, initial: int, enabled: bool):
-        self.recipe, self.steps_per_epoch = recipe, steps_per_epoch
-        self.bar = progress(total, desc="train", enabled=enabled, initial=initial)
+    def __init__(self, recipe, steps_per_epoch: int, total: int, initial: int, enabled: bool, speak: bool = True):
+        self.recipe, self.steps_per_epoch, self.speak = recipe, steps_per_epoch, speak
+        self.bar = progress(total, desc="train", enabled=enabled and speak, initial=initial)
 
     def label(self, epoch: int) -> str:
         """"epoch 3/15", or with ``sched.max_steps`` cutting the schedule short "epoch 1/15, stopping at
@@ -58,6 +60,8 @@ class TrainDisplay:
         """The epoch's line: val top-1/top-5/loss, how long its ``steps`` took (``seconds``; said as a part
         when fewer than an epoch's, after a resume mid-epoch or at ``sched.max_steps``), and with an EMA
         both weights' top-1 and which one is reported."""
+        if not self.speak:
+            return
         timed = f"{seconds:.1f}s" if steps == self.steps_per_epoch else (
             f"{seconds:.1f}s for {steps} of its {self.steps_per_epoch} steps")
         extra = (f"  (raw {both['raw_top1']:.2f}, EMA {both['ema_top1']:.2f}; reported: "
@@ -69,6 +73,8 @@ class TrainDisplay:
         """The stop line: the step, why, the checkpoint written, and the command that resumes the run when
         there is something to resume: ``resumable`` and a step taken (a checkpoint of step 0 holds only
         the initial state, so resuming it is starting again)."""
+        if not self.speak:
+            return
         self.bar.write(f"stopped at step {step} ({reason}); checkpoint {path}"
                        + (f"\nresume with: reproscope train --resume {run_dir}" if resumable and step > 0 else ""))
 

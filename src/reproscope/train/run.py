@@ -155,6 +155,11 @@ def start_trainer(start: RunStart, *, callbacks=(), download: bool = False, trus
         MixedDtypeError (a ConfigError): a model whose floating parameters and buffers disagree in dtype
             and whose forward raises for it (``check_model_dtypes``), before any step and before the run
             record is written (``launch.train`` removes a new run's folder).
+        UnusedParametersError (a ConfigError): under torchrun, trainable parameters that get no gradient
+            (``check_unused_parameters``), likewise before any step.
+
+    Under torchrun, a model with BatchNorm that normalises per process is said in a start line
+    (``distributed.batchnorm_per_rank``).
     """
     recipe, rd, ckpt = start.recipe, start.run_dir, start.ckpt
     factory, source = None, None
@@ -169,9 +174,13 @@ def start_trainer(start: RunStart, *, callbacks=(), download: bool = False, trus
                       model_source=source)
     try:
         check_model_dtypes(trainer)
-    except MixedDtypeError:
+        check_unused_parameters(trainer)
+    except (MixedDtypeError, distributed.UnusedParametersError):
         trainer.log.close()  # what the Trainer opened; a new run's folder is removed by the caller
         raise
+    bn = distributed.batchnorm_per_rank(trainer.orig_model, recipe.data.batch_size, trainer.dist.world_size)
+    if bn and trainer.dist.is_main:  # also a row of the run's deviations (rundir.write_run_record)
+        console.warning(f"warning: {bn}")
     if ckpt is not None:
         if (rd / CONFIG).exists():
             changes = resume_changes(ckpt, recipe, trainer.steps_per_epoch)
@@ -217,6 +226,56 @@ def check_model_dtypes(trainer: Trainer) -> None:
         model.train(was)
     if trainer.dist.is_main:
         console.warning(f"warning: model: {msg} [{MIXED_DTYPE}]")
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """The tensors of a forward's output: a tensor, or a (nested) tuple, list or dict of them."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def check_unused_parameters(trainer: Trainer) -> None:
+    """Under torchrun without ``dist.find_unused_parameters``: the trainable parameters that get no gradient
+    from the model's output, found before any step with one forward and backward in train mode on two
+    validation images (``torch.autograd.grad(..., allow_unused=True)`` on the unwrapped model); DDP would
+    stop at them at the second step with their indices only. Every process runs it (a SyncBatchNorm
+    forward is collective) and rank 0's answer is taken by all; the model's buffers (BatchNorm statistics)
+    and every random state are put back, and no ``.grad`` is touched. A forward that raises here finds
+    nothing (the first step says what is wrong).
+
+    Raises:
+        UnusedParametersError: naming them, with the fixes (code ``ddp-unused-parameters``).
+    """
+    if not trainer.dist.enabled or trainer.recipe.dist.find_unused_parameters:
+        return
+    model = trainer.orig_model
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    saved, buffers, was = rng_state(), {k: b.detach().clone() for k, b in model.named_buffers()}, model.training
+    names: list[str] = []
+    try:
+        x, _ = next(iter(trainer.val_loader.epoch(0)))
+        model.train()
+        with autocast(trainer.device, trainer.amp_dtype):
+            outs = [t for t in _tensors(model(x[:2])) if t.requires_grad]
+        grads = torch.autograd.grad(sum(t.float().sum() for t in outs), [p for _, p in named],
+                                    allow_unused=True) if outs else [None] * len(named)
+        names = [n for (n, _), g in zip(named, grads) if g is None]
+    except Exception:  # noqa: BLE001 -- a check, not the run: the first step reports a model that cannot run
+        names = []
+    finally:
+        model.train(was)
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+        set_rng_state(saved)
+    names = distributed.broadcast_object(names, trainer.dist)
+    if names:
+        raise distributed.UnusedParametersError(names)
 
 
 def resume_changes(ckpt: dict, recipe: Recipe, steps_per_epoch: int) -> list[dict]:

@@ -18,6 +18,7 @@ from ..model.counting import count_params
 from ..model.observe import drop_path_rates, drop_path_rule
 from ..recipes import deviation_log, get_recipe
 from ..runfiles import CONFIG, METRICS, RECORD, RESUME_CHANGES, write_json
+from ..runtime.distributed import batchnorm_deviations
 
 
 class RunDirError(RuntimeError):
@@ -98,19 +99,19 @@ def run_environment(world_size: int) -> dict[str, Any]:
 
 
 def write_run_record(run_dir: Path, recipe, model: torch.nn.Module, *, world_size: int, splits: dict,
-                     model_source: dict | None = None, extra_deviations: list[dict] = ()) -> None:
+                     model_source: dict | None = None) -> None:
     """The run's record at the start of ``fit()``: ``config.json`` (only if absent: the run's original
     settings; changes on resume go to the deviations with their step), ``environment.json``,
     ``data.json`` (per split: name, images, classes, unreadable files skipped), ``deviations.json`` (the
     recipe against its parent, the keys changed on resume and, for a user model, what ``model`` is) and
     then ``model_source.json``. ``splits``: ``{"train": dataset, "val": dataset}``; ``model_source``: e.g.
-    ``{"spec": ..., "file": ..., "sha256": ...}`` for a ``--model`` run; ``extra_deviations``: rows of how
-    the run trains that no recipe key shows (the Trainer's: BatchNorm statistics per process), appended."""
+    ``{"spec": ..., "file": ..., "sha256": ...}`` for a ``--model`` run. Under torchrun, a model with
+    BatchNorm gets a row saying it normalises per process (``distributed.batchnorm_deviations``)."""
     devs = deviation_log(recipe) + resume_deviations(run_dir)
     if model_source is not None:
         paper = get_recipe(recipe.parent).model if recipe.parent else recipe.model
         devs = user_model_deviations(devs, paper, model, model_source["spec"])
-    devs = devs + list(extra_deviations)
+    devs = devs + batchnorm_deviations(model, recipe.data.batch_size, world_size)
     if not (run_dir / CONFIG).exists():
         write_record(run_dir, config=recipe.to_dict())
     write_record(run_dir, environment=run_environment(world_size), data={

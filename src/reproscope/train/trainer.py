@@ -65,7 +65,7 @@ class Trainer:
         :class:`BatchTransform`).
 
         Raises:
-            ConfigError: a recipe this machine or dataset cannot run (device, batch split, labels, size).
+            ConfigError: a recipe this machine or dataset cannot run (device, batch split, labels, size, sync_bn).
         """
         self.recipe, self.run_dir, self.model_source = recipe, Path(run_dir), model_source
         self.callbacks: list[Any] = list(callbacks)
@@ -78,8 +78,8 @@ class Trainer:
         self.num_classes = r.data.num_classes or self.train_set.num_classes
         check_labels(self.train_set, self.val_set, self.num_classes)
         self.orig_model, self.eager_model, self.channels_last = place_model(
-            model if model is not None else model_factory(self.num_classes) if model_factory
-            else build_model(r.model, self.num_classes, r.data.img_size), self.device, r.precision.channels_last, self.dist)
+            model if model is not None else model_factory(self.num_classes) if model_factory else build_model(
+                r.model, self.num_classes, r.data.img_size), self.device, r.precision.channels_last, self.dist, r.dist)
         self.model = self.eager_model  # compiled in fit(), after train_start has attached hooks
         self.ema = ModelEma(self.orig_model, r.reg.ema_decay) if r.reg.ema_decay > 0 else None
         self.train_loader, self.val_loader = build_loaders(
@@ -154,7 +154,8 @@ class Trainer:
         """One optimizer step over ``accum_steps`` micro-batches. Returns on-device scalars.
 
         A guard between clipping and the optimizer step reads the loss and grad norm (one small
-        device-to-host copy per step) and applies the NaN policy and the spike policy.
+        device-to-host copy per step) and applies the NaN policy and the spike policy. Under DDP, parameters
+        that got no gradient raise ``distributed.UnusedParametersError`` (a ConfigError) at the next forward.
         """
         self.fire("step_start", step=self.step + 1)
         rng_before = rng_state()
@@ -166,7 +167,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for x, y in micro_batches:
             with record_function("forward"), autocast(self.device, self.amp_dtype):
-                loss = self.criterion(model(x), y)
+                loss = self.criterion(distributed.forward(model, x, self.orig_model), y)
             with record_function("backward"):
                 self.scaler.scale(loss / len(micro_batches)).backward()
             loss_sum += loss.detach().float()
@@ -270,7 +271,7 @@ class Trainer:
             self.events.ema_horizon(self.step, r.reg.ema_decay, self.total_steps)
         if r.instrument.nan_policy == "rollback" and not self.checkpoints.last.exists():
             self.save_checkpoint()  # something to roll back to before the first epoch ends
-        bar = TrainDisplay(r, self.steps_per_epoch, self.total_steps, self.step, r.run.progress and self.dist.is_main)
+        bar = TrainDisplay(r, self.steps_per_epoch, self.total_steps, self.step, r.run.progress, self.dist.is_main)
         try:
             while self.step < self.total_steps and not self.stop_requested:
                 self._train_epoch(bar)

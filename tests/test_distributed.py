@@ -132,7 +132,7 @@ def test_ddp_with_find_unused_parameters_trains_and_says_batchnorm_is_per_proces
     assert sum(line.startswith("view it with:") for line in lines) == 1
     devs = json.loads((rd / "deviations.json").read_text())["deviations"]
     row = next(d for d in devs if d.get("code") == distributed.BN_PER_RANK_CODE)
-    assert row["key"] == "dist.sync_bn" and "16" in row["value"]
+    assert (row["key"], row["parent"], row["value"]) == ("dist.sync_bn", True, False) and "16 images" in row["reason"]
     assert json.loads((rd / "config.json").read_text())["dist"]["find_unused_parameters"] is True
 
 
@@ -158,7 +158,7 @@ def test_sync_bn_is_refused_off_cuda_and_batchnorm_per_process_is_said():
         "BatchNorm statistics per process: 64 images per rank where the recipe's batch is 128; "
         "--set dist.sync_bn=true to sync them (on CUDA: torch's SyncBatchNorm has no CPU path)")
     (row,) = distributed.batchnorm_deviations(bn, 128, 2)
-    assert row["key"] == "dist.sync_bn" and row["code"] == "bn-per-rank" and "64 images" in row["value"]
+    assert (row["key"], row["parent"], row["value"], row["code"]) == ("dist.sync_bn", True, False, "bn-per-rank")
     assert distributed.batchnorm_per_rank(bn, 128, 1) == "" and distributed.batchnorm_deviations(bn, 128, 1) == []
     assert distributed.batchnorm_per_rank(nn.Linear(2, 2), 128, 2) == ""
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(bn)

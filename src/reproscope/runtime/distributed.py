@@ -180,13 +180,12 @@ def batchnorm_per_rank(model: nn.Module, batch_size: int, world_size: int) -> st
 
 def batchnorm_deviations(model: nn.Module, batch_size: int, world_size: int) -> list[dict]:
     """The deviation row (``deviations.json``) for :func:`batchnorm_per_rank`, code ``bn-per-rank``; [] when
-    it has nothing to say."""
+    it has nothing to say. ``parent`` is True: the recipe's BatchNorm sees its whole batch, which on several
+    processes is ``dist.sync_bn=true`` (the value a campaign that reverts deviations would set)."""
     said = batchnorm_per_rank(model, batch_size, world_size)
     if not said:
         return []
-    return [{"key": "dist.sync_bn", "parent": f"BatchNorm statistics over the batch of {batch_size}",
-             "value": f"per process: {batch_size // world_size} images on each of {world_size}", "reason": said,
-             "code": BN_PER_RANK_CODE}]
+    return [{"key": "dist.sync_bn", "parent": True, "value": False, "reason": said, "code": BN_PER_RANK_CODE}]
 
 
 def sync_batchnorm(model: nn.Module, d: Dist, device_type: str) -> nn.Module:

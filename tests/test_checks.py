@@ -239,16 +239,32 @@ class _NaNNet(torch.nn.Module):
 
 
 @pytest.mark.parametrize("mode", ["forward", "backward"])
-def test_checks_on_a_model_that_emits_nan_say_so_and_never_raise(shapes, mode):
+def test_checks_on_a_model_that_emits_nan_say_so_once_and_never_raise(shapes, mode):
+    """Issue 45, item 3: a layer that returns NaN made ten checks FAIL with one sentence while their text
+    said "not measured". Now the first check that measures the model FAILs with the cause (where the
+    tripwire saw the first NaN born), the rest are not measured (SKIP) naming that check, and the tally
+    counts them as not measured."""
+    from reproscope.checks.core import tally
     results = run_checks(lambda: _NaNNet(mode), CheckData(shapes.x, shapes.y, 10, lr=1e-3))
     by = {r.name: r for r in results}
     assert by["data"].status == "pass"  # the data pipeline does not depend on the model
     measured_anyway = {"data"} | ({"loss-at-init", "init-scale"} if mode == "backward" else set())
-    for r in results:
-        if r.name not in measured_anyway:
-            assert r.status == "fail" and r.codes == ["nonfinite-model"], (r.name, r.codes)
-            assert f"non-finite {mode}" in r.causes[0] and "'head'" in r.causes[0]
-        assert "check-crashed" not in r.codes
+    first = "loss-at-init" if mode == "forward" else "grad-flow"
+    assert by[first].status == "fail" and by[first].codes == ["nonfinite-model"], by[first].codes
+    assert f"non-finite {mode}" in by[first].causes[0] and "'head'" in by[first].causes[0]
+    assert not by[first].measured.startswith("not measured")
+    later = [r for r in results if r.name not in measured_anyway | {first}]
+    assert len(later) >= 8
+    for r in later:
+        assert r.status == "skip" and r.codes == ["nonfinite-see-first"], (r.name, r.status, r.codes)
+        assert r.details["see"] == first and f"(see {first})" in r.measured
+    assert all("check-crashed" not in r.codes for r in results)
+    assert sum(r.status == "fail" for r in results) == 1
+    assert f"{len(later)} not measured" in tally(results)
+    from reproscope.diagnostics.diagnose import format_results
+    assert format_results(results).count("[nonfinite-") == 1  # the cause in the details once, not per check
+    (only,) = run_checks(lambda: _NaNNet(mode), CheckData(shapes.x, shapes.y, 10, lr=1e-3), ["batch-independence"])
+    assert (only.status, only.codes) == ("fail", ["nonfinite-model"])  # run alone, a check is the first
 
 
 def _resaved(img: torch.Tensor, resize: int | None) -> torch.Tensor:

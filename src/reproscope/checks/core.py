@@ -311,26 +311,46 @@ def nonfinite_at_init(make_model, data: CheckData, n: int = 16):
     return locate_nonfinite(fresh(make_model).train(), [(x, y)], F.cross_entropy, step=0)
 
 
-def _not_measured(name: str, report) -> CheckResult:
+NONFINITE_MODEL = "nonfinite-model"  # the first check that meets a non-finite model: FAIL, with where it is born
+NONFINITE_ELSEWHERE = "nonfinite-see-first"  # every later check: not measured, pointing at that first one
+
+
+def _nonfinite_fail(name: str, report) -> CheckResult:
+    """The first check that meets a model non-finite at init: FAIL with where the tripwire saw the first
+    NaN/inf born (code ``nonfinite-model``)."""
     where = format_report(report).splitlines()[0].replace("NON-FINITE at step 0: ", "")
-    return CheckResult(name, "fail", f"not measured: the fresh model's {report.phase} pass is non-finite",
-                       "finite outputs and gradients", "Every quantity this check measures would be NaN or inf; "
-                       "the tripwire located where the first non-finite value is born (fix that first).",
+    return CheckResult(name, "fail", f"the fresh model's {report.phase} pass is non-finite",
+                       "finite outputs and gradients", "Every quantity the checks measure would be NaN or inf; "
+                       "the tripwire located where the first non-finite value is born (fix that first). The "
+                       "checks after this one that measure the model are not measured.",
                        [f"non-finite {report.phase} at init, {where}"], {"tripwire": report.to_dict()},
-                       ["nonfinite-model"])
+                       [NONFINITE_MODEL])
+
+
+def _nonfinite_skip(name: str, report, first: str) -> CheckResult:
+    """A later check on a model non-finite at init: not measured (code ``nonfinite-see-first``), naming
+    the check that reported the cause."""
+    what = "output" if report.phase == "forward" else f"{report.phase} pass"
+    why = f"the model's {what} is non-finite (see {first})"
+    return not_measured(name, why, "finite outputs and gradients",
+                        f"One root cause, reported once: {first} failed with where the first non-finite value "
+                        f"is born; this check would measure NaN or inf until that is fixed.",
+                        {"see": first, "phase": report.phase}, NONFINITE_ELSEWHERE)
 
 
 def run_checks(make_model, data: CheckData, names: list[str] | None = None, progress: bool = False,
                total: int | None = None) -> list[CheckResult]:
     """Run the model/data checks (all by default) and return their results. A model whose forward or
-    backward is non-finite at init is located once with the tripwire, and every check that measures
-    the model reports that (code ``nonfinite-model``) instead of measuring NaNs. With ``progress``,
+    backward is non-finite at init is located once with the tripwire: the first check that measures
+    the model fails with that cause (code ``nonfinite-model``) and every later one is not measured
+    (status skip, code ``nonfinite-see-first``, naming the first) instead of measuring NaNs; checks
+    that only need the forward pass still measure when only the backward is non-finite. With ``progress``,
     one line per check as its verdict lands (status, name, elapsed time, what it measured), and
     inside long checks a line at least every ~10 s (``check_progress``); ``total`` is the count the
     lines number against when the caller runs more checks after these (``diagnose``'s recipe-audit)."""
     out = []
     names = list(CHECKS) if names is None else names
-    report = None
+    report, first = None, ""  # first: the check that reported a non-finite model
     if any(n not in MODEL_FREE for n in names):
         try:
             report = nonfinite_at_init(make_model, data)
@@ -341,7 +361,8 @@ def run_checks(make_model, data: CheckData, names: list[str] | None = None, prog
         for i, name in enumerate(names):
             t0 = time.perf_counter()
             if report is not None and name not in MODEL_FREE and not (report.phase == "backward" and name in FORWARD_ONLY):
-                out.append(_not_measured(name, report))
+                out.append(_nonfinite_skip(name, report, first) if first else _nonfinite_fail(name, report))
+                first = first or name
             else:
                 seed_everything(0)  # every check starts from the same random state, whatever ran before it
                 try:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..checks import CHECKS, CheckData, CheckResult, recipe_audit, recipe_subject, run_checks
-from ..checks.core import in_quick_tier, tally, verdict_line
+from ..checks.core import NONFINITE_ELSEWHERE, in_quick_tier, tally, verdict_line
 from ..checks.subject import Mutation
 from ..checks.zoo import get_bug
 from ..config import ConfigError, Recipe, apply_overrides, nearest
@@ -142,7 +142,8 @@ def run_diagnosis(recipe: Recipe, which: str = "all", *, model_spec: str | None 
 def format_results(results: list[CheckResult], width: int | None = None) -> str:
     """One verdict per check, then each non-passing check's explanation and causes, wrapped at word
     boundaries to ``width`` columns (default: the terminal's, 100 when it has none), continuation lines
-    indented under the text they continue."""
+    indented under the text they continue. A check not measured because an earlier one reported the
+    model non-finite (code ``nonfinite-see-first``) has its verdict line only: the cause is said once."""
     width = max(60, width or shutil.get_terminal_size((100, 24)).columns)
 
     def wrap(text: str, indent: int) -> list[str]:
@@ -151,7 +152,7 @@ def format_results(results: list[CheckResult], width: int | None = None) -> str:
 
     lines = [ln for r in results for ln in wrap(r.summary(), 26)]
     for r in results:
-        if r.status != "pass":
+        if r.status != "pass" and r.codes != [NONFINITE_ELSEWHERE]:
             lines += [""] + wrap(f"{r.name}: {r.explanation}", 2)
             lines += [ln for code, c in zip(r.codes, r.causes) for ln in wrap(f"  - [{code}] {c}", 6)]
     return "\n".join(lines)

@@ -81,6 +81,11 @@ class Student(nn.Module):
         s.layers = nn.Sequential(*[Block(d, h) for _ in range(depth)])
         s.final_norm = norm(d)
         s.classifier = nn.Linear(d, num_classes)
+        for m in s.modules():  # timm's init: trunc_normal(0.02) linears, zero biases (the patch conv as torch's)
+            if isinstance(m, nn.Linear) and DEV != "default_init":
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
     def forward(s, x):
         x = s.embed(x).flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, N, C]
         cls = s.cls.expand(len(x), -1, -1)
@@ -138,6 +143,10 @@ class Student(nn.Module):
             s.stages.append(nn.Sequential(down, Block(c)))
         s.head_norm = nn.LayerNorm(dims[-1], eps=1e-6)
         s.fc = nn.Linear(dims[-1], num_classes)
+        for m in s.modules():  # timm's init: trunc_normal(0.02) convs and linears, zero biases
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
     def forward(s, x):
         x = s.stem(x)
         for st in s.stages:
@@ -166,7 +175,7 @@ def _convnext(tmp_path, dev, **kw):
 
 def test_a_faithful_student_vit_agrees_despite_other_names_nesting_and_split_qkv(tmp_path):
     r = _vit(tmp_path, "none", out_dir=tmp_path / "out")
-    assert r.agree, r
+    assert r.agree and r.verdict == "agree" and not r.init, (r.codes, r.init)
     assert r.mapping["layers.0.attention.q.weight"] == ["blocks.0.attn.qkv.weight", 0, 3]
     assert r.mapping["layers.1.ln_b.weight"] == "blocks.1.norm2.weight" and r.mapping["cls"] == "cls_token"
     assert (tmp_path / "out" / "map.json").is_file()
@@ -174,8 +183,17 @@ def test_a_faithful_student_vit_agrees_despite_other_names_nesting_and_split_qkv
 
 def test_a_faithful_student_convnext_agrees(tmp_path):
     r = _convnext(tmp_path, "none")
-    assert r.agree, r
+    assert r.agree and r.verdict == "agree" and not r.init, (r.codes, r.init)
     assert r.mapping["stages.1.1.scale"] == "stages.1.blocks.0.gamma"
+
+
+def test_a_student_left_at_torchs_default_init_is_init_differs(tmp_path):
+    """torch's default Linear init (kaiming-uniform weights, uniform biases) where timm draws trunc_normal(0.02)
+    and zero biases: the same function once the weights are copied, not the same start (issue 45)."""
+    r = _vit(tmp_path, "default_init")
+    assert r.same_function and r.verdicts == ["init-differs"] and not r.agree
+    assert any(line.startswith("layers.0.fc_in.bias ") and "vs REF blocks.0.mlp.fc1.bias mean 0 std 0" in line
+               for line in r.init), r.init
 
 
 def test_layernorm_eps(tmp_path):
@@ -211,7 +229,8 @@ def test_a_float64_buffer_is_a_difference_the_float64_comparison_would_hide(tmp_
 
 def test_qkv_without_bias(tmp_path):
     r = _vit(tmp_path, "no_qkv_bias")
-    assert not r.agree and r.unmatched_ref == ["blocks.0.attn.qkv.bias", "blocks.1.attn.qkv.bias"]
+    assert r.verdicts == ["structure-differs", "diverge"]
+    assert r.unmatched_ref == ["blocks.0.attn.qkv.bias", "blocks.1.attn.qkv.bias"]
     assert r.mapping["layers.0.attention.k.weight"] == ["blocks.0.attn.qkv.weight", 1, 3]
     assert r.forward is not None and r.forward.module.startswith("layers.0.attention")
 
@@ -219,8 +238,9 @@ def test_qkv_without_bias(tmp_path):
 def test_dyt_beta_initialised_to_ones(tmp_path):
     (tmp_path / "dytref.py").write_text(textwrap.dedent(VIT).replace("{dev}", "dyt"))
     r = align(_files(tmp_path, VIT, "dyt_beta_ones"), f"{tmp_path / 'dytref.py'}:make", img_size=32, num_classes=10)
-    assert r.agree  # the same computation once the weights are copied ...
+    assert r.same_function  # the same computation once the weights are copied ...
     assert r.init and r.init[0].startswith("layers.0.ln_a.beta mean 1")  # ... but not the same init
+    assert r.verdict == "init-differs" and not r.agree
 
 
 def test_channels_first_layernorm_on_the_wrong_axis(tmp_path):
@@ -230,7 +250,8 @@ def test_channels_first_layernorm_on_the_wrong_axis(tmp_path):
 
 def test_missing_layer_scale(tmp_path):
     r = _convnext(tmp_path, "no_layer_scale")
-    assert not r.agree and all(n.endswith(".gamma") for n in r.unmatched_ref) and len(r.unmatched_ref) == 4
+    assert r.verdict == "structure-differs" and all(n.endswith(".gamma") for n in r.unmatched_ref)
+    assert len(r.unmatched_ref) == 4
     f = r.forward
     assert f.kind == "between" and f.where.startswith("Block.forward (stages.0.1)") and f.after == "stages.0.1.pw2"
 
@@ -245,7 +266,8 @@ def test_align_cli_exit_status_and_bad_spec(tmp_path, capsys):
     mine = _files(tmp_path, VIT, "eps")
     assert main(["align", mine, f"{tmp_path / 'ref.py'}:vit", "--img-size", "32", "--num-classes", "10",
                  "--out", str(tmp_path / "o")]) == 1
-    assert "outputs differ after layers.0.ln_a <-> blocks.0.norm1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "outputs differ after layers.0.ln_a <-> blocks.0.norm1" in out and "verdict: DIVERGE" in out
     assert main(["align", str(tmp_path / "nope.py:make"), "vit_tiny"]) == 2
     assert "MINE" in capsys.readouterr().err
     # the written map, passed back, gives the same answer
@@ -272,4 +294,4 @@ def test_torchvision_and_timm_twins_align_and_init_differences_are_named():
     r = align("torchvision.models:convnext_tiny", "timm:convnext_tiny", img_size=64, num_classes=10)
     assert r.agree and not r.init
     r = align("torchvision.models:resnet18", "timm:resnet18", img_size=64, num_classes=10)
-    assert r.agree and r.init[0].startswith("layer1.0.bn2.weight mean 1 std 0 vs REF layer1.0.bn2.weight mean 0")
+    assert r.same_function and r.verdict == "init-differs" and r.init[0].startswith("layer1.0.bn2.weight mean 1 std 0 vs REF layer1.0.bn2.weight mean 0")

@@ -138,6 +138,9 @@ class DyTSoftsign(nn.Module):  # both bugs of DyTSwappedBetaOnes, and softsign f
 def LN(dim):
     return nn.LayerNorm(dim, eps=1e-6)
 
+def LN5(dim):  # planted: torch's default eps, where REF's is 1e-6
+    return nn.LayerNorm(dim)
+
 
 # ---- attention
 class AttnReshape(nn.Module):  # fused qkv, reshape/permute, explicit softmax
@@ -183,13 +186,17 @@ class Mlp(nn.Module):
     def forward(self, x):
         return self.w2(F.gelu(self.w1(x)))
 
+SWISH = ([3.262758e-07, 0.5, 0.2499974, 0.05326513, 0.005802545, 0.0002751339],
+         [7.735368e-09, 0.1065303, 7.501964e-10, 0.0005502678])  # the paper's F2 init: a fit of x * sigmoid(x)
+
 class Rational(nn.Module):
     # P(x) / Q(x) per group of channels; P degree 5, Q = 1 + |b1 x + ... + b4 x^4| (the paper's)
-    def __init__(self, dim, groups=8, pole_prone=False):
+    def __init__(self, dim, groups=8, pole_prone=False, init="identity"):
         super().__init__()
         self.groups, self.pole_prone = groups, pole_prone
-        self.numerator = nn.Parameter(torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0, 0.0]] * groups))  # [g, 6]
-        self.denominator = nn.Parameter(torch.full((groups, 4), 1e-8))  # [g, 4]
+        a, b = ([0.0, 1.0, 0.0, 0.0, 0.0, 0.0], [1e-8] * 4) if init == "identity" else SWISH
+        self.numerator = nn.Parameter(torch.tensor([a] * groups))  # [g, 6]
+        self.denominator = nn.Parameter(torch.tensor([b] * groups))  # [g, 4]
     def forward(self, x):
         xg = x.view(*x.shape[:-1], self.groups, x.shape[-1] // self.groups)  # [..., g, C/g]
         p = sum(self.numerator[:, i:i + 1] * xg ** i for i in range(6))
@@ -198,10 +205,19 @@ class Rational(nn.Module):
         return (p / q).reshape(x.shape)
 
 class KANMlp(nn.Module):  # fc2(F2(fc1(F1(x)))), the paper's GR-KAN
-    def __init__(self, dim, hidden, pole_prone=False):
+    # paper_init: F1 identity, F2 Swish, linears N(0, gain / d_in) (gain 1 and 2.8108); else the identity
+    # for both and the ViT's trunc_normal(0.02) linears, as many re-implementations start it
+    def __init__(self, dim, hidden, pole_prone=False, groups=8, paper_init=True):
         super().__init__()
-        self.f1, self.fc1 = Rational(dim, pole_prone=pole_prone), nn.Linear(dim, hidden)
-        self.f2, self.fc2 = Rational(hidden, pole_prone=pole_prone), nn.Linear(hidden, dim)
+        self.paper_init = paper_init
+        self.f1, self.fc1 = Rational(dim, groups, pole_prone), nn.Linear(dim, hidden)
+        self.f2 = Rational(hidden, groups, pole_prone, "swish" if paper_init else "identity")
+        self.fc2 = nn.Linear(hidden, dim)
+    def reset_linears(self):  # called by the model after its own init
+        if self.paper_init:
+            for fc, gain in ((self.fc1, 1.0), (self.fc2, 2.8108)):
+                nn.init.normal_(fc.weight, std=(gain / fc.in_features) ** 0.5)
+                nn.init.zeros_(fc.bias)
     def forward(self, x):
         return self.fc2(self.f2(self.fc1(self.f1(x))))
 
@@ -216,9 +232,11 @@ class KANMlpOneLinear(nn.Module):  # another structure: F2(fc(F1(x))), no hidden
 # ---- the model
 NORMS = dict(dyt=DyT, reordered=DyTReordered, scale_shift=DyTScaleShift, swapped=DyTSwapped, plain=DyTPlain,
              per_channel=DyTPerChannel, no_bias=DyTNoBias, inplace=DyTInplace, beta_ones=DyTBetaOnes,
-             swapped_beta_ones=DyTSwappedBetaOnes, softsign=DyTSoftsign, ln=LN)
+             swapped_beta_ones=DyTSwappedBetaOnes, softsign=DyTSoftsign, ln=LN, ln_eps5=LN5,
+             alpha_one=lambda d: DyT(d, alpha0=1.0))  # planted: alpha starts at 1.0, REF's at 0.5
 ATTNS = dict(reshape=AttnReshape, split=AttnSplit, einops=AttnEinops)
-MLPS = dict(gelu=Mlp, kan=KANMlp, kan_pole=lambda d, h: KANMlp(d, h, pole_prone=True), kan_one=KANMlpOneLinear)
+MLPS = dict(gelu=Mlp, kan=KANMlp, kan_pole=lambda d, h: KANMlp(d, h, pole_prone=True), kan_one=KANMlpOneLinear,
+            kan_identity=lambda d, h: KANMlp(d, h, paper_init=False), kan_g4=lambda d, h: KANMlp(d, h, groups=4))
 
 class Block(nn.Module):
     def __init__(self, dim, heads):
@@ -241,6 +259,9 @@ class ViT(nn.Module):
         self.final = NORMS[NORM](dim)
         self.fc = nn.Linear(dim, HEAD or num_classes)
         self.apply(self._init_weights)
+        for m in self.modules():
+            if isinstance(m, KANMlp):
+                m.reset_linears()
         nn.init.normal_(self.cls_token, std=1e-6)
         nn.init.trunc_normal_(self.pos, std=0.02)
     @staticmethod
@@ -307,6 +328,10 @@ class Student(nn.Module):
             down = nn.Identity() if i == 0 else nn.Sequential(DyT2d(dims[i - 1]), nn.Conv2d(dims[i - 1], c, 2, 2))
             self.stages.append(nn.Sequential(down, Block(c)))
         self.head_norm, self.fc = DyT(dims[-1]), nn.Linear(dims[-1], num_classes)
+        for m in self.modules():  # REF's init: trunc_normal(0.02) convs and linears, zero biases
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
     def forward(self, x):
         x = self.stem(x)
         for s in self.stages:
@@ -368,12 +393,13 @@ def test_reordered_declarations_pair_by_role(tmp_path):
 def test_a_faithful_gr_kan_written_another_way_agrees(tmp_path):
     r = run(tmp_path, "kat", norm="ln", mlp="kan")
     assert r.forward is None and r.backward is None and r.agree, (r.codes, r.forward, r.backward)
+    assert r.verdict == "agree" and not r.init, r.init  # the paper's init too: F2 Swish, N(0, gain / d_in) linears
     assert r.mapping["layers.0.mlp.f2.denominator"] == "blocks.0.mlp.layer2.rational.b"
 
 
 def test_a_faithful_channels_first_dyt_agrees(tmp_path):
     r = run(tmp_path, "convnext", norm="dyt2d")
-    assert r.agree, (r.codes, r.findings, r.forward)
+    assert r.agree and not r.init, (r.codes, r.findings, r.forward, r.init)
     assert r.mapping["stem.1.weight"] == "stem.1.weight" and r.mapping["stem.1.bias"] == "stem.1.bias"
 
 
@@ -382,7 +408,7 @@ def test_a_faithful_channels_first_dyt_agrees(tmp_path):
 def test_plain_tensor_attributes_are_named(tmp_path):
     r = run(tmp_path, norm="plain")
     f = r.finding("plain-tensor-attribute")
-    assert f is not None and f.deviation and not r.agree
+    assert f is not None and f.deviation and not r.agree and r.verdict == "diverge"
     assert {"layers.0.ln1.alpha", "layers.0.ln1.weight", "layers.0.ln1.bias", "final.bias"} <= set(f.mine)
     assert len(f.mine) == 27 and r.mapping["layers.0.ln1.alpha"] == "blocks.0.norm1.alpha"
     assert r.forward is None and not r.unmatched_ref  # the same function once REF's values are copied in
@@ -404,7 +430,7 @@ def test_plain_tensor_attributes_function(tmp_path):
 def test_per_channel_alpha_is_a_shape_deviation(tmp_path):
     r = run(tmp_path, norm="per_channel")
     f = r.finding("shape-deviation")
-    assert f is not None and not r.agree
+    assert f is not None and not r.agree and r.verdicts == ["structure-differs"]  # the outputs agree
     assert "layers.0.ln1.alpha" in f.mine and "blocks.0.norm1.alpha" in f.ref and len(f.mine) == 9
     assert r.deviations["final.alpha"] == "norm.alpha"
     assert not r.unmatched_mine and not r.unmatched_ref  # not two unmatched lists
@@ -414,7 +440,7 @@ def test_per_channel_alpha_is_a_shape_deviation(tmp_path):
 def test_norms_without_a_bias(tmp_path):
     r = run(tmp_path, norm="no_bias")
     f = r.finding("structure-differs")
-    assert f is not None and not r.agree
+    assert f is not None and not r.agree and r.verdicts == ["structure-differs", "diverge"]
     assert "blocks.0.norm1" in f.ref and "norm" in f.ref and "layers.3.ln2" in f.mine and len(f.ref) == 9
     assert r.codes.index("structure-differs") == 0  # said first
     assert r.mapping["layers.0.ln1.weight"] == "blocks.0.norm1.weight"  # the scale, by init, not the shift
@@ -433,7 +459,7 @@ def test_an_extra_model_level_token_is_not_taken_for_a_missing_bias(tmp_path):
 def test_inplace_norm_on_the_residual_stream(tmp_path):
     r = run(tmp_path, norm="inplace")
     f = r.finding("inplace-input")
-    assert f is not None and f.mine[0] == "layers.0.ln1" and f.deviation and not r.agree
+    assert f is not None and f.mine[0] == "layers.0.ln1" and f.deviation and r.verdict == "diverge"
     assert "layers.0" not in f.mine  # the innermost module, not the block around it
     d = r.forward
     assert d.kind == "between" and d.cause == "layers.0.ln1" and d.before == "layers.0.ln2"
@@ -443,32 +469,75 @@ def test_inplace_norm_on_the_residual_stream(tmp_path):
 def test_a_gr_kan_mlp_of_another_structure(tmp_path):
     r = run(tmp_path, "kat", norm="ln", mlp="kan_one")
     f = r.finding("structure-differs")
-    assert f is not None and not r.agree
+    assert f is not None and r.verdict == "structure-differs"
     assert f.mine == [f"layers.{i}.mlp" for i in range(4)] and f.ref == [f"blocks.{i}.mlp" for i in range(4)]
     assert "1 Linear" in f.sentence and "2 Linear" in f.sentence
     assert r.codes[0] == "structure-differs"
+
+
+def test_a_gr_kan_of_4_groups_where_ref_has_8_is_compared_below_the_difference(tmp_path):
+    """Issue 45, item 4: the rationals of 4 groups have no counterpart in REF's of 8, so the forward
+    comparison stops at the first MLP; every other module pair is still compared, each run alone on the
+    input its REF counterpart received, and what could not be compared is named."""
+    r = run(tmp_path, "kat", norm="ln", mlp="kan_g4")
+    assert r.verdicts == ["structure-differs", "diverge"] and r.codes[0] == "structure-differs"
+    assert r.forward.kind == "between" and r.forward.unpaired == ["layers.0.mlp.f1"]
+    a = r.alone
+    assert len(a["agree"]) == r.pairs and not a["differ"] and not a["not_run"]
+    assert {"layers.3.mlp.fc2", "layers.0.attention"} <= set(a["agree"])
+    assert a["no_counterpart_mine"][:2] == ["layers.0.mlp.f1", "layers.0.mlp.f2"]
+    assert a["no_counterpart_ref"][:2] == ["blocks.0.mlp.layer1.rational", "blocks.0.mlp.layer2.rational"]
+    f = r.finding("compared-alone")
+    assert f is not None and not f.deviation
+    r = run(tmp_path, "kat", norm="ln_eps5", mlp="kan_g4")  # and a LayerNorm eps that differs besides
+    f = r.finding("compared-alone")
+    assert f.deviation and {"layers.0.ln1", "layers.3.ln2", "final"} <= set(f.mine) and len(f.mine) == 9
+    assert "layers.0.mlp.fc1" in r.alone["agree"]
 
 
 def test_a_pole_prone_rational_denominator(tmp_path):
     r = run(tmp_path, "kat", norm="ln", mlp="kan_pole")
     d = r.forward
     assert (d.kind, d.module, d.ref_module) == ("module", "layers.0.mlp.f1", "blocks.0.mlp.layer1.rational")
-    assert not r.agree and not r.unmatched_mine and "backward-moot" in r.codes
+    assert r.verdicts == ["diverge"] and not r.unmatched_mine and "backward-moot" in r.codes
 
 
 def test_channels_first_dyt_scrambled_by_reshape(tmp_path):
     r = run(tmp_path, "convnext", norm="scrambled")
     d = r.forward
-    assert (d.kind, d.module, d.ref_module) == ("module", "stem.1", "stem.1") and not r.agree
+    assert (d.kind, d.module, d.ref_module) == ("module", "stem.1", "stem.1") and r.verdicts == ["diverge"]
 
 
 @pytest.mark.parametrize("norm, bad", [("beta_ones", "beta"), ("swapped_beta_ones", "gamma")])
 def test_shift_initialised_to_ones_is_blamed_on_the_shift(tmp_path, norm, bad):
     r = run(tmp_path, norm=norm)
-    assert r.agree, (r.codes, r.forward)  # the same computation once REF's weights are copied ...
+    assert r.same_function, (r.codes, r.forward)  # the same computation once REF's weights are copied ...
+    assert r.verdicts == ["init-differs"] and not r.agree  # ... but not the same start: not AGREE (issue 45)
     assert r.init and all(line.split()[0].endswith("." + bad) for line in r.init)  # ... not the same init
     assert r.init[0].startswith(f"layers.0.ln1.{bad} mean 1") and "vs REF blocks.0.norm1.bias mean 0" in r.init[0]
     assert "init-differs" in r.codes
+
+
+@pytest.mark.parametrize("norm, mlp, bad", [("alpha_one", "gelu", "blocks.0.norm1.alpha"),
+                                            ("ln", "kan_identity", "blocks.0.mlp.layer1.fc.weight")])
+def test_an_init_difference_is_a_verdict_with_exit_1(tmp_path, capsys, norm, mlp, bad):
+    """Issue 45, item 4: a DyT alpha that starts at 1.0 where REF's starts at 0.5 (and a GR-KAN started as
+    the identity with trunc_normal linears, where KAT starts F2 at Swish and the linears at N(0, gain /
+    d_in)) printed its init differences and still ended AGREE with exit 0, so a script gate passed it."""
+    import json
+
+    from reproscope.cli import main
+    family = "kat" if mlp.startswith("kan") else "vit"
+    mine, ref = case_specs(tmp_path, family, norm=norm, mlp=mlp)
+    r = align(mine, ref, img_size=32, num_classes=10)
+    assert r.same_function and r.verdicts == ["init-differs"] and not r.agree, (r.verdicts, r.codes)
+    assert any(f"vs REF {bad} " in line for line in r.init), r.init
+    args = ["align", mine, ref, "--img-size", "32", "--num-classes", "10", "--out", str(tmp_path / "o")]
+    assert main(args + ["--json"]) == 1
+    d = json.loads(capsys.readouterr().out)
+    assert (d["verdict"], d["verdicts"], d["agree"]) == ("init-differs", ["init-differs"], False)
+    assert main(args) == 1
+    assert "verdict: INIT DIFFERS" in capsys.readouterr().out
 
 
 def test_an_undecidable_pairing_is_said_and_its_init_not_reported(tmp_path):
@@ -499,4 +568,5 @@ def test_cli_json_carries_codes(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 1
     d = json.loads(capsys.readouterr().out)
     assert d["codes"][0] == "structure-differs" and d["findings"][0]["code"] == "structure-differs"
+    assert d["verdict"] == "structure-differs" and d["verdicts"] == ["structure-differs", "diverge"]
     assert d["forward"]["code"] in ("module-differs", "gap-differs")

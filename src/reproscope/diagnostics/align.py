@@ -39,8 +39,18 @@ Two models whose modules are named and nested differently are compared the way o
    before it ("between X and Y, in Z.forward") when its input already differed, i.e. functional code
    in a parent's ``forward`` that no module owns. A module that changes its input tensor in place
    (clone in a pre-hook, compare after the call) is named (``inplace-input``).
+   A gap that MINE modules holding unmatched tensors ran in names them (``Divergence.unpaired``). When
+   a structure difference stands before the divergence (its inputs differ from there on), every module
+   pair is also run alone, MINE's module on the input its REF counterpart received
+   (``compare_alone``, code ``compared-alone``): how many agree, the innermost that differ, and the
+   modules whose tensors have no counterpart, which nothing could be compared with.
 5. **Backward**, only when the forward agrees (else ``backward-moot``): cross-entropy on fixed labels;
    the first parameter, in reverse execution order, whose gradient differs.
+6. **Verdict** (``AlignResult.verdict``; the CLI exits 0 only on AGREE, 1 otherwise): STRUCTURE DIFFERS
+   (unmatched tensors, ``structure-differs``, ``shape-deviation``), DIVERGE (outputs or gradients
+   differ, or another deviating finding), INIT DIFFERS (the same outputs and gradients once REF's
+   weights are copied, but fresh-init statistics differ: a different start), else AGREE; the first
+   that applies, the others said after it ("also").
 
 Both models run in float64 by default (``float32=True`` keeps their own dtype): two correct
 implementations written differently (fused vs split qkv, another summation order) then differ by
@@ -72,6 +82,9 @@ from ..model.observe_tensors import plain_tensor_attributes  # noqa: F401  (re-e
 from ..model.spec import user_model
 
 MAX_ASSIGNMENTS = 24  # same-shape assignments tried per module pair (ours)
+VERDICTS = {"agree": "AGREE", "structure-differs": "STRUCTURE DIFFERS", "diverge": "DIVERGE",
+            "init-differs": "INIT DIFFERS"}  # verdict code -> the word printed
+STRUCTURE_CODES = ("structure-differs", "shape-deviation")  # findings that make the verdict STRUCTURE DIFFERS
 
 
 # ----------------------------------------------------------------------------- results
@@ -88,7 +101,7 @@ class AlignInputError(ConfigError):
 class Finding:
     """One result beside the forward/backward verdicts. ``code``: "structure-differs", "shape-deviation",
     "plain-tensor-attribute", "inplace-input", "pairing-ambiguous", "paired-by-role", "backward-moot",
-    "backward-raises", "dtype-differs"; ``mine`` / ``ref``: the concrete module or tensor names it is about; ``deviation``:
+    "backward-raises", "dtype-differs", "compared-alone"; ``mine`` / ``ref``: the concrete module or tensor names it is about; ``deviation``:
     whether it makes the verdict DIVERGE (False: information)."""
 
     code: str
@@ -116,6 +129,7 @@ class Divergence:
     repr_mine: str = ""
     repr_ref: str = ""
     cause: str = ""  # a MINE module that changed its input in place before this point
+    unpaired: list[str] = field(default_factory=list)  # MINE modules with unmatched tensors that ran in the gap
 
     @property
     def code(self) -> str:
@@ -135,6 +149,10 @@ class Divergence:
             s = f"outputs differ after {self.module} <-> {self.ref_module}, whose inputs agree ({d})"
             if self.repr_mine != self.repr_ref:
                 s += f": {self.repr_mine or '-'} vs {self.repr_ref or '-'}"
+        if self.unpaired:
+            s += (f"; in between ran {', '.join(f'`{u}`' for u in self.unpaired[:3])}"
+                  f"{' and more' if len(self.unpaired) > 3 else ''}, whose tensors have no counterpart in REF "
+                  f"(see structure-differs)")
         if self.cause:
             s += (f"; {self.cause} changed its input in place before this, so code reading that tensor "
                   f"afterwards (e.g. the residual) sees the changed values")
@@ -156,13 +174,41 @@ class AlignResult:
     init: list[str] = field(default_factory=list)  # fresh-init statistics that differ (see init_differences)
     findings: list[Finding] = field(default_factory=list)
     deviations: dict = field(default_factory=dict)  # MINE tensor -> REF tensor of the same role, another shape
+    alone: dict = field(default_factory=dict)  # compare_alone's result, when a structure difference blocked the forward
+
+    @property
+    def verdicts(self) -> list[str]:
+        """Every verdict code that applies, most basic first (``VERDICTS``): "structure-differs" (unmatched
+        tensors, a structure or shape deviation), "diverge" (outputs or gradients differ, or another
+        deviating finding), "init-differs" (fresh-init statistics differ: the same function once REF's
+        weights are copied, a different start); ["agree"] when none does."""
+        out = []
+        if self.unmatched_mine or self.unmatched_ref or any(f.code in STRUCTURE_CODES for f in self.findings):
+            out.append("structure-differs")
+        if self.forward is not None or self.backward is not None or any(
+                f.deviation and f.code not in STRUCTURE_CODES for f in self.findings):
+            out.append("diverge")
+        if self.init:
+            out.append("init-differs")
+        return out or ["agree"]
+
+    @property
+    def verdict(self) -> str:
+        """The verdict's code: the first of ``verdicts`` ("agree", "init-differs", "structure-differs" or
+        "diverge"); the CLI exits 0 only on "agree"."""
+        return self.verdicts[0]
 
     @property
     def agree(self) -> bool:
-        """Weights that match one to one, the same outputs and gradients, and no deviating finding (init
-        statistics are reported beside the verdict: they matter for training, not for these outputs)."""
-        return (self.forward is None and self.backward is None and not self.unmatched_mine
-                and not self.unmatched_ref and not any(f.deviation for f in self.findings))
+        """Weights that match one to one, the same outputs and gradients, no deviating finding and the same
+        fresh-init statistics (verdict "agree")."""
+        return self.verdict == "agree"
+
+    @property
+    def same_function(self) -> bool:
+        """The same outputs and gradients once REF's weights are copied, with every tensor matched and no
+        deviating finding: what "agree" means apart from the init."""
+        return all(v in ("agree", "init-differs") for v in self.verdicts)
 
     @property
     def codes(self) -> list[str]:
@@ -178,8 +224,10 @@ class AlignResult:
         return next((f for f in self.findings if f.code == code), None)
 
     def to_dict(self) -> dict:
+        """The result as JSON-ready data, with ``codes``, ``verdict`` (its code) and ``verdicts``."""
         d = asdict(self)
         d["codes"] = self.codes
+        d["verdict"], d["verdicts"] = self.verdict, self.verdicts
         for k in ("forward", "backward"):
             if d[k] is not None:
                 d[k]["code"] = getattr(self, k).code
@@ -1054,10 +1102,13 @@ def _record_calls(model: nn.Module, names: set[str], x: torch.Tensor) -> dict[st
     return _forward(model, x, names, 0, False, keep_args=True)[1]
 
 
-def first_forward_divergence(mine, ref, pairs: dict[str, str], x, atol, rtol, seed=0, train_mode=False):
+def first_forward_divergence(mine, ref, pairs: dict[str, str], x, atol, rtol, seed=0, train_mode=False,
+                             holders=()):
     """(Divergence or None, output max abs diff, [(MINE module, max change)] of paired MINE modules that
-    changed their input in place where REF's did not) for one forward pass of ``x`` through both."""
-    out_m, rm = _forward(mine, x, set(pairs) | {""}, seed, train_mode)
+    changed their input in place where REF's did not) for one forward pass of ``x`` through both.
+    ``holders``: MINE modules holding unmatched tensors; those that ran inside a gap divergence are
+    named in it (``Divergence.unpaired``)."""
+    out_m, rm = _forward(mine, x, set(pairs) | {""} | set(holders), seed, train_mode)
     out_r, rr = _forward(ref, x, set(pairs.values()) | {""}, seed, train_mode)
     inplace = [(p, rm[p]["inplace"]) for p in pairs if p and rm.get(p, {}).get("inplace")
                and not rr.get(pairs[p], {}).get("inplace")]
@@ -1068,6 +1119,9 @@ def first_forward_divergence(mine, ref, pairs: dict[str, str], x, atol, rtol, se
     if div is not None and div.kind == "between":
         point = rm[div.before]["start"] if div.before else float("inf")
         div.cause = next((p for p, _ in inplace if rm[p]["end"] <= point), "")
+        since = rm[div.after]["end"] if div.after in rm and "end" in rm[div.after] else 0
+        div.unpaired = sorted((h for h in holders if h in rm and "end" in rm[h] and since < rm[h]["start"]
+                               and rm[h]["end"] <= point), key=lambda h: rm[h]["start"])
     return div, d_out, inplace
 
 
@@ -1158,6 +1212,86 @@ def _gap_owner(p: str, pairs, rm, rr, atol, rtol) -> str:
 
 def _describe(m: nn.Module) -> str:
     return f"{type(m).__name__}({m.extra_repr()})"
+
+
+def _holders(names: list[str]) -> list[str]:
+    """The modules that own the given tensors (their names without the last part), in first-seen order."""
+    return list(dict.fromkeys(_owner(n) for n in names))
+
+
+def _tensors_in(a) -> int:
+    """How many tensors a (nested) args/kwargs structure holds."""
+    if isinstance(a, torch.Tensor):
+        return 1
+    if isinstance(a, (list, tuple)):
+        return sum(_tensors_in(b) for b in a)
+    if isinstance(a, dict):
+        return sum(_tensors_in(b) for b in a.values())
+    return 0
+
+
+def compare_alone(mine, ref, pairs: dict[str, str], x, atol, rtol, seed=0, train_mode=False, holders_mine=(),
+                  holders_ref=()) -> dict:
+    """Every module pair run alone: MINE's module on the input its REF counterpart received on one forward
+    pass of ``x`` (in MINE's layout), its output compared with REF's. What a structure difference upstream
+    hides from the forward comparison, whose inputs differ from there on. Pairs whose module takes more
+    than one tensor (the others would be MINE's own, already different) are not run. Returns {"agree":
+    MINE modules, "differ": [{"mine", "ref", "max_abs"}] (innermost: a pair whose paired children differ
+    alone is left to them), "not_run": MINE modules, "no_counterpart_mine" / "no_counterpart_ref": the
+    modules holding unmatched tensors, which nothing could be compared with}."""
+    _, rm = _forward(mine, x, set(pairs), seed, train_mode, keep_args=True)
+    _, rr = _forward(ref, x, set(pairs.values()), seed, train_mode)
+    mods = dict(mine.named_modules())
+    agree, differ, not_run = [], {}, []
+    for p in sorted((p for p in pairs if p and p in rm and pairs[p] in rr), key=lambda p: rm[p]["start"]):
+        cm, cr = rm[p], rr[pairs[p]]
+        xr, xm = cr["input"], first_tensor(cm["args"])
+        x_in = _as_ref_layout(xr, xm) if xr is not None and xm is not None else None
+        if x_in is None or cr.get("output") is None or _tensors_in((cm["args"], cm["kwargs"])) != 1:
+            not_run.append(p)
+            continue
+        try:
+            with torch.no_grad():
+                torch.manual_seed(seed)
+                out = first_tensor(mods[p](*_with_first(_clone(cm["args"]), x_in.clone()), **_clone(cm["kwargs"])))
+        except Exception:
+            not_run.append(p)
+            continue
+        a = _as_ref_layout(out, cr["output"]) if out is not None else None
+        ok, d, _ = _close(a, cr["output"], atol, rtol) if a is not None else (False, float("inf"), 0.0)
+        if ok:
+            agree.append(p)
+        else:
+            differ[p] = {"mine": p, "ref": pairs[p], "max_abs": d}
+    inner = [v for p, v in differ.items() if not any(q.startswith(p + ".") for q in differ)]
+    return {"agree": agree, "differ": inner, "not_run": not_run, "no_counterpart_mine": list(holders_mine),
+            "no_counterpart_ref": list(holders_ref)}
+
+
+def alone_finding(alone: dict) -> Finding:
+    """The "compared-alone" finding: how many pairs agree when each runs alone on REF's input, the
+    innermost that differ, and what could not be compared (modules named with indices as ``*``)."""
+    def pats(names, limit=4):
+        ps = list(dict.fromkeys(f"`{_pat(n) or '<model>'}`" for n in names))
+        return ", ".join(ps[:limit]) + (f" and {len(ps) - limit} more" if len(ps) > limit else "") if ps else "none"
+    n_agree, differ = len(alone["agree"]), alone["differ"]
+    total = n_agree + len(differ)
+    s = (f"each paired module run alone on the input its REF counterpart received (a structure difference "
+         f"makes the inputs differ from there on): {n_agree} of {total} agree")
+    if differ:
+        groups: dict[tuple[str, str], float] = {}
+        for d in differ:
+            key = (_pat(d["mine"]), _pat(d["ref"]))
+            groups[key] = max(groups.get(key, 0.0), d["max_abs"])
+        s += f"; {len(differ)} differ alone: " + ", ".join(
+            f"`{m}` <-> `{r}` (max abs diff {v:.3g})" for (m, r), v in list(groups.items())[:4]) + (
+            " ..." if len(groups) > 4 else "")
+    s += (f"; not compared (their tensors have no counterpart): yours {pats(alone['no_counterpart_mine'])}, "
+          f"REF's {pats(alone['no_counterpart_ref'])}")
+    if alone["not_run"]:
+        s += f"; not run alone (more than one input tensor): {pats(alone['not_run'])}"
+    return Finding("compared-alone", s, [d["mine"] for d in differ], [d["ref"] for d in differ],
+                   deviation=bool(differ))
 
 
 def inplace_findings(mine: nn.Module, inplace: list[tuple[str, float]], harmful: bool) -> list[Finding]:
@@ -1257,8 +1391,13 @@ def align(mine_spec: str, ref_spec: str, *, img_size: int = 224, num_classes: in
         _copy_into(mt[m], rt[r])
     init = init_differences(stats_m, stats_r, mapping, ambiguous)
     pairs = pair_modules(mine, ref, {**mapping, **match.deviations}, plains[0], plains[1])
-    fwd, d_out, inplace = first_forward_divergence(mine, ref, pairs, x, atol, rtol, seed, train_mode)
+    holders = _holders(um)
+    fwd, d_out, inplace = first_forward_divergence(mine, ref, pairs, x, atol, rtol, seed, train_mode, holders)
     findings += inplace_findings(mine, inplace, harmful=fwd is not None)
+    alone = {}
+    if fwd is not None and (um or ur or any(f.code in STRUCTURE_CODES for f in findings)):
+        alone = compare_alone(mine, ref, pairs, x, atol, rtol, seed, train_mode, holders, _holders(ur))
+        findings.append(alone_finding(alone))
     bwd, more = _backward_or_moot(fwd, mine, ref, mapping, orders[0], x, y, atol, rtol, seed, train_mode)
     notes = []
     if train_mode:
@@ -1266,7 +1405,7 @@ def align(mine_spec: str, ref_spec: str, *, img_size: int = 224, num_classes: in
                      "both models draw them in the same order and shapes")
     return AlignResult(sum(p.numel() for p in mine.parameters()), sum(p.numel() for p in ref.parameters()),
                        mapping, um, ur, len(pairs), fwd, bwd, d_out, notes, init, findings + more,
-                       dict(match.deviations))
+                       dict(match.deviations), alone)
 
 
 def _prepare(model: nn.Module, spec: str, label: str, x: torch.Tensor, num_classes: int, dtype
@@ -1350,8 +1489,8 @@ def _build(spec: str, label: str, num_classes: int, img_size: int, seed: int) ->
 
 
 def format_result(r: AlignResult, mine: str, ref: str) -> str:
-    """The report: counts, findings (structure first), unmatched, init, forward, backward, verdict; each
-    finding and divergence with its code in brackets."""
+    """The report: counts, findings (structure first), unmatched, init, forward, backward, verdict
+    (``verdict_line``); each finding and divergence with its code in brackets."""
     lines = [f"MINE {mine}: {r.params_mine:,} parameters", f"REF  {ref}: {r.params_ref:,} parameters",
              f"matched {len(r.mapping)} tensors; {len(r.unmatched_mine)} of MINE and {len(r.unmatched_ref)} of REF "
              f"unmatched; {r.pairs} module pairs compared"]
@@ -1377,5 +1516,15 @@ def format_result(r: AlignResult, mine: str, ref: str) -> str:
         lines.append("backward: " + (f"[{r.backward.code}] {r.backward.sentence()}" if r.backward else
                                      "every matched gradient agrees"))
     lines += [f"note: {n}" for n in r.notes]
-    lines.append("verdict: " + ("AGREE" if r.agree else "DIVERGE"))
+    lines.append(verdict_line(r))
     return "\n".join(lines)
+
+
+def verdict_line(r: AlignResult) -> str:
+    """``verdict: WORD``, with what else applies: "verdict: STRUCTURE DIFFERS (also DIVERGE, INIT DIFFERS)";
+    INIT DIFFERS alone says what it means."""
+    words = [VERDICTS[v] for v in r.verdicts]
+    if r.verdicts == ["init-differs"]:
+        return ("verdict: INIT DIFFERS (the same outputs and gradients once REF's weights are copied, but a "
+                "different start: see [init-differs])")
+    return "verdict: " + words[0] + (f" (also {', '.join(words[1:])})" if len(words) > 1 else "")

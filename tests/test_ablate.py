@@ -22,8 +22,8 @@ from reproscope.config import ConfigError, apply_overrides
 from reproscope.recipes import deviation_log, get_recipe
 from reproscope.runfiles import ABLATION, ABLATION_DIR, write_json
 
-TINY = {"data.train_size": 512, "data.val_size": 256, "sched.epochs": 4, "instrument.enabled": False,
-        "run.progress": False}  # the scale (train size, epochs) and operational keys: never arms
+TINY = {"data.train_size": 1024, "data.val_size": 256, "sched.epochs": 6, "instrument.enabled": False,
+        "run.progress": False}  # the scale (train size, epochs) and operational keys: never arms; 48 steps
 DEV = {"optim.lr": 2e-5, "reg.ema_decay": 0.99}  # a deviation that costs, one that cannot (EMA never evaluated)
 
 

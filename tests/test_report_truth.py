@@ -127,7 +127,7 @@ def test_checklist_names_the_paper_recipe_where_there_is_one(tmp_path):
     parent = runs[0].config["parent"]
     assert parent
     hyper = dict(_checklist(group_runs(runs), runs, DYT))["hyperparameters"]
-    assert hyper.startswith(f"the paper recipe {parent}'s, 7 changed (deviation log, with reasons)")
+    assert hyper.startswith(f"the paper recipe {parent}'s, 7 changed (deviation log; 7 with a stated reason)")
 
 
 def test_statistics_row_states_the_seed_counts_and_whether_an_interval_exists(groups):

@@ -309,3 +309,78 @@ def test_run_files_are_named_once():
             if isinstance(node, ast.Constant) and node.value in names:
                 spelled.append(f"{p.relative_to(src)}:{node.lineno} {node.value}")
     assert not spelled, spelled
+
+
+# ----------------------------------------------------------------------------- from a new user's first day
+
+
+def test_replay_of_a_model_built_with_other_arguments_says_to_pass_model_spec(tmp_path, capsys):
+    run = tmp_path / "args"
+    _plain_loop(_net(tmp_path, fault="after-fc"), run, steps=2, stop_on_nan=True)  # Net(fault=...): not its default
+    rep = next(run.glob("nonfinite-step*.pt"))
+    assert main(["diagnose", "replay", str(rep)]) == 0  # rebuilt with the defaults: finite, and it says so
+    assert "NOT REPRODUCED" in capsys.readouterr().out
+    torch.manual_seed(0)
+    wide = _net(tmp_path, fault="after-fc")
+    wide.conv, wide.fc = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 10)  # a width the defaults do not build
+    _plain_loop(wide, tmp_path / "wide", steps=2, stop_on_nan=True)
+    rep = next((tmp_path / "wide").glob("nonfinite-step*.pt"))
+    assert main(["diagnose", "replay", str(rep)]) == 2
+    err = capsys.readouterr().err
+    assert "model_spec=" in err and "Traceback" not in err
+
+
+def test_reasons_given_to_audit_are_kept_by_the_next_audit(tmp_path):
+    run = tmp_path / "r"
+    _plain_loop(_net(tmp_path), run, steps=6, evaluate=True)
+    f = tmp_path / "reasons.json"
+    f.write_text(json.dumps({"sched.warmup_epochs": "no warmup at 6 steps"}))
+    main(["audit", str(run), "--against", "dyt", "--reasons", str(f)])
+    main(["audit", str(run), "--against", "dyt"])  # no --reasons this time
+    dev = json.loads((run / "deviations.json").read_text())
+    assert any(d["declared"] and d["code"] == "no-warmup" for d in dev["deviations"])
+
+
+def test_a_declared_setting_the_stopped_loop_never_showed_keeps_its_reason(tmp_path):
+    run = tmp_path / "stop"
+    _plain_loop(_net(tmp_path, fault="after-fc"), run, steps=4, stop_on_nan=True, against="kat",
+                deviations={"sched.epochs": "4 of the paper's 300 epochs"})
+    dev = json.loads((run / "deviations.json").read_text())
+    row = next(d for d in dev["deviations"] if d["key"] == "sched.epochs")
+    assert row["declared"] and row["value"] == "not observed" and not row["mistake"]
+    assert dev["declared_unused"] == []
+
+
+def test_a_cosine_to_the_papers_floor_is_no_min_lr_deviation():
+    r = get_recipe("kat-kat_tiny-paper")
+    d = 28  # per-step cosine over 28 steps to r's floor: the last observed lr is one step short of it
+    last = r.sched.min_lr + (1.8e-3 - r.sched.min_lr) * 0.5 * (1 + __import__("math").cos(__import__("math").pi * 27 / d))
+    facts = {"optim.lr": 1.8e-3, "sched.min_lr": last, "sched.total_steps": 28, "sched.warmup_steps": 0,
+             "sched.decay": "cosine"}
+    assert not any(x["key"] == "sched.min_lr" for x in audit(facts, r)["deviations"])
+    facts["sched.min_lr"] = 1.8e-4  # a floor at 10 % of the peak is another floor
+    assert any(x["key"] == "sched.min_lr" for x in audit(facts, r)["deviations"])
+
+
+def test_the_report_tells_a_consequence_from_a_reason_and_which_run_a_row_holds_for(tmp_path):
+    runs = []
+    for i, reasons in enumerate(({"sched.warmup_epochs": "none at 6 steps"}, None)):
+        torch.manual_seed(0)
+        _plain_loop(_net(tmp_path), tmp_path / f"s{i}", steps=6, evaluate=True, against="dyt", deviations=reasons,
+                    config={"seed": i})
+        runs.append(load_run(tmp_path / f"s{i}"))
+    blocks = build_blocks(group_runs(runs), tmp_path / "rep", "reproscope report")
+    log = next(b for b in blocks if b[0] == "table" and b[1][0] == "field")
+    assert log[1][-1] == "runs"
+    warm = [r for r in log[2] if r[0] == "sched.warmup_epochs"]
+    assert sorted(r[-1] for r in warm) == ["s0", "s1"]
+    assert any(r[3].startswith("not declared. Consequence:") for r in warm)
+    assert any(r[3].startswith("none at 6 steps") for r in warm)
+
+
+def test_a_watched_run_logs_its_last_step_and_the_git_commit_of_its_own_code(tmp_path):
+    run = tmp_path / "r"
+    _plain_loop(_net(tmp_path), run, steps=7)  # log_every 10: only step 1 would be logged
+    r = load_run(run)
+    assert [x["step"] for x in r.train] == [1, 7]
+    assert "reproscope_commit" in r.env  # the user's code is not reproscope's: its commit is its own folder's

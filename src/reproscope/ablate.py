@@ -34,7 +34,7 @@ from pathlib import Path
 from .config import ConfigError, apply_overrides, nearest, recipe_from_dict
 from .console import log as console
 from .recipes import NOT_DEVIATIONS
-from .report.ablation import plot_effects
+from .report.ablation import ablation_rows, plot_effects
 from .report.runs import is_science, load_run, welch_interval
 from .runfiles import ABLATION, ABLATION_DIR, CONFIG, DEVIATIONS, LOOP, MODEL_SOURCE, SUMMARY, read_json, write_json
 
@@ -43,7 +43,8 @@ SCALE_KEYS = ("sched.epochs", "sched.max_steps", "data.dataset", "data.train_siz
               "data.root", "data.cache_res", "model.patch_size")
 # keys that change nothing a run measures (how it runs, not what it trains)
 OPERATIONAL = ("data.workers", "data.cache_dir", "data.device_cache", "data.skip_corrupt", "data.val_size",
-               "data.eval_batch_size", "precision.device", "precision.compile") + tuple(NOT_DEVIATIONS)
+               "data.eval_batch_size", "precision.device", "precision.compile", "dist.find_unused_parameters",
+               "dist.sync_bn") + tuple(NOT_DEVIATIONS)  # sync_bn: per-rank statistics are the scale of the machine
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,9 @@ def load_base(run_dir: Path):
         raise ConfigError(f"{run_dir} is a loop watched with reproscope.watch: ablate re-runs a config, and a loop of "
                           f"yours is not one. Train your model with `reproscope train --model file.py:factory "
                           f"--recipe RECIPE --set ...` to ablate it; meanwhile the loop audit's consequence column "
-                          f"(`reproscope audit {run_dir}`) says what each deviation is expected to do")
+                          f"(`reproscope audit {run_dir}"
+                          f"{'' if read_json(run_dir / DEVIATIONS, None) else ' --against RECIPE'}`) says what each "
+                          f"deviation is expected to do")
     recipe = recipe_from_dict(json.loads((run_dir / CONFIG).read_text()))
     rows = [d for d in read_json(run_dir / DEVIATIONS, {}).get("deviations", [])
             if is_science(d["key"]) and d["key"] not in OPERATIONAL and d["key"].count(".") == 1]
@@ -330,6 +333,14 @@ def sentence(e: dict, metric: str = "final") -> str:
             f"{m['n'][1]} ({ci} contains 0)")
 
 
+def format_table(result: dict) -> str:
+    """The effects as the Markdown table ``reproscope report`` and the README show (``report.ablation``)."""
+    head = ["reverted", "ours -> parent", "effect", "95 % CI", "n", "says"]
+    rows = ablation_rows(result)
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def ablate(run_dir: str, keys: str = "auto", seeds: int = 3, budget: float | None = None, joint: bool = False,
            dry_run: bool = False) -> int:
     """The command: print the plan, train what is missing, print the effects ranked. 0 on success.
@@ -345,6 +356,7 @@ def ablate(run_dir: str, keys: str = "auto", seeds: int = 3, budget: float | Non
     if result is None:
         return 130
     print(f"\nwhat each deviation cost at this scale ({p.base_dir / ABLATION_DIR / ABLATION}):")
+    print(format_table(result))
     for e in result["effects"]:
         print("  " + sentence(e))
     if "joint" in result:

@@ -92,7 +92,8 @@ def run_audit(run_dir: str | Path, against: str | None = None, reasons: str | No
                           f"reproscope audit {run_dir} --against dyt (a paper key, or a recipe: `reproscope recipes`)")
     recipe = resolve_against(name)
     loop = read_json(run_dir / LOOP, {}) if watched else {}
-    declared = {**(loop.get("declared") or {}), **read_declared(reasons)}
+    prior = (read_json(run_dir / DEVIATIONS, {}) or {}).get("declared") or {} if watched else {}
+    declared = {**(loop.get("declared") or {}), **prior, **read_declared(reasons)}  # reasons given before are kept
     result = audit(facts, recipe, declared=declared, ending=loop.get("ending"))
     out = run_dir / (DEVIATIONS if watched else AUDIT)
     write_json(out, result)

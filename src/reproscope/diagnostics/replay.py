@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 from ..config import recipe_from_dict
 from ..model.build import build_model
-from ..model.spec import spec_in_run, user_model
+from ..model.spec import spec_file, spec_in_run, user_model
 from ..instrument.tripwire import format_report, locate_nonfinite
 from ..data.augment import soft_cross_entropy
 from ..train.checkpoint import CheckpointError, load_file, saved_recipe
@@ -35,7 +36,16 @@ def replay(path: str | Path, device: str = "cpu", *, trust_pickle: bool = False)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable reproscope reproducer ({type(e).__name__}: {e})") from e
     model = _rebuild_model(path, rep, recipe).to(device)
-    model.load_state_dict(rep["model"])
+    try:
+        model.load_state_dict(rep["model"])
+    except RuntimeError as e:  # the spec's defaults build another model than the run trained
+        source = json.loads(rep.get("model_source_json") or "null") or {}
+        first = str(e).strip().splitlines()[0][:160]
+        raise CheckpointError(
+            f"{path}: the model rebuilt from {source.get('spec', 'the recipe')!r} does not take the saved weights "
+            f"({first}): the spec builds it with its default arguments, not the ones your loop used; pass "
+            f"model_spec='file.py:factory:arg=value,...' (or a factory that builds it as your loop does) to "
+            f"reproscope.watch, then rerun the loop to write a new reproducer") from None
     criterion = functools.partial(soft_cross_entropy, label_smoothing=recipe.reg.label_smoothing)
     if any(y is None for _, y in rep["batches"]):  # a watched loop that gave no targets: its surrogate loss
         criterion = _surrogate
@@ -50,6 +60,8 @@ def replay(path: str | Path, device: str = "cpu", *, trust_pickle: bool = False)
         print(f"note: the run reported {original.get('module')!r} ({original.get('phase')}); the fault may have "
               f"come from a hook, a non-deterministic kernel, or constructor arguments the model spec does not hold "
               f"(the replay builds the model with its defaults), which the reproducer cannot carry")
+    print("verdict: REPRODUCED (exit 1: the step is still non-finite)" if report.phase != "none" else
+          "verdict: NOT REPRODUCED (exit 0: the replayed step is finite)")
     return 1 if report.phase != "none" else 0
 
 
@@ -77,4 +89,8 @@ def _rebuild_model(path: Path, rep: dict, recipe):
     print(f"replay: rebuilding the user's model from {spec}")
     x = rep["batches"][0][0] if rep.get("batches") else None  # the input as it was: its size, not the recipe's
     img_size = int(x.shape[-1]) if x is not None and x.ndim == 4 else None
+    file = spec_file(spec)
+    folder = str(Path(file).resolve().parent) if file is not None else None
+    if folder and folder not in sys.path:  # the model file imports its neighbours, as when its script ran
+        sys.path.insert(0, folder)
     return user_model(spec, rep["num_classes"], img_size=img_size)()

@@ -429,6 +429,13 @@ def _same_floor(f: dict, p: dict) -> bool:
     under 1 % of the peak matches anything under 2 %."""
     if math.isclose(f["sched.min_lr"], p["sched.min_lr"], rel_tol=0.05, abs_tol=1e-12):
         return True
+    total, warm = f.get("sched.total_steps"), f.get("sched.warmup_steps") or 0
+    if total and total - warm > 1 and f.get("sched.decay") == "cosine":
+        # the last observed lr is one step before a cosine's end: floor + (peak - floor)(1 + cos(pi (D-1)/D)) / 2
+        d = total - warm
+        last = p["sched.min_lr"] + (f["optim.lr"] - p["sched.min_lr"]) * 0.5 * (1 + math.cos(math.pi * (d - 1) / d))
+        if p["sched.min_lr"] * 0.95 <= f["sched.min_lr"] <= last * 1.05:
+            return True
     mine, theirs = f["sched.min_lr"] / f["optim.lr"], p["sched.min_lr"] / p["optim.lr"]
     return (theirs < 0.01 and mine < 0.02) or math.isclose(mine, theirs, rel_tol=0.1)
 
@@ -442,7 +449,8 @@ def _schedule_rules(f: dict, p: dict, add) -> None:
         elif p["sched.warmup_share"] > 0 and f["sched.warmup_steps"] > 0:
             ratio = f["sched.warmup_share"] / p["sched.warmup_share"]
             if not 1 / WARMUP_BAND <= ratio <= WARMUP_BAND:
-                keep = round(p["sched.warmup_share"] * f["sched.total_steps"])
+                keep = p["sched.warmup_share"] * f["sched.total_steps"]
+                keep = f"{keep:.1f}" if keep < 10 else f"{keep:.0f}"
                 hint = " (warmup counted in steps where the paper counts epochs?)" if ratio < 0.1 else ""
                 add("sched.warmup_epochs", f"{f['sched.warmup_steps']} steps ({f['sched.warmup_share']:.1%})",
                     f"warmup is {f['sched.warmup_share']:.1%} of the run, {ratio:.2g}x the paper's "
@@ -474,9 +482,18 @@ def audit(facts: dict, recipe: Recipe | str, *, declared: dict[str, str] | None 
         elif prior is None or found[prior].code != s.code:
             found.append(dataclasses.replace(s, source=s.source or source_of(recipe, s.key)))
     rows, used = _declare([x.to_dict() for x in found], declared or {})
-    out = {"recipe": "watch", "parent": recipe.name, "deviations": rows,
-           "not_observed": [k for k in EXPECTED if k not in facts and k not in {r["key"] for r in rows}],
-           "mistakes": sum(1 for r in rows if r["mistake"]),
+    not_observed = [k for k in EXPECTED if k not in facts and k not in {r["key"] for r in rows}]
+    for key in sorted(set(declared or {}) - used):  # declared, but the loop did not show it: keep the reason
+        k = _DECLARED_ALIASES.get(key, key)
+        if k not in facts and (k in EXPECTED or k in RUN_LENGTH_KEYS or k in flat_items(recipe)):
+            why = (f"not observed: the loop {ending['reason']}" if ending and ending.get("how") not in
+                   ("finished", "running", None) else "not observed in this loop")
+            rows.append({"key": k, "parent": recipe_facts(recipe).get(k, "-"), "value": "not observed",
+                         "reason": declared[key], "code": "value", "source": source_of(recipe, k), "mistake": False,
+                         "observed": False, "declared": True, "consequence": f"{why}, so not compared"})
+            used.add(key)
+    out = {"recipe": "watch", "parent": recipe.name, "deviations": rows, "not_observed": not_observed,
+           "mistakes": sum(1 for r in rows if r["mistake"]), "declared": dict(declared or {}),
            "declared_unused": sorted(k for k in (declared or {}) if k not in used)}
     if ending is not None:
         out["ending"] = dict(ending)

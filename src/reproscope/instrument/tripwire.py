@@ -252,12 +252,19 @@ def format_report(r: NonFiniteReport) -> str:
         r = dataclasses.replace(r, input_stats={})  # the last submodule's output is not the model's input
     for label, st in (("input", r.input_stats), ("output", r.output_stats)):
         if st:
-            lines.append(f"  {who}{label:<6} " + "  ".join(f"{k} {v:.4g}" for k, v in st.items()))
+            lines.append(f"  {who}{label:<6} " + "  ".join(_stat(k, v) for k, v in st.items()))
+    if r.input_stats or r.output_stats:
+        lines.append("  (mean, std, rms and absmax over the finite values; nonfinite and near_zero: shares of all values)")
     if r.nonfinite_params:
         lines.append(f"  parameters with non-finite values: {', '.join(r.nonfinite_params[:10])}")
     if r.nonfinite_grads:
         lines.append(f"  parameters with non-finite grads ({len(r.nonfinite_grads)}): {', '.join(r.nonfinite_grads[:10])}")
     return "\n".join(lines)
+
+
+def _stat(name: str, value: float) -> str:
+    """One statistic as the report prints it: the two shares as percentages, the rest to 4 digits."""
+    return f"{name} {value:.1%}" if name in ("nonfinite", "near_zero") else f"{name} {value:.4g}"
 
 
 def save_reproducer(path: Path, *, recipe_json: str, model_source: dict | None, num_classes: int, model: nn.Module,

@@ -56,6 +56,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -183,8 +184,11 @@ class Watch:
         self.audit: dict | None = None
         self.ending: dict = {"how": "running", "step": 0}
         self._rng: dict | None = None  # every RNG's state before the last training forward (the replay's)
+        self._last_row: tuple | None = None  # the last step's metrics row, when log_every skipped it
         if self.dist.is_main:
-            write_record(self.run_dir, user_config=self.user_config, environment=run_environment(self.dist.world_size),
+            script = Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else Path.cwd()
+            write_record(self.run_dir, user_config=self.user_config,
+                         environment=run_environment(self.dist.world_size, code=script),
                          model_source={"spec": self.model_spec})
             self._write_config()
 
@@ -247,12 +251,14 @@ class Watch:
         self.last_decision = d
         self.step_count += 1
         self._view.step = self.step_count
+        lrs = {} if self.optimizer is None else {
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            **({f"lr_group{i}": float(g["lr"]) for i, g in enumerate(self.optimizer.param_groups)}
+               if len(self.optimizer.param_groups) > 1 else {})}
+        self._last_row = (self.step_count, {"loss": lv, "grad_norm": gn, **lrs})  # logged on exit if not logged
         if self.step_count % self.log_every == 0 or self.step_count == 1:
-            lrs = {} if self.optimizer is None else {
-                "lr": float(self.optimizer.param_groups[0]["lr"]),
-                **({f"lr_group{i}": float(g["lr"]) for i, g in enumerate(self.optimizer.param_groups)}
-                   if len(self.optimizer.param_groups) > 1 else {})}
-            self.log.log("train", self.step_count, loss=lv, grad_norm=gn, **lrs)
+            self.log.log("train", self.step_count, **self._last_row[1])
+            self._last_row = None
         self._pending_end, self._armed = True, False
         self._stance(self.step_count + 1)
         return d.action == "step"
@@ -417,6 +423,9 @@ class Watch:
         self._handles = []
         self.loop.detach()
         self.instrument.close()
+        if self._last_row is not None:  # the last step, so the curves and "last loss" reach the loop's end
+            self.log.log("train", self._last_row[0], **self._last_row[1])
+            self._last_row = None
         if self.dist.is_main:
             self._write_config()
             self._print_audit()

@@ -40,12 +40,12 @@ def _metrics(r: RunRecord) -> dict[str, str]:
     return {"val top-1": f"{f['top1']:.2f}" if "top1" in f else "-",
             "val top-5": f"{f['top5']:.2f}" if "top5" in f else "-",
             "val loss": f"{f['loss']:.4f}" if "loss" in f else "-",
-            "last train loss": f"{r.train[-1]['loss']:.4f}" if r.train else "-",
+            "last logged train loss": f"{r.train[-1]['loss']:.4f} (step {r.train[-1]['step']})" if r.train else "-",
             "steps": str(r.steps), "epochs evaluated": str(len(r.val)), "ended": r.ending.get("how", "?"),
             "trained by": "watch" if r.watched else "Trainer",
             "processes (world size)": str(r.env.get("world_size", 1)),
             "img/s (median)": f"{sorted(ips)[len(ips) // 2]:.0f}" if ips else "-",
-            "device-hours": f"{r.device_hours:.3f}", "device": r.device,
+            "device-hours (median epoch x epochs)": f"{r.device_hours:.3f}", "device": r.device,
             "non-finite / diverging / spike events": f"{sum(e.get('type') == Event.NONFINITE for e in r.events)} / "
                                                      f"{sum(e.get('type') in (Event.DIVERGING, Event.GRAD_NORM_OVERFLOW) for e in r.events)} / "
                                                      f"{sum(e.get('type') == Event.LOSS_SPIKE for e in r.events)}"}

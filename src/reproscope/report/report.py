@@ -313,7 +313,10 @@ def _event_row(r: RunRecord) -> list[str]:
         kinds[e.get("type", "?")] = kinds.get(e.get("type", "?"), 0) + 1
     first_ev = next((e for e in r.events if e.get("type") == "nonfinite"), None)
     div = next((e for e in r.events if e.get("type") == Event.DIVERGING), None)
-    notes = ([f"first non-finite at step {first_ev['step']} in {first_ev.get('module') or '?'}"] if first_ev else []) \
+    where = (first_ev or {}).get("module") or ((first_ev or {}).get("module_type", "") + "'s own forward"
+                                                if (first_ev or {}).get("module_type") else "an unlocated place")
+    notes = ([f"first non-finite at step {first_ev['step']} in {where} (phase {first_ev.get('phase', '?')})"]
+             if first_ev else []) \
         + ([f"diverging from step {div['step']}: {div.get('reason', '')}"] if div else []) \
         + [f.get("sentence", "") for f in ((div or {}).get("findings") or {}).values()]
     return [r.name, str(kinds.get(Event.NONFINITE, 0)), str(kinds.get(Event.DIVERGING, 0) + kinds.get(Event.GRAD_NORM_OVERFLOW, 0)),
@@ -363,51 +366,75 @@ def _instrumentation(c: Context) -> list[tuple]:
 
 
 def _deviations(c: Context) -> list[tuple]:
-    """The science settings that differ from the parent recipe (operational ones omitted), once each."""
-    rows: dict[tuple, list] = {}  # (key, value, reason) -> [row, the groups that have it]
-    for g in c.groups:
-        for dv in (d for r in g.runs for d in r.deviations):
+    """The science settings that differ from the recipe each run was audited against (operational ones
+    omitted), once each; a "runs" column names the variants (or runs) a row holds for when not all."""
+    rows: dict[tuple, list] = {}  # (key, value, reason) -> [row, the runs that have it]
+    for r in c.runs:
+        for dv in r.deviations:
             if not is_science(dv["key"]):  # seeds, threads, progress bars, probes: not deviations of the science
                 continue
             key = (dv["key"], str(dv["value"]), dv.get("reason", ""))
             if key not in rows:
                 rows[key] = [[dv["key"], _shown_value(dv["parent"], c.base), _shown_value(dv["value"], c.base),
                               _deviation_reason(dv)], []]
-            if g.label not in rows[key][1]:
-                rows[key][1].append(g.label)
-    many = len(c.groups) > 1
-    dev_rows = [row + ([", ".join(labels) if len(labels) < len(c.groups) else "all"] if many else [])
-                for row, labels in rows.values()]
-    parents = sorted({r.config.get("parent") or "" for r in c.runs} - {""})
-    blocks = [("h", f"Deviation log (against {', '.join(parents) or 'no parent recipe'}; seeds, threads "
+            rows[key][1].append(r)
+    partial = any(len(runs) < len(c.runs) for _, runs in rows.values())
+    dev_rows = [row + ([_holders(c, runs)] if partial else []) for row, runs in rows.values()]
+    against = _against(c.runs)
+    blocks = [("h", f"Deviation log (against {', '.join(against) or 'no parent recipe'}; seeds, threads "
                     f"and other operational settings omitted)"),
-              ("table", ["field", _paper_column(c), "ours", "reason"] + (["runs"] if many else []), dev_rows)]
+              ("table", ["field", _paper_column(c), "ours", "reason"] + (["runs"] if partial else []), dev_rows)]
     unseen = sorted({k for r in c.runs for k in r.not_observed})
     if unseen:
-        blocks.append(("p", f"Not observed in the watched loop, so not compared (pass data= and ema= to "
-                            f"reproscope.watch to show them): {', '.join(unseen)}."))
-    elif any(r.config.get("name") == "watch" and not r.deviations for r in c.runs):
-        blocks.append(("p", "A watched loop without paper=: run `reproscope audit RUN_DIR --against RECIPE` to "
+        stopped = [r for r in c.runs if r.watched and r.ending.get("how") not in ("finished", None)]
+        why = ("; " + "; ".join(f"{r.name} {r.ending['reason']}, so its run-length settings were not shown"
+                                for r in stopped)) if stopped else ""
+        blocks.append(("p", f"Not observed in the watched loop, so not compared (loop.json says why for each; "
+                            f"data= and ema= show the data pipeline and the EMA{why}): {', '.join(unseen)}."))
+    elif any(r.watched and not r.deviations for r in c.runs):
+        blocks.append(("p", "A watched loop without against=: run `reproscope audit RUN_DIR --against RECIPE` to "
                             "fill this log."))
     return blocks
 
 
+def _against(runs: list[RunRecord]) -> list[str]:
+    """The recipes the runs' deviations are held against: each run's ``deviations.json`` parent (an audit of a
+    watched loop writes the recipe it audited against there), else its config's parent."""
+    return sorted({r.audited_against or r.config.get("parent") or "" for r in runs} - {""})
+
+
+def _holders(c: Context, runs: list[RunRecord]) -> str:
+    """Which runs a deviation row holds for: whole variants by label, else the runs by name."""
+    names = []
+    for g in c.groups:
+        mine = [r for r in g.runs if any(r is x for x in runs)]
+        if len(mine) == len(g.runs):
+            names.append(g.label)
+        else:
+            names += [r.name for r in mine]
+    return ", ".join(names) if len(runs) < len(c.runs) else "all"
+
+
 def _paper_column(c: Context) -> str:
-    """The deviation table's reference column: "paper" when the parent recipe is a paper's, else its name."""
-    parents = sorted({r.config.get("parent") or "" for r in c.runs} - {""})
+    """The deviation table's reference column: "paper" when the recipe held against is a paper's, else its name."""
+    parents = _against(c.runs)
     if parents and all(p.split("-")[0] in PAPERS for p in parents):
         return "paper"
     return parents[0] if len(parents) == 1 else "recipe"
 
 
 def _deviation_reason(dv: dict) -> str:
-    """A deviation's reason cell: the recipe's or the user's declared reason, the audit's code, and the
-    consequence of a declared choice."""
+    """A deviation's reason cell: the recipe's or the user's declared reason; for a watched loop's audit
+    row that was not declared, "not declared" and the rule's consequence (a consequence is no reason)."""
     code = dv.get("code", "value")  # a watched loop's audit: the code, and likely mistakes marked
     tag = f" [{code}{', likely mistake' if dv.get('mistake') else ''}{', declared' if dv.get('declared') else ''}]" \
         if code != "value" or dv.get("declared") else ""
-    consequence = f" Consequence: {dv['consequence']}" if dv.get("declared") and dv.get("consequence") else ""
-    return dv.get("reason", "") + tag + consequence
+    if dv.get("declared"):
+        consequence = f" Consequence: {dv['consequence']}" if dv.get("consequence") else ""
+        return dv.get("reason", "") + tag + consequence
+    if "declared" in dv:  # an audit row of a watched loop, not declared: the rule's sentence is a consequence
+        return f"not declared. Consequence: {dv.get('reason', '')}{tag}"
+    return dv.get("reason", "") + tag
 
 
 def _ablations(c: Context) -> list[tuple]:
@@ -506,13 +533,15 @@ def _checklist(groups: list[Group], runs: list[RunRecord], claim: Claim | None =
     seeds = "; ".join(f"{g.label}: {len(g.runs)} (seeds {', '.join(_seed(r) for r in g.runs)})" for g in groups)
     n_dev = _n_deviations(runs)
     parents = _parents(runs)
-    orphans = sorted({r.recipe for r in runs if not r.config.get("parent")})
+    orphans = sorted({r.recipe for r in runs if not (r.audited_against or r.config.get("parent"))})
     hyper = ("watched loops audited against no recipe (`reproscope audit RUN_DIR --against RECIPE` fills the "
              "deviation log)" if not parents and all(r.watched for r in runs) else
              f"no paper recipe ({', '.join(orphans)}: no parent recipe): {n_dev} changed from the recipe "
              f"(deviation log)" if not parents else
-             f"the paper recipe {parents[0]}'s, {n_dev} changed (deviation log, with reasons)" if len(parents) == 1
-             else f"the paper recipes {', '.join(parents)}: {n_dev} changed (deviation log, with reasons)")
+             f"the paper recipe {parents[0]}'s, {n_dev} changed (deviation log; {_n_reasoned(runs)} with a stated "
+             f"reason)" if len(parents) == 1
+             else f"the paper recipes {', '.join(parents)}: {n_dev} changed (deviation log; {_n_reasoned(runs)} with a "
+                  f"stated reason)")
     if parents and orphans:
         hyper += f"; {', '.join(orphans)} name no paper recipe"
     return [["model parameters", "; ".join(params)],
@@ -551,8 +580,15 @@ def _statistics(groups: list[Group], claim: Claim | None) -> str:
 
 
 def _parents(runs: list[RunRecord]) -> list[str]:
-    """The paper recipes the runs were derived from (their config's ``parent``), sorted, once each."""
-    return sorted({r.config["parent"] for r in runs if r.config.get("parent")})
+    """The recipes the runs' deviations are held against (``_against``), sorted, once each."""
+    return _against(runs)
+
+
+def _n_reasoned(runs: list[RunRecord]) -> int:
+    """How many of the changed keys carry a reason: a recipe's, or one the user declared (a watched loop's
+    undeclared audit rows carry only a consequence)."""
+    return len({dv["key"] for r in runs for dv in r.deviations if is_science(dv["key"])
+                and (dv.get("declared") or ("declared" not in dv and dv.get("reason")))})
 
 
 def _n_deviations(runs: list[RunRecord]) -> int:
@@ -568,7 +604,8 @@ def _mean_std(m: float, s: float, n: int) -> str:
 def _commits(runs: list[RunRecord]) -> str:
     by: dict[str, list[str]] = {}
     for r in runs:
-        by.setdefault(str(r.env.get("git_commit", "?"))[:12], []).append(r.name)
+        commit = r.env.get("git_commit", "?")
+        by.setdefault(str(commit)[:12] if commit else "not in a git work tree", []).append(r.name)
     return "; ".join(f"{c} ({', '.join(n)})" for c, n in by.items())
 
 
@@ -1220,7 +1257,8 @@ def note_to_pdf(md_path: str) -> int:
     except ValueError as e:
         raise ConfigError(f"{src}: {e}") from None
     pages = to_pdf(blocks, out, max_pages=None)
-    print(f"{out} ({pages} pages)")
+    previews = write_previews(out, src.stem) if any(out.parent.glob(f"{src.stem}-page*.png")) else None
+    print(f"{out} ({pages} pages)" + (f"; page previews {src.stem}-page1.png ... renewed" if previews else ""))
     return 0
 
 

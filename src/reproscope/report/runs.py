@@ -23,7 +23,7 @@ from .paths import display_arg, display_command
 
 # fields that may differ between seeds of one variant without making it another variant
 REPEAT_KEYS = ("run.seed", "run.out_dir", "run.threads", "run.progress", "run.log_every", "run.ckpt_every",
-               "run.keep_last", "data.workers", "data.cache_dir")
+               "run.keep_last", "data.workers", "data.cache_dir", "dist.find_unused_parameters")
 
 
 def is_science(key: str) -> bool:
@@ -52,6 +52,7 @@ class RunRecord:
     model_source: dict | None = None  # model_source.json: the user's --model spec, file sha256 and copy
     not_observed: list = field(default_factory=list)  # a watched loop's keys its audit could not compare
     loop: dict | None = None  # loop.json of a watched loop: facts, evidence, ending
+    audited_against: str = ""  # deviations.json's parent: the recipe the deviations are held against
 
     @property
     def watched(self) -> bool:
@@ -279,6 +280,7 @@ def load_run(path: str | Path) -> RunRecord:
     return RunRecord(
         path=p, config=_read_json(p / CONFIG, {}), env=_read_json(p / ENVIRONMENT, {}),
         deviations=devs.get("deviations", []), not_observed=devs.get("not_observed", []), train=train,
+        audited_against=devs.get("parent") or "",
         val=[r for r in rows if r.get("kind") == "val"],
         events=[{**r, "type": event_type(r)} for r in rows if r.get("kind") == "event"],  # today's words
         epoch_times=[r["epoch_time_s"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
@@ -308,6 +310,7 @@ class Group:
         return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
 
 
+MAX_MODEL_LABEL = 56  # characters of a model spec in a label (tables and figure legends)
 MAX_LABEL_KEYS = 3  # settings named in a variant's label; the rest are counted ("+N more": see compare)
 
 
@@ -342,6 +345,9 @@ def group_runs(runs: list[RunRecord], base: Path | None = None) -> list[Group]:
         if len(extra) > MAX_LABEL_KEYS:
             extra = extra[:MAX_LABEL_KEYS] + [f"+{len(extra) - MAX_LABEL_KEYS} more"]
         shown = g.first.model_label(base) if "model.source" in f else _shown("model.name", m, base)
+        if len(shown) > MAX_MODEL_LABEL:  # a spec with its constructor arguments: keep its start and end
+            half = MAX_MODEL_LABEL // 2 - 1
+            shown = shown[:half] + "…" + shown[-half:]
         g.label = f"{shown}" + (f" ({norm})" if norm != "default" else "") + (f" [{', '.join(extra)}]" if extra else "")
     return out
 

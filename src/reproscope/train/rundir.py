@@ -43,9 +43,11 @@ def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
     return path
 
 
-def _git_commit() -> str | None:
+def _git_commit(*places: Path) -> str | None:
+    """The git commit (with "-dirty" for uncommitted changes) of the first of ``places`` inside a git work
+    tree (default: the current folder, then reproscope's own), or None."""
     here = Path(__file__).resolve().parent
-    for cwd in (Path.cwd(), here):
+    for cwd in places or (Path.cwd(), here):
         try:
             out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
             if out.returncode == 0:
@@ -93,9 +95,15 @@ def write_record(run_dir: Path, **files: Any) -> None:
         write_json(Path(run_dir) / RECORD[key], obj)
 
 
-def run_environment(world_size: int) -> dict[str, Any]:
-    """``environment.json``'s content: :func:`environment` and the number of processes."""
-    return {**environment(), "world_size": world_size}
+def run_environment(world_size: int, code: Path | None = None) -> dict[str, Any]:
+    """``environment.json``'s content: :func:`environment` and the number of processes. ``code``: the folder
+    of the code that trained (a watched loop's script): ``git_commit`` is then that folder's commit (None
+    outside a git work tree) and reproscope's own goes to ``reproscope_commit``."""
+    env = {**environment(), "world_size": world_size}
+    if code is not None:
+        env["reproscope_commit"] = _git_commit(Path(__file__).resolve().parent)
+        env["git_commit"] = _git_commit(code)
+    return env
 
 
 def write_run_record(run_dir: Path, recipe, model: torch.nn.Module, *, world_size: int, splits: dict,

@@ -222,7 +222,7 @@ def test_a_heading_never_ends_a_page(tmp_path):
     follows. One document whose paragraphs of 1-13 lines put its 60 headings at many heights: every
     heading starts high enough for itself (7 mm) and three lines of the smallest text ``to_pdf`` may
     choose, and some had to move (a heading that starts a page whose previous page ends with text)."""
-    from reproscope.report import report as R
+    from reproscope.report import document as R
     sentence = "A sentence that fills some of the line with words. "
     blocks = [("title", "T")]
     for k in range(60):

@@ -188,6 +188,38 @@ class ConcatHybrid(nn.Module):
         return self.head(self.blocks(self.stem(x)).mean((2, 3)))
 
 
+class DenseLayer(nn.Module):
+    """DenseNet-style: BN-ReLU-conv new features under a 1e-6 layer scale, returned alone (the caller
+    concatenates them onto the stream), or concatenated onto its input by the layer itself (``own_cat``)."""
+
+    def __init__(self, c_in, k=8, own_cat=False):
+        super().__init__()
+        self.norm, self.conv = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, k, 3, padding=1)
+        self.ls = nn.Parameter(torch.full((k, 1, 1), 1e-6))
+        self.own_cat = own_cat
+
+    def forward(self, x):
+        new = self.ls * self.conv(F.relu(self.norm(x)))
+        return torch.cat([x, new], 1) if self.own_cat else new
+
+
+class DenseNetLS(nn.Module):
+    """A dense-concatenation net: the stream grows by 8 layer-scaled channels per layer, 16 -> 48."""
+
+    def __init__(self, num_classes=10, c=16, k=8, n=4, own_cat=False):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, 2, 1)
+        self.layers = nn.ModuleList([DenseLayer(c + i * k, k, own_cat) for i in range(n)])
+        self.head = nn.Linear(c + n * k, num_classes)
+        self.own_cat = own_cat
+
+    def forward(self, x):
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x) if self.own_cat else torch.cat([x, layer(x)], 1)
+        return self.head(x.mean((2, 3)))
+
+
 class ConstantOutput(nn.Module):
     """Logits that never move: zeros plus a parameter times 0 (the loss is ln K at every lr)."""
 
@@ -256,6 +288,20 @@ def test_init_scale_traces_identity_paths_through_scales_and_views(shapes):
     assert r.status == "fail" and "residual-dropped" in r.codes, r.causes
     r = one("init-scale", lambda: create_model("vit_quick", num_classes=10), shapes)
     assert r.status == "pass" and "4 of 4" in r.measured, r.measured
+
+
+def test_init_scale_judges_a_dense_net_on_its_concatenated_stream(shapes):
+    """Issue 45, item 2a: a DenseNet-like net whose new features are a branch under a 1e-6 layer scale,
+    concatenated onto the stream by the caller, failed as "activations decay ... residual connection
+    dropped": the block output measured (std ~1e-7) was the branch, not the stream, which does not decay.
+    The stream after each layer (the concatenation holding its input and its output) is measured now;
+    a layer that concatenates its input itself was already measured on its whole output."""
+    r = one("init-scale", DenseNetLS, shapes)
+    assert r.status == "pass" and "activations-decay" not in r.codes, (r.measured, r.causes)
+    assert r.details["std_of_concatenated_stream"] == [f"layers.{i}" for i in range(4)]
+    assert all(v > 0.1 for v in r.details["block_std"].values()), r.details["block_std"]
+    r = one("init-scale", lambda: DenseNetLS(own_cat=True), shapes)
+    assert r.status == "pass" and r.details["std_of_concatenated_stream"] == [], (r.measured, r.causes)
 
 
 # ----------------------------------------------------------------------------- grad-flow

@@ -280,6 +280,58 @@ class SkipTracer(TorchFunctionMode):
         return super().__exit__(*exc)
 
 
+class ConcatStream(TorchFunctionMode):
+    """Dense connectivity: blocks whose output is concatenated onto their input by the caller.
+
+    A DenseNet-style layer returns only its new features and its caller grows the stream,
+    ``x = torch.cat([x, layer(x)], 1)`` (or keeps a list and concatenates it in the next layer): the
+    block's output is then a branch, not the stream, and a branch scaled down at init (a layer scale of
+    1e-6) says nothing about the stream's scale. For each block whose output and input (any of its
+    input tensors) are operands of one later ``torch.cat``, ``stream[name]`` is the std of that
+    concatenation (all channels): the stream after the block. Use: ``with ConcatStream(blocks) as c:
+    model(x)``."""
+
+    CATS = frozenset({"cat", "concat", "concatenate"})
+
+    def __init__(self, blocks: list[tuple[str, nn.Module]]):
+        super().__init__()
+        self.ins: dict[str, list[torch.Tensor]] = {}
+        self.outs: dict[str, torch.Tensor] = {}
+        self.stream: dict[str, float] = {}
+        self.handles = [m.register_forward_hook(lambda mod, args, out, n=n: self._leave(n, args, out))
+                        for n, m in blocks]
+
+    def _leave(self, n: str, args, out) -> None:
+        out = _first_tensor(out)
+        if out is not None and n not in self.outs:
+            self.ins[n], self.outs[n] = _tensors(args), out
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if getattr(func, "__name__", "") in self.CATS and isinstance(out, torch.Tensor):
+            parts = _tensors(args[0] if args else kwargs.get("tensors", ()))
+            for n, o in self.outs.items():
+                if n not in self.stream and any(p is o for p in parts) and any(
+                        any(p is i for i in self.ins[n]) for p in parts):
+                    self.stream[n] = out.float().std().item()
+        return out
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        return super().__exit__(*exc)
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    """Every tensor in ``obj`` (a tensor, or nested tuples/lists of them)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensors(o)]
+    return []
+
+
 @check("init-scale")
 def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> CheckResult:
     """Scale through depth at init: block output std, weight gains, skip paths and squash saturation.
@@ -301,6 +353,12 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
     measured a correlation of 0.04 and failed). A pre-norm block (its input goes straight into a
     normalisation layer) that never adds its input back is a dropped residual: that design only
     works as x + f(norm(x)). When no repeated blocks are found the check warns (``no-blocks``).
+
+    A block whose output its caller concatenates onto its input (DenseNet-style dense connectivity,
+    ``ConcatStream``) is judged by that concatenation's std, the stream after the block: its own
+    output is only the new features (issue 45: a branch under a 1e-6 layer scale measured 1.4e-6 and
+    failed as "activations decay ... a residual connection dropped"). A block that concatenates its
+    input itself is measured on its whole output, all channels.
     """
     model = fresh(make_model)
     blocks = block_modules(model)
@@ -340,10 +398,11 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
     hooks += _saturation_hooks(model, sat)
     shapes_kept: set[str] = set()
     hooks += [m.register_forward_hook(lambda m, i, o, n=n: _shape_kept(i, o, n, shapes_kept)) for n, m in blocks]
-    with torch.no_grad(), SkipTracer(model, blocks) as tracer:
+    with torch.no_grad(), SkipTracer(model, blocks) as tracer, ConcatStream(blocks) as dense:
         model(data.x)
     for h in hooks:
         h.remove()
+    stds.update({n: v for n, v in dense.stream.items() if n in stds})  # the stream, not the new features alone
     no_skip = [n for n in shapes_kept if n not in tracer.skip]  # shape-preserving blocks without an identity path
     # a skip path is measured where there is one and it reaches the block's output (TinyViT adds its input
     # back, then runs a depthwise conv + BN on the sum: the block's output no longer carries its input)
@@ -408,7 +467,8 @@ def init_scale(make_model, data: CheckData, max_input_std: float = 10.0) -> Chec
         causes.sentences, {"block_std": stds, "skip_corr": corr, "saturation": sat, "large_gains": big,
                            "skip_corr_branches_zeroed": skip_zeroed, "skip_paths": sorted(tracer.skip),
                            "no_skip_path": sorted(no_skip), "prenorm_without_skip": dropped,
-                           "skip_not_at_output": not_at_output}, causes.codes)
+                           "skip_not_at_output": not_at_output, "std_of_concatenated_stream": sorted(dense.stream)},
+        causes.codes)
 
 
 def _first_tensor(obj) -> torch.Tensor | None:

@@ -60,6 +60,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _parser_train(sub) -> None:
+    """``reproscope train``'s arguments."""
+    t = sub.add_parser("train", help="train a recipe")
+    _add_recipe_args(t)
+    t.add_argument("--config", default=None, metavar="FILE",
+                   help="start from a file: a run's config.json, or a JSON/YAML mapping of overrides (flat "
+                        "'optim.lr: 1e-3' or nested; 'recipe: NAME' picks the base); --set applies on top")
+    t.add_argument("--run-dir", default=None, help="run directory (default: runs/<recipe>-<timestamp>)")
+    t.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="continue from a checkpoint file, a run directory, or 'auto' (the highest-step checkpoint "
+                        "listed in the run's manifest)")
+    t.add_argument("--model", default=None, metavar="SPEC",
+                   help="train your own model: package.module:factory, path/to/file.py:factory or timm:NAME, optionally "
+                        "with constructor arguments (file.py:make:depth=4,dyt=true); it gets num_classes, img_size, "
+                        "in_chans when it accepts them")
+    t.add_argument("--weights", default=None, metavar="FILE",
+                   help="start from these model weights (.safetensors, a state-dict .pt or a checkpoint)")
+    t.add_argument("--trust-pickle", action="store_true",
+                   help="unpickle --resume/--weights files that a weights-only load refuses (can run code)")
+    t.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--download", action="store_true",
+                   help="download the dataset into data.root from its official address (checksums verified)")
+    t.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping")
+    t.set_defaults(fn=cmd_train)
+
+
 def cmd_recipes(args) -> int:
     if args.action == "diff":
         from .recipes import deviation_log
@@ -88,10 +115,26 @@ def cmd_recipes(args) -> int:
     return 0
 
 
+def _parser_recipes(sub) -> None:
+    """``reproscope recipes``'s arguments."""
+    r = sub.add_parser("recipes", help="list recipes; `recipes show NAME`; `recipes diff NAME` (vs the paper recipe)")
+    r.add_argument("action", nargs="?", default="list", choices=("list", "show", "diff"))
+    r.add_argument("name", nargs="?")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    r.set_defaults(fn=cmd_recipes)
+
+
 def cmd_models(args) -> int:
     from .diagnostics.models_table import print_models_table
     print_models_table(flops=not args.no_flops)
     return 0
+
+
+def _parser_models(sub) -> None:
+    """``reproscope models``'s arguments."""
+    m = sub.add_parser("models", help="registered models with parameter counts and the papers' numbers")
+    m.add_argument("--no-flops", action="store_true", help="skip the FLOP count (faster)")
+    m.set_defaults(fn=cmd_models)
 
 
 def _model_factory(args, recipe):
@@ -115,6 +158,23 @@ def cmd_plan(args) -> int:
     print_plan(recipe, plan(recipe, args.hours, args.steps, model_factory=_model_factory(args, recipe)),
                model_label=args.model)
     return 0
+
+
+def _parser_plan(sub) -> None:
+    """``reproscope plan``'s arguments."""
+    pl = sub.add_parser("plan", help="time real training steps here and budget a run (with an L4 estimate)")
+    _add_recipe_args(pl, default=None)
+    pl.add_argument("--hours", type=float, default=24.0, help="budget in hours (default 24)")
+    pl.add_argument("--model", default=None, metavar="SPEC", help="plan your own model (file.py:factory, "
+                    "package.module:factory, timm:NAME or a registered name)")
+    pl.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    pl.add_argument("--fit", type=float, default=None, metavar="HOURS",
+                    help="propose the most faithful campaign for --paper that fits HOURS L4 device-hours")
+    pl.add_argument("--paper", default=None, choices=tuple(PAPERS), help="with --fit")
+    pl.add_argument("--dataset", default=None, help="with --fit: imagenet-100, imagenette, tiny-imagenet, cifar100, "
+                    "cifar10 (default: the planner chooses)")
+    pl.add_argument("--write-script", default=None, metavar="FILE", help="with --fit: write the runs as a shell script")
+    pl.set_defaults(fn=cmd_plan)
 
 
 def _plan_fit(args) -> int:
@@ -163,6 +223,19 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def _parser_profile(sub) -> None:
+    """``reproscope profile``'s arguments."""
+    pf = sub.add_parser("profile", help="profile training steps: TensorBoard + Perfetto traces and a summary")
+    _add_recipe_args(pf)
+    pf.add_argument("--steps", type=int, default=5, help="profiled steps after 2 warm-up steps (default 5)")
+    pf.add_argument("--model", default=None, metavar="SPEC", help="profile your own model (file.py:factory, "
+                    "package.module:factory, timm:NAME or a registered name)")
+    pf.add_argument("--run-dir", default=None)
+    pf.add_argument("--overwrite", action="store_true")
+    pf.add_argument("--with-instrument", action="store_true", help="keep the recipe's probes on while profiling")
+    pf.set_defaults(fn=cmd_profile)
+
+
 def cmd_diagnose(args) -> int:
     if args.check == "eval":
         from .diagnostics.evaluate import diagnose_eval
@@ -189,163 +262,8 @@ def cmd_diagnose(args) -> int:
                     quick=args.quick)
 
 
-def _checks_help() -> str:
-    from .diagnostics.diagnose import checks_help  # imports torch: only when the help is shown
-    return checks_help() + "\n"
-
-
-def cmd_report(args) -> int:
-    from .report.report import report
-    return report(args.run_dirs, args.out)
-
-
-def cmd_note(args) -> int:
-    from .report.report import note_to_pdf
-    return note_to_pdf(args.path)
-
-
-def cmd_audit(args) -> int:
-    from .diagnostics.audit import run_audit
-    return run_audit(args.run_dir, args.against, reasons=args.reasons)
-
-
-def cmd_ablate(args) -> int:
-    from .ablate import ablate
-    return ablate(args.run_dir, args.keys, args.seeds, args.budget, args.all, args.dry_run)
-
-
-def cmd_runs(args) -> int:
-    from .report.listing import list_runs
-    return list_runs(args.folders)
-
-
-def cmd_compare(args) -> int:
-    from .report.compare import compare
-    return compare(args.run_a, args.run_b, args.rtol, args.out)
-
-
-def cmd_align(args) -> int:
-    import json
-
-    from .diagnostics.align import align, format_result
-    from .model.spec import with_args
-    args.mine = with_args(args.mine, args.mine_arg, "--mine-arg")  # appended: they win over the spec's own
-    args.ref = with_args(args.ref, args.ref_arg, "--ref-arg")
-    r = align(args.mine, args.ref, img_size=args.img_size, num_classes=args.num_classes, batch=args.batch,
-              seed=args.seed, atol=args.atol, rtol=args.rtol, train_mode=args.train_mode, map_path=args.map,
-              out_dir=args.out, float32=args.float32)
-    if args.json:
-        print(json.dumps({**r.to_dict(), "agree": r.agree}, indent=1, default=str))
-    else:
-        print(format_result(r, args.mine, args.ref))
-        print(f"mapping: {args.out}/map.json (edit it and pass it back with --map)")
-    return 0 if r.agree else 1
-
-
-KEYS_MEANING_MIN = 30  # narrowest meaning column beside the others; a narrower terminal gets it below its key
-
-
-def cmd_keys(args) -> int:
-    """Every key: name, accepted values, default, and its meaning wrapped to the terminal's width (100
-    columns where that is unknown, as in a pipe), in a column of its own when at least
-    ``KEYS_MEANING_MIN`` columns are left for it, else indented on the lines below the key."""
-    if args.names:
-        print("\n".join(all_keys()))
-        return 0
-    import shutil
-    import textwrap
-    rows = key_table()
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
-    width = shutil.get_terminal_size((100, 24)).columns
-    for key, accepted, default, help_ in rows:
-        head = f"{key:<{w[0]}}  {accepted:<{w[1]}}  default {default:<{w[2]}}  "
-        wrap = dict(break_long_words=False, break_on_hyphens=False)
-        if width - len(head) >= KEYS_MEANING_MIN:
-            print("\n".join(textwrap.wrap(help_, width, initial_indent=head, subsequent_indent=" " * len(head),
-                                          **wrap)) or head.rstrip())
-        else:
-            print("\n".join([head.rstrip(), *textwrap.wrap(help_, width, initial_indent="    ",
-                                                           subsequent_indent="    ", **wrap)]))
-    return 0
-
-
-def cmd_zoo(args) -> int:
-    from .checks.zoo import BUGS, CORRECT_RECIPES, get_bug
-    from .diagnostics.zoo import zoo_table
-    from .recipes import get_recipe
-    bugs = [get_bug(b) for b in args.bug] if args.bug else BUGS
-    recipes = () if args.no_correct else (args.correct or CORRECT_RECIPES)
-    for name in recipes:  # a misspelt --correct fails now, not after the bug rows have run
-        get_recipe(name)
-    table, ok = zoo_table(bugs, recipes, model_spec=args.model, overrides=args.overrides)
-    print(table)
-    return 0 if ok else 1
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reproscope", description=(
-        "Train, instrument and diagnose re-implementations of vision papers; `reproscope COMMAND --help` "
-        "describes each command, `reproscope keys` every --set key."))
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a recipe")
-    _add_recipe_args(t)
-    t.add_argument("--config", default=None, metavar="FILE",
-                   help="start from a file: a run's config.json, or a JSON/YAML mapping of overrides (flat "
-                        "'optim.lr: 1e-3' or nested; 'recipe: NAME' picks the base); --set applies on top")
-    t.add_argument("--run-dir", default=None, help="run directory (default: runs/<recipe>-<timestamp>)")
-    t.add_argument("--resume", default=None, metavar="PATH|auto",
-                   help="continue from a checkpoint file, a run directory, or 'auto' (the highest-step checkpoint "
-                        "listed in the run's manifest)")
-    t.add_argument("--model", default=None, metavar="SPEC",
-                   help="train your own model: package.module:factory, path/to/file.py:factory or timm:NAME, optionally "
-                        "with constructor arguments (file.py:make:depth=4,dyt=true); it gets num_classes, img_size, "
-                        "in_chans when it accepts them")
-    t.add_argument("--weights", default=None, metavar="FILE",
-                   help="start from these model weights (.safetensors, a state-dict .pt or a checkpoint)")
-    t.add_argument("--trust-pickle", action="store_true",
-                   help="unpickle --resume/--weights files that a weights-only load refuses (can run code)")
-    t.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--download", action="store_true",
-                   help="download the dataset into data.root from its official address (checksums verified)")
-    t.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images instead of stopping")
-    t.set_defaults(fn=cmd_train)
-
-    r = sub.add_parser("recipes", help="list recipes; `recipes show NAME`; `recipes diff NAME` (vs the paper recipe)")
-    r.add_argument("action", nargs="?", default="list", choices=("list", "show", "diff"))
-    r.add_argument("name", nargs="?")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    r.set_defaults(fn=cmd_recipes)
-
-    m = sub.add_parser("models", help="registered models with parameter counts and the papers' numbers")
-    m.add_argument("--no-flops", action="store_true", help="skip the FLOP count (faster)")
-    m.set_defaults(fn=cmd_models)
-
-    pl = sub.add_parser("plan", help="time real training steps here and budget a run (with an L4 estimate)")
-    _add_recipe_args(pl, default=None)
-    pl.add_argument("--hours", type=float, default=24.0, help="budget in hours (default 24)")
-    pl.add_argument("--model", default=None, metavar="SPEC", help="plan your own model (file.py:factory, "
-                    "package.module:factory, timm:NAME or a registered name)")
-    pl.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
-    pl.add_argument("--fit", type=float, default=None, metavar="HOURS",
-                    help="propose the most faithful campaign for --paper that fits HOURS L4 device-hours")
-    pl.add_argument("--paper", default=None, choices=tuple(PAPERS), help="with --fit")
-    pl.add_argument("--dataset", default=None, help="with --fit: imagenet-100, imagenette, tiny-imagenet, cifar100, "
-                    "cifar10 (default: the planner chooses)")
-    pl.add_argument("--write-script", default=None, metavar="FILE", help="with --fit: write the runs as a shell script")
-    pl.set_defaults(fn=cmd_plan)
-
-    pf = sub.add_parser("profile", help="profile training steps: TensorBoard + Perfetto traces and a summary")
-    _add_recipe_args(pf)
-    pf.add_argument("--steps", type=int, default=5, help="profiled steps after 2 warm-up steps (default 5)")
-    pf.add_argument("--model", default=None, metavar="SPEC", help="profile your own model (file.py:factory, "
-                    "package.module:factory, timm:NAME or a registered name)")
-    pf.add_argument("--run-dir", default=None)
-    pf.add_argument("--overwrite", action="store_true")
-    pf.add_argument("--with-instrument", action="store_true", help="keep the recipe's probes on while profiling")
-    pf.set_defaults(fn=cmd_profile)
-
+def _parser_diagnose(sub) -> None:
+    """``reproscope diagnose``'s arguments."""
     dg = sub.add_parser("diagnose", help="run checks (`diagnose all`, `diagnose overfit-batch`, ...) or "
                                          "`diagnose replay PATH` to rerun a NaN reproducer")
     dg.add_argument("check", help="a check name, all, replay (a NaN reproducer) or eval (a trained checkpoint "
@@ -375,16 +293,45 @@ def build_parser() -> argparse.ArgumentParser:
     dg.set_defaults(fn=cmd_diagnose)
     dg.format_help = lambda: argparse.ArgumentParser.format_help(dg) + "\n" + _checks_help()
 
+
+def _checks_help() -> str:
+    from .diagnostics.diagnose import checks_help  # imports torch: only when the help is shown
+    return checks_help() + "\n"
+
+
+def cmd_report(args) -> int:
+    from .report.report import report
+    return report(args.run_dirs, args.out)
+
+
+def _parser_report(sub) -> None:
+    """``reproscope report``'s arguments."""
     rp = sub.add_parser("report", help="report.md + report.pdf (<= 3 pages) from run directories: setup vs paper, "
                                        "results over seeds, the measured difference, curves, deviations, commands")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     rp.add_argument("--out", default=None, metavar="DIR", help="output folder (default ./report)")
     rp.set_defaults(fn=cmd_report)
 
+
+def cmd_note(args) -> int:
+    from .report.report import note_to_pdf
+    return note_to_pdf(args.path)
+
+
+def _parser_note(sub) -> None:
+    """``reproscope note``'s arguments."""
     nt = sub.add_parser("note", help="render a hand-written reproduction note (Markdown) as a PDF beside it")
     nt.add_argument("path", metavar="NOTE.md")
     nt.set_defaults(fn=cmd_note)
 
+
+def cmd_audit(args) -> int:
+    from .diagnostics.audit import run_audit
+    return run_audit(args.run_dir, args.against, reasons=args.reasons)
+
+
+def _parser_audit(sub) -> None:
+    """``reproscope audit``'s arguments."""
     au = sub.add_parser("audit", help="hold a run's training loop (reproscope.watch or train) against a paper "
                                       "recipe: every deviation with its code and consequence; exit 1 on a likely mistake")
     au.add_argument("run_dir", metavar="RUN_DIR")
@@ -396,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "declared rows carry the reason and are never likely mistakes")
     au.set_defaults(fn=cmd_audit)
 
+
+def cmd_ablate(args) -> int:
+    from .ablate import ablate
+    return ablate(args.run_dir, args.keys, args.seeds, args.budget, args.all, args.dry_run)
+
+
+def _parser_ablate(sub) -> None:
+    """``reproscope ablate``'s arguments."""
     ab = sub.add_parser("ablate", help="measure what each deviation cost: revert each to the parent recipe's value, "
                                        "train it over seeds beside the run, report each effect with its 95 %% interval")
     ab.add_argument("run_dir", metavar="RUN_DIR", help="a run `reproscope train` wrote (a recipe or --model run)")
@@ -409,11 +364,27 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--dry-run", action="store_true", help="print the plan and its estimate; train nothing")
     ab.set_defaults(fn=cmd_ablate)
 
+
+def cmd_runs(args) -> int:
+    from .report.listing import list_runs
+    return list_runs(args.folders)
+
+
+def _parser_runs(sub) -> None:
+    """``reproscope runs``'s arguments."""
     rn = sub.add_parser("runs", help="every run directory under the folders (default: runs), one line each: who "
                                      "trained it, model, steps, evaluations, top-1, how it ended, events")
     rn.add_argument("folders", nargs="*", default=["runs"], metavar="DIR")
     rn.set_defaults(fn=cmd_runs)
 
+
+def cmd_compare(args) -> int:
+    from .report.compare import compare
+    return compare(args.run_a, args.run_b, args.rtol, args.out)
+
+
+def _parser_compare(sub) -> None:
+    """``reproscope compare``'s arguments."""
     cp = sub.add_parser("compare", help="config diff, metric table, first step where the training losses diverge, "
                                         "and an overlay plot of two runs")
     cp.add_argument("run_a", metavar="RUN_A")
@@ -422,6 +393,30 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", default=None, metavar="DIR", help="where compare.png goes (default ./compare)")
     cp.set_defaults(fn=cmd_compare)
 
+
+def cmd_align(args) -> int:
+    import json
+
+    from .diagnostics.align import align, format_result
+    from .model.spec import with_args
+    args.mine = with_args(args.mine, args.mine_arg, "--mine-arg")  # appended: they win over the spec's own
+    args.ref = with_args(args.ref, args.ref_arg, "--ref-arg")
+    r = align(args.mine, args.ref, img_size=args.img_size, num_classes=args.num_classes, batch=args.batch,
+              seed=args.seed, atol=args.atol, rtol=args.rtol, train_mode=args.train_mode, map_path=args.map,
+              out_dir=args.out, float32=args.float32)
+    if args.json:
+        print(json.dumps({**r.to_dict(), "agree": r.agree}, indent=1, default=str))
+    else:
+        print(format_result(r, args.mine, args.ref))
+        print(f"mapping: {args.out}/map.json (edit it and pass it back with --map)")
+    return 0 if r.agree else 1
+
+
+KEYS_MEANING_MIN = 30  # narrowest meaning column beside the others; a narrower terminal gets it below its key
+
+
+def _parser_align(sub) -> None:
+    """``reproscope align``'s arguments."""
     al = sub.add_parser("align", help="hold your model against the reference layer by layer: match and copy weights, "
                                       "first module whose output differs, first gradient that differs")
     al.add_argument("mine", metavar="MINE", help="your model: file.py:factory, package.module:factory, timm:NAME or a "
@@ -451,6 +446,53 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--json", action="store_true", help="machine-readable result")
     al.set_defaults(fn=cmd_align)
 
+
+def cmd_keys(args) -> int:
+    """Every key: name, accepted values, default, and its meaning wrapped to the terminal's width (100
+    columns where that is unknown, as in a pipe), in a column of its own when at least
+    ``KEYS_MEANING_MIN`` columns are left for it, else indented on the lines below the key."""
+    if args.names:
+        print("\n".join(all_keys()))
+        return 0
+    import shutil
+    import textwrap
+    rows = key_table()
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    width = shutil.get_terminal_size((100, 24)).columns
+    for key, accepted, default, help_ in rows:
+        head = f"{key:<{w[0]}}  {accepted:<{w[1]}}  default {default:<{w[2]}}  "
+        wrap = dict(break_long_words=False, break_on_hyphens=False)
+        if width - len(head) >= KEYS_MEANING_MIN:
+            print("\n".join(textwrap.wrap(help_, width, initial_indent=head, subsequent_indent=" " * len(head),
+                                          **wrap)) or head.rstrip())
+        else:
+            print("\n".join([head.rstrip(), *textwrap.wrap(help_, width, initial_indent="    ",
+                                                           subsequent_indent="    ", **wrap)]))
+    return 0
+
+
+def _parser_keys(sub) -> None:
+    """``reproscope keys``'s arguments."""
+    k = sub.add_parser("keys", help="every configurable key with its accepted values, default and meaning")
+    k.add_argument("--names", action="store_true", help="the key names only, one per line")
+    k.set_defaults(fn=cmd_keys)
+
+
+def cmd_zoo(args) -> int:
+    from .checks.zoo import BUGS, CORRECT_RECIPES, get_bug
+    from .diagnostics.zoo import zoo_table
+    from .recipes import get_recipe
+    bugs = [get_bug(b) for b in args.bug] if args.bug else BUGS
+    recipes = () if args.no_correct else (args.correct or CORRECT_RECIPES)
+    for name in recipes:  # a misspelt --correct fails now, not after the bug rows have run
+        get_recipe(name)
+    table, ok = zoo_table(bugs, recipes, model_spec=args.model, overrides=args.overrides)
+    print(table)
+    return 0 if ok else 1
+
+
+def _parser_zoo(sub) -> None:
+    """``reproscope zoo``'s arguments."""
     z = sub.add_parser("zoo", help="plant each classic bug in a correct recipe, run `diagnose all`, print the "
                                     "detection table (and check the built-in recipes for false alarms; a recipe with a known finding, "
                                     "e.g. dyt-convnext_tiny's slow start, must show exactly that finding)")
@@ -465,9 +507,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these built-in recipes (repeatable; default: every built-in-data recipe)")
     z.set_defaults(fn=cmd_zoo)
 
-    k = sub.add_parser("keys", help="every configurable key with its accepted values, default and meaning")
-    k.add_argument("--names", action="store_true", help="the key names only, one per line")
-    k.set_defaults(fn=cmd_keys)
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reproscope", description=(
+        "Train, instrument and diagnose re-implementations of vision papers; `reproscope COMMAND --help` "
+        "describes each command, `reproscope keys` every --set key."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _parser_train(sub)
+    _parser_recipes(sub)
+    _parser_models(sub)
+    _parser_plan(sub)
+    _parser_profile(sub)
+    _parser_diagnose(sub)
+    _parser_report(sub)
+    _parser_note(sub)
+    _parser_audit(sub)
+    _parser_ablate(sub)
+    _parser_runs(sub)
+    _parser_compare(sub)
+    _parser_align(sub)
+    _parser_zoo(sub)
+    _parser_keys(sub)
     return p
 
 

@@ -1,6 +1,6 @@
-"""One call that turns a lent GPU into every owed number, in priority order (issue 19, docs/gpu.md).
+"""One command that measures, on a CUDA machine, the GPU numbers docs/measurements.md lacks, in priority order (docs/gpu.md).
 
-    python benchmarks/gpu_session.py --out $OUT [--budget-s 540] [--data-root .travel/imagenette]
+    python benchmarks/gpu_session.py --out DIR [--budget-s 540] [--data-root DIR]
     python benchmarks/gpu_session.py --out DIR --cpu-smoke      # the same code on CPU, tiny sizes, < 5 min
 
 Stages, each in its own process with its own time limit, so that a crash or a hang in one is

@@ -385,7 +385,7 @@ def cmd_compare(args) -> int:
 
 def _parser_compare(sub) -> None:
     """``reproscope compare``'s arguments."""
-    cp = sub.add_parser("compare", help="config diff, metric table, first step where the training losses diverge, "
+    cp = sub.add_parser("compare", help="config diff, metric table, the parting step (where the training losses part), "
                                         "and an overlay plot of two runs")
     cp.add_argument("run_a", metavar="RUN_A")
     cp.add_argument("run_b", metavar="RUN_B")

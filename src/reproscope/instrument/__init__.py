@@ -1,4 +1,5 @@
-"""Instrumentation: hooks that *collect* (reading and reporting is ``reproscope.diagnostics``).
+"""Instrumentation: hooks that *collect*. Reading finished runs is ``reproscope.report``; running models to
+explain them is ``reproscope.diagnostics``; your own loop gets all of this through ``watch.py``.
 
 What is collected, for any ``nn.Module``:
 - forward hooks: per-module output mean, std, RMS, abs-max, fraction non-finite, fraction near

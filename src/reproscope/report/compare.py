@@ -1,7 +1,7 @@
 """`reproscope compare RUN_A RUN_B`: how a run differs from a trusted one.
 
-Prints the config diff, a metric table and the first logged step where the training losses
-diverge beyond a tolerance, and writes an overlay plot. Only reads run directories.
+Prints the config diff, a metric table and the parting step (the first logged step where the training
+losses differ beyond a tolerance), and writes an overlay plot. Only reads run directories.
 """
 
 from __future__ import annotations

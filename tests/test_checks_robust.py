@@ -220,6 +220,41 @@ class DenseNetLS(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class BiasedAttention(nn.Module):
+    """Attention over the positions of a [B, C, H, W] map, each head's logits biased by a learned scalar
+    times minus the distance between positions: on a map of one position the bias gets no gradient."""
+
+    def __init__(self, c, heads=2):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
+        self.dist_bias = nn.Parameter(torch.full((heads,), 0.1))
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(x).reshape(B, 3, self.heads, C // self.heads, H * W).unbind(1)  # [B, h, C/h, N]
+        yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+        pos = torch.stack([yy.flatten(), xx.flatten()], -1).float()  # [N, 2]
+        logits = q.transpose(-2, -1) @ k * (C // self.heads) ** -0.5 - self.dist_bias[:, None, None] * torch.cdist(pos, pos)
+        out = v @ logits.softmax(-1).transpose(-2, -1)  # [B, h, C/h, N]
+        return x + self.proj(out.reshape(B, C, H, W))
+
+
+class TinyHybrid(nn.Module):
+    """Six stride-2 convs (k3, p1), then two attention blocks: the last stage keeps one position at 32 and at
+    64 px (ceil(64 / 64) = 1), four at 128 px."""
+
+    def __init__(self, num_classes=10, c=16):
+        super().__init__()
+        chans = [3, 8, 8, 16, 16, c, c]
+        self.convs = nn.Sequential(*[nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], 3, 2, 1), nn.GELU())
+                                     for i in range(6)])
+        self.attn = nn.Sequential(BiasedAttention(c), BiasedAttention(c))
+        self.head = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        return self.head(self.attn(self.convs(x)).mean((2, 3)))
+
+
 class ConstantOutput(nn.Module):
     """Logits that never move: zeros plus a parameter times 0 (the loss is ln K at every lr)."""
 
@@ -327,6 +362,27 @@ def test_grad_flow_says_not_measured_when_the_model_cannot_run_larger(shapes):
     sized.at_size = at
     r = one("grad-flow", sized, shapes)
     assert r.status == "pass" and r.details["measured_at"] == 64, (r.measured, r.causes)
+
+
+def test_grad_flow_goes_up_to_a_size_where_the_last_stage_keeps_several_positions(shapes):
+    """Issue 45, item 2b: a conv/attention hybrid whose attention biases get a zero gradient at 32 and 64 px,
+    where its last stage has one position (1x1 at both sizes, so comparing 32 with 64 px did not show it
+    as spatial): the fallback stopped at 64 px and called them dead. At 128 px every parameter moves.
+    A model that cannot run that large is not measured, with its code."""
+    r = one("grad-flow", TinyHybrid, shapes)
+    assert r.status == "pass" and r.details["dead"] == [], (r.measured, r.causes)
+    assert r.details["measured_at"] == 128 and r.details["collapsed_up_to"][0] == 64
+    assert set(r.details["zero_at_init_only"]) == {"attn.0.dist_bias", "attn.1.dist_bias"}
+    assert {"convs.5", "attn.1"} <= set(r.details["collapsed"])
+
+    class UpTo64(TinyHybrid):  # refuses anything larger than 64 px
+        def forward(self, x):
+            if x.shape[-1] > 64:
+                raise ValueError("built for up to 64 px")
+            return super().forward(x)
+    r = one("grad-flow", UpTo64, shapes)
+    assert r.status == NOT_MEASURED and r.codes == ["not-measured-at-this-size"], (r.measured, r.causes)
+    assert r.details["dead"] == [] and set(r.details["unmeasured"]) == {"attn.0.dist_bias", "attn.1.dist_bias"}
 
 
 def test_grad_flow_still_catches_a_dead_branch(shapes):

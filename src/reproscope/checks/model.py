@@ -548,10 +548,16 @@ def grad_flow(make_model, data: CheckData, allow_frozen: bool = False) -> CheckR
     token, where softmax is constant (issue 34: 44 and 6 such parameters on correct models). So when
     some module's output keeps a single spatial position at the check size (found by comparing the
     module output shapes at the check size and at twice it), the watch runs at the smallest of 2x, 4x, 8x
-    the size (at most ``MAX_MEASURE_SIZE``, 256 px) at which none does, with the check images resized
-    (and the model rebuilt for that size when its factory offers ``at_size(px)``); when no such size
-    can run, those parameters are "not measured at this size" (status skip), with the size that would
-    measure them. A planted dead branch (a branch multiplied by 0, a detach) stays zero at every size.
+    the size (at most ``MAX_MEASURE_SIZE``, 256 px, or the model's declared input size when larger, which
+    is tried too: timm's ``pretrained_cfg["input_size"]``) at which none does, with the check images
+    resized (and the model rebuilt for that size when its factory offers ``at_size(px)``). Whether an
+    output has one position at a size is read from every size seen (``_collapsed_at``), so a last stage
+    that is 1x1 at both 32 and 64 px, 2x2 at 128 px, counts (issue 45: a hybrid whose attention biases
+    are zero at 64 px was called dead there; every parameter moves at 128 px). When no such size can
+    run, or a parameter still zero at the largest size the model runs at belongs to a layer that sees a
+    single position there, those parameters are "not measured at this size" (status skip, code
+    ``not-measured-at-this-size``). A planted dead branch (a branch multiplied by 0, a detach) stays
+    zero at every size.
     """
     model = fresh(make_model).train()
     F.cross_entropy(model(data.x), data.y).backward()
@@ -575,8 +581,9 @@ def grad_flow(make_model, data: CheckData, allow_frozen: bool = False) -> CheckR
     measured = (f"{n_trainable} trainable; {len(unused)} unused, {len(dead)} dead, {len(nonfinite)} non-finite, "
                 f"{len(frozen)} frozen")
     if late and at != size:
-        measured += (f"; {len(late)} with a zero gradient at {size} px only ({watch['collapsed'][0]} keeps one spatial "
-                     f"position there; all move at {at} px within {DEAD_STEPS} steps)")
+        upto, who = watch.get("collapsed_up_to") or (size, watch["collapsed"][0])
+        measured += (f"; {len(late)} with a zero gradient at {size} px only ({who} keeps one spatial position at "
+                     f"{'up to ' if upto != size else ''}{upto} px; all move at {at} px within {DEAD_STEPS} steps)")
     elif late:
         measured += f"; {len(late)} zero at init only (non-zero within {DEAD_STEPS} steps)"
     causes = Causes()
@@ -593,10 +600,15 @@ def grad_flow(make_model, data: CheckData, allow_frozen: bool = False) -> CheckR
                       f"frozen will never train")
     if unmeasured:
         need = watch.get("needed")
+        upto, who = watch.get("collapsed_up_to") or (size, watch["collapsed"][0])
+        also = f", and {who} still sees one at {upto} px, the largest size it runs at" if upto != size else ""
+        limit = max(MAX_MEASURE_SIZE, watch.get("declared") or 0)
         causes.add("not-measured-at-this-size", f"not measured at this size: {len(unmeasured)} parameters (e.g. "
                    f"{unmeasured[0]}) get a zero gradient at {size} px, where {watch['collapsed'][0]} keeps a single "
-                   f"spatial position; " + (f"they would be measured at {need} px" if need else
-                                            f"the model could not run at up to {MAX_MEASURE_SIZE} px to measure them")
+                   f"spatial position{also}; " + (
+                       f"they would be measured at {need} px" if need else
+                       f"the model could not run at a size up to {limit} px where every stage keeps more than one "
+                       f"position, to measure them")
                    + (f" (the model's declared input size is {watch['declared']} px)" if watch.get("declared") else ""))
     if status == "skip":
         measured = f"not measured at {size} px: {measured}"
@@ -674,38 +686,99 @@ def _declared_size(model: nn.Module) -> int | None:
     return int(size[-1]) if size else None
 
 
+def _collapsed_at(shapes_by_size: dict[int, dict], px: int) -> list[str]:
+    """The modules whose output has exactly one spatial position at ``px``: the product of its dimensions
+    that change across the input sizes measured (``shapes_by_size``: size -> module shapes) is 1 there. A
+    module 1x1 at 32 and 64 px and 2x2 at 128 px is collapsed at 64 px; one whose shape never changes is
+    not spatial (pooled features)."""
+    base = shapes_by_size[px]
+    out = []
+    for n, sh in base.items():
+        others = [sb[n] for t, sb in shapes_by_size.items() if t != px and sb and n in sb and len(sb[n]) == len(sh)]
+        vary = [i for i in range(len(sh)) if any(o[i] != sh[i] for o in others)]
+        if vary and math.prod(sh[i] for i in vary) == 1:
+            out.append(n)
+    return out
+
+
 def _watch_zero_grads(make_model, data: CheckData, zero: list[str]) -> tuple[list[str], dict]:
     """(the parameters of ``zero`` that are dead, what was measured): see ``grad_flow``."""
     size = int(data.x.shape[-1])
     x, y = data.x[:16], data.y[:16]
-    watch = {"size": size, "measured_at": size, "collapsed": [], "unmeasured": [],
-             "declared": _declared_size(fresh(make_model))}
+    declared = _declared_size(fresh(make_model))
+    watch = {"size": size, "measured_at": size, "collapsed": [], "unmeasured": [], "declared": declared}
     base = _module_shapes(fresh(make_model), x[:2])
-    double, double_factory = _shapes_at(make_model, x[:2], 2 * size)
-    if double is None:  # the model runs at this size only: a 1x1 / one-token output may be the cause
+    limit = max(MAX_MEASURE_SIZE, declared or 0)  # up to the model's native size when it declares a larger one
+    sizes = [size * 2 ** k for k in range(1, 16) if size * 2 ** k <= limit]
+    sizes = sorted(set(sizes) | ({declared} if declared and declared > size else set()))
+    shapes: dict[int, dict] = {size: base}
+    factories: dict[int, object] = {size: make_model}
+
+    def at(px: int) -> dict | None:
+        if px not in shapes:
+            shapes[px], factories[px] = _shapes_at(make_model, x[:2], px)
+        return shapes[px]
+
+    if at(2 * size) is None:  # the model runs at this size only: a 1x1 / one-token output may be the cause
         still = _zero_after_steps(make_model, x, y, data.lr, zero)
         watch["collapsed"] = [n for n, sh in base.items() if _looks_collapsed(sh)]
         if still and watch["collapsed"]:
             watch["unmeasured"], watch["needed"] = still, None
             return [], watch
         return still, watch
-    watch["collapsed"] = [n for n, sh in base.items() if n in double and _positions(sh, double[n]) == 1]
+    watch["collapsed"] = _collapsed_at(shapes, size)
     if not watch["collapsed"]:
         return _zero_after_steps(make_model, x, y, data.lr, zero), watch
-    px, factory = 2 * size, None
-    while px <= MAX_MEASURE_SIZE:
-        shapes, factory = (double, double_factory) if px == 2 * size else _shapes_at(make_model, x[:2], px)
-        if shapes is not None and all(n in shapes and (_positions(shapes[n], base[n]) or 1) > 1
-                                      for n in watch["collapsed"]):
-            break  # every module that had one position has several at px
-        px *= 2
-    if px > MAX_MEASURE_SIZE or factory is None:
+    px = None
+    for i, s in enumerate(sizes):  # the smallest size at which no module keeps a single spatial position
+        if at(s) is None:
+            continue
+        if i + 1 < len(sizes):
+            at(sizes[i + 1])  # a larger size shows which outputs that are 1x1 up to s are spatial
+        if not _collapsed_at(shapes, s):
+            px = s
+            break
+    watch["tried"] = [s for s in sizes if s in shapes and shapes[s] is not None]
+    watch["collapsed"] = _collapsed_at(shapes, size)  # with every size seen: also outputs 1x1 at 2x the size
+    below = [s for s in watch["tried"] if s < (px or limit + 1) and _collapsed_at(shapes, s)]
+    watch["collapsed_up_to"] = (max(below), _collapsed_at(shapes, max(below))[0]) if below else (size, watch["collapsed"][0])
+    if px is None:
         watch["unmeasured"] = list(zero)
         watch["needed"] = None
         return [], watch
     watch["measured_at"] = px
     xs = F.interpolate(x, size=(px, px), mode="bilinear", align_corners=False)
-    return _zero_after_steps(factory, xs, y, data.lr, zero), watch
+    still = _zero_after_steps(factories[px], xs, y, data.lr, zero)
+    if still and not any(t > px and shapes[t] is not None for t in shapes):
+        # no larger size ran to show that an output 1x1 up to px is spatial: a parameter whose module sees a
+        # single position at px ([B, C, 1, 1], one token) is not measured there, not dead
+        seen = _input_shapes(factories[px], xs[:2], {n.rsplit(".", 1)[0] for n in still})
+        one = [n for n in still if _looks_collapsed(seen.get(n.rsplit(".", 1)[0], ()))]
+        if one:
+            watch["unmeasured"], watch["needed"] = one, None
+            watch["collapsed_up_to"] = (px, one[0].rsplit(".", 1)[0])
+            still = [n for n in still if n not in one]
+    return still, watch
+
+
+def _input_shapes(make_model, x: torch.Tensor, names: set[str]) -> dict[str, tuple[int, ...]]:
+    """The shape of the first input tensor of each named module on one eval forward pass of ``x``."""
+    model = fresh(make_model).eval()
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def pre(mod, args, n):
+        t = _first_tensor(args)
+        if t is not None and n not in seen:
+            seen[n] = tuple(t.shape)
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: pre(mod, a, n)) for n, m in model.named_modules()
+             if n in names]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
 
 
 def _zero_after_steps(make_model, x: torch.Tensor, y: torch.Tensor, lr: float, zero: list[str],

@@ -5,10 +5,10 @@ optionally, the paper-figure PNGs a run's figures/ folder holds (blank, at their
 import json
 from pathlib import Path
 
+from conftest import TINY
+
 from reproscope.config import apply_overrides, flat_items
 from reproscope.recipes import get_recipe
-
-from conftest import TINY
 
 FIGURE_SIZES = {"dyt_fig8_alpha.png": (979, 393), "dyt_fig2_norm_curves.png": (1308, 393)}
 

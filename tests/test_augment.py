@@ -8,8 +8,14 @@ from torchvision.transforms import InterpolationMode as IM
 from torchvision.transforms.v2 import functional as TF
 
 from reproscope.config import AugConfig
-from reproscope.data.augment import (BatchTransform, MixCut, random_erasing, random_resized_crop_flip,
-                                      smooth_targets, soft_cross_entropy)
+from reproscope.data.augment import (
+    BatchTransform,
+    MixCut,
+    random_erasing,
+    random_resized_crop_flip,
+    smooth_targets,
+    soft_cross_entropy,
+)
 from reproscope.train.ema import ModelEma
 
 

@@ -114,6 +114,7 @@ def test_keys_wraps_the_meaning_to_the_terminal_width(columns, capsys, monkeypat
 def test_train_starts_from_a_config_file(tmp_path):
     """--config: a run's config.json, or a JSON/YAML mapping of overrides; bad keys name the file."""
     import json
+
     from reproscope.config import ConfigError
     from reproscope.recipes import get_recipe, recipe_from_file
     run_cfg = tmp_path / "config.json"

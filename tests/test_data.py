@@ -1,8 +1,8 @@
 import torch
 
+from reproscope.config import DataConfig
 from reproscope.data.datasets import BatchLoader, batch_indices, build_datasets, random_crop_flip
 from reproscope.data.shapes import CLASSES, generate_shapes
-from reproscope.config import DataConfig
 
 
 def test_shapes_deterministic_and_seeded():

@@ -12,8 +12,8 @@ from PIL import Image
 
 from reproscope.cli import main
 from reproscope.config import DataConfig
-from reproscope.data.datasets import build_datasets
 from reproscope.data import folders
+from reproscope.data.datasets import build_datasets
 from reproscope.data.folders import DataError, imagenet100_classes
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"

@@ -9,13 +9,12 @@ import textwrap
 import pytest
 import torch
 import torch.nn as nn
+from conftest import assert_weights_match
 
 from reproscope.config import ConfigError
 from reproscope.runtime import distributed
 from reproscope.train.checkpoint import load_checkpoint
 from reproscope.train.rundir import read_metrics
-
-from conftest import assert_weights_match
 
 ARGS = ["--set", "data.train_size=256", "--set", "data.val_size=50", "--set", "data.batch_size=32",
         "--set", "sched.epochs=2", "--set", "model.patch_size=8", "--set", "aug.hflip=0", "--set", "aug.crop_pad=0",

@@ -11,9 +11,9 @@ import torch
 
 from reproscope.cli import main
 from reproscope.config import apply_overrides
+from reproscope.data.datasets import build_datasets, channel_stats
 from reproscope.diagnostics.evaluate import preprocessing_variants, run_eval_diagnosis
 from reproscope.recipes import get_recipe
-from reproscope.data.datasets import build_datasets, channel_stats
 
 DATA = ["data.train_size=2000", "data.val_size=500"]
 

@@ -5,17 +5,16 @@ import math
 
 import pytest
 import torch
+from conftest import TINY
 
 from reproscope.config import apply_overrides
-from reproscope.recipes import get_recipe
-from reproscope.instrument.hooks import ActivationStats, HookHandles
 from reproscope.instrument import Tripwire
+from reproscope.instrument.hooks import ActivationStats, HookHandles
 from reproscope.instrument.probe import SpikeDetector, probe_schedule
-from reproscope.model import create_model
 from reproscope.launch import train
+from reproscope.model import create_model
+from reproscope.recipes import get_recipe
 from reproscope.train.rundir import read_metrics
-
-from conftest import TINY
 
 SMALL = {**TINY, "data.train_size": 64, "data.val_size": 20, "data.batch_size": 16, "data.eval_batch_size": 20,
          "sched.epochs": 2, "instrument.probe_every": 4}

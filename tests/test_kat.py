@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from reproscope.model import create_model
-from reproscope.model.kat import (GRKAN, GroupRational, KANLinear, fit_coefficients, rational,
-                                  rational_reference, variance_gain)
+from reproscope.model.kat import (
+    GRKAN,
+    GroupRational,
+    KANLinear,
+    fit_coefficients,
+    rational,
+    rational_reference,
+    variance_gain,
+)
 
 
 def _coeffs(g=8, seed=0):

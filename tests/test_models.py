@@ -92,6 +92,7 @@ def test_no_weight_decay_on_1d_pos_cls():
 def test_flop_count_includes_attention_on_cpu():
     """torch's counter has no formula for the CPU attention kernel; ours adds its two matmuls."""
     import torch.nn.functional as F
+
     from reproscope.model.counting import count_flops
 
     class OnlyAttention(torch.nn.Module):

@@ -18,8 +18,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import release_except
+
 from reproscope.checks.panel import HELD_BACK, TUNING, build_at
 
 
@@ -128,6 +128,7 @@ def _hosts():
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).parent))
     from test_checks_robust import PlainCNN
+
     from reproscope.model import create_model
     return {"non-residual CNN": (PlainCNN, 2e-3), "slow (lr 100x too low)": (PlainCNN, 2e-5),
             "ViT": (lambda: create_model("vit_quick", num_classes=10), 2e-3)}

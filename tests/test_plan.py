@@ -33,8 +33,8 @@ def test_evidence_gives_plausible_mfu_and_ordered_ranges():
 
 
 def test_flops_follow_torchs_counter_at_other_resolutions():
-    from reproscope.model.counting import count_flops
     from reproscope.model import create_model
+    from reproscope.model.counting import count_flops
     want = count_flops(create_model("vit_tiny", num_classes=1000, img_size=160, patch_size=16), 160)
     assert budget.forward_flops("vit_tiny", 160) == pytest.approx(want, rel=1e-6)
     want = count_flops(create_model("mambaout_femto", num_classes=1000, patch_size=2), 32)

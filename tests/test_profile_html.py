@@ -102,7 +102,9 @@ def test_trace_is_written_under_a_name_the_plugin_skips_then_renamed(tmp_path, m
     written under a name the plugin's pattern does not match and renamed to its final name when closed."""
     import gzip
     import os
+
     from torch_tb_profiler.consts import WORKER_PATTERN
+
     from reproscope.diagnostics import profile as prof_mod
 
     class Prof:
@@ -142,6 +144,7 @@ def test_profiled_steps_hide_the_cpu_allocators_unknown_block_line(capfd):
     profiler) to stderr; not in the profiled steps. 1000 such frees always log it without the filter."""
     import torch
     from torch.profiler import ProfilerActivity, profile
+
     from reproscope.diagnostics.profile import quiet_cpu_allocator
 
     def free_1000_old_tensors():

@@ -1,10 +1,9 @@
 import pytest
+from conftest import TINY, release_except
 
 from reproscope.config import apply_overrides
-from reproscope.recipes import list_recipes
 from reproscope.launch import train
-
-from conftest import TINY, release_except
+from reproscope.recipes import list_recipes
 
 PAPER_RECIPES = [r.name for r in list_recipes()
                  if r.name.split("-")[0] in ("dyt", "kat", "mambaout") and r.data.dataset == "shapes10"]
@@ -31,6 +30,7 @@ def test_paper_recipe_trains_offline(name, tmp_path):
 
 def test_unexplained_deviation_fails_registration():
     import dataclasses
+
     from reproscope.recipes import RecipeError, get_recipe, register_recipe
     parent = get_recipe("dyt-vit_base-paper")
     child = dataclasses.replace(apply_overrides(parent, {"optim.lr": 1e-3, "sched.epochs": 10}),
@@ -72,6 +72,7 @@ def test_another_seed_is_a_repeat_not_a_deviation(tmp_path):
     """#49: run.seed is no row of the deviation log (deviations.json, TensorBoard's text), for a recipe
     with a parent and for one without; the other overrides still are."""
     import json
+
     from reproscope.recipes import deviation_log, get_recipe
     from reproscope.train.rundir import write_run_record
     child = get_recipe("dyt-vit_tiny-cifar10-quick")
@@ -86,6 +87,7 @@ def test_another_seed_is_a_repeat_not_a_deviation(tmp_path):
 @pytest.mark.slow  # over 5 s on 2 cores: the full tier
 def test_recipes_diff_cli_and_run_dir_deviation_log(tmp_path, capsys):
     import json
+
     from reproscope.cli import main
     assert main(["recipes", "diff", "dyt-vit_tiny-cifar10-quick"]) == 0
     out = capsys.readouterr().out

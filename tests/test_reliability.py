@@ -12,9 +12,9 @@ import torch
 
 from reproscope.cli import main
 from reproscope.config import ConfigError, apply_overrides
+from reproscope.launch import train
 from reproscope.train import checkpoint as ckpt_mod
 from reproscope.train.checkpoint import CheckpointError, load_checkpoint
-from reproscope.launch import train
 
 RUN = ["--set", "data.train_size=320", "--set", "data.val_size=50", "--set", "data.batch_size=32",
        "--set", "data.eval_batch_size=50", "--set", "sched.epochs=3", "--set", "model.patch_size=8",

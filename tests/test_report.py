@@ -3,13 +3,12 @@
 import re
 
 import pytest
+from conftest import TINY
 
 from reproscope.cli import main
 from reproscope.config import apply_overrides
-from reproscope.report.runs import t_critical_95, welch
 from reproscope.launch import train
-
-from conftest import TINY
+from reproscope.report.runs import t_critical_95, welch
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +256,7 @@ def test_a_knob_added_after_a_run_reads_as_its_default_in_groups_labels_and_clai
     import json
     import shutil
     from pathlib import Path
+
     from reproscope.papers import PAPERS
     from reproscope.report.report import _matches
     from reproscope.report.runs import group_runs, load_run

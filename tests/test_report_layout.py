@@ -5,11 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from report_fakes import four_runs
 
 from reproscope.cli import main
 from reproscope.report.report import markdown_blocks, paragraph_runs, to_pdf
-
-from report_fakes import four_runs
 
 pdfium = pytest.importorskip("pypdfium2")
 

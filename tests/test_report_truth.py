@@ -4,13 +4,11 @@ the results table generate is checked here for the numbers and codes it states."
 import math
 
 import pytest
+from report_fakes import fake_run
 
 from reproscope.papers import PAPERS, Claim
 from reproscope.report.report import _checklist, _mean_std, _statistics, verdict_sentences
-from reproscope.report.runs import (Interval, group_runs, load_run, seeds_for_half_width, t_critical_95,
-                                         welch_interval)
-
-from report_fakes import fake_run
+from reproscope.report.runs import Interval, group_runs, load_run, seeds_for_half_width, t_critical_95, welch_interval
 
 DYT, KAT = PAPERS["dyt"].claim, PAPERS["kat"].claim
 

@@ -10,11 +10,17 @@ import torch
 
 from reproscope.cli import main
 from reproscope.config import apply_overrides
-from reproscope.model import create_model
-from reproscope.train.checkpoint import (MANIFEST, CheckpointError, UnsafeCheckpointError, load_checkpoint,
-                                         load_file, load_weights)
 from reproscope.instrument import Tripwire
 from reproscope.launch import train
+from reproscope.model import create_model
+from reproscope.train.checkpoint import (
+    MANIFEST,
+    CheckpointError,
+    UnsafeCheckpointError,
+    load_checkpoint,
+    load_file,
+    load_weights,
+)
 from reproscope.train.trainer import Trainer
 
 

@@ -13,8 +13,17 @@ import torch.nn as nn
 from reproscope.cli import main
 from reproscope.config import ConfigError
 from reproscope.model import create_model, list_models
-from reproscope.model.spec import (load_factory, model_source, parse_args, parse_spec, respec, spec_file, spec_in_run,
-                                   user_model, with_args)
+from reproscope.model.spec import (
+    load_factory,
+    model_source,
+    parse_args,
+    parse_spec,
+    respec,
+    spec_file,
+    spec_in_run,
+    user_model,
+    with_args,
+)
 
 
 @pytest.fixture

@@ -2,15 +2,14 @@ import json
 
 import pytest
 import torch
+from conftest import TINY, assert_weights_match
 
 from reproscope.config import apply_overrides
-from reproscope.recipes import get_recipe
-from reproscope.model import create_model
 from reproscope.launch import train
+from reproscope.model import create_model
+from reproscope.recipes import get_recipe
 from reproscope.train.rundir import read_metrics
 from reproscope.train.trainer import Trainer
-
-from conftest import TINY, assert_weights_match
 
 
 def test_one_epoch_smoke_run(tiny_recipe, tmp_path):
@@ -60,6 +59,7 @@ def test_detail_writer_puts_every_tag_under_the_aside_and_makes_its_folder_at_th
     detail; scalars, histograms and images all read back under "~"."""
     import numpy as np
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from reproscope.instrument.probe import histogram
     from reproscope.train.rundir import DetailWriter
 
@@ -252,6 +252,7 @@ def test_hparams_columns_are_the_compared_knobs_and_the_deviations(tmp_path):
     """The HPARAMS tab gets the recipe, the usual knobs (model.norm among them) and the deviation keys,
     not all ~70 keys (which pushed the one that differed off-screen)."""
     import json
+
     from reproscope.launch import HPARAM_KEYS, tensorboard_summary
 
     class TB:

@@ -84,9 +84,10 @@ def test_a_fourth_paper_is_one_spec_the_report_and_the_planner_read(monkeypatch)
     need of a new paper."""
     from reproscope import papers
     from reproscope.diagnostics import budget
-    from reproscope.report import report
+    from reproscope.report import report, verdict
     monkeypatch.setattr(papers, "PAPERS", dict(papers.PAPERS))
     monkeypatch.setattr(report, "PAPERS", papers.PAPERS)
+    monkeypatch.setattr(verdict, "PAPERS", papers.PAPERS)
     monkeypatch.setattr(budget, "PAPERS", papers.PAPERS)
     spec = papers.register_paper(papers.PaperSpec(
         "newnet", papers.Claim("NewNet beats ViT-T.", {"model.name": "newnet"}, {"model.name": "vit_tiny"}, (75.0, 72.2)),

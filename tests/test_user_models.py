@@ -6,8 +6,8 @@ import textwrap
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import release_except
+
 from reproscope.checks import CheckData
 from reproscope.checks.training import input_independent, overfit_batch
 from reproscope.cli import main
@@ -126,7 +126,8 @@ def test_input_independent_judges_train_mode_and_warns_on_eval_lag():
 
 
 # Correct, widely used models: diagnose all must raise no FAIL (WARNs are listed in the README).
-from reproscope.checks.zoo import CORRECT_MODELS as PANEL, ZOO_RECIPE_OVERRIDES  # noqa: E402
+from reproscope.checks.zoo import CORRECT_MODELS as PANEL  # noqa: E402
+from reproscope.checks.zoo import ZOO_RECIPE_OVERRIDES
 
 
 @pytest.mark.slow  # 30-60 s per model on 2 cores (EfficientNet-B0 ~4 min): the full tier runs timm's ResNet-10t;
@@ -137,8 +138,8 @@ from reproscope.checks.zoo import CORRECT_MODELS as PANEL, ZOO_RECIPE_OVERRIDES 
 def test_no_false_alarm_on_correct_models(spec, capsys):
     pytest.importorskip("timm")
     pytest.importorskip("torchvision")
-    from reproscope.diagnostics.diagnose import run_diagnosis
     from reproscope.config import apply_overrides
+    from reproscope.diagnostics.diagnose import run_diagnosis
     from reproscope.recipes import get_recipe
     r = apply_overrides(get_recipe("quickstart"), ZOO_RECIPE_OVERRIDES)
     results = run_diagnosis(r, "all", model_spec=spec)

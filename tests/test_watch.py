@@ -5,7 +5,6 @@ import os
 import textwrap
 
 import pytest
-
 import torch
 import torch.nn.functional as F
 
@@ -240,9 +239,9 @@ def test_an_exception_inside_the_block_leaves_valid_files_and_no_hooks(tmp_path)
 def test_a_grad_norm_overflow_gets_the_trainers_code_in_a_watched_loop(tiny_recipe, tmp_path, capsys):
     """Logits x 1e20: every gradient finite, their norm overflows float32. The Trainer stops with code
     ``grad-norm-overflow`` and the largest gradients named; the watched loop gets the same decision (one guard)."""
+    from reproscope.config import apply_overrides
     from reproscope.model import create_model
     from reproscope.train.trainer import Trainer
-    from reproscope.config import apply_overrides
     codes = {}
     for loop in ("trainer", "watch"):
         torch.manual_seed(0)

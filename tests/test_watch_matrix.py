@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from watch_matrix import BATCH, DIMS, MEAN, matrix, run_loop
 
 from reproscope.cli import main
 from reproscope.report.compare import config_diff
 from reproscope.report.report import setup_facts
 from reproscope.report.runs import load_run
 from reproscope.runfiles import NOT_OBSERVED
-
-from watch_matrix import BATCH, DIMS, MEAN, matrix, run_loop
 
 
 def _expected(spec: dict, t) -> dict:

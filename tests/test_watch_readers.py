@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import reproscope
+from reproscope import runfiles
 from reproscope.cli import main
 from reproscope.config import ConfigError
 from reproscope.instrument.loop_audit import audit, recipe_facts, resolve_against
@@ -24,7 +25,6 @@ from reproscope.recipes import get_recipe
 from reproscope.report.compare import config_diff
 from reproscope.report.report import build_blocks, setup_facts
 from reproscope.report.runs import group_runs, load_run
-from reproscope import runfiles
 from reproscope.runfiles import NOT_OBSERVED
 
 NET = """

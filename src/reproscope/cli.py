@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .runfiles import METRICS, SUMMARY
 from .config import ConfigError, all_keys, apply_overrides, key_table
-from .recipes import DEFAULT_RECIPE, get_recipe, list_recipes, recipe_from_file
 from .console import install_console
 from .papers import PAPERS
+from .recipes import DEFAULT_RECIPE, get_recipe, list_recipes, recipe_from_file
+from .runfiles import METRICS, SUMMARY
 
 
 def _add_recipe_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_RECIPE,

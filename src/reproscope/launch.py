@@ -11,10 +11,10 @@ import shutil
 import time
 from pathlib import Path
 
-from .runfiles import DEVIATIONS, SUMMARY
 from .config import SECTIONS, Recipe
-from .report.figures import plot_run
 from .instrument import standard_callbacks
+from .report.figures import plot_run
+from .runfiles import DEVIATIONS, SUMMARY
 from .train.run import open_run, run_summary, start_trainer, stop_on_signals
 from .train.rundir import TB_DETAIL, TB_DIR, DetailWriter, tb_tag, write_json
 from .train.trainer import Trainer

@@ -5,9 +5,24 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .config import (SECTIONS, AugConfig, ConfigError, DataConfig, ModelConfig, OptimConfig, PrecisionConfig, Recipe,
-                     RegConfig, ScheduleConfig, apply_overrides, flat_items, nearest, recipe_diff, recipe_from_dict,
-                     validate)
+from .config import (
+    SECTIONS,
+    AugConfig,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    PrecisionConfig,
+    Recipe,
+    RegConfig,
+    ScheduleConfig,
+    apply_overrides,
+    flat_items,
+    nearest,
+    recipe_diff,
+    recipe_from_dict,
+    validate,
+)
 
 _RECIPES: dict[str, Recipe] = {}
 

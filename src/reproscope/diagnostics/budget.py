@@ -43,7 +43,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from ..hardware import KNOWN_GPUS, GPU
+from ..hardware import GPU, KNOWN_GPUS
 from ..papers import PAPERS, PaperPlan  # each registered paper's spec; its .plan is what a campaign needs
 from ..recipes import DATASETS, Dataset  # noqa: F401  (the planner's datasets: the reduced recipes' table)
 

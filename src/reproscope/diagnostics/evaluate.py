@@ -40,17 +40,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..runfiles import CONFIG, MODEL_SOURCE
 from ..checks.core import CheckResult
 from ..checks.subject import strided_indices
 from ..checks.training import frozen_norm_statistics
 from ..config import ConfigError, Recipe, apply_overrides, recipe_from_dict
-from ..model.build import build_model
-from ..model.spec import spec_in_run, user_model
 from ..data.augment import center_crop
-from ..train.checkpoint import CheckpointError, load_file, read_state_dict, saved_recipe
 from ..data.datasets import build_datasets, channel_stats
 from ..data.folders import DataError
+from ..model.build import build_model
+from ..model.spec import spec_in_run, user_model
+from ..runfiles import CONFIG, MODEL_SOURCE
+from ..train.checkpoint import CheckpointError, load_file, read_state_dict, saved_recipe
 
 GAIN = 0.2  # top-1 (fraction) a hypothesis must add over the configured evaluation to explain it
 PREFIXES = ("module.", "_orig_mod.", "model.")

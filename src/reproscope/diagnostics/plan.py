@@ -16,14 +16,14 @@ import time
 import torch
 
 from ..config import Recipe, apply_overrides
+from ..data.datasets import ArrayDataset
 from ..hardware import KNOWN_GPUS, peak_flops
 from ..instrument import standard_callbacks
-from ..runtime import resolve_device, synchronize
-from ..data.datasets import ArrayDataset
-from ..train.trainer import Trainer
-from .budget import DATASETS
 from ..model.counting import count_flops_of_copy
 from ..papers import PAPERS
+from ..runtime import resolve_device, synchronize
+from ..train.trainer import Trainer
+from .budget import DATASETS
 
 # images in the standard training split of each dataset (used for epochs per budget)
 TRAIN_IMAGES = {"imagenet": 1_281_167, **{d.name: d.n_train for d in DATASETS}}
@@ -189,8 +189,8 @@ def campaign_script(c, hours: float) -> str:
 
 
 def print_campaign(c, hours: float, dataset: str | None = None) -> None:
-    from ..recipes import deviation_log, get_recipe
     from ..config import apply_overrides
+    from ..recipes import deviation_log, get_recipe
     from .budget import RANGE
     plan_ = PAPERS[c.paper].plan
     print(f"plan --fit {hours:g} --paper {c.paper}: the most faithful campaign whose LIKELY L4 time fits "

@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from ..runfiles import SUMMARY
 from ..config import Recipe
 from ..hardware import mfu
 from ..instrument import standard_callbacks
-from ..train.trainer import Trainer
 from ..model.counting import count_flops_of_copy
+from ..runfiles import SUMMARY
+from ..train.trainer import Trainer
 
 RANGES = ("data", "forward", "backward", "optimizer")
 STACK_FRAMES = 5  # Python frames per group in the by-stack table (torch prints at most 5)

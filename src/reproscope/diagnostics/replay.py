@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from ..config import recipe_from_dict
+from ..data.augment import soft_cross_entropy
+from ..instrument.tripwire import format_report, locate_nonfinite
 from ..model.build import build_model
 from ..model.spec import spec_file, spec_in_run, user_model
-from ..instrument.tripwire import format_report, locate_nonfinite
-from ..data.augment import soft_cross_entropy
 from ..train.checkpoint import CheckpointError, load_file, saved_recipe
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..runfiles import PAPER_PROBES, STATS
 from ..config import InstrumentConfig
 from ..console import log as console
+from ..runfiles import PAPER_PROBES, STATS
 from ..runtime import distributed, rng_state, set_rng_state
 from ..train.callbacks import Callback
 from ..train.guard import SpikeDetector

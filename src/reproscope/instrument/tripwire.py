@@ -46,11 +46,11 @@ import torch
 import torch.nn as nn
 
 from ..console import log as console
+from ..model.layers import first_tensor
 from ..runtime import autocast as autocast_ctx
 from ..runtime import set_rng_state
 from ..train.callbacks import Callback
 from ..train.checkpoint import atomic_save
-from ..model.layers import first_tensor
 from .hooks import STAT_NAMES, HookHandles, tensor_stats
 
 

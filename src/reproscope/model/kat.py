@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .registry import register_model, options_of
+from .registry import options_of, register_model
 from .vit import VisionTransformer, ViTConfig
 
 NUM_DEG, DEN_DEG = 5, 4

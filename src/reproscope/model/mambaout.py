@@ -26,14 +26,13 @@ Chosen where the paper is silent, or deviations:
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from .layers import trunc_normal_init_, drop_path_or_identity, norm_factory
-from .registry import register_model, options_of
+from .layers import drop_path_or_identity, norm_factory, trunc_normal_init_
+from .registry import options_of, register_model
 
 
 def _conv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

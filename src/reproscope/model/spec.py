@@ -25,7 +25,6 @@ from pathlib import Path
 from ..config import ConfigError, nearest
 from .registry import list_models, model_info
 
-
 # ----------------------------------------------------------------------------- spec arguments
 
 _ARGS_START = re.compile(r":\s*[A-Za-z_]\w*\s*=")  # ":KEY=": where the arguments begin (factories never hold '=')

@@ -37,16 +37,14 @@ Chosen where the paper is silent, or deviations:
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .layers import trunc_normal_init_, Attention, Mlp, drop_path_or_identity, mimetic_init_, norm_factory
-from .registry import register_model, options_of
-
+from .layers import Attention, Mlp, drop_path_or_identity, mimetic_init_, norm_factory, trunc_normal_init_
+from .registry import options_of, register_model
 
 # ----------------------------------------------------------------------------- layers
 

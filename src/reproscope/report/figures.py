@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-from ..runfiles import PAPER_PROBES, STATS
 from ..plotting import legend_outside, pyplot, save_figure
+from ..runfiles import PAPER_PROBES, STATS
 from ..train.checkpoint import load_file
 
 

@@ -11,8 +11,8 @@ carries a code ([claim-holds], [claim-fails], [claim-inconclusive], [claim-untes
 
 from __future__ import annotations
 
-import statistics
 import shutil
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +23,21 @@ from ..recipes import get_recipe
 from ..runfiles import NOT_OBSERVED, observed
 from ..train.events import Event
 from .ablation import ablation_rows, plot_effects, read_ablation, unaffordable_sentence
-from .document import (MAX_PAGES, markdown_blocks, note_to_pdf, paragraph_lines, paragraph_runs,  # noqa: F401
-                       to_markdown, to_pdf, wrap_command, write_previews)
+from .document import (  # noqa: F401
+    MAX_PAGES,
+    markdown_blocks,
+    note_to_pdf,
+    paragraph_lines,
+    paragraph_runs,
+    to_markdown,
+    to_pdf,
+    wrap_command,
+    write_previews,
+)
 from .paths import display_arg, display_path, report_base
 from .report_figures import plot_curves, plot_grad_norms
+from .runs import Group, RunRecord, group_runs, is_science, load_run, welch_interval
 from .verdict import _matches, claim_pair, find_claim, verdict_sentences  # noqa: F401  (also the tests' import)
-from .runs import (Group, RunRecord, group_runs, is_science, load_run, welch_interval)
 
 
 def paper_facts(run: RunRecord) -> dict:
@@ -503,8 +512,8 @@ def _checklist(groups: list[Group], runs: list[RunRecord], claim: Claim | None =
     for g in groups:
         name = g.first.config.get("model", {}).get("name")
         if g.first.model_source is None and name in list_models():
-            from ..model.build import build_model
             from ..config import recipe_from_dict
+            from ..model.build import build_model
             from ..model.counting import build_for_counting, count_params
             try:
                 r = recipe_from_dict(g.first.config)

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError
-from ..runfiles import (CONFIG, DEVIATIONS, ENVIRONMENT, LOOP, METRICS, MODEL_SOURCE, NOT_OBSERVED, observed,
-                        read_value)
+from ..runfiles import CONFIG, DEVIATIONS, ENVIRONMENT, LOOP, METRICS, MODEL_SOURCE, NOT_OBSERVED, observed, read_value
 from ..train.events import event_type
 from .paths import display_arg, display_command
 

@@ -14,7 +14,6 @@ import torch.nn as nn
 from ..config import ConfigError, OptimConfig, Recipe, ScheduleConfig
 from ..data.augment import soft_cross_entropy
 
-
 # Layers whose parameters are decided by their ndim alone (weight matrices / kernels decayed, vectors
 # not): a parameter registered directly on one of these is never read as a token or an embedding.
 _STANDARD_LAYERS: tuple[type, ...] = tuple(t for t in (

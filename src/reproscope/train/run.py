@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-from ..runfiles import CONFIG, METRICS, MODEL_SOURCE
 from ..config import Recipe, apply_overrides, recipe_from_dict
 from ..console import log as console
 from ..model.dtypes import MIXED_DTYPE, MixedDtypeError, dtype_message, dtype_outliers, is_dtype_error
 from ..model.spec import factory_for, model_source, respec, spec_file, spec_in_run
+from ..runfiles import CONFIG, METRICS, MODEL_SOURCE
 from ..runtime import autocast, distributed, resolve_device, rng_state, set_rng_state
-from .checkpoint import (CheckpointError, listed_checkpoints, load_checkpoint, load_weights, read_manifest,
-                         saved_recipe)
+from .checkpoint import CheckpointError, listed_checkpoints, load_checkpoint, load_weights, read_manifest, saved_recipe
 from .optim import WarmupCosine
 from .rundir import new_run_dir, prepare_run_dir, read_metrics, record_resume_changes, truncate_metrics
 from .trainer import Trainer

@@ -28,12 +28,12 @@ import torch
 import torch.nn as nn
 from torch.profiler import record_function
 
-from ..runfiles import METRICS
 from ..config import ConfigError, Recipe
 from ..console import log as console
 from ..data.augment import BatchTransform
 from ..data.datasets import ArrayDataset, build_datasets, build_loaders, check_labels
 from ..model.build import build_model
+from ..runfiles import METRICS
 from ..runtime import autocast, distributed, place_model, prepare_process, rng_state, set_rng_state
 from .callbacks import EVENTS, Callback
 from .checkpoint import CheckpointManager, load_checkpoint, save_weights

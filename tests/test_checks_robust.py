@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from reproscope.checks import CHECKS, CheckData, run_checks
 from reproscope.checks.core import NOT_MEASURED
 
-
 # ----------------------------------------------------------------------------- models
 
 class ConvBNReLU(nn.Sequential):
@@ -457,8 +456,8 @@ def test_input_independent_never_fails_a_slow_learner(shapes):
 def test_input_independent_catches_shuffled_labels_by_the_gradient_signal():
     """Training labels permuted, held-out labels intact: the held-out labels steer the ViT's gradient at
     init, the training labels (on 1024 images) do not; a slow learner cannot produce that."""
-    from reproscope.model import create_model
     from reproscope.data.shapes import generate_shapes
+    from reproscope.model import create_model
     x, y = generate_shapes(1024 + 384, 32, seed=1)
     x = (x.float() / 255 - 0.5) / 0.25
     g = torch.Generator().manual_seed(0)

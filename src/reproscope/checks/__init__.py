@@ -17,10 +17,13 @@ tensor-attributes, rational-denominator, paper-init (``layers.py``: the papers' 
 recipe-audit (``audit.py``, needs a recipe). The bug zoo that proves they work: ``zoo.py``.
 """
 
+# the imports register the checks: their order is `diagnose all`'s run order (kept out of import sorting)
+# isort: off
 from . import model as _model  # noqa: F401  (registers the checks, in this order)
 from . import data as _data  # noqa: F401
 from . import training as _training  # noqa: F401
 from . import layers as _layers  # noqa: F401
+# isort: on
 from .audit import recipe_audit
 from .core import CHECKS, CheckData, CheckResult, DataSource, ReferenceRun, StepOut, run_checks
 from .subject import Mutation, recipe_subject

@@ -21,9 +21,9 @@ import torch.nn as nn
 
 from ..config import Recipe, apply_overrides
 from ..console import quiet
+from ..data.datasets import build_datasets, check_labels
 from ..instrument.tripwire import Tripwire
 from ..model.build import build_model
-from ..data.datasets import build_datasets, check_labels
 from ..train.trainer import Trainer
 from .core import CheckData, DataSource, StepOut
 

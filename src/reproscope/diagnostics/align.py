@@ -77,8 +77,13 @@ import torch.nn.functional as F
 from ..config import ConfigError
 from ..model.dtypes import dtype_message
 from ..model.layers import first_tensor
-from ..model.observe_tensors import forward_watching, plain_tensor_candidates, tensor_use_order, used_plain
-from ..model.observe_tensors import plain_tensor_attributes  # noqa: F401  (re-exported for callers of align)
+from ..model.observe_tensors import (
+    forward_watching,
+    plain_tensor_attributes,  # noqa: F401  (re-exported for callers of align)
+    plain_tensor_candidates,
+    tensor_use_order,
+    used_plain,
+)
 from ..model.spec import user_model
 
 MAX_ASSIGNMENTS = 24  # same-shape assignments tried per module pair (ours)

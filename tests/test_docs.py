@@ -8,6 +8,7 @@ the note. The tables the docs copy from the code (the commands, the Trainer's ev
 the bug zoo, the L4-day plan, the models) must equal it, and README.md must list every doc.
 """
 
+import json
 import re
 import shutil
 import subprocess
@@ -271,3 +272,17 @@ def test_the_commands_table_names_every_subcommand_and_its_doc():
     named = {_code(r[0]).split()[1] for r in rows}
     assert named == set(sub.choices), f"README.md's commands table: {sorted(named ^ set(sub.choices))}"
     assert all(LINK.search(r[-1]) for r in rows), "every command row links to the doc that covers it"
+
+
+def test_the_readme_ablation_table_comes_from_the_committed_runs():
+    """README's "What each deviation cost" is `reproscope ablate`'s table of the committed ablation.json, and
+    that file's effects are what the committed runs give again (nothing left to train)."""
+    from reproscope import ablate as ab
+    from reproscope.report.ablation import ablation_rows
+    base = ROOT / "docs" / "ablation-example" / "student"
+    result = json.loads((base / "ablation" / "ablation.json").read_text())
+    assert _table_rows(ROOT / "README.md", "What each deviation cost") == ablation_rows(result)
+    p = ab.plan(base, "auto", seeds=3, joint=True)
+    assert p.est_s == {}  # every run of the campaign is committed and finished
+    again = ab.summarize(p)
+    assert again["effects"] == result["effects"] and again["joint"] == result["joint"]

@@ -34,7 +34,7 @@ def plot_effects(result: dict, path: Path, metric: str = "final") -> Path | None
         ax.errorbar(m["effect"], y, xerr=[[m["effect"] - lo], [hi - m["effect"]]], fmt="o", color=color, capsize=3)
     ax.axvline(0, color="k", lw=0.8, ls="--")
     ax.set_yticks(ys, [("all reverted" if e["arm"] == "all" else ", ".join(e["keys"])) for e in rows])
-    ax.set_xlabel(f"effect of reverting on {metric} val top-1 (points; 95 % Welch CI; grey: not resolved)")
+    ax.set_xlabel(f"effect of reverting on {metric} val top-1 (points)\n95 % Welch CI; grey: not resolved")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

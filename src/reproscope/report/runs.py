@@ -313,6 +313,18 @@ MAX_MODEL_LABEL = 56  # characters of a model spec in a label (tables and figure
 MAX_LABEL_KEYS = 3  # settings named in a variant's label; the rest are counted ("+N more": see compare)
 
 
+def _short_spec(label: str) -> str:
+    """A model label whose spec carries long constructor arguments (``file.py:make:depth=4,...``): the
+    arguments cut to fit ``MAX_MODEL_LABEL``; the file and factory are always kept whole."""
+    head, sep, sha = label.partition(" (sha256 ")
+    parts = head.split(":")
+    if len(head) <= MAX_MODEL_LABEL or len(parts) < 3 or not parts[-2].isidentifier():
+        return label
+    keep = ":".join(parts[:-1])
+    room = max(8, MAX_MODEL_LABEL - len(keep) - 2)
+    return f"{keep}:{parts[-1][:room]}…" + (sep + sha if sep else "")
+
+
 def _dumps(v) -> str:
     return json.dumps(v, default=str)
 
@@ -344,9 +356,7 @@ def group_runs(runs: list[RunRecord], base: Path | None = None) -> list[Group]:
         if len(extra) > MAX_LABEL_KEYS:
             extra = extra[:MAX_LABEL_KEYS] + [f"+{len(extra) - MAX_LABEL_KEYS} more"]
         shown = g.first.model_label(base) if "model.source" in f else _shown("model.name", m, base)
-        if len(shown) > MAX_MODEL_LABEL:  # a spec with its constructor arguments: keep its start and end
-            half = MAX_MODEL_LABEL // 2 - 1
-            shown = shown[:half] + "…" + shown[-half:]
+        shown = _short_spec(shown)
         g.label = f"{shown}" + (f" ({norm})" if norm != "default" else "") + (f" [{', '.join(extra)}]" if extra else "")
     return out
 

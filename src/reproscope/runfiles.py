@@ -38,6 +38,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .config import ConfigError
+
 CONFIG = "config.json"
 ENVIRONMENT = "environment.json"
 DEVIATIONS = "deviations.json"
@@ -132,7 +134,7 @@ def read_json(path: Path, default: Any = None) -> Any:
     """The JSON at ``path``, or ``default`` when there is no such file.
 
     Raises:
-        ValueError: the file is not valid JSON (the message names it).
+        ConfigError: the file is not valid JSON (the message names it).
     """
     path = Path(path)
     if not path.is_file():
@@ -140,4 +142,4 @@ def read_json(path: Path, default: Any = None) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e

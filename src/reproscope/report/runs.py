@@ -16,7 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError
-from ..runfiles import CONFIG, DEVIATIONS, ENVIRONMENT, LOOP, METRICS, MODEL_SOURCE, NOT_OBSERVED, observed, read_value
+from ..runfiles import (
+    CONFIG,
+    DEVIATIONS,
+    ENVIRONMENT,
+    LOOP,
+    METRICS,
+    MODEL_SOURCE,
+    NOT_OBSERVED,
+    observed,
+    read_json,
+    read_value,
+)
 from ..train.events import event_type
 from .paths import display_arg, display_command
 
@@ -250,15 +261,6 @@ def _shown(key: str, value, base: Path | None = None) -> str:
     return display_arg(value, base) if base is not None and isinstance(value, str) else str(value)
 
 
-def _read_json(path: Path, default):
-    if not path.exists():
-        return default
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from e
-
-
 def load_run(path: str | Path) -> RunRecord:
     p = Path(path)
     if not (p / CONFIG).exists():
@@ -275,9 +277,9 @@ def load_run(path: str | Path) -> RunRecord:
                     if i < len(lines):  # only a torn last line is tolerated
                         raise ConfigError(f"{metrics}:{i}: not valid JSON") from None
     train = [r for r in rows if r.get("kind") == "train" and "loss" in r]
-    devs = _read_json(p / DEVIATIONS, {})
+    devs = read_json(p / DEVIATIONS, {})
     return RunRecord(
-        path=p, config=_read_json(p / CONFIG, {}), env=_read_json(p / ENVIRONMENT, {}),
+        path=p, config=read_json(p / CONFIG, {}), env=read_json(p / ENVIRONMENT, {}),
         deviations=devs.get("deviations", []), not_observed=devs.get("not_observed", []), train=train,
         audited_against=devs.get("parent") or "",
         val=[r for r in rows if r.get("kind") == "val"],
@@ -285,7 +287,7 @@ def load_run(path: str | Path) -> RunRecord:
         epoch_times=[r["epoch_time_s"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
         epoch_end_steps=[r["step"] for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
         epoch_steps=[r.get("epoch_steps") for r in rows if r.get("kind") == "train" and "epoch_time_s" in r],
-        model_source=_read_json(p / MODEL_SOURCE, None), loop=_read_json(p / LOOP, None))
+        model_source=read_json(p / MODEL_SOURCE, None), loop=read_json(p / LOOP, None))
 
 
 @dataclass

@@ -186,6 +186,7 @@ with reproscope.watch(ddp, opt, run_dir={run!r}, against="dyt-vit_tiny-cifar10-q
         with torch.no_grad():
             ddp(x)  # evaluated in train mode; the model has no BatchNorm, dropout or drop path
         w.evaluate(top1=10.0)
+dist.barrier()  # both ranks past watch's close before the group goes (a rank leaving early aborted in gloo)
 dist.destroy_process_group()
 """
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from .config import ConfigError, apply_overrides, nearest, recipe_from_dict
 from .console import log as console
 from .recipes import NOT_DEVIATIONS
-from .report.ablation import ablation_rows, plot_effects
+from .report.ablation import ablation_rows, duration, plot_effects
 from .report.runs import is_science, load_run, welch_interval
 from .runfiles import ABLATION, ABLATION_DIR, CONFIG, DEVIATIONS, LOOP, MODEL_SOURCE, SUMMARY, read_json, write_json
 
@@ -226,7 +226,7 @@ def describe(p: Plan) -> str:
         todo = sum(1 for (n, _) in p.est_s if n == a.name)
         lines.append(f"  {a.name:<24} {what}  ({todo} to train)")
     for u in p.unaffordable:
-        lines.append(f"  not affordable here: {u['key']} {u['from']!r} -> {u['to']!r} (about {u['est_s'] / 3600:.1f} h "
+        lines.append(f"  not affordable here: {u['key']} {u['from']!r} -> {u['to']!r} (about {duration(u['est_s'])} "
                      f"for {len(p.seeds)} seeds at this machine's speed; the cost is the point)")
     for s in p.skipped:
         lines.append(f"  not ablated: {s['key']}: {s['why']}")

@@ -60,11 +60,16 @@ def ablation_rows(result: dict, metric: str = "final") -> list[list[str]]:
     return out
 
 
+def duration(seconds: float) -> str:
+    """A time estimate as a person reads it: minutes under an hour, else hours."""
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
 def unaffordable_sentence(result: dict) -> str:
     """The scale keys not ablated, with the time each would take."""
     u = result.get("unaffordable") or []
     if not u:
         return ""
     return ("Not ablated, because the cost is the point of the reduced run: " + "; ".join(
-        f"{x['key']} {x['from']!r} -> {x['to']!r} (about {x['est_s'] / 3600:.1f} device-hours for the seeds here)"
+        f"{x['key']} {x['from']!r} -> {x['to']!r} (about {duration(x['est_s'])} for the seeds here)"
         for x in u) + ".")

@@ -306,3 +306,20 @@ def test_near_duplicate_leakage_is_found_beside_exact_copies(tmp_path, share, st
         assert (tmp_path / "near_duplicates.png").is_file()
     else:
         assert r.details["val_near_duplicates"] == 0
+
+
+def test_a_long_checks_progress_updates_in_place_on_a_terminal(monkeypatch):
+    """#49: on a terminal a long check's progress is one bar redrawn in place (tqdm, not kept), not a stack of
+    lines; redirected, it stays plain lines."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from reproscope.checks import core
+    monkeypatch.setattr(core, "_PROGRESS", [True])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bar = core.check_progress(100, "lr-range: sweeping")
+    assert isinstance(bar, tqdm) and bar.leave is False
+    bar.close()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert isinstance(core.check_progress(100, "lr-range: sweeping"), core._CheckLines)

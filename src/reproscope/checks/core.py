@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -406,7 +407,10 @@ def check_progress(total: int, what: str):
     """Progress inside a long check (``total`` steps): when ``run_checks(progress=True)`` runs it, a line
     at least every ~10 s with the steps done, the rate and what is measured (``set_postfix``), from the
     trainer's progress module (``runtime.progress.LineProgress``); a check done within 10 s prints none.
-    Silent otherwise (``runtime.progress.progress(enabled=False)``)."""
+    On a terminal it is one bar updated in place (tqdm, gone when the check ends), so a long sweep does not
+    stack its lines above the verdict. Silent otherwise (``runtime.progress.progress(enabled=False)``)."""
     if not _PROGRESS[0]:
         return progress(total, desc=what, enabled=False)
+    if sys.stderr.isatty():
+        return progress(total, desc=f"      {what}", leave=False)
     return _CheckLines(total, desc=f"      {what}", unit="step", every=1.0, seconds=10.0, min_seconds=10.0)

@@ -155,3 +155,15 @@ def test_a_campaign_of_two_paper_recipes_names_both(tmp_path):
     v = _verdict(groups, DYT)
     assert "-10.00 points top-1" in v and "[claim-fails]" in v
     assert "differ from dyt-vit_base-paper and dyt-vit_base_ln-paper in 7 settings" in v
+
+
+def test_the_data_sentence_is_what_this_runs_data_path_did(tmp_path):
+    """#49: shapes10 is generated at its size, never resized or cached; a folder dataset is resized once into
+    the uint8 cache (its cache_res) and centre-cropped for evaluation."""
+    from reproscope.report.report import _data_sentence
+    shapes = load_run(fake_run(tmp_path, "quickstart", 0, 9.0))
+    said = _data_sentence(shapes)
+    assert "generated at 32 px" in said and "cache" in said and "uint8 cache" not in said
+    folder = load_run(fake_run(tmp_path, "dyt-vit_quick-imagenette-cpu", 0, 30.0))
+    res = folder.value("data.cache_res") or round(32 / folder.value("data.eval_crop_pct"))
+    assert f"resized to {res} px once (uint8 cache)" in _data_sentence(folder)

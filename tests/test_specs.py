@@ -173,11 +173,12 @@ def test_align_a_dyt_student_without_class_token_against_timm_gets_past_the_shap
     assert r.unmatched_mine and all(n.endswith(".alpha") for n in r.unmatched_mine)  # DyT's only new tensors
 
 
-def test_align_cli_ref_arg_and_mine_arg(capsys):
+def test_align_cli_ref_arg_and_mine_arg(capsys, tmp_path):
     pytest.importorskip("timm")
     rc = main(["align", "vit_tiny", "timm:vit_tiny_patch16_224", "--img-size", "32", "--num-classes", "10",
                "--mine-arg", "global_pool=avg", "--mine-arg", "class_token=False", "--mine-arg", "patch_size=8",
-               "--ref-arg", "global_pool=avg", "--ref-arg", "class_token=False", "--ref-arg", "patch_size=8", "--json"])
+               "--ref-arg", "global_pool=avg", "--ref-arg", "class_token=False", "--ref-arg", "patch_size=8", "--json",
+               "--out", str(tmp_path / "align")])  # map.json in the test's folder, not the repository
     out = capsys.readouterr().out
     assert rc == 0 and json.loads(out)["agree"], out
     rc = main(["align", "vit_tiny:patch_size=8", REF, "--img-size", "32", "--num-classes", "10", "--ref-arg",

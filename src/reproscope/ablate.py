@@ -157,7 +157,7 @@ def plan(run_dir: str | Path, keys: str = "auto", seeds: int = 3, budget_min: fl
     base_steps = max(1, _steps(recipe))
     p = Plan(base, [Arm("base", {})], [recipe.run.seed + i for i in range(seeds)])
     for key in (k for k in by_key if k in SCALE_KEYS):
-        arm_recipe = _reverted(recipe, {key: by_key[key]["parent"]})
+        arm_recipe = apply_overrides(recipe, {key: by_key[key]["parent"]})
         p.unaffordable.append({"key": key, "from": by_key[key]["value"], "to": by_key[key]["parent"],
                                "est_s": per_run * _steps(arm_recipe) / base_steps * seeds})
     if keys == "auto":
@@ -174,7 +174,7 @@ def plan(run_dir: str | Path, keys: str = "auto", seeds: int = 3, budget_min: fl
     arms = []
     for k in wanted:
         try:
-            arm_recipe = _reverted(recipe, {k: by_key[k]["parent"]})
+            arm_recipe = apply_overrides(recipe, {k: by_key[k]["parent"]})
         except ConfigError as e:  # a parent value this config cannot take: say so, do not stop the campaign
             p.skipped.append({"key": k, "why": str(e)})
             continue
@@ -195,7 +195,7 @@ def plan(run_dir: str | Path, keys: str = "auto", seeds: int = 3, budget_min: fl
         reverts = {k: v for a, _ in arms for k, v in a.reverts.items()}
         p.arms.append(Arm("all", reverts))
     for arm in p.arms:
-        sec = per_run * _steps(_reverted(recipe, arm.reverts)) / base_steps
+        sec = per_run * _steps(apply_overrides(recipe, arm.reverts)) / base_steps
         for s in p.seeds:
             if not _finished(run_dir_of(base, arm, s, recipe.run.seed)):
                 p.est_s[(arm.name, s)] = sec
@@ -211,10 +211,6 @@ def plan(run_dir: str | Path, keys: str = "auto", seeds: int = 3, budget_min: fl
 def _todo_seconds(p: Plan, arms: list[Arm], sec: float) -> float:
     """Seconds the runs of ``arms`` still to train would take (the base run's seed is ``p.seeds[0]``)."""
     return sum(sec for a in arms for s in p.seeds if not _finished(run_dir_of(p.base_dir, a, s, p.seeds[0])))
-
-
-def _reverted(recipe, reverts: dict):
-    return apply_overrides(recipe, reverts)
 
 
 def describe(p: Plan) -> str:
@@ -243,7 +239,7 @@ def run_campaign(p: Plan, *, trainer=None, progress: bool = True) -> dict | None
     train_one = trainer or _train
     t0, done_s = time.perf_counter(), 0.0
     for i, (arm, seed) in enumerate(todo):
-        r = apply_overrides(_reverted(recipe, arm.reverts), {"run.seed": seed})
+        r = apply_overrides(recipe, {**arm.reverts, "run.seed": seed})
         rd = run_dir_of(p.base_dir, arm, seed, recipe.run.seed)
         rd.parent.mkdir(parents=True, exist_ok=True)
         console.info(f"ablate: run {i + 1} of {len(todo)}: {arm.name}, seed {seed} -> {rd}")

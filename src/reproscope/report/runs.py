@@ -164,9 +164,7 @@ class RunRecord:
     @property
     def complete(self) -> bool:
         """The run reached its planned end (a watched loop: it finished, not stopped or interrupted)."""
-        if self.watched:
-            return self.ending.get("how") == "finished"
-        return self.ending["how"] == "finished"
+        return self.ending.get("how") == "finished"
 
     @property
     def device_hours(self) -> float:
